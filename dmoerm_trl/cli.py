@@ -1,0 +1,63 @@
+"""The ``dmoerm`` command.
+
+Each subcommand lives in its own module and is imported only when it runs, so ``dmoerm --help`` stays fast and a
+subcommand's heavy dependencies (deepspeed, matplotlib, the judge model) are loaded only by the subcommand that needs
+them. A module registers a subcommand with two functions::
+
+    def add_parser(subparsers) -> argparse.ArgumentParser   # declares the flags
+    def run(args: argparse.Namespace) -> int                  # does the work, returns the exit code
+
+Example:
+    $ dmoerm --help
+    $ dmoerm info ./my-dmoerm
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Add a line here to add a subcommand.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("dmoerm_trl.commands.info", "Show a saved DMoERM's base model, categories, capabilities and parameters."),
+    "score": ("dmoerm_trl.commands.score", "Score conversations with a saved DMoERM and print per-capability rewards."),
+    "example": ("dmoerm_trl.commands.example", "Build a DMoERM on a real pretrained LM, save, reload and score."),
+    "label": ("dmoerm_trl.commands.label", "Label capability preferences with an OpenAI-compatible LLM judge."),
+    "serve-judge": ("dmoerm_trl.commands.serve_judge", "Serve a local HF causal LM as an OpenAI-compatible judge."),
+}
+
+
+def _lazy_add_parser(subparsers, name: str, module_name: str, help_text: str) -> None:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name:  # the subcommand is not part of this build yet
+            return
+        raise
+    parser = module.add_parser(subparsers, name, help_text)
+    parser.set_defaults(_run=module.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dmoerm",
+        description="DMoERM: a double-layer mixture-of-experts reward model for TRL (arXiv 2403.01197).",
+    )
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        _lazy_add_parser(subparsers, name, module_name, help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "_run"):
+        parser.print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``dmoerm`` command, one module each (see :mod:`dmoerm_trl.cli`)."""
