@@ -167,3 +167,17 @@ def make_tiny_bert(path: str | os.PathLike | None = None, hidden_size: int = 32,
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def randomize_adapters(model, std: float = 0.5, seed: int = 0) -> None:
+    """Give every LoRA B matrix random values, so that untrained adapters (B=0 at init) differ from each other.
+
+    Tests use it to make sure rewards really depend on which expert ran.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if ".lora_B." in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)

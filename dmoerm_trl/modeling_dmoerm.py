@@ -1,0 +1,748 @@
+"""DMoERM as a Hugging Face sequence-classification reward model.
+
+Reading guide (top to bottom):
+
+1. ``DMoERMForSequenceClassification.from_backbone`` loads a pretrained backbone and puts LoRA adapters on it:
+   ``router`` (router_mode="lora"), per category ``<category>__task`` (phase 1) and ``<category>__<capability>``
+   (one capability expert each, phase 2). Heads are plain registered modules: ``router_head`` (H -> C),
+   ``task_heads[category]`` and ``value_heads[expert]`` (H -> 1), ``aggregators[category]`` (k*H -> A -> 1).
+2. ``forward`` (inference): route -> group the batch by category -> run each group's k experts (one mixed-adapter
+   pass, or k passes: same numbers) -> value heads give ``capability_rewards``, the aggregator gives ``logits``.
+3. ``set_training_stage`` selects what one forward computes and which parameters train (router, a task adapter,
+   one expert, an aggregator), so that each phase is an ordinary Trainer run over one adapter per forward.
+4. ``save_pretrained``/``from_pretrained``: config + one standard PEFT folder per adapter + a safetensors file of
+   the heads; the base is referenced by id/path (or saved under ``base/`` with ``save_base=True``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
+from transformers.modeling_outputs import ModelOutput
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+from .configuration_dmoerm import DMoERMConfig, slugify
+from .reward_contract import BroadcastRewardScore, SequenceRewardView
+
+HEADS_FILE = "dmoerm_heads.safetensors"
+ADAPTERS_DIR = "adapters"
+BASE_DIR = "base"
+METRICS_FILE = "eval_results.json"
+ROUTER_ADAPTER = "router"
+STAGES = ("router", "task", "capability", "aggregator")
+
+# Known attention projections that get LoRA, by model family, tried in this order.
+_LORA_TARGET_CANDIDATES = (["q_proj", "v_proj"], ["query", "value"], ["c_attn"], ["query_key_value"], ["Wqkv"])
+
+
+@dataclass
+class DMoERMOutput(ModelOutput):
+    """Output of [`DMoERMForSequenceClassification`].
+
+    Args:
+        loss: the router's cross-entropy when training the router with ``labels=``; otherwise ``None``.
+        logits: ``(B, 1)`` reward (inference and the task/capability/aggregator stages) or ``(B, C)`` router logits
+            (router stage).
+        category_ids: ``(B,)`` category index of each row (routed, given with ``categories=``, or the stage's).
+        router_logits / router_probs: ``(B, C)``; ``None`` when the router did not run (``categories=`` given).
+        capability_rewards: ``(B, K_max)``: column ``j`` is expert ``j`` of the row's category
+            (``config.categories[category][j]``); ``NaN`` where the category has fewer than ``K_max`` capabilities.
+            Only in inference.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    category_ids: torch.LongTensor | None = None
+    router_logits: torch.FloatTensor | None = None
+    router_probs: torch.FloatTensor | None = None
+    capability_rewards: torch.FloatTensor | None = None
+
+
+class CapabilityAggregator(nn.Module):
+    """The inner MoE's combiner: ``Linear(k*H, A) -> PReLU -> Linear(A, 1)`` over concatenated expert features."""
+
+    def __init__(self, num_experts: int, hidden_size: int, aggregator_hidden_size: int):
+        super().__init__()
+        self.num_experts = num_experts
+        self.proj = nn.Linear(num_experts * hidden_size, aggregator_hidden_size)
+        self.act = nn.PReLU()
+        self.out = nn.Linear(aggregator_hidden_size, 1)
+
+    def forward(self, expert_features: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.proj(expert_features)))
+
+
+def detect_lora_target_modules(backbone: nn.Module, requested: list[str] | None = None) -> list[str]:
+    """The backbone's attention projections to put LoRA on (or check ``requested`` against the backbone).
+
+    Example:
+        >>> detect_lora_target_modules(llama_model)  # doctest: +SKIP
+        ['q_proj', 'v_proj']
+    """
+    linear_names = sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in backbone.named_modules()
+            if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+        }
+    )
+    if requested:
+        missing = [name for name in requested if name not in linear_names]
+        if missing:
+            raise ValueError(
+                f"lora_target_modules {missing} are not linear layers of {type(backbone).__name__}; "
+                f"choose from {linear_names}"
+            )
+        return list(requested)
+    for candidate in _LORA_TARGET_CANDIDATES:
+        if all(name in linear_names for name in candidate):
+            return list(candidate)
+    raise ValueError(
+        f"{type(backbone).__name__} has none of the usual LoRA target modules ({_LORA_TARGET_CANDIDATES}); "
+        f"pass lora_target_modules=[...] chosen from its linear layers: {linear_names}"
+    )
+
+
+def _detect_pooling(backbone_config) -> str:
+    # Encoders (BERT family: masked-LM models) summarise a sequence in the first ([CLS]) token; decoders in the last.
+    return "first" if backbone_config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "last"
+
+
+class DMoERMPreTrainedModel(PreTrainedModel):
+    config_class = DMoERMConfig
+    # TRL PPO calls getattr(rm, rm.base_model_prefix)(...) then rm.score(...): see reward_contract.py.
+    base_model_prefix = "reward_view"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+class DMoERMForSequenceClassification(DMoERMPreTrainedModel):
+    """Double-layer mixture-of-experts reward model (arXiv 2403.01197) on one shared, frozen backbone.
+
+    Example:
+        >>> import dmoerm_trl, torch
+        >>> from transformers import AutoTokenizer
+        >>> model = dmoerm_trl.DMoERMForSequenceClassification.from_backbone(  # doctest: +SKIP
+        ...     "HuggingFaceTB/SmolLM2-135M-Instruct",
+        ...     categories={"objective_qa": ["correctness", "logic"], "chitchat": ["empathy", "fluency"]},
+        ... )
+        >>> tokenizer = AutoTokenizer.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
+        >>> batch = tokenizer(["Q: 2+2? A: 4"], return_tensors="pt")  # doctest: +SKIP
+        >>> out = model(**batch)  # doctest: +SKIP
+        >>> out.logits.shape, out.capability_rewards.shape  # doctest: +SKIP
+        (torch.Size([1, 1]), torch.Size([1, 2]))
+    """
+
+    def __init__(self, config: DMoERMConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        if not config.categories:
+            raise ValueError("DMoERMConfig.categories is empty; build the model with from_backbone(..., categories=)")
+        if backbone is None:
+            # Like every HF model's __init__, the architecture only (random weights). from_backbone() and
+            # from_pretrained() load pretrained weights.
+            backbone = AutoModel.from_config(config.get_backbone_config())
+        hidden_size = config.hidden_size or backbone.config.hidden_size
+        config.hidden_size = hidden_size
+        if config.pooling is None:
+            config.pooling = _detect_pooling(backbone.config)
+        aggregator_width = config.aggregator_hidden_size or hidden_size
+
+        self.router_head = nn.Linear(hidden_size, config.num_categories)
+        self.task_heads = nn.ModuleDict({self._slug(c): nn.Linear(hidden_size, 1) for c in config.categories})
+        self.value_heads = nn.ModuleDict(
+            {self.adapter_name(c, cap): nn.Linear(hidden_size, 1) for c, caps in config.categories.items() for cap in caps}
+        )
+        self.aggregators = nn.ModuleDict(
+            {
+                self._slug(c): CapabilityAggregator(len(caps), hidden_size, aggregator_width)
+                for c, caps in config.categories.items()
+            }
+        )
+        self.reward_view = SequenceRewardView(self)
+        self.score = BroadcastRewardScore()
+        # post_init() initialises every registered module: run it before the pretrained backbone is attached, or it
+        # would re-initialise the backbone and the LoRA B matrices (which must start at zero).
+        self.post_init()
+        self._attach_backbone(backbone)
+        self._stage: tuple[str | None, str | None, str | None] = (None, None, None)
+        self.model_card_metrics: dict = {}
+        self.set_training_stage(None)
+
+    # ----------------------------------------------------------------------------------------------- construction
+    @staticmethod
+    def _slug(name: str) -> str:
+        return slugify(name)
+
+    def adapter_name(self, category: str, capability: str | None = None) -> str:
+        """PEFT adapter name of a category's task adapter (``capability=None``) or of one capability expert."""
+        self.config.category_id(category)
+        if capability is None:
+            return f"{self._slug(category)}__task"
+        if capability not in self.config.categories[category]:
+            raise ValueError(
+                f"unknown capability {capability!r} for category {category!r}; "
+                f"its capabilities are {self.config.categories[category]}"
+            )
+        return f"{self._slug(category)}__{self._slug(capability)}"
+
+    def expert_adapter_names(self, category: str) -> list[str]:
+        return [self.adapter_name(category, cap) for cap in self.config.categories[category]]
+
+    def all_adapter_names(self) -> list[str]:
+        names = [ROUTER_ADAPTER] if self.config.router_mode == "lora" else []
+        for category in self.config.categories:
+            names.append(self.adapter_name(category))
+            names.extend(self.expert_adapter_names(category))
+        return names
+
+    def _lora_config(self, target_modules: list[str]):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.config.lora_r,
+            lora_alpha=self.config.lora_alpha,
+            lora_dropout=self.config.lora_dropout,
+            target_modules=target_modules,
+            bias="none",
+        )
+
+    def _attach_backbone(self, backbone: PreTrainedModel) -> None:
+        from peft import get_peft_model
+
+        target_modules = detect_lora_target_modules(backbone, self.config.lora_target_modules)
+        self.config.lora_target_modules = target_modules
+        lora_config = self._lora_config(target_modules)
+        names = self.all_adapter_names()
+        peft_backbone = get_peft_model(backbone, lora_config, adapter_name=names[0])
+        for name in names[1:]:
+            peft_backbone.add_adapter(name, lora_config)
+        # PEFT's config records the base path so each adapter folder loads on its own.
+        for peft_config in peft_backbone.peft_config.values():
+            peft_config.base_model_name_or_path = self.config.base_model_name_or_path
+        self.backbone = peft_backbone
+        forward_params = set(inspect.signature(backbone.forward).parameters)
+        self._backbone_takes_position_ids = "position_ids" in forward_params
+        self._backbone_takes_use_cache = "use_cache" in forward_params
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: str | os.PathLike | PreTrainedModel,
+        categories: dict[str, list[str]],
+        tokenizer=None,
+        lora_r: int = 32,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.05,
+        lora_target_modules: list[str] | None = None,
+        aggregator_hidden_size: int | None = None,
+        router_mode: str = "lora",
+        pooling: str | None = None,
+        expert_batching: str = "auto",
+        **backbone_kwargs,
+    ) -> DMoERMForSequenceClassification:
+        """Build a DMoERM on a pretrained backbone (its weights are loaded, never randomly initialised).
+
+        Args:
+            backbone: a hub id or local path (loaded with ``AutoModel.from_pretrained(backbone, **backbone_kwargs)``,
+                e.g. ``dtype=torch.bfloat16``), or an already loaded ``PreTrainedModel`` (a ``*ForCausalLM`` is
+                unwrapped to its base model). Decoders (Llama, Qwen2, ...) and encoders (BERT, ...) work.
+            categories: ``{category: [capability, ...]}``; one task adapter per category, one expert per capability.
+            tokenizer: optional; checked for a pad token, whose id is stored in the config.
+            lora_r, lora_alpha, lora_dropout, lora_target_modules, aggregator_hidden_size, router_mode, pooling,
+            expert_batching: see [`DMoERMConfig`].
+
+        Example:
+            >>> model = DMoERMForSequenceClassification.from_backbone(  # doctest: +SKIP
+            ...     "path/to/SmolLM2-135M-Instruct", {"objective_qa": ["correctness", "logic"]}, tokenizer=tokenizer)
+        """
+        from peft import PeftModel
+
+        if isinstance(backbone, PeftModel):
+            raise ValueError(
+                "pass the base model, not a PeftModel: DMoERM adds its own LoRA adapters (merge yours first with "
+                "merge_and_unload() if the base should include them)"
+            )
+        if isinstance(backbone, (str, os.PathLike)):
+            base_path = str(backbone)
+            base = AutoModel.from_pretrained(base_path, **backbone_kwargs)
+        elif isinstance(backbone, PreTrainedModel):
+            base_path = backbone.name_or_path or None
+            inner = getattr(backbone, backbone.base_model_prefix, None)
+            base = inner if isinstance(inner, PreTrainedModel) else backbone
+        else:
+            raise TypeError(
+                f"backbone must be a model id/path or a transformers PreTrainedModel, got {type(backbone).__name__}"
+            )
+        pad_token_id = base.config.pad_token_id if hasattr(base.config, "pad_token_id") else None
+        if tokenizer is not None:
+            if tokenizer.pad_token_id is None:
+                raise ValueError(
+                    f"the tokenizer ({type(tokenizer).__name__}) has no pad token; set one before building the reward "
+                    "model, e.g. tokenizer.pad_token = tokenizer.eos_token (decoders) or add a '[PAD]' token"
+                )
+            pad_token_id = tokenizer.pad_token_id
+        backbone_config = base.config.to_dict()
+        config = DMoERMConfig(
+            categories=categories,
+            base_model_name_or_path=base_path,
+            backbone_config=backbone_config,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            lora_target_modules=lora_target_modules,
+            aggregator_hidden_size=aggregator_hidden_size,
+            router_mode=router_mode,
+            pooling=pooling,
+            expert_batching=expert_batching,
+            hidden_size=base.config.hidden_size,
+            max_position_embeddings=getattr(base.config, "max_position_embeddings", None),
+            pad_token_id=pad_token_id,
+        )
+        model = cls(config, backbone=base)
+        # Heads follow the backbone's device and dtype.
+        parameter = next(base.parameters())
+        model.to(device=parameter.device, dtype=parameter.dtype)
+        return model
+
+    # ------------------------------------------------------------------------------------------ training stages
+    @property
+    def training_stage(self) -> tuple[str | None, str | None, str | None]:
+        """``(stage, category, capability)``; ``(None, None, None)`` is inference (router + experts + aggregator)."""
+        return self._stage
+
+    def set_training_stage(
+        self, stage: str | None, category: str | None = None, capability: str | None = None
+    ) -> list[str]:
+        """Select what ``forward`` computes and which parameters train; returns the trainable parameter names.
+
+        ``"router"``: router adapter (``router_mode="lora"``) + router head, ``logits`` = router logits ``(B, C)``.
+        ``"task"``: the category's task adapter + task head, ``logits`` ``(B, 1)`` (phase 1).
+        ``"capability"``: one expert adapter + its value head, ``logits`` ``(B, 1)`` (phase 2).
+        ``"aggregator"``: only the category's aggregator MLP over frozen experts (phase 3).
+        ``None``: inference; nothing trains.
+
+        Example:
+            >>> model.set_training_stage("capability", category="objective_qa", capability="logic")  # doctest: +SKIP
+            ['backbone.base_model.model.layers.0.self_attn.q_proj.lora_A.objective_qa__logic.weight', ...]
+        """
+        if stage not in (None, *STAGES):
+            raise ValueError(f"stage must be one of {STAGES} or None (inference), got {stage!r}")
+        if stage in ("task", "capability", "aggregator"):
+            if category is None:
+                raise ValueError(f"stage {stage!r} needs category=, one of {self.config.category_names}")
+            self.config.category_id(category)
+        if stage == "capability":
+            if capability is None:
+                raise ValueError(f"stage 'capability' needs capability=, one of {self.config.categories[category]}")
+            self.adapter_name(category, capability)
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+        adapter = None
+        if stage == "router":
+            adapter = ROUTER_ADAPTER if self.config.router_mode == "lora" else None
+            self.router_head.requires_grad_(True)
+        elif stage == "task":
+            adapter = self.adapter_name(category)
+            self.task_heads[self._slug(category)].requires_grad_(True)
+        elif stage == "capability":
+            adapter = self.adapter_name(category, capability)
+            self.value_heads[adapter].requires_grad_(True)
+        elif stage == "aggregator":
+            self.aggregators[self._slug(category)].requires_grad_(True)
+        if adapter is not None:
+            # PEFT's set_adapter activates the adapter and makes exactly its LoRA weights trainable.
+            self.backbone.set_adapter(adapter)
+        self._stage = (stage, category if stage not in (None, "router") else None, capability)
+        self._stage_adapter = adapter
+        return [name for name, p in self.named_parameters() if p.requires_grad]
+
+    def init_experts_from_task(self, category: str) -> None:
+        """Phase-2 initialisation: copy the category's task adapter and task head into each of its experts."""
+        task = self.adapter_name(category)
+        task_head = self.task_heads[self._slug(category)]
+        with torch.no_grad():
+            for module in self.backbone.modules():
+                for attr in ("lora_A", "lora_B"):
+                    weights = getattr(module, attr, None)
+                    if isinstance(weights, nn.ModuleDict) and task in weights:
+                        for expert in self.expert_adapter_names(category):
+                            weights[expert].load_state_dict(weights[task].state_dict())
+            for expert in self.expert_adapter_names(category):
+                self.value_heads[expert].load_state_dict(task_head.state_dict())
+
+    # -------------------------------------------------------------------------------------------------- forward
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.backbone.get_base_model().set_input_embeddings(value)
+
+    @contextlib.contextmanager
+    def _eval_mode_if_no_grad(self):
+        # TRL's PPO/GRPO/RLOO call the reward model under no_grad but leave it in training mode: without this, LoRA
+        # dropout would make rewards random and PEFT would refuse mixed-adapter batches.
+        if self.training and not torch.is_grad_enabled():
+            self.eval()
+            try:
+                yield
+            finally:
+                self.train()
+        else:
+            yield
+
+    def _prepare_inputs(self, input_ids, attention_mask, position_ids):
+        if input_ids is None:
+            raise ValueError("DMoERM needs input_ids (routing and experts work on token ids, not inputs_embeds)")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+        limit = self.config.max_position_embeddings
+        if limit is not None and input_ids.shape[1] > limit:
+            raise ValueError(
+                f"the input has {input_ids.shape[1]} tokens but the backbone accepts at most {limit}; truncate it "
+                f"(tokenizer(..., truncation=True, max_length={limit})) or set max_length in your trainer config"
+            )
+        if attention_mask is None:
+            if self.config.pad_token_id is not None:
+                attention_mask = (input_ids != self.config.pad_token_id).long()
+            else:
+                attention_mask = torch.ones_like(input_ids)
+        attention_mask = attention_mask.long()
+        if position_ids is None:
+            # Positions count real tokens only, so left padding (PPO queries) gives the same rewards as no padding.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return input_ids, attention_mask, position_ids
+
+    def _pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.bool()
+        if self.config.pooling == "first":
+            index = mask.long().argmax(-1)  # first real token ([CLS]), also under left padding
+        else:
+            length = mask.shape[-1]
+            index = length - 1 - mask.flip(-1).long().argmax(-1)  # last real token, also under left padding
+        return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), index]
+
+    def _encode(self, input_ids, attention_mask, position_ids, adapter_names: list[str] | None = None):
+        """One backbone pass; returns the pooled hidden state (N, H). ``adapter_names`` picks an adapter per row."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "return_dict": True}
+        if self._backbone_takes_position_ids:
+            kwargs["position_ids"] = position_ids
+        if self._backbone_takes_use_cache:
+            kwargs["use_cache"] = False
+        if adapter_names is not None:
+            kwargs["adapter_names"] = adapter_names
+        hidden = self.backbone(**kwargs).last_hidden_state
+        return self._pool(hidden, attention_mask)
+
+    def _head_input(self, features: torch.Tensor, head: nn.Module) -> torch.Tensor:
+        weight = next(head.parameters())
+        return features.to(weight.dtype)
+
+    def _use_mixed_batches(self, device: torch.device) -> bool:
+        mode = self.config.expert_batching
+        return mode == "mixed" or (mode == "auto" and device.type != "cpu")
+
+    def _expert_features(self, input_ids, attention_mask, position_ids, category: str) -> torch.Tensor:
+        """(N, k, H) pooled features of the category's k experts (inference path: eval mode, adapter per row)."""
+        experts = self.expert_adapter_names(category)
+        n = input_ids.shape[0]
+        if self._use_mixed_batches(input_ids.device):
+            k = len(experts)
+            names = [name for name in experts for _ in range(n)]
+            pooled = self._encode(
+                input_ids.repeat(k, 1), attention_mask.repeat(k, 1), position_ids.repeat(k, 1), adapter_names=names
+            )
+            return pooled.view(k, n, -1).transpose(0, 1)
+        return torch.stack(
+            [self._encode(input_ids, attention_mask, position_ids, adapter_names=[name] * n) for name in experts], 1
+        )
+
+    def _route(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        adapter = ROUTER_ADAPTER if self.config.router_mode == "lora" else "__base__"
+        pooled = self._encode(input_ids, attention_mask, position_ids, adapter_names=[adapter] * input_ids.shape[0])
+        return self.router_head(self._head_input(pooled, self.router_head))
+
+    def _category_ids(self, categories, batch_size: int, device) -> torch.Tensor:
+        if isinstance(categories, torch.Tensor):
+            categories = categories.tolist()
+        if isinstance(categories, (str, int)):
+            categories = [categories] * batch_size
+        if len(categories) != batch_size:
+            raise ValueError(f"categories= has {len(categories)} entries for a batch of {batch_size}")
+        return torch.tensor([self.config.category_id(c) for c in categories], dtype=torch.long, device=device)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        categories=None,
+        position_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        expert_features: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DMoERMOutput:
+        """Reward of each sequence.
+
+        Args:
+            input_ids, attention_mask: ``(B, T)``; left, right or mixed padding.
+            categories: optional category names or ids (one per row, or one for all): bypass the router.
+            position_ids: optional; by default counted over real tokens.
+            labels: category ids, only in the router stage (gives ``loss``).
+            expert_features: ``(B, k*H)`` cached expert features, only in the aggregator stage.
+            **kwargs: accepted and ignored (TRL passes ``use_cache=``, ``margin=``).
+        """
+        input_ids, attention_mask, position_ids = self._prepare_inputs(input_ids, attention_mask, position_ids)
+        stage, category, capability = self._stage
+        with self._eval_mode_if_no_grad():
+            if stage is None:
+                if self.training and torch.is_grad_enabled():
+                    raise RuntimeError(
+                        "this DMoERM is in training mode with gradients enabled but no training stage is set; call "
+                        "model.set_training_stage('router' | 'task' | 'capability' | 'aggregator', ...) to train one "
+                        "part, or model.eval() / torch.no_grad() to score"
+                    )
+                return self._inference_forward(input_ids, attention_mask, position_ids, categories)
+            return self._stage_forward(
+                stage, category, input_ids, attention_mask, position_ids, labels, expert_features
+            )
+
+    def _inference_forward(self, input_ids, attention_mask, position_ids, categories) -> DMoERMOutput:
+        batch_size = input_ids.shape[0]
+        router_logits = router_probs = None
+        if categories is None:
+            router_logits = self._route(input_ids, attention_mask, position_ids)
+            router_probs = router_logits.float().softmax(-1)
+            category_ids = router_probs.argmax(-1)
+        else:
+            category_ids = self._category_ids(categories, batch_size, input_ids.device)
+        dtype = self.router_head.weight.dtype
+        rewards = torch.zeros(batch_size, 1, device=input_ids.device, dtype=dtype)
+        capability_rewards = torch.full(
+            (batch_size, self.config.max_capabilities), float("nan"), device=input_ids.device, dtype=dtype
+        )
+        # Sparse outer MoE at the batch level: one group per routed category, no loop over samples.
+        for category_id in category_ids.unique().tolist():
+            category = self.config.category_names[category_id]
+            rows = (category_ids == category_id).nonzero(as_tuple=True)[0]
+            features = self._expert_features(input_ids[rows], attention_mask[rows], position_ids[rows], category)
+            experts = self.expert_adapter_names(category)
+            heads = [self.value_heads[name] for name in experts]
+            features = self._head_input(features, heads[0])
+            capability_rewards[rows, : len(experts)] = torch.cat(
+                [head(features[:, j]) for j, head in enumerate(heads)], -1
+            ).to(dtype)
+            aggregator = self.aggregators[self._slug(category)]
+            rewards[rows] = aggregator(features.flatten(1)).to(dtype)
+        return DMoERMOutput(
+            logits=rewards,
+            category_ids=category_ids,
+            router_logits=router_logits,
+            router_probs=router_probs,
+            capability_rewards=capability_rewards,
+        )
+
+    def _stage_forward(
+        self, stage, category, input_ids, attention_mask, position_ids, labels, expert_features
+    ) -> DMoERMOutput:
+        batch_size = input_ids.shape[0]
+        if stage == "aggregator":
+            if expert_features is None:
+                expert_features = self.compute_expert_features(input_ids, attention_mask, category, position_ids)
+            aggregator = self.aggregators[self._slug(category)]
+            logits = aggregator(self._head_input(expert_features, aggregator))
+            category_ids = torch.full((batch_size,), self.config.category_id(category), device=input_ids.device)
+            return DMoERMOutput(logits=logits, category_ids=category_ids)
+
+        if stage == "router" and self.config.router_mode == "linear":
+            # The base stays frozen: only the head learns, so the features need no graph.
+            with torch.no_grad(), self._backbone_eval():
+                pooled = self._encode(input_ids, attention_mask, position_ids, ["__base__"] * batch_size)
+        elif self.backbone.training:
+            # Training: the stage's adapter is the active one (set_training_stage), one adapter per forward, so
+            # gradient checkpointing sees a single adapter.
+            if self.backbone.active_adapter != self._stage_adapter:
+                self.backbone.set_adapter(self._stage_adapter)
+            pooled = self._encode(input_ids, attention_mask, position_ids)
+        else:
+            pooled = self._encode(input_ids, attention_mask, position_ids, [self._stage_adapter] * batch_size)
+
+        if stage == "router":
+            logits = self.router_head(self._head_input(pooled, self.router_head))
+            loss = F.cross_entropy(logits.float(), labels.to(logits.device)) if labels is not None else None
+            return DMoERMOutput(loss=loss, logits=logits, router_logits=logits, router_probs=logits.softmax(-1))
+        head = self.task_heads[self._slug(category)] if stage == "task" else self.value_heads[self._stage_adapter]
+        category_ids = torch.full((batch_size,), self.config.category_id(category), device=input_ids.device)
+        return DMoERMOutput(logits=head(self._head_input(pooled, head)), category_ids=category_ids)
+
+    @contextlib.contextmanager
+    def _backbone_eval(self):
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            yield
+        finally:
+            self.backbone.train(was_training)
+
+    @torch.no_grad()
+    def compute_expert_features(self, input_ids, attention_mask=None, category=None, position_ids=None):
+        """``(B, k*H)`` concatenated pooled features of the category's frozen experts: the phase-3 feature cache.
+
+        Example:
+            >>> feats = model.compute_expert_features(batch["input_ids"], batch["attention_mask"], "chitchat")  # doctest: +SKIP
+        """
+        if category is None:
+            raise ValueError(f"compute_expert_features needs category=, one of {self.config.category_names}")
+        self.config.category_id(category)
+        input_ids, attention_mask, position_ids = self._prepare_inputs(input_ids, attention_mask, position_ids)
+        with self._backbone_eval():
+            return self._expert_features(input_ids, attention_mask, position_ids, category).flatten(1)
+
+    @torch.no_grad()
+    def sequence_rewards(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
+        """``(B,)`` full DMoERM rewards (router + experts + aggregator); what TRL PPO's ``get_reward`` reads."""
+        if self._stage[0] is not None:
+            raise RuntimeError(
+                f"this DMoERM is in training stage {self._stage[0]!r}; call model.set_training_stage(None) before "
+                "using it as a reward model"
+            )
+        input_ids, attention_mask, position_ids = self._prepare_inputs(input_ids, attention_mask, position_ids)
+        was_training = self.training
+        self.eval()
+        try:
+            return self._inference_forward(input_ids, attention_mask, position_ids, None).logits[:, 0]
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def compute_rewards(self, conversations, tokenizer, batch_size: int = 16, max_length: int | None = None):
+        """Score texts or chat conversations; returns a list of dicts (reward, category, capability rewards).
+
+        Example:
+            >>> model.compute_rewards([[{"role": "user", "content": "Hi"},  # doctest: +SKIP
+            ...                         {"role": "assistant", "content": "Hello!"}]], tokenizer)
+            [{'reward': 0.12, 'category': 'chitchat', 'router_prob': 0.61, 'capabilities': {'empathy': ...}}]
+        """
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token first")
+        texts = [
+            c if isinstance(c, str) else tokenizer.apply_chat_template(c, tokenize=False) for c in conversations
+        ]
+        max_length = max_length or self.config.max_position_embeddings
+        results = []
+        device = next(self.parameters()).device
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=max_length is not None,
+                max_length=max_length,
+                add_special_tokens=self.config.pooling == "first",
+            ).to(device)
+            was_training = self.training
+            self.eval()
+            try:
+                out = self(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            finally:
+                self.train(was_training)
+            for i in range(len(batch["input_ids"])):
+                category = self.config.category_names[int(out.category_ids[i])]
+                capabilities = self.config.categories[category]
+                results.append(
+                    {
+                        "reward": float(out.logits[i, 0]),
+                        "category": category,
+                        "router_prob": float(out.router_probs[i, out.category_ids[i]]),
+                        "capabilities": {
+                            cap: float(out.capability_rewards[i, j]) for j, cap in enumerate(capabilities)
+                        },
+                    }
+                )
+        return results
+
+    # -------------------------------------------------------------------------------------------------- files
+    def num_parameters_by_part(self) -> dict[str, int]:
+        """Parameter counts: ``base``, ``adapters``, ``heads``, ``total`` and ``trainable`` (stage-dependent)."""
+        counts = {"base": 0, "adapters": 0, "heads": 0, "trainable": 0}
+        for name, parameter in self.named_parameters():
+            part = "heads" if not name.startswith("backbone.") else ("adapters" if ".lora_" in name else "base")
+            counts[part] += parameter.numel()
+            counts["trainable"] += parameter.numel() if parameter.requires_grad else 0
+        counts["total"] = counts["base"] + counts["adapters"] + counts["heads"]
+        return counts
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        state_dict: dict | None = None,
+        save_base: bool = False,
+        is_main_process: bool = True,
+        push_to_hub: bool = False,
+        **kwargs,
+    ) -> None:
+        """Save config, one standard PEFT folder per adapter (``adapters/<name>/``), the heads and a model card.
+
+        The base weights are referenced by ``config.base_model_name_or_path``; ``save_base=True`` also writes them
+        to ``base/`` (needed when the backbone has no path it can be reloaded from). ``state_dict`` (e.g. gathered
+        by DeepSpeed ZeRO-3) is used instead of this model's own when given. Other keyword arguments
+        (``safe_serialization``, ``max_shard_size``) are accepted for Trainer compatibility; files are always
+        safetensors.
+        """
+        from .serialization import save_dmoerm
+
+        if push_to_hub:
+            raise ValueError("use model.push_to_hub(repo_id) to upload")
+        if not is_main_process:
+            return
+        save_dmoerm(self, save_directory, state_dict=state_dict, save_base=save_base)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *model_args,
+        config: DMoERMConfig | None = None,
+        base_model_name_or_path: str | None = None,
+        **kwargs,
+    ) -> DMoERMForSequenceClassification:
+        """Load a saved DMoERM (local folder or hub repo): the base from ``base/`` or its recorded id/path, then the
+        adapters and heads. ``dtype=``/``device_map=`` and hub options (``revision``, ``token``, ``cache_dir``,
+        ``local_files_only``) are passed on; ``base_model_name_or_path=`` overrides where the base comes from.
+
+        Example:
+            >>> import dmoerm_trl
+            >>> from transformers import AutoModelForSequenceClassification
+            >>> model = AutoModelForSequenceClassification.from_pretrained("./my-dmoerm")  # doctest: +SKIP
+        """
+        from .serialization import load_dmoerm
+
+        return load_dmoerm(cls, pretrained_model_name_or_path, config, base_model_name_or_path, kwargs)
+
+    def load_dmoerm_weights(self, folder: str | os.PathLike) -> None:
+        """Load adapters and heads saved by ``save_pretrained`` into this model (same config); used for resuming."""
+        from .serialization import load_dmoerm_weights
+
+        load_dmoerm_weights(self, folder)
+
+    def push_to_hub(self, repo_id: str, *, save_base: bool = False, metrics: dict | None = None, **kwargs) -> str:
+        """Upload config, adapters, heads and a model card to the Hub (see [`dmoerm_trl.hub.push_to_hub`])."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, save_base=save_base, metrics=metrics, **kwargs)
+
+
+AutoConfig.register(DMoERMConfig.model_type, DMoERMConfig, exist_ok=True)
+AutoModelForSequenceClassification.register(DMoERMConfig, DMoERMForSequenceClassification, exist_ok=True)
