@@ -1,0 +1,540 @@
+"""Preference data for DMoERM: category sets, readers for ranked and pairwise formats, validation.
+
+Every reader returns the same thing, a ``datasets.Dataset`` of preference pairs in TRL's conversational format, so
+``trl.RewardTrainer`` reads it as is:
+
+- ``prompt``: the whole multi-turn context, a list of ``{"role", "content"}`` messages ending with a user turn
+- ``chosen`` / ``rejected``: ``[{"role": "assistant", "content": ...}]``
+- ``category``: the category key (``"objective_qa"``...), ``""`` when the source has none
+- ``pair_id``: a stable id (a hash of the pair's content; repeats of identical pairs get ``-2``, ``-3``... suffixes)
+- ``capability``: only in capability label files (the output of ``dmoerm label``)
+
+Sources: the mtmc-rlhf ranked format (``src`` user turns, ``tgt`` earlier assistant turns, ``response`` candidates,
+``rank`` one int per candidate, ``label`` category name), TRL preference files (``prompt``/``chosen``/``rejected``,
+text or messages, or implicit-prompt ``chosen``/``rejected`` conversations) with an optional ``category`` column;
+``.jsonl``, ``.json`` or ``.parquet`` files, a directory of them, or a ``datasets.Dataset``.
+
+Bad records raise :class:`DataValidationError` naming the file, the record and the field; with
+``skip_invalid=True`` they are skipped, counted in a :class:`LoadReport` and logged. Nothing is dropped silently.
+
+Example:
+    >>> import json, tempfile, os
+    >>> from dmoerm_trl.data import load_preference_pairs, PAPER_CATEGORIES
+    >>> path = os.path.join(tempfile.mkdtemp(), "ranked.jsonl")
+    >>> record = {"src": ["Hi!", "What is 2+2?"], "tgt": ["Hello!"], "response": ["4", "5", "22"],
+    ...           "rank": [1, 2, 3], "label": "客观知识问答"}
+    >>> _ = open(path, "w", encoding="utf-8").write(json.dumps(record, ensure_ascii=False) + "\\n")
+    >>> pairs = load_preference_pairs(path)
+    >>> len(pairs), pairs[0]["category"], pairs[0]["chosen"][0]["content"], pairs[0]["rejected"][0]["content"]
+    (3, 'objective_qa', '4', '5')
+    >>> [m["role"] for m in pairs[0]["prompt"]]
+    ['user', 'assistant', 'user']
+    >>> PAPER_CATEGORIES["chitchat"][:2]
+    ['conversational_sense', 'proactivity']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .category_sets import (  # noqa: F401  (re-exported: the category-set API lives in dmoerm_trl.data)
+    PAPER_CAPABILITY_NAMES_ZH,
+    PAPER_CATEGORIES,
+    PAPER_CATEGORY_NAMES_ZH,
+    CategorySpec,
+    load_category_set,
+    load_category_spec,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PAPER_CATEGORIES",
+    "PAPER_CATEGORY_NAMES_ZH",
+    "PAPER_CAPABILITY_NAMES_ZH",
+    "CategorySpec",
+    "DataValidationError",
+    "LoadReport",
+    "load_category_set",
+    "load_category_spec",
+    "load_preference_pairs",
+    "load_capability_labels",
+    "pair_features",
+    "write_jsonl_atomic",
+]
+
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+
+
+class DataValidationError(ValueError):
+    """A malformed record: names the source file, the record, the field, what is wrong and how to fix it."""
+
+    def __init__(self, source: str, location: str, field: str | None, problem: str, fix: str):
+        self.source, self.location, self.field, self.problem, self.fix = source, location, field, problem, fix
+        where = f"{source}, {location}" + (f", field '{field}'" if field else "")
+        super().__init__(f"{where}: {problem}. Fix: {fix}")
+
+
+@dataclass
+class LoadReport:
+    """What a load did: counts of records, pairs, ties and skips (with reasons), for logs and summaries."""
+
+    records: int = 0
+    pairs: int = 0
+    skipped_records: int = 0
+    skipped_by_field: Counter = field(default_factory=Counter)
+    skip_examples: list[str] = field(default_factory=list)  # the first few skip messages, verbatim
+    tied_pairs: int = 0  # candidate pairs with equal ranks: no pair (by design, not an error)
+    records_without_pairs: int = 0  # valid records with < 2 responses or only ties
+    sources: list[str] = field(default_factory=list)
+
+    def add_skip(self, error: DataValidationError) -> None:
+        self.skipped_records += 1
+        self.skipped_by_field[error.field or "<record>"] += 1
+        if len(self.skip_examples) < 10:
+            self.skip_examples.append(str(error))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "pairs": self.pairs,
+            "skipped_records": self.skipped_records,
+            "skipped_by_field": dict(self.skipped_by_field),
+            "skip_examples": list(self.skip_examples),
+            "tied_pairs": self.tied_pairs,
+            "records_without_pairs": self.records_without_pairs,
+            "sources": list(self.sources),
+        }
+
+
+def pair_features(with_capability: bool = False):
+    """The ``datasets.Features`` of a pairs dataset (conversational TRL format + ``category`` + ``pair_id``)."""
+    from datasets import Features, List, Value
+
+    message = {"role": Value("string"), "content": Value("string")}
+    columns = {
+        "prompt": List(message),
+        "chosen": List(message),
+        "rejected": List(message),
+        "category": Value("string"),
+        "pair_id": Value("string"),
+    }
+    if with_capability:
+        columns["capability"] = Value("string")
+    return Features(columns)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading records from files
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _iter_source_files(source: str | os.PathLike) -> list[Path]:
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in DATA_FILE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"{path}: no {'/'.join(DATA_FILE_SUFFIXES)} files in this directory.")
+        return files
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file. Pass a .jsonl, .json or .parquet file, or a directory.")
+    if path.suffix not in DATA_FILE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported file type '{path.suffix}'. Use .jsonl, .json or .parquet.")
+    return [path]
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            location = f"line {line_number}"
+            try:
+                yield location, json.loads(line)
+            except json.JSONDecodeError as err:
+                yield location, DataValidationError(
+                    str(path), location, None, f"not valid JSON ({err.msg} at column {err.colno})",
+                    "write one JSON object per line (JSON Lines)",
+                )
+
+
+def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data":  # a JSON Lines file named .json (common on the hub)
+            yield from _iter_jsonl(path)
+            return
+        raise DataValidationError(
+            str(path), f"line {err.lineno}", None, f"not valid JSON ({err.msg})", "fix the JSON syntax"
+        ) from None
+    if isinstance(data, Mapping):  # {"data": [...]} / {"train": [...]}: one list-valued key
+        lists = [value for value in data.values() if isinstance(value, list)]
+        if len(lists) != 1:
+            raise DataValidationError(
+                str(path), "top level", None, "a JSON object without exactly one list of records",
+                "store a JSON list of records, or JSON Lines",
+            )
+        data = lists[0]
+    if not isinstance(data, list):
+        raise DataValidationError(str(path), "top level", None, "not a list of records", "store a JSON list of records")
+    for index, record in enumerate(data):
+        yield f"record {index}", record
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    for index, record in enumerate(pq.read_table(path).to_pylist()):
+        yield f"record {index}", record
+
+
+def _iter_records(source) -> Iterator[tuple[str, str, Any]]:
+    """Yields (source name, location, record or DataValidationError)."""
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        datasets = None
+    if datasets is not None and isinstance(source, datasets.DatasetDict):
+        raise TypeError(f"Got a DatasetDict with splits {list(source)}: pass one split, e.g. dataset['train'].")
+    if datasets is not None and isinstance(source, datasets.Dataset):
+        name = f"Dataset({source.info.dataset_name or 'in memory'})"
+        for index, record in enumerate(source):
+            yield name, f"record {index}", record
+        return
+    if isinstance(source, (str, os.PathLike)):
+        sources = [source]
+    elif isinstance(source, Sequence):
+        sources = list(source)
+    else:
+        raise TypeError(f"Unsupported source {type(source).__name__}: pass a path, a list of paths or a Dataset.")
+    readers = {".jsonl": _iter_jsonl, ".json": _iter_json, ".parquet": _iter_parquet}
+    for one_source in sources:
+        for path in _iter_source_files(one_source):
+            for location, record in readers[path.suffix](path):
+                yield str(path), location, record
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Record -> pairs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _detect_format(record: Mapping) -> str | None:
+    if "src" in record and "response" in record:
+        return "mtmc"
+    if "chosen" in record and "rejected" in record:
+        return "trl"
+    return None
+
+
+class _RecordChecker:
+    """Field checks that raise DataValidationError with the record's location."""
+
+    def __init__(self, source: str, location: str):
+        self.source, self.location = source, location
+
+    def fail(self, field: str | None, problem: str, fix: str):
+        raise DataValidationError(self.source, self.location, field, problem, fix)
+
+    def string_list(self, record: Mapping, name: str, min_length: int = 0) -> list[str]:
+        value = record.get(name)
+        if value is None:
+            self.fail(name, "missing", f"add '{name}' (a list of strings)")
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            self.fail(name, f"expected a list of strings, got {type(value).__name__}", f"make '{name}' a JSON list")
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                self.fail(f"{name}[{index}]", f"expected a string, got {type(item).__name__}", "use text strings")
+        if len(value) < min_length:
+            self.fail(name, f"has {len(value)} items, needs at least {min_length}", f"add items to '{name}'")
+        return list(value)
+
+    def messages(self, value: Any, name: str) -> list[dict[str, str]]:
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            self.fail(name, f"expected a list of messages, got {type(value).__name__}", "use [{role, content}, ...]")
+        messages = []
+        for index, message in enumerate(value):
+            if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+                self.fail(f"{name}[{index}]", "not a {'role', 'content'} message", "give each message role and content")
+            role, content = message["role"], message["content"]
+            if role not in MESSAGE_ROLES:
+                self.fail(f"{name}[{index}].role", f"unknown role {role!r}", f"use one of {', '.join(MESSAGE_ROLES)}")
+            if not isinstance(content, str):
+                self.fail(
+                    f"{name}[{index}].content", f"expected a string, got {type(content).__name__}",
+                    "flatten multi-part content into one string",
+                )
+            messages.append({"role": role, "content": content})
+        return messages
+
+
+def _resolve_category(check: _RecordChecker, value: Any, name: str, spec: CategorySpec | None, strict: bool) -> str:
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        check.fail(name, f"expected a string, got {type(value).__name__}", "use the category name as a string")
+    value = value.strip()
+    if spec is None:  # no category set given: map the paper's Chinese names, keep anything else as is
+        return _PAPER_SPEC.resolve(value) or value
+    key = spec.resolve(value)
+    if key is None and strict:
+        check.fail(
+            name, f"unknown category {value!r} (known: {', '.join(spec.categories)})",
+            "add it (or an alias) to your category set YAML, or pass --skip-invalid to skip such records",
+        )
+    return key or ""
+
+
+def _mtmc_pairs(check: _RecordChecker, record: Mapping, spec, lower_rank_is_better: bool, report: LoadReport):
+    src = check.string_list(record, "src", min_length=1)
+    if record.get("tgt") is None and len(src) == 1:
+        tgt = []
+    else:
+        tgt = check.string_list(record, "tgt")
+    if len(tgt) != len(src) - 1:
+        check.fail(
+            "tgt", f"has {len(tgt)} assistant turns for {len(src)} user turns (needs len(src) - 1 = {len(src) - 1})",
+            "give one earlier assistant turn between each pair of user turns",
+        )
+    responses = check.string_list(record, "response", min_length=1)
+    ranks = record.get("rank")
+    if isinstance(ranks, str) or not isinstance(ranks, Sequence):
+        check.fail("rank", f"expected a list of ints, got {type(ranks).__name__}", "give one int rank per response")
+    ranks = list(ranks)
+    if len(ranks) != len(responses):
+        check.fail("rank", f"has {len(ranks)} ranks for {len(responses)} responses", "give one rank per response")
+    for index, rank in enumerate(ranks):
+        if isinstance(rank, bool) or not isinstance(rank, (int, float)) or rank != int(rank):
+            check.fail(f"rank[{index}]", f"expected an integer, got {rank!r}", "use integer ranks")
+    category = _resolve_category(check, record.get("label"), "label", spec, strict=spec is not None)
+
+    prompt = []
+    for turn, user_text in enumerate(src):
+        prompt.append({"role": "user", "content": user_text})
+        if turn < len(tgt):
+            prompt.append({"role": "assistant", "content": tgt[turn]})
+    pairs = []
+    for i in range(len(responses)):
+        for j in range(i + 1, len(responses)):
+            if ranks[i] == ranks[j]:
+                report.tied_pairs += 1
+                continue
+            i_better = (ranks[i] < ranks[j]) == lower_rank_is_better
+            better, worse = (i, j) if i_better else (j, i)
+            pairs.append(
+                {
+                    "prompt": prompt,
+                    "chosen": [{"role": "assistant", "content": responses[better]}],
+                    "rejected": [{"role": "assistant", "content": responses[worse]}],
+                    "category": category,
+                }
+            )
+    return pairs
+
+
+def _trl_pair(check: _RecordChecker, record: Mapping, spec):
+    chosen, rejected = record.get("chosen"), record.get("rejected")
+    prompt = record.get("prompt")
+    for name, value in (("chosen", chosen), ("rejected", rejected)):
+        if value is None:
+            check.fail(name, "missing", f"add '{name}'")
+    if prompt is None:  # implicit prompt: the shared conversation prefix of chosen and rejected
+        if isinstance(chosen, str) or isinstance(rejected, str):
+            check.fail("prompt", "missing, and text 'chosen'/'rejected' cannot be split into prompt and answer",
+                       "add a 'prompt' column, or store chosen/rejected as message lists")
+        chosen_messages, rejected_messages = check.messages(chosen, "chosen"), check.messages(rejected, "rejected")
+        shared = 0
+        while (shared < min(len(chosen_messages), len(rejected_messages)) - 1
+               and chosen_messages[shared] == rejected_messages[shared]):
+            shared += 1
+        prompt_messages = chosen_messages[:shared]
+        chosen_messages, rejected_messages = chosen_messages[shared:], rejected_messages[shared:]
+    elif isinstance(prompt, str):
+        for name, value in (("chosen", chosen), ("rejected", rejected)):
+            if not isinstance(value, str):
+                check.fail(name, f"the prompt is text but '{name}' is {type(value).__name__}",
+                           "use text for prompt, chosen and rejected, or messages for all three")
+        prompt_messages = [{"role": "user", "content": prompt}]
+        chosen_messages = [{"role": "assistant", "content": chosen}]
+        rejected_messages = [{"role": "assistant", "content": rejected}]
+    else:
+        prompt_messages = check.messages(prompt, "prompt")
+        chosen_messages, rejected_messages = check.messages(chosen, "chosen"), check.messages(rejected, "rejected")
+    if not prompt_messages:
+        check.fail("prompt", "empty: no conversation before the answers", "give at least one user message")
+    for name, messages in (("chosen", chosen_messages), ("rejected", rejected_messages)):
+        if not messages or messages[-1]["role"] != "assistant":
+            check.fail(name, "does not end with an assistant message", f"make '{name}' the assistant's answer")
+    pair = {
+        "prompt": prompt_messages,
+        "chosen": chosen_messages,
+        "rejected": rejected_messages,
+        "category": _resolve_category(check, record.get("category"), "category", spec, strict=spec is not None),
+    }
+    if "capability" in record:
+        capability = record["capability"]
+        if not isinstance(capability, str) or not capability:
+            check.fail("capability", f"expected a non-empty string, got {capability!r}", "name the capability")
+        if spec is not None and pair["category"] and capability not in spec.categories.get(pair["category"], []):
+            check.fail("capability", f"{capability!r} is not a capability of category {pair['category']!r}",
+                       f"use one of {spec.categories.get(pair['category'])} or fix the category set")
+        pair["capability"] = capability
+    return pair
+
+
+def _content_hash(pair: Mapping) -> str:
+    payload = json.dumps([pair["prompt"], pair["chosen"], pair["rejected"]], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def load_preference_pairs(
+    source,
+    *,
+    format: str = "auto",
+    categories: str | os.PathLike | Mapping | CategorySpec | None = None,
+    lower_rank_is_better: bool = True,
+    skip_invalid: bool = False,
+    report: LoadReport | None = None,
+):
+    """Read preference data into a ``datasets.Dataset`` of pairs (see the module docstring for the columns).
+
+    Args:
+        source: a ``.jsonl``/``.json``/``.parquet`` path, a directory of them, a list of paths, or a
+            ``datasets.Dataset``.
+        format: ``"auto"`` (per record: ``src``+``response`` -> mtmc-rlhf ranked, ``chosen``+``rejected`` -> TRL),
+            ``"mtmc"`` or ``"trl"``.
+        categories: a category set (``"paper"``, a YAML path, a ``{category: [capabilities]}`` mapping or a
+            :class:`CategorySpec`). Given, every record's category must be in it (by key or alias) and is mapped to
+            its key. ``None``: the paper's Chinese names are mapped to keys, other names are kept as they are.
+        lower_rank_is_better: in ranked records, rank 1 beats rank 2 (the mtmc-rlhf convention). ``False`` for
+            scores where higher is better. Equal ranks produce no pair.
+        skip_invalid: skip malformed records (counted in ``report`` and logged) instead of raising.
+        report: a :class:`LoadReport` to fill with counts.
+
+    Raises:
+        DataValidationError: a malformed record (file, record and field named), unless ``skip_invalid``.
+
+    Example:
+        >>> import datasets
+        >>> from dmoerm_trl.data import load_preference_pairs, LoadReport
+        >>> rows = datasets.Dataset.from_list([
+        ...     {"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away.", "category": "闲聊"},
+        ...     {"prompt": "Hi", "chosen": "Hey.", "rejected": "Hm.", "category": "poetry"}])
+        >>> report = LoadReport()
+        >>> pairs = load_preference_pairs(rows, categories="paper", skip_invalid=True, report=report)
+        >>> len(pairs), pairs[0]["category"], report.skipped_records, dict(report.skipped_by_field)
+        (1, 'chitchat', 1, {'category': 1})
+    """
+    from datasets import Dataset
+
+    if format not in ("auto", "mtmc", "trl"):
+        raise ValueError(f"format={format!r}: use 'auto', 'mtmc' or 'trl'.")
+    spec = None if categories is None else load_category_spec(categories)
+    report = report if report is not None else LoadReport()
+    rows: list[dict] = []
+    seen_ids: Counter = Counter()
+    with_capability = False
+    for source_name, location, record in _iter_records(source):
+        if source_name not in report.sources:
+            report.sources.append(source_name)
+        report.records += 1
+        check = _RecordChecker(source_name, location)
+        try:
+            if isinstance(record, DataValidationError):
+                raise record
+            if not isinstance(record, Mapping):
+                check.fail(None, f"expected a JSON object, got {type(record).__name__}", "store one object per record")
+            record_format = format if format != "auto" else _detect_format(record)
+            if record_format is None:
+                check.fail(None, f"unknown record format (fields: {sorted(record)})",
+                           "use mtmc-rlhf fields (src, tgt, response, rank, label) or TRL fields "
+                           "(prompt, chosen, rejected, category)")
+            if record_format == "mtmc":
+                pairs = _mtmc_pairs(check, record, spec, lower_rank_is_better, report)
+            else:
+                pairs = [_trl_pair(check, record, spec)]
+        except DataValidationError as error:
+            if not skip_invalid:
+                raise
+            report.add_skip(error)
+            continue
+        if not pairs:
+            report.records_without_pairs += 1
+        for pair in pairs:
+            with_capability = with_capability or "capability" in pair
+            base_id = _content_hash(pair) + (f":{pair['capability']}" if "capability" in pair else "")
+            seen_ids[base_id] += 1
+            pair["pair_id"] = base_id if seen_ids[base_id] == 1 else f"{base_id}-{seen_ids[base_id]}"
+            rows.append(pair)
+    if with_capability:
+        for row in rows:
+            row.setdefault("capability", "")
+    report.pairs = len(rows)
+    if report.skipped_records:
+        logger.warning(
+            "Skipped %d invalid record(s) of %d (by field: %s). First: %s",
+            report.skipped_records, report.records, dict(report.skipped_by_field), report.skip_examples[0],
+        )
+    if report.tied_pairs:
+        logger.info("%d candidate pair(s) had equal ranks and produced no pair.", report.tied_pairs)
+    features = pair_features(with_capability)
+    columns = {name: [row[name] for row in rows] for name in features}
+    return Dataset.from_dict(columns, features=features)
+
+
+def load_capability_labels(source, *, categories=None, skip_invalid: bool = False, report: LoadReport | None = None):
+    """Read a capability label file (the ``capability_pairs.jsonl`` of ``dmoerm label``) as a pairs dataset.
+
+    Same columns as :func:`load_preference_pairs` plus ``capability``; every record must have one.
+
+    Example:
+        >>> from dmoerm_trl.data import load_capability_labels
+        >>> labels = load_capability_labels("labels/capability_pairs.jsonl")  # doctest: +SKIP
+        >>> labels.filter(lambda r: r["capability"] == "logic")  # one expert's training data  # doctest: +SKIP
+    """
+    pairs = load_preference_pairs(source, format="trl", categories=categories, skip_invalid=skip_invalid,
+                                  report=report)
+    if len(pairs) and "capability" not in pairs.column_names:
+        raise DataValidationError(str(source), "all records", "capability", "missing",
+                                  "pass the output of `dmoerm label` (it has a 'capability' column)")
+    missing = [i for i, value in enumerate(pairs["capability"]) if not value] if len(pairs) else []
+    if missing:
+        raise DataValidationError(str(source), f"record {missing[0]}", "capability", "missing or empty",
+                                  "every capability label needs its capability")
+    return pairs
+
+
+def write_jsonl_atomic(rows: Iterable[Mapping], path: str | os.PathLike) -> int:
+    """Write rows as JSON Lines atomically (tmp file + fsync + ``os.replace``). Returns the number of rows.
+
+    Example:
+        >>> import tempfile, os
+        >>> write_jsonl_atomic([{"a": 1}], os.path.join(tempfile.mkdtemp(), "x.jsonl"))
+        1
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    count = 0
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(dict(row), ensure_ascii=False) + "\n")
+            count += 1
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return count
+
+
+_PAPER_SPEC = load_category_spec("paper")
