@@ -85,7 +85,9 @@ def push_to_hub(
 
     Returns the commit URL (what ``HfApi.create_commit`` returns).
     """
-    from huggingface_hub import HfApi
+    from pathlib import Path
+
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     if metrics:
         model.model_card_metrics = {**model.model_card_metrics, **metrics}
@@ -93,9 +95,14 @@ def push_to_hub(
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder, save_base=save_base)
-        return api.upload_folder(
+        operations = [
+            CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
+            for path in sorted(Path(folder).rglob("*"))
+            if path.is_file()
+        ]
+        return api.create_commit(
             repo_id=repo_id,
-            folder_path=folder,
+            operations=operations,
             commit_message=commit_message or "Upload DMoERM reward model",
             revision=revision,
             create_pr=create_pr,

@@ -153,14 +153,17 @@ def load_dmoerm_weights(model, folder) -> None:
 
     folder = Path(folder)
     heads = load_file(folder / "dmoerm_heads.safetensors")
-    result = model.load_state_dict(heads, strict=False)
-    expected_heads = {k for k in model.state_dict() if not k.startswith("backbone.")}
-    missing = sorted(expected_heads - set(heads))
-    if result.unexpected_keys or missing:
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    missing = sorted(set(own) - set(heads))
+    unexpected = sorted(set(heads) - set(own))
+    reshaped = sorted(k for k in set(own) & set(heads) if own[k].shape != heads[k].shape)
+    if missing or unexpected or reshaped:
         raise ValueError(
             f"{folder}/dmoerm_heads.safetensors does not match this model's categories and capabilities "
-            f"(missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}); was it saved from another config?"
+            f"(missing {missing[:4]}, unexpected {unexpected[:4]}, other shape {reshaped[:4]}); "
+            "was it saved from another config?"
         )
+    model.load_state_dict(heads, strict=False)
     for name in model.all_adapter_names():
         path = folder / "adapters" / name / ADAPTER_WEIGHTS
         if not path.exists():
