@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -108,6 +109,30 @@ def detect_lora_target_modules(backbone: nn.Module, requested: list[str] | None 
         f"{type(backbone).__name__} has none of the usual LoRA target modules ({_LORA_TARGET_CANDIDATES}); "
         f"pass lora_target_modules=[...] chosen from its linear layers: {linear_names}"
     )
+
+
+def load_pretrained_backbone(name_or_path, **kwargs) -> PreTrainedModel:
+    """``AutoModel.from_pretrained`` that refuses to hand back randomly initialised backbone weights.
+
+    The paper's code built its backbones with ``LlamaModel(config)`` (random weights). Here a checkpoint that lacks
+    some of the backbone's weights is an error. The head of a ``*ForCausalLM`` checkpoint (``lm_head``) is expected
+    to be unused and is not reported.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report would list lm_head as "unexpected" for every causal LM
+    try:
+        base, info = AutoModel.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = [key for key in info.get("missing_keys", []) if key]
+    if missing:
+        raise ValueError(
+            f"{name_or_path} does not contain all of the backbone's weights (missing {sorted(missing)[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}); they would be random. Check the path, or pass a loaded model."
+        )
+    return base
 
 
 def _detect_pooling(backbone_config) -> str:
@@ -226,9 +251,11 @@ class DMoERMForSequenceClassification(DMoERMPreTrainedModel):
         self.config.lora_target_modules = target_modules
         lora_config = self._lora_config(target_modules)
         names = self.all_adapter_names()
-        peft_backbone = get_peft_model(backbone, lora_config, adapter_name=names[0])
-        for name in names[1:]:
-            peft_backbone.add_adapter(name, lora_config)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_backbone = get_peft_model(backbone, lora_config, adapter_name=names[0])
+            for name in names[1:]:
+                peft_backbone.add_adapter(name, lora_config)
         # PEFT's config records the base path so each adapter folder loads on its own.
         for peft_config in peft_backbone.peft_config.values():
             peft_config.base_model_name_or_path = self.config.base_model_name_or_path
@@ -277,7 +304,7 @@ class DMoERMForSequenceClassification(DMoERMPreTrainedModel):
             )
         if isinstance(backbone, (str, os.PathLike)):
             base_path = str(backbone)
-            base = AutoModel.from_pretrained(base_path, **backbone_kwargs)
+            base = load_pretrained_backbone(base_path, **backbone_kwargs)
         elif isinstance(backbone, PreTrainedModel):
             base_path = backbone.name_or_path or None
             inner = getattr(backbone, backbone.base_model_prefix, None)

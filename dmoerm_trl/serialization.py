@@ -113,9 +113,8 @@ _BASE_KWARGS = ("dtype", "torch_dtype", "device_map", "attn_implementation", "lo
 
 
 def load_dmoerm(cls, name_or_path, config, base_model_name_or_path, kwargs: dict):
-    from transformers import AutoModel
-
     from .configuration_dmoerm import DMoERMConfig
+    from .modeling_dmoerm import load_pretrained_backbone
 
     num_labels = kwargs.pop("num_labels", 1)
     if num_labels != 1:
@@ -137,7 +136,7 @@ def load_dmoerm(cls, name_or_path, config, base_model_name_or_path, kwargs: dict
         base_source = base_model_name_or_path or config.base_model_name_or_path
         if base_source is None:
             raise ValueError(f"{folder} has no base/ folder and its config names no base model; pass base_model_name_or_path=")
-    base = AutoModel.from_pretrained(base_source, **base_kwargs)
+    base = load_pretrained_backbone(base_source, **base_kwargs)
     model = cls(config, backbone=base)
     parameter = next(base.parameters())
     model.to(device=parameter.device, dtype=parameter.dtype)

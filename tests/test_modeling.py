@@ -306,3 +306,16 @@ def test_peft_model_backbone_is_refused(tiny_llama_path, tiny_categories):
     peft_model = get_peft_model(AutoModel.from_pretrained(tiny_llama_path), LoraConfig(target_modules=["q_proj"]))
     with pytest.raises(ValueError, match="not a PeftModel"):
         DMoERMForSequenceClassification.from_backbone(peft_model, tiny_categories)
+
+
+def test_checkpoint_missing_backbone_weights_is_refused(tiny_llama_path, tiny_categories, tmp_path):
+    import json
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_llama_path, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["num_hidden_layers"] = 3  # the checkpoint has 2 layers: layer 3 would be random
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not contain all of the backbone's weights.*layers.2"):
+        DMoERMForSequenceClassification.from_backbone(str(broken), tiny_categories)

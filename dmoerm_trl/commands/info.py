@@ -1,0 +1,96 @@
+"""``dmoerm info PATH``: what a saved DMoERM is made of, without loading any weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument("path", help="folder written by save_pretrained (or `dmoerm train`)")
+    parser.add_argument("--json", action="store_true", help="print the description as JSON")
+    return parser
+
+
+def _safetensors_numel(path: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():
+            numel = 1
+            for dim in handle.get_slice(key).get_shape():
+                numel *= dim
+            total += numel
+    return total
+
+
+def describe_saved_model(path: str | Path) -> dict:
+    """Base, categories, capabilities and parameter counts of a saved DMoERM (reads headers only)."""
+    import torch
+    from transformers import AutoModel
+
+    from ..configuration_dmoerm import DMoERMConfig
+
+    folder = Path(path)
+    if not (folder / "config.json").exists() or not (folder / "dmoerm_heads.safetensors").exists():
+        raise FileNotFoundError(f"{folder} is not a saved DMoERM (config.json + dmoerm_heads.safetensors expected)")
+    config = DMoERMConfig.from_pretrained(folder)
+    with torch.device("meta"):  # the architecture only, to count the base's parameters without reading weights
+        base_params = sum(p.numel() for p in AutoModel.from_config(config.get_backbone_config()).parameters())
+    adapters = {
+        adapter.name: _safetensors_numel(adapter / "adapter_model.safetensors")
+        for adapter in sorted((folder / "adapters").iterdir())
+        if (adapter / "adapter_model.safetensors").exists()
+    }
+    heads = _safetensors_numel(folder / "dmoerm_heads.safetensors")
+    metrics_file = folder / "eval_results.json"
+    return {
+        "path": str(folder),
+        "base_model": config.base_model_name_or_path,
+        "base_saved_in_folder": (folder / "base").is_dir(),
+        "backbone_type": (config.backbone_config or {}).get("model_type"),
+        "hidden_size": config.hidden_size,
+        "router_mode": config.router_mode,
+        "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                 "target_modules": config.lora_target_modules},
+        "categories": config.categories,
+        "parameters": {
+            "base": base_params,
+            "adapters": sum(adapters.values()),
+            "heads": heads,
+            "total": base_params + sum(adapters.values()) + heads,
+            "per_adapter": adapters,
+        },
+        "metrics": json.loads(metrics_file.read_text()) if metrics_file.exists() else {},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        info = describe_saved_model(args.path)
+    except FileNotFoundError as err:
+        print(f"error: {err}")
+        return 1
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    params = info["parameters"]
+    print(f"DMoERM at {info['path']}")
+    where = "saved in base/" if info["base_saved_in_folder"] else "referenced"
+    print(f"  base model:   {info['base_model']} ({info['backbone_type']}, hidden {info['hidden_size']}; {where})")
+    print(f"  router:       {info['router_mode']}")
+    lora = info["lora"]
+    print(f"  LoRA:         r={lora['r']} alpha={lora['alpha']} dropout={lora['dropout']} on {lora['target_modules']}")
+    print(f"  categories:   {len(info['categories'])}")
+    for category, capabilities in info["categories"].items():
+        print(f"    {category}: {', '.join(capabilities)}")
+    print(
+        f"  parameters:   base {params['base']:,} (frozen, shared) | adapters {params['adapters']:,} "
+        f"({len(params['per_adapter'])} adapters) | heads {params['heads']:,} | total {params['total']:,}"
+    )
+    for key, value in info["metrics"].items():
+        print(f"  metric {key}: {value}")
+    return 0
