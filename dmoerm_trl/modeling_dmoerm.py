@@ -27,21 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
-from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from .backbone import detect_lora_target_modules, detect_pooling, load_pretrained_backbone
 from .configuration_dmoerm import DMoERMConfig, slugify
 from .reward_contract import BroadcastRewardScore, SequenceRewardView
 
-HEADS_FILE = "dmoerm_heads.safetensors"
-ADAPTERS_DIR = "adapters"
-BASE_DIR = "base"
-METRICS_FILE = "eval_results.json"
 ROUTER_ADAPTER = "router"
 STAGES = ("router", "task", "capability", "aggregator")
-
-# Known attention projections that get LoRA, by model family, tried in this order.
-_LORA_TARGET_CANDIDATES = (["q_proj", "v_proj"], ["query", "value"], ["c_attn"], ["query_key_value"], ["Wqkv"])
-
 
 @dataclass
 class DMoERMOutput(ModelOutput):
@@ -78,66 +70,6 @@ class CapabilityAggregator(nn.Module):
 
     def forward(self, expert_features: torch.Tensor) -> torch.Tensor:
         return self.out(self.act(self.proj(expert_features)))
-
-
-def detect_lora_target_modules(backbone: nn.Module, requested: list[str] | None = None) -> list[str]:
-    """The backbone's attention projections to put LoRA on (or check ``requested`` against the backbone).
-
-    Example:
-        >>> detect_lora_target_modules(llama_model)  # doctest: +SKIP
-        ['q_proj', 'v_proj']
-    """
-    linear_names = sorted(
-        {
-            name.rsplit(".", 1)[-1]
-            for name, module in backbone.named_modules()
-            if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
-        }
-    )
-    if requested:
-        missing = [name for name in requested if name not in linear_names]
-        if missing:
-            raise ValueError(
-                f"lora_target_modules {missing} are not linear layers of {type(backbone).__name__}; "
-                f"choose from {linear_names}"
-            )
-        return list(requested)
-    for candidate in _LORA_TARGET_CANDIDATES:
-        if all(name in linear_names for name in candidate):
-            return list(candidate)
-    raise ValueError(
-        f"{type(backbone).__name__} has none of the usual LoRA target modules ({_LORA_TARGET_CANDIDATES}); "
-        f"pass lora_target_modules=[...] chosen from its linear layers: {linear_names}"
-    )
-
-
-def load_pretrained_backbone(name_or_path, **kwargs) -> PreTrainedModel:
-    """``AutoModel.from_pretrained`` that refuses to hand back randomly initialised backbone weights.
-
-    The paper's code built its backbones with ``LlamaModel(config)`` (random weights). Here a checkpoint that lacks
-    some of the backbone's weights is an error. The head of a ``*ForCausalLM`` checkpoint (``lm_head``) is expected
-    to be unused and is not reported.
-    """
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the load report would list lm_head as "unexpected" for every causal LM
-    try:
-        base, info = AutoModel.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    missing = [key for key in info.get("missing_keys", []) if key]
-    if missing:
-        raise ValueError(
-            f"{name_or_path} does not contain all of the backbone's weights (missing {sorted(missing)[:5]}"
-            f"{' ...' if len(missing) > 5 else ''}); they would be random. Check the path, or pass a loaded model."
-        )
-    return base
-
-
-def _detect_pooling(backbone_config) -> str:
-    # Encoders (BERT family: masked-LM models) summarise a sequence in the first ([CLS]) token; decoders in the last.
-    return "first" if backbone_config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "last"
 
 
 class DMoERMPreTrainedModel(PreTrainedModel):
@@ -182,7 +114,7 @@ class DMoERMForSequenceClassification(DMoERMPreTrainedModel):
         hidden_size = config.hidden_size or backbone.config.hidden_size
         config.hidden_size = hidden_size
         if config.pooling is None:
-            config.pooling = _detect_pooling(backbone.config)
+            config.pooling = detect_pooling(backbone.config)
         aggregator_width = config.aggregator_hidden_size or hidden_size
 
         self.router_head = nn.Linear(hidden_size, config.num_categories)
@@ -653,52 +585,17 @@ class DMoERMForSequenceClassification(DMoERMPreTrainedModel):
         finally:
             self.train(was_training)
 
-    @torch.no_grad()
     def compute_rewards(self, conversations, tokenizer, batch_size: int = 16, max_length: int | None = None):
-        """Score texts or chat conversations; returns a list of dicts (reward, category, capability rewards).
+        """Score texts or chat conversations: a list of ``{reward, category, router_prob, capabilities}`` dicts.
 
         Example:
             >>> model.compute_rewards([[{"role": "user", "content": "Hi"},  # doctest: +SKIP
             ...                         {"role": "assistant", "content": "Hello!"}]], tokenizer)
             [{'reward': 0.12, 'category': 'chitchat', 'router_prob': 0.61, 'capabilities': {'empathy': ...}}]
         """
-        if tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token first")
-        texts = [
-            c if isinstance(c, str) else tokenizer.apply_chat_template(c, tokenize=False) for c in conversations
-        ]
-        max_length = max_length or self.config.max_position_embeddings
-        results = []
-        device = next(self.parameters()).device
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(
-                texts[start : start + batch_size],
-                return_tensors="pt",
-                padding=True,
-                truncation=max_length is not None,
-                max_length=max_length,
-                add_special_tokens=self.config.pooling == "first",
-            ).to(device)
-            was_training = self.training
-            self.eval()
-            try:
-                out = self(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            finally:
-                self.train(was_training)
-            for i in range(len(batch["input_ids"])):
-                category = self.config.category_names[int(out.category_ids[i])]
-                capabilities = self.config.categories[category]
-                results.append(
-                    {
-                        "reward": float(out.logits[i, 0]),
-                        "category": category,
-                        "router_prob": float(out.router_probs[i, out.category_ids[i]]),
-                        "capabilities": {
-                            cap: float(out.capability_rewards[i, j]) for j, cap in enumerate(capabilities)
-                        },
-                    }
-                )
-        return results
+        from .scoring import score_conversations
+
+        return score_conversations(self, conversations, tokenizer, batch_size=batch_size, max_length=max_length)
 
     # -------------------------------------------------------------------------------------------------- files
     def num_parameters_by_part(self) -> dict[str, int]:
