@@ -113,7 +113,6 @@ def build_ppo_trainer(
             "a plain reward model checkpoint loaded with AutoModelForSequenceClassification(num_labels=1)"
         )
     check_ppo_setup(tokenizer, value_model, None, reward_name="value model")
-    _check_precision(args)
     return PPOTrainer(
         args=args,
         processing_class=tokenizer,
@@ -126,16 +125,6 @@ def build_ppo_trainer(
         callbacks=callbacks,
         peft_config=peft_config,
     )
-
-
-def _check_precision(args) -> None:
-    import torch
-
-    if getattr(args, "bf16", False) and not torch.cuda.is_available() and not getattr(args, "use_cpu", False):
-        raise ValueError(
-            "PPOConfig has bf16=True (TRL's default) but no GPU is available; set bf16: false (YAML) or "
-            "--bf16 false, or use_cpu: true"
-        )
 
 
 # ------------------------------------------------------------------------------------------------ recipe

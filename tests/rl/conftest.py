@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from dmoerm_trl.rl.ppo import is_ppo_available, ppo_unavailable_reason
-
-# PPO tests skip only where the installed TRL has no PPO, with the reason that names the range and the extra.
-requires_ppo = pytest.mark.skipif(not is_ppo_available(), reason=ppo_unavailable_reason())
-
 
 @pytest.fixture(scope="session")
 def rl_assets(tmp_path_factory):

@@ -95,8 +95,11 @@ def test_members_with_different_tokenizers_score_text(tmp_path, proxies, tiny_be
     prompts, completions = ["What is 2+2?", "Say hi."], [" 4", " Hello!"]
     combined = RewardScorer(ensemble)(prompts, completions)
     separately = torch.stack(
-        [RewardScorer(llama_rm, llama_tokenizer)(prompts, completions),
-         RewardScorer(bert_rm, tiny_bert_tokenizer)(prompts, completions)], dim=-1
+        [
+            RewardScorer(llama_rm, llama_tokenizer)(prompts, completions),
+            RewardScorer(bert_rm, tiny_bert_tokenizer)(prompts, completions),
+        ],
+        dim=-1,
     ).mean(-1)
     torch.testing.assert_close(combined, separately)
     # As a GRPO/RLOO reward function (TRL's signature), the same numbers:
