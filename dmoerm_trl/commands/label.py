@@ -1,0 +1,115 @@
+"""``dmoerm label``: capability preference labels from an OpenAI-compatible judge (see docs/labeling.md).
+
+Flags mirror :class:`dmoerm_trl.labeling.config.LabelingConfig`; ``--config FILE.yaml`` sets any of them (flags
+given on the command line win). Exit codes: 0 complete, 1 error (bad data, template or endpoint refusal),
+3 incomplete (budget reached or requests failed after every retry: rerun to continue from the cache).
+
+Example:
+    $ export OPENAI_API_KEY=...            # never written anywhere
+    $ dmoerm label --data ranked.jsonl --base-url https://api.openai.com/v1 --model gpt-4o-mini \\
+        --mode joint --output labels/
+    $ dmoerm serve-judge --model ./smollm2-135m-instruct &     # fully offline
+    $ dmoerm label --data ranked.jsonl --base-url http://127.0.0.1:8000/v1 --model smollm2-135m-instruct \\
+        --output labels/
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+
+def _field_type(annotation: str):
+    base = annotation.replace(" | None", "").strip()
+    return {"str": str, "int": int, "float": float, "bool": bool}[base]
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    from ..labeling.config import LabelingConfig
+
+    parser = subparsers.add_parser(name, help=help_text, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=None, help="YAML file with any of the options below (flags win).")
+    for field in dataclasses.fields(LabelingConfig):
+        kind = _field_type(field.type)
+        flag = "--" + field.name.replace("_", "-")
+        default = "required" if field.default is dataclasses.MISSING else f"default: {field.default}"
+        options = {"help": f"{field.metadata.get('help', '')} ({default})", "dest": field.name, "default": None}
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+            continue
+        if "choices" in field.metadata:
+            options["choices"] = field.metadata["choices"]
+        parser.add_argument(flag, type=kind, **options)
+    parser.add_argument("--api-key", default=None,
+                        help="API key (prefer the environment variable of --api-key-env: flags show in process lists).")
+    return parser
+
+
+def _config_from_args(args):
+    from ..labeling.config import LabelingConfig
+
+    values = {}
+    if args.config:
+        import yaml
+
+        with open(args.config, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle) or {}
+        if "api_key" in loaded:
+            raise ValueError(f"{args.config}: do not store API keys in config files; use --api-key-env.")
+        known = {f.name for f in dataclasses.fields(LabelingConfig)}
+        unknown = set(loaded) - known
+        if unknown:
+            raise ValueError(f"{args.config}: unknown option(s) {sorted(unknown)}. Known: {sorted(known)}.")
+        values.update(loaded)
+    for field in dataclasses.fields(LabelingConfig):
+        value = getattr(args, field.name, None)
+        if value is not None:
+            values[field.name] = value
+    missing = [name for name in ("data", "output", "model") if not values.get(name)]
+    if missing:
+        raise ValueError(f"Missing required option(s): {', '.join('--' + m for m in missing)}.")
+    return LabelingConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from ..data import DataValidationError
+    from ..labeling.labeler import LABELS_FILE, SUMMARY_FILE, run_labeling
+    from ..labeling.prompts import TemplateError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        config = _config_from_args(args)
+    except (ValueError, OSError) as err:
+        print(f"dmoerm label: {err}", file=sys.stderr)
+        return 1
+    if args.api_key:
+        print("dmoerm label: note: --api-key is visible in process lists; prefer the environment variable "
+              f"{config.api_key_env}.", file=sys.stderr)
+    try:
+        result = run_labeling(config, api_key=args.api_key)
+    except (DataValidationError, TemplateError, FileNotFoundError, ValueError) as err:
+        print(f"dmoerm label: {err}", file=sys.stderr)
+        return 1
+    summary = result.summary
+    print(f"labels: {summary['labels']} from {summary['pairs']} pairs | calls {summary['calls']} | "
+          f"cache hits {summary['cache_hits']} | retries {summary['retries']} | failed {summary['failed_requests']} | "
+          f"tokens {summary['tokens_in']}+{summary['tokens_out']} | ~${summary['estimated_cost_usd']:.4f} | "
+          f"{summary['elapsed_seconds']:.1f}s")
+    for category, capabilities in summary["per_capability"].items():
+        rates = ", ".join(f"{c} {t['consistency_rate'] if t['consistency_rate'] is not None else '-'}"
+                          for c, t in capabilities.items())
+        print(f"  consistency {category}: {rates}")
+    print(f"wrote {config.output}/{LABELS_FILE} and {config.output}/{SUMMARY_FILE}")
+    if summary["aborted"]:
+        print(f"dmoerm label: stopped: {summary['aborted']}", file=sys.stderr)
+        return 1
+    if not summary["complete"]:
+        reason = "budget reached" if summary["stopped_by_budget"] else f"{summary['failed_requests']} request(s) failed"
+        print(f"dmoerm label: incomplete ({reason}); rerun the same command to continue from the cache.",
+              file=sys.stderr)
+        return 3
+    return 0

@@ -1,0 +1,290 @@
+"""One judge request, done reliably: cache lookup, bounded concurrency, retries with backoff, budget, accounting.
+
+``JudgeClient.ask(messages)`` returns the judge's answer text (from the cache or from the endpoint) or ``None``
+when the request failed after every retry (such requests are not cached, so the next run asks again).
+
+- Retried: 408/409/429, 5xx, timeouts, dropped connections, bodies that are not a chat completion. The delay is
+  the server's ``Retry-After`` (or ``retry-after-ms``) when it sends one, else ``backoff_base * 2**attempt`` capped
+  at ``backoff_max``, with jitter (half fixed, half random) so that many clients do not retry in lockstep.
+- Not retried: other 4xx (bad key, unknown model, malformed request): :class:`JudgeError` stops the run. A 400
+  about ``response_format`` in ``auto`` JSON mode switches JSON mode off for this model (remembered in the cache).
+- Budget: once ``budget_calls`` requests were sent or ``budget_tokens`` tokens used, asking for an uncached answer
+  raises :class:`BudgetExhausted`; cached answers are still served.
+- The API key is only ever inside the ``openai`` client; error texts are redacted before they are kept or logged.
+
+Example:
+    >>> import asyncio, openai, tempfile, os  # doctest: +SKIP
+    >>> from dmoerm_trl.labeling.cache import LabelCache
+    >>> from dmoerm_trl.labeling.judge_client import JudgeClient
+    >>> client = openai.AsyncOpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused", max_retries=0)
+    >>> judge = JudgeClient(client, "judge", LabelCache(os.path.join(tempfile.mkdtemp(), "c.sqlite")))
+    >>> asyncio.run(judge.ask([{"role": "user", "content": "1 or 2?"}], max_tokens=4))
+    '1'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .cache import LabelCache, request_key
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = {408, 409, 429}
+MAX_RETRY_AFTER_SECONDS = 600.0
+
+
+class JudgeError(RuntimeError):
+    """A request the endpoint refuses for good (bad key, unknown model, malformed request): the run stops."""
+
+
+class BudgetExhausted(Exception):
+    """The call or token budget is used up; no new requests are sent."""
+
+
+def redact(text: str, secret: str | None = None) -> str:
+    """Remove an API key (and anything shaped like an OpenAI key, even partly masked) from a message."""
+    if secret:
+        text = text.replace(secret, "***")
+    return re.sub(r"\b(sk|key)-[A-Za-z0-9_\-*.]{4,}", r"\1-***", text)
+
+
+@dataclass
+class CallStats:
+    """Counters of one labeling run (what the summary reports)."""
+
+    calls: int = 0  # HTTP requests sent, retries included
+    cache_hits: int = 0
+    retries: int = 0
+    failed_requests: int = 0  # requests given up after max_retries (not cached: the next run asks again)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    calls_without_usage: int = 0
+    retry_wait_seconds: float = 0.0
+    errors_by_kind: Counter = field(default_factory=Counter)
+    error_examples: list[str] = field(default_factory=list)
+
+    def note_error(self, kind: str, message: str) -> None:
+        self.errors_by_kind[kind] += 1
+        if len(self.error_examples) < 10:
+            self.error_examples.append(f"{kind}: {message[:300]}")
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date), or ``None``."""
+    if not headers:
+        return None
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _Retryable(Exception):
+    def __init__(self, kind: str, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.kind, self.retry_after = kind, retry_after
+
+
+class JudgeClient:
+    """Asks an OpenAI-compatible chat endpoint, through the cache, with retries and a budget."""
+
+    def __init__(
+        self,
+        client,
+        model: str,
+        cache: LabelCache,
+        *,
+        template_sha256: str = "",
+        temperature: float = 0.0,
+        seed: int | None = None,
+        response_format: str = "auto",
+        concurrency: int = 8,
+        timeout: float = 60.0,
+        max_retries: int = 6,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        budget_calls: int | None = None,
+        budget_tokens: int | None = None,
+        secret: str | None = None,
+        stats: CallStats | None = None,
+        rng: random.Random | None = None,
+    ):
+        self.client, self.model, self.cache = client, model, cache
+        self.template_sha256 = template_sha256
+        self.temperature, self.seed, self.response_format = temperature, seed, response_format
+        self.timeout, self.max_retries = timeout, max_retries
+        self.backoff_base, self.backoff_max = backoff_base, backoff_max
+        self.budget_calls, self.budget_tokens = budget_calls, budget_tokens
+        self.stats = stats if stats is not None else CallStats()
+        self._secret = secret
+        self._rng = rng or random.Random()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._json_meta_key = f"json_mode_unsupported:{model}"
+        self.budget_exhausted = False
+        self._json_probe = asyncio.Lock()
+        self._json_confirmed = False
+
+    # -- JSON mode -------------------------------------------------------------------------------------------------
+    def json_mode_active(self) -> bool:
+        if self.response_format == "none":
+            return False
+        if self.response_format == "json_object":
+            return True
+        return self.cache.get_meta(self._json_meta_key) is None
+
+    # -- public ----------------------------------------------------------------------------------------------------
+    def key_for(self, messages: Sequence[Mapping], *, json_mode: bool, max_tokens: int) -> str:
+        params = {"temperature": self.temperature, "max_tokens": max_tokens, "seed": self.seed,
+                  "response_format": "json_object" if json_mode else None}
+        return request_key(self.model, self.template_sha256, messages, params)
+
+    async def ask(self, messages: Sequence[Mapping], *, max_tokens: int, want_json: bool = False) -> str | None:
+        """The answer text, or ``None`` if the request failed after every retry.
+
+        Raises:
+            BudgetExhausted: the answer is not cached and the budget is used up.
+            JudgeError: the endpoint refused the request for good.
+        """
+        json_mode = want_json and self.json_mode_active()
+        key = self.key_for(messages, json_mode=json_mode, max_tokens=max_tokens)
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.stats.cache_hits += 1
+            return cached.content
+        if json_mode and self.response_format == "auto" and not self._json_confirmed:
+            # The first uncached JSON request probes alone whether the server accepts JSON mode; the others wait,
+            # so a server that refuses it sees one refused request, not one per worker.
+            async with self._json_probe:
+                if self.json_mode_active() and not self._json_confirmed:
+                    try:
+                        content = await self._call_with_retries(key, messages, json_mode=True, max_tokens=max_tokens)
+                    except _JsonModeUnsupported:
+                        self.cache.set_meta(self._json_meta_key, "1")
+                        logger.warning("The endpoint rejects response_format=json_object for %s: lenient parsing "
+                                       "from now on.", self.model)
+                    else:
+                        self._json_confirmed = content is not None
+                        return content
+            return await self.ask(messages, max_tokens=max_tokens, want_json=want_json)
+        return await self._call_with_retries(key, messages, json_mode=json_mode, max_tokens=max_tokens)
+
+    # -- internals -------------------------------------------------------------------------------------------------
+    def _check_budget(self) -> None:
+        over_calls = self.budget_calls is not None and self.stats.calls >= self.budget_calls
+        over_tokens = self.budget_tokens is not None and self.stats.tokens_in + self.stats.tokens_out >= self.budget_tokens
+        if over_calls or over_tokens:
+            self.budget_exhausted = True
+            raise BudgetExhausted()
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            # Honour the server: never earlier than asked, a little jitter after it.
+            retry_after = min(retry_after, MAX_RETRY_AFTER_SECONDS)
+            return retry_after + self._rng.uniform(0, 0.1 * retry_after + 0.005)
+        cap = min(self.backoff_max, self.backoff_base * (2**attempt))
+        return cap / 2 + self._rng.uniform(0, cap / 2)
+
+    async def _call_with_retries(self, key: str, messages, *, json_mode: bool, max_tokens: int) -> str | None:
+        attempt = 0
+        while True:
+            self._check_budget()
+            try:
+                async with self._slots:
+                    self._check_budget()
+                    self.stats.calls += 1
+                    content, usage = await self._call_once(messages, json_mode=json_mode, max_tokens=max_tokens)
+            except _Retryable as err:
+                message = redact(str(err), self._secret)
+                self.stats.note_error(err.kind, message)
+                if attempt >= self.max_retries:
+                    self.stats.failed_requests += 1
+                    logger.warning("Giving up on a request after %d attempts (last: %s: %s)", attempt + 1, err.kind,
+                                   message)
+                    return None
+                delay = self._delay(attempt, err.retry_after)
+                logger.debug("Retrying after %s in %.2fs (attempt %d)", err.kind, delay, attempt + 1)
+                self.stats.retries += 1
+                self.stats.retry_wait_seconds += delay
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            prompt_tokens, completion_tokens = usage
+            self.stats.tokens_in += prompt_tokens
+            self.stats.tokens_out += completion_tokens
+            self.cache.put(key, content, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                           model=self.model)
+            return content
+
+    async def _call_once(self, messages, *, json_mode: bool, max_tokens: int) -> tuple[str, tuple[int, int]]:
+        import openai
+
+        kwargs = {"model": self.model, "messages": list(messages), "temperature": self.temperature,
+                  "max_tokens": max_tokens, "timeout": self.timeout}
+        if self.seed is not None:
+            kwargs["seed"] = self.seed
+        if json_mode:
+            kwargs["response_format"] = {"type": "json_object"}
+        try:
+            completion = await self.client.chat.completions.create(**kwargs)
+        except openai.APITimeoutError as err:
+            raise _Retryable("timeout", str(err)) from None
+        except openai.APIConnectionError as err:
+            cause = f" ({type(err.__cause__).__name__})" if err.__cause__ is not None else ""
+            raise _Retryable("connection_error", f"{err}{cause}") from None
+        except openai.APIResponseValidationError as err:
+            raise _Retryable("bad_response", str(err)) from None
+        except openai.APIStatusError as err:
+            status = err.status_code
+            if status in RETRYABLE_STATUS or status >= 500:
+                kind = "rate_limited" if status == 429 else f"http_{status}"
+                raise _Retryable(kind, str(err), parse_retry_after(err.response.headers)) from None
+            text = redact(str(err), self._secret)
+            if json_mode and self.response_format == "auto" and status in (400, 422) and "response_format" in text:
+                raise _JsonModeUnsupported() from None
+            hint = {401: " Check the API key (env var named by --api-key-env, or --api-key).",
+                    403: " The key may lack access to this model.",
+                    404: " Check --model and --base-url (GET {base_url}/models lists the served models)."}
+            raise JudgeError(f"The judge endpoint refused the request (HTTP {status}): {text}.{hint.get(status, '')}") from None
+        except (ValueError, TypeError, AttributeError, KeyError) as err:  # an unparsable body (JSON decode error...)
+            raise _Retryable("bad_response", f"{type(err).__name__}: {err}") from None
+        try:
+            message = completion.choices[0].message
+            content = message.content if message.content is not None else ""
+            if not isinstance(content, str):
+                raise TypeError(f"content is {type(content).__name__}")
+        except (AttributeError, IndexError, TypeError, KeyError) as err:
+            raise _Retryable("bad_response", f"not a chat completion ({type(err).__name__}: {err})") from None
+        usage = getattr(completion, "usage", None)
+        try:
+            tokens = (int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0))
+        except (AttributeError, TypeError, ValueError):
+            self.stats.calls_without_usage += 1
+            tokens = (0, 0)
+        return content, tokens
+
+
+class _JsonModeUnsupported(Exception):
+    pass

@@ -1,0 +1,185 @@
+"""The labeler against a real HTTP server on 127.0.0.1 that answers from known verdicts and injects faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from labeling_helpers import ZH_NAMES, expected_labels, fast_config, label_set, read_jsonl
+
+from dmoerm_trl.labeling import run_labeling
+from dmoerm_trl.labeling.scripted_judge_server import FAULT_KINDS, ScriptedJudgeServer, VerdictJudge
+
+ALL_FAULTS = {kind: 0.07 for kind in FAULT_KINDS}  # ~50% of first attempts fail, in every way
+
+
+def test_consistent_judge_labels_match_the_truth_and_filters_are_counted(labeling_data, tmp_path):
+    judge = VerdictJudge(labeling_data.scores, position_biased={"depth"}, undecided={"fluency"})
+    with ScriptedJudgeServer(judge) as server:
+        per_capability = run_labeling(fast_config(labeling_data, tmp_path / "pc", server, mode="per_capability"))
+        joint = run_labeling(fast_config(labeling_data, tmp_path / "joint", server, mode="joint"))
+    expected = expected_labels(labeling_data, skip={"depth", "fluency"})
+    for result, mode in ((per_capability, "per_capability"), (joint, "joint")):
+        summary = result.summary
+        assert label_set(result.labels) == expected, mode
+        assert summary["requests"] == summary["calls"] == labeling_data.requests[mode]
+        assert summary["complete"] and summary["cache_hits"] == 0 and summary["retries"] == 0
+        stats = summary["per_capability"]
+        n_qa, n_chat = labeling_data.pairs["objective_qa"], labeling_data.pairs["chitchat"]
+        assert stats["objective_qa"]["depth"] | {"inconsistent": n_qa, "labeled": 0, "consistency_rate": 0.0} == \
+            stats["objective_qa"]["depth"]
+        assert stats["chitchat"]["fluency"]["undecided"] == n_chat and stats["chitchat"]["fluency"]["labeled"] == 0
+        assert stats["objective_qa"]["logic"]["consistency_rate"] == 1.0
+        assert stats["objective_qa"]["logic"]["labeled"] == n_qa
+        assert summary["tokens_in"] > 0 and summary["tokens_out"] > 0 and summary["elapsed_seconds"] > 0
+    # the paper's mode costs 2k calls per pair, joint 2
+    assert per_capability.summary["requests_per_pair"] > joint.summary["requests_per_pair"] == 2.0
+    # the two modes agree on every label, and both outputs are loadable datasets
+    assert label_set(read_jsonl(tmp_path / "pc" / "capability_pairs.jsonl")) == label_set(per_capability.labels)
+    import datasets
+
+    loaded = datasets.load_dataset("json", data_files=str(tmp_path / "joint" / "capability_pairs.jsonl"), split="train")
+    assert set(loaded.column_names) == {"prompt", "chosen", "rejected", "category", "capability", "pair_id"}
+    assert len(loaded) == len(expected)
+    summary_file = json.loads((tmp_path / "joint" / "summary.json").read_text(encoding="utf-8"))
+    assert summary_file["json_response_format"] is True and summary_file["data"]["records"] == 12
+
+
+@pytest.mark.parametrize("mode", ["per_capability", "joint"])
+def test_faults_give_the_same_labels_as_a_fault_free_run_and_a_rerun_makes_zero_calls(labeling_data, tmp_path, mode):
+    judge = VerdictJudge(labeling_data.scores)
+    with ScriptedJudgeServer(judge) as server:
+        clean = run_labeling(fast_config(labeling_data, tmp_path / "clean", server, mode=mode))
+    with ScriptedJudgeServer(judge, faults=ALL_FAULTS, slow_seconds=1.0) as server:
+        faulty = run_labeling(fast_config(labeling_data, tmp_path / "faulty", server, mode=mode))
+        assert set(server.counts) >= {"answered", *FAULT_KINDS} or mode == "joint"
+        requests_before = server.counts["requests"]
+        rerun = run_labeling(fast_config(labeling_data, tmp_path / "faulty", server, mode=mode))
+        assert server.counts["requests"] == requests_before  # not a single HTTP request
+    clean_file = (tmp_path / "clean" / "capability_pairs.jsonl").read_bytes()
+    assert (tmp_path / "faulty" / "capability_pairs.jsonl").read_bytes() == clean_file
+    assert label_set(clean.labels) == expected_labels(labeling_data)
+    summary = faulty.summary
+    assert summary["complete"] and summary["failed_requests"] == 0 and summary["retries"] > 0
+    assert summary["calls"] == summary["requests"] + summary["retries"]
+    if mode == "per_capability":  # enough requests to meet every kind of fault
+        assert set(summary["errors_by_kind"]) == {"rate_limited", "http_500", "timeout", "connection_error",
+                                                  "bad_response"}
+    assert rerun.summary["calls"] == 0 and rerun.summary["cache_hits"] == summary["requests"]
+    assert (tmp_path / "faulty" / "capability_pairs.jsonl").read_bytes() == clean_file
+
+
+def test_budget_stops_cleanly_keeps_everything_and_resumes(labeling_data, tmp_path):
+    judge = VerdictJudge(labeling_data.scores)
+    with ScriptedJudgeServer(judge) as server:
+        reference = run_labeling(fast_config(labeling_data, tmp_path / "reference", server))
+        partial = run_labeling(fast_config(labeling_data, tmp_path / "out", server, budget_calls=25, concurrency=4))
+        summary = partial.summary
+        assert summary["stopped_by_budget"] and not summary["complete"] and summary["calls"] == 25
+        kept = label_set(partial.labels)
+        assert kept and kept < label_set(reference.labels)
+        not_run = sum(t["not_run"] for caps in summary["per_capability"].values() for t in caps.values())
+        labeled = sum(t["labeled"] for caps in summary["per_capability"].values() for t in caps.values())
+        assert labeled == len(kept) and not_run == len(reference.labels) - len(kept)
+        assert label_set(read_jsonl(tmp_path / "out" / "capability_pairs.jsonl")) == kept  # written, not lost
+        by_tokens = run_labeling(fast_config(labeling_data, tmp_path / "tokens", server, budget_tokens=2000))
+        assert by_tokens.summary["stopped_by_budget"]
+        assert by_tokens.summary["tokens_in"] + by_tokens.summary["tokens_out"] < 2000 + 8 * 200
+        resumed = run_labeling(fast_config(labeling_data, tmp_path / "out", server))
+    assert resumed.summary["complete"] and resumed.summary["cache_hits"] == 25
+    assert resumed.summary["calls"] == labeling_data.requests["per_capability"] - 25
+    assert label_set(resumed.labels) == label_set(reference.labels)
+
+
+def test_retry_after_is_honoured(tmp_path):
+    from openai import AsyncOpenAI
+
+    from dmoerm_trl.labeling.cache import LabelCache
+    from dmoerm_trl.labeling.judge_client import JudgeClient, parse_retry_after
+
+    with ScriptedJudgeServer(lambda body: "2", retry_after_headers={"Retry-After": "1"}) as server:
+        server.forced_faults = ["rate_limit"]
+
+        async def ask():
+            client = AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+            judge = JudgeClient(client, "scripted-judge", LabelCache(tmp_path / "cache.sqlite"), backoff_base=0.001,
+                                backoff_max=0.001)
+            answer = await judge.ask([{"role": "user", "content": "?"}], max_tokens=4)
+            await client.close()
+            return answer, judge.stats
+
+        answer, stats = asyncio.run(ask())
+    assert answer == "2" and stats.retries == 1 and stats.errors_by_kind == {"rate_limited": 1}
+    (first_time, first, _), (second_time, second, _) = server.log
+    assert (first, second) == ("rate_limit", "answered")
+    assert second_time - first_time >= 1.0  # the server's 1 s, not the client's 1 ms backoff
+    assert parse_retry_after({"retry-after-ms": "250"}) == 0.25
+    assert parse_retry_after({"retry-after": "3"}) == 3.0
+    assert 9 <= parse_retry_after({"retry-after": time.strftime("%a, %d %b %Y %H:%M:%S GMT",
+                                                                time.gmtime(time.time() + 10))}) <= 10
+    assert parse_retry_after({"retry-after": "soon"}) is None and parse_retry_after({}) is None
+
+
+def test_requests_failing_every_retry_are_counted_and_asked_again(labeling_data, tmp_path):
+    judge = VerdictJudge(labeling_data.scores)
+    with ScriptedJudgeServer(judge) as server:
+        server.forced_faults = ["server_error"] * 3
+        first = run_labeling(fast_config(labeling_data, tmp_path / "out", server, max_retries=2, concurrency=1))
+        assert first.summary["failed_requests"] == 1 and not first.summary["complete"]
+        failed = sum(t["failed"] for caps in first.summary["per_capability"].values() for t in caps.values())
+        assert failed == 1 and len(first.labels) == len(expected_labels(labeling_data)) - 1
+        second = run_labeling(fast_config(labeling_data, tmp_path / "out", server))
+    assert second.summary["complete"] and second.summary["calls"] == 1
+    assert label_set(second.labels) == expected_labels(labeling_data)
+
+
+def test_joint_mode_falls_back_when_json_mode_is_refused(labeling_data, tmp_path):
+    judge = VerdictJudge(labeling_data.scores)
+    with ScriptedJudgeServer(judge, reject_response_format=True) as server:
+        first = run_labeling(fast_config(labeling_data, tmp_path / "out", server, mode="joint"))
+        assert server.counts["rejected_response_format"] == 1  # asked once, remembered afterwards
+        before = server.counts["requests"]
+        rerun = run_labeling(fast_config(labeling_data, tmp_path / "out", server, mode="joint"))
+        assert server.counts["requests"] == before
+    assert first.summary["json_response_format"] is False and first.summary["complete"]
+    assert label_set(first.labels) == expected_labels(labeling_data)
+    assert rerun.summary["calls"] == 0
+
+
+def test_chinese_paper_prompt_end_to_end(labeling_data, tmp_path):
+    seen = []
+
+    def judge(body):
+        seen.append(body["messages"][-1]["content"])
+        return VerdictJudge(labeling_data.scores, capability_names=ZH_NAMES, style="zh")(body)
+
+    with ScriptedJudgeServer(judge) as server:
+        result = run_labeling(fast_config(labeling_data, tmp_path / "zh", server, language="zh"))
+    assert label_set(result.labels) == expected_labels(labeling_data)
+    assert seen[0].startswith("给定提问和两个回复，判断回复1和回复2在【") and "】方面哪个更好。\n【提问】：" in seen[0]
+    multi_turn = [text for text in seen if "用户：" in text]
+    assert multi_turn and "助手：assistant turn 0" in multi_turn[0]  # the whole context, not only the last turn
+
+
+def test_custom_template_file_is_used(labeling_data, tmp_path):
+    template = tmp_path / "mine.yaml"
+    template.write_text(
+        "mode: per_capability\nsystem: Judge strictly.\nuser: |-\n  MY TEMPLATE\n  Capability: {capability}\n"
+        "  [Conversation]\n  {conversation}\n  [End of Conversation]\n"
+        "  [Response 1]\n  {response_1}\n  [End of Response 1]\n  [Response 2]\n  {response_2}\n  [End of Response 2]\n",
+        encoding="utf-8",
+    )
+    seen = []
+
+    def judge(body):
+        seen.append(body["messages"])
+        return VerdictJudge(labeling_data.scores)(body)
+
+    with ScriptedJudgeServer(judge) as server:
+        result = run_labeling(fast_config(labeling_data, tmp_path / "out", server, template=str(template)))
+    assert seen[0][0] == {"role": "system", "content": "Judge strictly."}
+    assert seen[0][1]["content"].startswith("MY TEMPLATE\nCapability: ")
+    assert result.summary["template"]["source"] == str(template)
+    assert label_set(result.labels) == expected_labels(labeling_data)
