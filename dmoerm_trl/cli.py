@@ -25,6 +25,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "example": ("dmoerm_trl.commands.example", "Build a DMoERM on a real pretrained LM, save, reload and score."),
     "label": ("dmoerm_trl.commands.label", "Label capability preferences with an OpenAI-compatible LLM judge."),
     "serve-judge": ("dmoerm_trl.commands.serve_judge", "Serve a local HF causal LM as an OpenAI-compatible judge."),
+    "ppo": ("dmoerm_trl.commands.ppo", "Train a policy with TRL PPO against a DMoERM (or any RM / an ensemble)."),
+    "grpo": ("dmoerm_trl.commands.grpo", "Train a policy with TRL GRPO using a DMoERM as reward_funcs."),
+    "rloo": ("dmoerm_trl.commands.rloo", "Train a policy with TRL RLOO using a DMoERM as reward_funcs."),
+    "bon": ("dmoerm_trl.commands.bon", "Best-of-n sampling with a reward model; overoptimization vs a gold RM."),
+    "overopt": ("dmoerm_trl.commands.overopt", "Plot a run's overoptimization CSV and fit Gao et al.'s forms."),
+    "push": ("dmoerm_trl.commands.push", "Upload a saved DMoERM (adapters, heads, model card with metrics) to the Hub."),
 }
 
 

@@ -159,26 +159,22 @@ def load_reward_model(path: str, tokenizer_path: str | None = None):
     return model, tokenizer
 
 
-def build_proxy_reward(script_args):
-    """The proxy reward of a recipe: one reward model, or a ``RewardEnsemble`` of several; ``(model, tokenizer)``."""
+def build_reward(paths: list[str], mode: str = "mean", uwo_lambda: float = 0.5, tokenizer_path: str | None = None):
+    """One reward model, or a ``RewardEnsemble`` of several (``mode``); returns ``(model, tokenizer)``.
+
+    The tokenizer is ``None`` when an ensemble's members use different tokenizers (text paths only).
+    """
+    from .checks import check_tokenizers_match
     from .ensemble import RewardEnsemble
 
-    paths = script_args.reward_model_paths
     if not paths:
         raise ValueError("set reward_model_paths (a DMoERM, an HF reward model or several for an ensemble)")
     if len(paths) == 1:
-        return load_reward_model(paths[0], script_args.reward_tokenizer_path)
+        return load_reward_model(paths[0], tokenizer_path)
     loaded = [load_reward_model(p) for p in paths]
     tokenizers = [t for _, t in loaded]
-    ensemble = RewardEnsemble(
-        [m for m, _ in loaded],
-        mode=script_args.ensemble_mode,
-        uwo_lambda=script_args.uwo_lambda,
-        tokenizers=tokenizers,
-    )
-    ensemble.config._name_or_path = f"ensemble_{script_args.ensemble_mode}"
-    from .checks import check_tokenizers_match
-
+    ensemble = RewardEnsemble([m for m, _ in loaded], mode=mode, uwo_lambda=uwo_lambda, tokenizers=tokenizers)
+    ensemble.config._name_or_path = f"ensemble_{mode}"
     shared = tokenizers[0]
     for other in tokenizers[1:]:
         try:
@@ -187,6 +183,31 @@ def build_proxy_reward(script_args):
             shared = None
             break
     return ensemble, shared
+
+
+def build_proxy_reward(script_args):
+    """The proxy reward of a recipe: one reward model, or a ``RewardEnsemble`` of several; ``(model, tokenizer)``."""
+    return build_reward(
+        script_args.reward_model_paths,
+        script_args.ensemble_mode,
+        script_args.uwo_lambda,
+        script_args.reward_tokenizer_path,
+    )
+
+
+def parse_proxy_spec(spec: str) -> tuple[str, str, list[str]]:
+    """``"name=path"`` or ``"name=mode:path1,path2,..."`` (an ensemble) -> ``(name, mode, paths)``."""
+    name, sep, rest = spec.partition("=")
+    if not sep or not name or not rest:
+        raise ValueError(f"proxy {spec!r} must be 'name=path' or 'name=mean|wco|uwo:path1,path2,...'")
+    mode = "mean"
+    head, colon, tail = rest.partition(":")
+    if colon and head in ("mean", "wco", "uwo"):
+        mode, rest = head, tail
+    paths = [p for p in rest.split(",") if p]
+    if not paths:
+        raise ValueError(f"proxy {spec!r} names no reward model path")
+    return name, mode, paths
 
 
 def load_value_model(script_args, reward_model):

@@ -1,0 +1,117 @@
+"""``dmoerm push``: upload a saved DMoERM (config, LoRA adapters, heads, tokenizer) with a model card that lists
+evaluation metrics, to the Hugging Face Hub.
+
+    dmoerm push runs/my-dmoerm me/my-dmoerm --metrics runs/my-dmoerm/eval_metrics.json --private
+    dmoerm push runs/my-dmoerm me/my-dmoerm --metric pairwise_accuracy=0.71 --metric bon_gold_gain=0.12
+
+Authentication is huggingface_hub's (``HF_TOKEN`` or ``huggingface-cli login``); no token is written anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help_text, description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_dir", help="a folder written by DMoERMForSequenceClassification.save_pretrained")
+    parser.add_argument("repo_id", help="the Hub repository, e.g. me/my-dmoerm")
+    parser.add_argument("--metrics", default=None, help="a JSON file of evaluation metrics (numbers are kept)")
+    parser.add_argument("--metric", action="append", default=[], help="one metric as name=value (repeatable)")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--save-base", action="store_true", help="upload the base model weights too (base/)")
+    parser.add_argument("--no-tokenizer", action="store_true", help="do not upload the tokenizer files")
+    parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--revision", default=None, help="branch to push to")
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    return parser
+
+
+def _flatten_numbers(data, prefix: str = "") -> dict:
+    """Numeric leaves of a (nested) JSON object as ``{"a/b": value}``; other values are dropped."""
+    flat = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            flat.update(_flatten_numbers(value, f"{prefix}{key}/" if isinstance(value, dict) else f"{prefix}{key}"))
+    elif isinstance(data, (int, float)) and not isinstance(data, bool):
+        flat[prefix.rstrip("/")] = data
+    return flat
+
+
+def collect_metrics(metrics_file: str | None, metric_args: list[str]) -> dict:
+    import json
+    from pathlib import Path
+
+    metrics = {}
+    if metrics_file:
+        path = Path(metrics_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--metrics {metrics_file} does not exist")
+        try:
+            metrics.update(_flatten_numbers(json.loads(path.read_text())))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--metrics {metrics_file} is not valid JSON: {err}") from None
+    for item in metric_args:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--metric {item!r} must be name=value")
+        try:
+            metrics[name] = float(value)
+        except ValueError:
+            metrics[name] = value
+    return metrics
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    try:
+        metrics = collect_metrics(args.metrics, args.metric)
+        model_dir = Path(args.model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{model_dir} has no config.json: not a saved model folder")
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        import dmoerm_trl  # noqa: F401  (registers DMoERM with the Auto classes)
+
+        config = AutoConfig.from_pretrained(model_dir)
+        if config.model_type != "dmoerm":
+            raise ValueError(
+                f"{model_dir} holds a {config.model_type!r} model; `dmoerm push` uploads DMoERM models (adapters, "
+                "heads and a model card). Use model.push_to_hub() for other models"
+            )
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"dmoerm push: error: {err}", file=sys.stderr)
+        return 2
+    commit = model.push_to_hub(
+        args.repo_id,
+        save_base=args.save_base,
+        metrics=metrics or None,
+        commit_message=args.commit_message,
+        private=args.private or None,
+        revision=args.revision,
+        create_pr=args.create_pr,
+    )
+    print(f"dmoerm push: uploaded {model_dir} to {args.repo_id}: {commit}")
+    has_tokenizer = any((model_dir / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
+    if has_tokenizer and not args.no_tokenizer:
+        from huggingface_hub import CommitOperationAdd, HfApi
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        with tempfile.TemporaryDirectory() as folder:
+            tokenizer.save_pretrained(folder)
+            operations = [
+                CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in sorted(Path(folder).iterdir())
+            ]
+            HfApi().create_commit(
+                repo_id=args.repo_id,
+                operations=operations,
+                commit_message="Upload tokenizer",
+                revision=args.revision,
+                create_pr=args.create_pr,
+            )
+        print(f"dmoerm push: uploaded the tokenizer ({len(operations)} files)")
+    return 0
