@@ -31,6 +31,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bon": ("dmoerm_trl.commands.bon", "Best-of-n sampling with a reward model; overoptimization vs a gold RM."),
     "overopt": ("dmoerm_trl.commands.overopt", "Plot a run's overoptimization CSV and fit Gao et al.'s forms."),
     "push": ("dmoerm_trl.commands.push", "Upload a saved DMoERM (adapters, heads, model card with metrics) to the Hub."),
+    "train": ("dmoerm_trl.commands.train", "Train a DMoERM (router + 3 phases) from a YAML config; resumable."),
+    "train-baseline": ("dmoerm_trl.commands.train_baseline", "Train the single-RM baseline (TRL RewardTrainer)."),
+    "eval": ("dmoerm_trl.commands.eval", "Pairwise accuracy per category, router and experts; vs a baseline RM."),
 }
 
 

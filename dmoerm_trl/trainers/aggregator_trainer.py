@@ -1,0 +1,236 @@
+"""Phase 3: a category's aggregator MLP, trained on held-out human pairs over its frozen capability experts.
+
+Only the MLP ``Linear(k*H, A) -> PReLU -> Linear(A, 1)`` trains; the k experts are frozen. Their concatenated
+features ``(k*H)`` per sequence therefore never change, so with ``cache_expert_features=True`` (default) they are
+computed once (k backbone passes per sequence, no gradient, with a progress bar) and every epoch then trains the MLP
+on the cached vectors only: later epochs cost a small fraction of the first (see docs/benchmarks.md, "Training").
+The cache can be stored in a safetensors file (``feature_cache_path``), so a resumed run does not recompute it; it
+is recomputed when the pairs or the experts' weights differ from those it was computed with.
+
+With ``cache_expert_features=False`` every step runs the experts again (the reference behaviour, for comparison).
+
+Example:
+    >>> from dmoerm_trl.trainers import AggregatorTrainer
+    >>> trainer = AggregatorTrainer(model, category="chitchat", args=training_args,  # doctest: +SKIP
+    ...                             train_dataset=phase3_pairs, eval_dataset=validation_pairs,
+    ...                             processing_class=tokenizer)
+    >>> trainer.train()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset as TorchDataset
+from transformers import Trainer
+from trl.trainer.reward_trainer import DataCollatorForPreference
+
+from .checkpointing import StageCheckpointMixin, atomic_save_tensors
+from .distributed import cast_trainable_parameters_for_deepspeed
+from .preference_data import tokenize_pairs
+
+logger = logging.getLogger(__name__)
+
+
+class ExpertFeaturePairs(TorchDataset):
+    """Cached ``(chosen, rejected)`` expert feature vectors of preference pairs: ``(N, k*H)`` each."""
+
+    def __init__(self, chosen: torch.Tensor, rejected: torch.Tensor):
+        if chosen.shape != rejected.shape:
+            raise ValueError(f"chosen {tuple(chosen.shape)} and rejected {tuple(rejected.shape)} features differ")
+        self.chosen, self.rejected = chosen, rejected
+
+    def __len__(self) -> int:
+        return self.chosen.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"chosen_features": self.chosen[index], "rejected_features": self.rejected[index]}
+
+
+def collate_feature_pairs(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {
+        "chosen_features": torch.stack([e["chosen_features"] for e in examples]),
+        "rejected_features": torch.stack([e["rejected_features"] for e in examples]),
+    }
+
+
+@torch.no_grad()
+def compute_pair_features(model, pairs, category: str, pad_token_id: int, batch_size: int = 32, desc: str = ""):
+    """``(chosen, rejected)`` feature tensors ``(N, k*H)`` of tokenized pairs (``chosen_ids``/``rejected_ids``)."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    sequences = list(pairs["chosen_ids"]) + list(pairs["rejected_ids"])
+    # Sorting by length keeps padding (and so wasted compute) low; the order is restored afterwards.
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    features: list[torch.Tensor | None] = [None] * len(sequences)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc or f"Expert features ({category})", unit="batch"):
+        batch = order[start : start + batch_size]
+        length = max(len(sequences[i]) for i in batch)
+        input_ids = torch.full((len(batch), length), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
+        for row, i in enumerate(batch):
+            input_ids[row, : len(sequences[i])] = torch.as_tensor(sequences[i])
+            attention_mask[row, : len(sequences[i])] = 1
+        out = model.compute_expert_features(input_ids.to(device), attention_mask.to(device), category)
+        for row, i in enumerate(batch):
+            features[i] = out[row].float().cpu()
+    stacked = torch.stack(features) if features else torch.zeros(0, 0)
+    return stacked[: len(pairs)], stacked[len(pairs) :]
+
+
+def _experts_fingerprint(model, category: str, pair_ids: list[str]) -> str:
+    digest = hashlib.sha1("\n".join(pair_ids).encode())
+    experts = model.expert_adapter_names(category)
+    for name, parameter in model.named_parameters():
+        if any(f".{expert}." in name or name.endswith(f".{expert}") or f"value_heads.{expert}." in name
+               for expert in experts):
+            digest.update(name.encode())
+            digest.update(parameter.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class AggregatorTrainer(StageCheckpointMixin, Trainer):
+    """Trains one category's aggregator MLP (phase 3) with the pairwise loss, optionally on cached features.
+
+    Args:
+        model: a [`DMoERMForSequenceClassification`] whose experts for ``category`` are trained (phase 2).
+        category: the category whose aggregator trains.
+        args: `TrainingArguments`.
+        train_dataset / eval_dataset: preference pairs (conversational, or tokenized with ``chosen_ids`` and
+            ``rejected_ids``).
+        processing_class: the tokenizer.
+        cache_expert_features: compute the frozen experts' features once (default) or at every step.
+        feature_batch_size: batch size of the feature computation.
+        feature_cache_path: optional safetensors file to store/reuse the cache (resume without recomputing).
+    """
+
+    def __init__(
+        self,
+        model,
+        category: str,
+        args=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        cache_expert_features: bool = True,
+        feature_batch_size: int = 32,
+        feature_cache_path: str | None = None,
+        **kwargs,
+    ):
+        if processing_class is None or processing_class.pad_token_id is None:
+            raise ValueError("AggregatorTrainer needs processing_class= a tokenizer with a pad token")
+        self.category = category
+        self.stage_name = f"aggregator/{category}"
+        self.cache_expert_features = cache_expert_features
+        max_length = getattr(args, "max_length", None) or model.config.max_position_embeddings
+        if train_dataset is not None and "chosen_ids" not in train_dataset.column_names:
+            train_dataset = tokenize_pairs(train_dataset, processing_class, max_length, "phase-3 pairs")
+        if eval_dataset is not None and "chosen_ids" not in eval_dataset.column_names:
+            eval_dataset = tokenize_pairs(eval_dataset, processing_class, max_length, "validation pairs")
+        self.stage_parameter_names = model.set_training_stage("aggregator", category=category)
+        if cache_expert_features:
+            train_dataset, eval_dataset = self._cached_features(
+                model, args, train_dataset, eval_dataset, processing_class.pad_token_id, feature_batch_size,
+                feature_cache_path,
+            )
+            collator = collate_feature_pairs
+        else:
+            keep = ["chosen_ids", "rejected_ids"]
+            train_dataset = train_dataset.select_columns(keep) if train_dataset is not None else None
+            eval_dataset = eval_dataset.select_columns(keep) if eval_dataset is not None else None
+            collator = DataCollatorForPreference(pad_token_id=processing_class.pad_token_id)
+        if args is not None:
+            cast_trainable_parameters_for_deepspeed(model, args)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=kwargs.pop("data_collator", None) or collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        self.can_return_loss = True
+        self.label_names = []
+        self._counts = {"train": defaultdict(float), "eval": defaultdict(float)}
+
+    def _cached_features(self, model, args, train_dataset, eval_dataset, pad_token_id, batch_size, cache_path):
+        from contextlib import nullcontext
+
+        from safetensors import safe_open
+
+        pair_ids = [f"train:{pid}" for pid in (train_dataset["pair_id"] if "pair_id" in train_dataset.column_names
+                                              else range(len(train_dataset)))]
+        if eval_dataset is not None:
+            pair_ids += [f"eval:{pid}" for pid in (eval_dataset["pair_id"] if "pair_id" in eval_dataset.column_names
+                                                  else range(len(eval_dataset)))]
+        fingerprint = _experts_fingerprint(model, self.category, pair_ids)
+        first = args.main_process_first(desc="expert feature cache") if (args is not None and cache_path) else None
+        with first if first is not None else nullcontext():
+            tensors = None
+            if cache_path and Path(cache_path).exists():
+                with safe_open(cache_path, framework="pt") as handle:
+                    if (handle.metadata() or {}).get("fingerprint") == fingerprint:
+                        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+                        logger.info("Reusing the cached expert features in %s", cache_path)
+            if tensors is None:
+                tensors = {}
+                tensors["train_chosen"], tensors["train_rejected"] = compute_pair_features(
+                    model, train_dataset, self.category, pad_token_id, batch_size,
+                    desc=f"Expert features, phase-3 pairs ({self.category})",
+                )
+                if eval_dataset is not None:
+                    tensors["eval_chosen"], tensors["eval_rejected"] = compute_pair_features(
+                        model, eval_dataset, self.category, pad_token_id, batch_size,
+                        desc=f"Expert features, validation pairs ({self.category})",
+                    )
+                if cache_path and (args is None or args.should_save):
+                    atomic_save_tensors(tensors, cache_path, {"fingerprint": fingerprint})
+        train = ExpertFeaturePairs(tensors["train_chosen"], tensors["train_rejected"])
+        evaluation = ExpertFeaturePairs(tensors["eval_chosen"], tensors["eval_rejected"]) if "eval_chosen" in tensors else None
+        return train, evaluation
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["chosen_ids", "rejected_ids", "chosen_features", "rejected_features"]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        if "chosen_features" in inputs:
+            features = torch.cat([inputs["chosen_features"], inputs["rejected_features"]])
+            # The model's forward needs input_ids for the batch size and device only when expert_features is given.
+            placeholder_ids = torch.zeros(features.shape[0], 1, dtype=torch.long, device=features.device)
+            outputs = model(input_ids=placeholder_ids, expert_features=features)
+        else:
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1).float(), chunks=2)
+        loss = -torch.nn.functional.logsigmoid(rewards_chosen - rewards_rejected).mean()
+        with torch.no_grad():
+            stats = torch.stack(
+                [
+                    (rewards_chosen > rewards_rejected).float().sum(),
+                    torch.tensor(float(len(rewards_chosen)), device=loss.device),
+                    (rewards_chosen - rewards_rejected).sum(),
+                ]
+            )
+            stats = self.accelerator.gather_for_metrics(stats.unsqueeze(0)).sum(0).tolist()
+            counts = self._counts[mode]
+            counts["correct"] += stats[0]
+            counts["total"] += stats[1]
+            counts["margin"] += stats[2]
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        counts = self._counts[mode]
+        prefix = "eval_" if mode == "eval" else ""
+        if counts["total"]:
+            logs[f"{prefix}accuracy"] = counts["correct"] / counts["total"]
+            logs[f"{prefix}margin"] = counts["margin"] / counts["total"]
+        super().log(logs, start_time)
+        counts.clear()
