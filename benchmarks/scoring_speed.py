@@ -1,0 +1,115 @@
+"""Scoring speed of DMoERM, side by side in one run on the same batch and backbone:
+
+- ``single RM``: one backbone pass + a linear head (AutoModelForSequenceClassification on the same backbone).
+- ``bound``: router pass + k expert passes = (1 + k) x single RM: what any DMoERM must compute.
+- ``dmoerm (sequential)`` / ``dmoerm (mixed)``: this package, batch grouped by routed category, experts as k
+  passes or as one PEFT mixed-adapter pass.
+- ``paper loop``: a faithful re-implementation of the reference code's inference: one sample at a time, the
+  router, then each of the k experts one after another (batch size 1), then the MLP.
+
+    python benchmarks/scoring_speed.py                    # SmolLM2-135M-Instruct, B=64, T=64, 5 x 5
+    python benchmarks/scoring_speed.py --batch 16 --length 32 --repeats 1   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def timed(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@torch.no_grad()
+def paper_loop(model, input_ids, attention_mask) -> torch.Tensor:
+    """The reference code's inference: per sample, route, then run the category's experts one by one."""
+    rewards = []
+    for i in range(input_ids.shape[0]):
+        ids, mask = input_ids[i : i + 1], attention_mask[i : i + 1]
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        category = model.config.category_names[int(model._route(ids, mask, pos).argmax(-1))]
+        features = []
+        for name in model.expert_adapter_names(category):
+            model.backbone.set_adapter(name)
+            features.append(model._encode(ids, mask, pos))
+        rewards.append(model.aggregators[model._slug(category)](torch.cat(features, -1)))
+    return torch.cat(rewards)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default=None, help="default: offline SmolLM2-135M-Instruct")
+    parser.add_argument("--categories", type=int, default=5)
+    parser.add_argument("--capabilities", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-paper-loop", action="store_true")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    from transformers import AutoModelForSequenceClassification
+
+    from dmoerm_trl import DMoERMForSequenceClassification
+    from dmoerm_trl.testing_utils import randomize_adapters
+
+    if args.backbone is None:
+        from dmoerm_trl.assets import prepare_smollm2
+
+        args.backbone = prepare_smollm2()
+    torch.manual_seed(0)
+    categories = {f"category_{c}": [f"capability_{k}" for k in range(args.capabilities)] for c in range(args.categories)}
+    model = DMoERMForSequenceClassification.from_backbone(args.backbone, categories).eval()
+    randomize_adapters(model, std=0.01)  # routing spreads rows over categories, experts differ
+    single = AutoModelForSequenceClassification.from_pretrained(args.backbone, num_labels=1).eval()
+    single.config.pad_token_id = single.config.pad_token_id or 0
+    input_ids = torch.randint(10, 1000, (args.batch, args.length))
+    attention_mask = torch.ones_like(input_ids)
+
+    with torch.no_grad():
+        t_single = timed(lambda: single(input_ids=input_ids, attention_mask=attention_mask), args.repeats)
+        results = {}
+        for mode in ("sequential", "mixed"):
+            model.config.expert_batching = mode
+            results[mode] = timed(lambda: model(input_ids=input_ids, attention_mask=attention_mask), args.repeats)
+            routed = model(input_ids=input_ids, attention_mask=attention_mask).category_ids
+        model.config.expert_batching = "auto"
+    t_paper = None
+    if not args.skip_paper_loop:
+        t_paper = timed(lambda: paper_loop(model, input_ids, attention_mask), 1)
+        with torch.no_grad():  # the loop is faithful: it gives the same rewards
+            reference = model(input_ids=input_ids[:4], attention_mask=attention_mask[:4]).logits
+        torch.testing.assert_close(paper_loop(model, input_ids[:4], attention_mask[:4]), reference, rtol=1e-4, atol=1e-4)
+    bound = (1 + args.capabilities) * t_single
+    best = min(results.values())
+
+    print(f"\nbackbone {args.backbone}; B={args.batch} T={args.length}; {args.categories} categories x "
+          f"{args.capabilities} capabilities; rows routed to {len(set(routed.tolist()))} categories; "
+          f"torch threads {torch.get_num_threads()}\n")
+    print("| path | seconds | x single RM | x bound (router + k passes) |")
+    print("|---|---:|---:|---:|")
+    print(f"| single RM (1 pass) | {t_single:.2f} | 1.00 | {t_single / bound:.2f} |")
+    print(f"| bound: router + {args.capabilities} expert passes | {bound:.2f} | {bound / t_single:.2f} | 1.00 |")
+    for mode, seconds in results.items():
+        print(f"| dmoerm ({mode}) | {seconds:.2f} | {seconds / t_single:.2f} | {seconds / bound:.2f} |")
+    if t_paper is not None:
+        print(f"| paper loop (per sample, per expert) | {t_paper:.2f} | {t_paper / t_single:.2f} | {t_paper / bound:.2f} |")
+        print(f"\nbatched dmoerm is {t_paper / best:.2f}x faster than the paper loop (goal >= 20x, a GPU figure; "
+              "on CPU the loop's batch-size-1 waste is small)")
+    print(f"dmoerm best / bound: {best / bound:.2f}x (goal <= 1.1x)")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"single": t_single, "bound": bound, **results, "paper_loop": t_paper}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
