@@ -1,0 +1,54 @@
+"""``dmoerm eval``: pairwise consistency with human ranks (per category, overall), router and expert accuracy, side
+by side with a baseline reward model. Writes JSON, a markdown table and a PNG bar chart.
+
+    dmoerm eval --model runs/dmoerm --data tests/fixtures/mtmc_tiny.jsonl \
+        --labels tests/fixtures/capability_labels_tiny.jsonl --baseline runs/dmoerm/baseline --output runs/eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help_text, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="A saved DMoERM folder (or any sequence-classification RM).")
+    parser.add_argument("--data", required=True, help="Human-ranked pairs: mtmc-rlhf ranked or TRL preference file.")
+    parser.add_argument("--labels", default=None, help="Capability labels (capability_pairs.jsonl): expert accuracy.")
+    parser.add_argument("--baseline", default=None, help="A baseline reward model folder to compare with.")
+    parser.add_argument("--output", default=None, help="Output folder (default: <model>/eval).")
+    parser.add_argument("--batch-size", type=int, default=16, help="Sequences per forward pass.")
+    parser.add_argument("--max-length", type=int, default=None, help="Skip (count) pairs longer than this.")
+    parser.add_argument("--higher-rank-is-better", action="store_true",
+                        help="Ranks are scores (higher wins) instead of positions (rank 1 wins).")
+    parser.add_argument("--skip-invalid", action="store_true", help="Skip malformed records (counted).")
+    parser.add_argument("--split", choices=["validation", "task", "aggregator"], default=None,
+                        help="Only the pairs a `dmoerm train` run put in this split (e.g. held-out validation).")
+    parser.add_argument("--splits-file", default=None, help="The run's splits.json (default: <model>/splits.json).")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (tiny models: 1 is fastest).")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import DataValidationError
+    from ..evaluation import evaluate_reward_models, report_markdown, write_report
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        report = evaluate_reward_models(
+            args.model, args.data, labels_path=args.labels, baseline_path=args.baseline, batch_size=args.batch_size,
+            max_length=args.max_length, lower_rank_is_better=not args.higher_rank_is_better,
+            skip_invalid=args.skip_invalid, split=args.split, splits_file=args.splits_file,
+        )
+    except (DataValidationError, FileNotFoundError, ValueError) as err:
+        print(f"dmoerm eval: error: {err}", file=sys.stderr)
+        return 2
+    output = args.output or f"{args.model.rstrip('/')}/eval"
+    paths = write_report(report, output)
+    print(report_markdown(report))
+    print(f"Wrote {paths['json']}, {paths['markdown']}, {paths['png']}")
+    return 0

@@ -1,0 +1,425 @@
+"""Evaluating reward models the way the DMoERM paper does, with the rank direction right.
+
+* Pairwise consistency with human ranks: for every human pair, is ``reward(chosen) > reward(rejected)``? Chosen
+  is the better-ranked response (``rank`` 1 beats 2 in mtmc-rlhf; see ``dmoerm_trl.data``); equal human ranks give
+  no pair (excluded, counted). Reported per category and overall. A reward tie counts as wrong (and is counted).
+* Router accuracy: the routed category against the labelled one, on the prompt alone and on prompt + response.
+* Expert accuracy: each capability expert's pairwise accuracy on its capability labels.
+* Side by side with a baseline single reward model (any ``AutoModelForSequenceClassification`` folder, e.g. the
+  one ``dmoerm train-baseline`` writes).
+
+:func:`pairwise_accuracy` works on plain reward numbers, so any scorer can be evaluated.
+
+Example:
+    >>> from dmoerm_trl.evaluation import pairwise_accuracy
+    >>> pairwise_accuracy([2.0, 0.5, 1.0], [1.0, 0.7, 1.0], ["qa", "qa", "chat"])["per_category"]["qa"]["accuracy"]
+    0.5
+    >>> report = evaluate_reward_models("runs/dmoerm", "data/test.jsonl", baseline_path="runs/dmoerm/baseline")  # doctest: +SKIP
+    >>> write_report(report, "runs/dmoerm/eval")  # eval_results.json, eval_results.md, eval_results.png  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+NO_CATEGORY = "(none)"
+
+
+def pairwise_accuracy(
+    chosen_rewards: Sequence[float], rejected_rewards: Sequence[float], categories: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Share of pairs where the chosen response gets the higher reward, overall and per category.
+
+    Returns ``{"overall": {...}, "per_category": {category: {...}}}`` with ``accuracy``, ``correct``, ``total`` and
+    ``reward_ties`` (pairs with equal rewards, counted as wrong). Rows with category ``""`` count in the overall only.
+    """
+    if len(chosen_rewards) != len(rejected_rewards):
+        raise ValueError(f"{len(chosen_rewards)} chosen rewards but {len(rejected_rewards)} rejected rewards")
+    if categories is not None and len(categories) != len(chosen_rewards):
+        raise ValueError(f"{len(categories)} categories for {len(chosen_rewards)} pairs")
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for index, (chosen, rejected) in enumerate(zip(chosen_rewards, rejected_rewards)):
+        chosen, rejected = float(chosen), float(rejected)
+        keys = ["__overall__"]
+        if categories is not None and categories[index]:
+            keys.append(categories[index])
+        for key in keys:
+            totals[key][0] += chosen > rejected
+            totals[key][1] += 1
+            totals[key][2] += chosen == rejected
+
+    def entry(values):
+        correct, total, ties = values
+        return {"accuracy": correct / total if total else None, "correct": correct, "total": total,
+                "reward_ties": ties}
+
+    overall = entry(totals.pop("__overall__", [0, 0, 0]))
+    return {"overall": overall, "per_category": {key: entry(value) for key, value in sorted(totals.items())}}
+
+
+# ----------------------------------------------------------------------------------------------------- scoring
+def load_reward_model(path: str | os.PathLike, device: str | None = None):
+    """``(model, tokenizer)`` of a saved DMoERM or any sequence-classification reward model (a PEFT adapter folder
+    of one is merged). The tokenizer comes from the folder, else from the DMoERM's base model."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    import dmoerm_trl  # noqa: F401  (registers the dmoerm model type)
+
+    path = str(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such model folder")
+    if os.path.exists(os.path.join(path, "adapter_config.json")):
+        from peft import PeftConfig, PeftModel
+
+        base = PeftConfig.from_pretrained(path).base_model_name_or_path
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        tokenizer_source = path if os.path.exists(os.path.join(path, "tokenizer_config.json")) else base
+    else:
+        config = AutoConfig.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+        tokenizer_source = path
+        if not os.path.exists(os.path.join(path, "tokenizer_config.json")) and config.model_type == "dmoerm":
+            tokenizer_source = config.base_model_name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer
+
+
+def _batches(sequences: list[list[int]], batch_size: int, pad_token_id: int):
+    """Length-sorted padded batches: yields ``(indices, input_ids, attention_mask)``."""
+    import torch
+
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        length = max(len(sequences[i]) for i in indices)
+        input_ids = torch.full((len(indices), length), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(indices), length), dtype=torch.long)
+        for row, i in enumerate(indices):
+            input_ids[row, : len(sequences[i])] = torch.as_tensor(sequences[i])
+            attention_mask[row, : len(sequences[i])] = 1
+        yield indices, input_ids, attention_mask
+
+
+def _is_dmoerm(model) -> bool:
+    return getattr(model.config, "model_type", None) == "dmoerm"
+
+
+def score_sequences(model, sequences: list[list[int]], pad_token_id: int, batch_size: int = 16,
+                    categories: list[str] | None = None, desc: str = "Scoring") -> dict[str, Any]:
+    """Rewards of token-id sequences: ``{"rewards": [...]}`` (+ ``"category_ids"``, ``"capability_rewards"`` for a
+    DMoERM). ``categories`` (DMoERM only) bypasses the router."""
+    import torch
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    rewards: list[float] = [0.0] * len(sequences)
+    category_ids: list[int] = [0] * len(sequences)
+    capability_rewards: list[list[float]] = [[] for _ in sequences]
+    dmoerm = _is_dmoerm(model)
+    with torch.no_grad():
+        for indices, input_ids, attention_mask in tqdm(
+            list(_batches(sequences, batch_size, pad_token_id)), desc=desc, unit="batch", leave=False
+        ):
+            kwargs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+            if dmoerm and categories is not None:
+                kwargs["categories"] = [categories[i] for i in indices]
+            out = model(**kwargs)
+            for row, i in enumerate(indices):
+                rewards[i] = float(out.logits[row, 0])
+                if dmoerm:
+                    category_ids[i] = int(out.category_ids[row])
+                    capability_rewards[i] = [float(x) for x in out.capability_rewards[row]]
+    result: dict[str, Any] = {"rewards": rewards}
+    if dmoerm:
+        result["category_ids"], result["capability_rewards"] = category_ids, capability_rewards
+    return result
+
+
+def _route(model, sequences, pad_token_id: int, batch_size: int, desc: str) -> list[int]:
+    """Router decisions only (the router stage's forward, no experts)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    routed = [0] * len(sequences)
+    model.set_training_stage("router")
+    try:
+        with torch.no_grad():
+            for indices, input_ids, attention_mask in tqdm(
+                list(_batches(sequences, batch_size, pad_token_id)), desc=desc, unit="batch", leave=False
+            ):
+                logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+                for row, i in enumerate(indices):
+                    routed[i] = int(logits[row].argmax())
+    finally:
+        model.set_training_stage(None)
+        model.eval()
+    return routed
+
+
+# -------------------------------------------------------------------------------------------------- evaluation
+def _prepare_pairs(pairs, tokenizer, max_length: int | None, what: str, counts: dict):
+    from .trainers.preference_data import tokenize_pairs
+
+    before = len(pairs)
+    pairs = tokenize_pairs(pairs, tokenizer, max_length, what)
+    if before - len(pairs):
+        counts[f"{what}_longer_than_max_length"] = before - len(pairs)
+        logger.warning("%s: %d of %d pairs are longer than %s tokens and are not evaluated", what,
+                       before - len(pairs), before, max_length)
+    return pairs
+
+
+def _model_categories(pairs, model) -> list[str]:
+    """Each pair's category as a model category name ("" when unknown/none)."""
+    from .data import load_category_spec
+
+    names = model.config.categories if _is_dmoerm(model) else None
+    paper = load_category_spec("paper")
+    resolved = []
+    for category in pairs["category"]:
+        if names is not None and category not in names:
+            key = paper.resolve(category) if category else None
+            category = key if key in names else ""
+        resolved.append(category)
+    return resolved
+
+
+def evaluate_pair_accuracy(model, tokenizer, pairs, batch_size: int = 16, desc: str = "Scoring pairs"):
+    """Pairwise accuracy of one reward model on tokenized pairs (``chosen_ids``/``rejected_ids``/``category``)."""
+    sequences = list(pairs["chosen_ids"]) + list(pairs["rejected_ids"])
+    scores = score_sequences(model, sequences, tokenizer.pad_token_id, batch_size, desc=desc)
+    n = len(pairs)
+    result = pairwise_accuracy(scores["rewards"][:n], scores["rewards"][n:], list(pairs["category"]))
+    return result, scores
+
+
+def evaluate_router(model, tokenizer, pairs, batch_size: int = 16) -> dict[str, Any]:
+    """Router accuracy on the prompt alone and on prompt + response (both responses), overall and per category."""
+    names = model.config.category_names
+    rows = [i for i, c in enumerate(pairs["category"]) if c in names]
+    if not rows:
+        return {"prompt": None, "full": None, "note": "no pair has a category of the model"}
+    pairs = pairs.select(rows)
+    labels = [names.index(c) for c in pairs["category"]]
+    result = {}
+    for view, sequences, targets in (
+        ("prompt", list(pairs["prompt_ids"]), labels),
+        ("full", list(pairs["chosen_ids"]) + list(pairs["rejected_ids"]), labels + labels),
+    ):
+        routed = _route(model, sequences, tokenizer.pad_token_id, batch_size, desc=f"Routing ({view})")
+        per_category: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for decision, target in zip(routed, targets):
+            per_category[names[target]][0] += decision == target
+            per_category[names[target]][1] += 1
+        correct = sum(decision == target for decision, target in zip(routed, targets))
+        result[view] = {
+            "accuracy": correct / len(targets), "correct": correct, "total": len(targets),
+            "per_category": {c: {"accuracy": k / n, "total": n} for c, (k, n) in sorted(per_category.items())},
+        }
+    return result
+
+
+def evaluate_experts(model, tokenizer, labels, batch_size: int = 16) -> dict[str, Any]:
+    """Each expert's pairwise accuracy on its capability labels (the router is bypassed: the label's category)."""
+    categories = model.config.categories
+    keep = [i for i, (c, cap) in enumerate(zip(labels["category"], labels["capability"])) if cap in categories.get(c, [])]
+    skipped = len(labels) - len(keep)
+    labels = labels.select(keep)
+    result: dict[str, Any] = {"skipped_unknown_capability": skipped, "per_expert": {}}
+    if not len(labels):
+        return result
+    sequences = list(labels["chosen_ids"]) + list(labels["rejected_ids"])
+    label_categories = list(labels["category"])
+    scores = score_sequences(model, sequences, tokenizer.pad_token_id, batch_size, categories=label_categories * 2,
+                             desc="Scoring capability labels")
+    n = len(labels)
+    per_expert: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for i, (category, capability) in enumerate(zip(label_categories, labels["capability"])):
+        column = categories[category].index(capability)
+        chosen, rejected = scores["capability_rewards"][i][column], scores["capability_rewards"][n + i][column]
+        per_expert[category][capability][0] += chosen > rejected
+        per_expert[category][capability][1] += 1
+    result["per_expert"] = {
+        category: {cap: {"accuracy": k / t, "total": t} for cap, (k, t) in caps.items()}
+        for category, caps in per_expert.items()
+    }
+    return result
+
+
+def evaluate_reward_models(
+    model_path: str | os.PathLike,
+    data: str | os.PathLike,
+    labels_path: str | os.PathLike | None = None,
+    baseline_path: str | os.PathLike | None = None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    lower_rank_is_better: bool = True,
+    skip_invalid: bool = False,
+    split: str | None = None,
+    splits_file: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Evaluate a saved DMoERM (and optionally a baseline RM) on human-ranked data; returns the report dict.
+
+    ``split`` (``"validation"``, ``"task"`` or ``"aggregator"``) keeps only the pairs a training run put in that split
+    (read from ``splits_file``, default ``<model_path>/splits.json``): e.g. the held-out validation pairs.
+    """
+    from .data import LoadReport, load_capability_labels, load_preference_pairs
+
+    load_report = LoadReport()
+    pairs = load_preference_pairs(data, lower_rank_is_better=lower_rank_is_better, skip_invalid=skip_invalid,
+                                  report=load_report)
+    if split is not None:
+        pairs = _select_split(pairs, split, splits_file or os.path.join(model_path, "splits.json"))
+    if not len(pairs):
+        raise ValueError(f"{data}: no preference pairs to evaluate (every candidate pair tied, or the file is empty)")
+    model, tokenizer = load_reward_model(model_path)
+    counts: dict[str, int] = {"human_ties_excluded": load_report.tied_pairs, "skipped_records": load_report.skipped_records}
+    limit = getattr(model.config, "max_position_embeddings", None)
+    max_length = min(x for x in (max_length, limit) if x) if (max_length or limit) else None
+    resolved = _model_categories(pairs, model)
+    pairs = pairs.map(lambda row, i: {"category": resolved[i]}, with_indices=True, desc="Categories")
+    pairs = _prepare_pairs(pairs, tokenizer, max_length, "pairs", counts)
+    report: dict[str, Any] = {
+        "model": str(model_path), "data": str(data), "baseline_model": str(baseline_path) if baseline_path else None,
+        "num_pairs": len(pairs), "counts": counts, "split": split,
+    }
+    report["dmoerm" if _is_dmoerm(model) else "model"], _ = evaluate_pair_accuracy(
+        model, tokenizer, pairs, batch_size, desc="Scoring pairs (model)")
+    if _is_dmoerm(model):
+        report["router"] = evaluate_router(model, tokenizer, pairs, batch_size)
+        if labels_path is not None:
+            labels = load_capability_labels(labels_path, skip_invalid=skip_invalid)
+            if split is not None:  # only labels on the split's conversations (e.g. held out from training)
+                from .trainers.preference_data import conversation_key
+
+                keys = {conversation_key(prompt) for prompt in pairs["prompt"]}
+                labels = labels.select([i for i, p in enumerate(labels["prompt"]) if conversation_key(p) in keys])
+            labels = _prepare_pairs(labels, tokenizer, max_length, "capability_labels", counts)
+            report["experts"] = evaluate_experts(model, tokenizer, labels, batch_size)
+    if baseline_path is not None:
+        del model
+        baseline, baseline_tokenizer = load_reward_model(baseline_path)
+        baseline_pairs = pairs
+        if baseline_tokenizer.get_vocab() != tokenizer.get_vocab() or baseline_tokenizer.chat_template != tokenizer.chat_template:
+            baseline_pairs = _prepare_pairs(
+                pairs.remove_columns(["prompt_ids", "chosen_ids", "rejected_ids"]), baseline_tokenizer,
+                getattr(baseline.config, "max_position_embeddings", None), "baseline_pairs", counts)
+        report["baseline"], _ = evaluate_pair_accuracy(
+            baseline, baseline_tokenizer, baseline_pairs, batch_size, desc="Scoring pairs (baseline)")
+    return report
+
+
+def _select_split(pairs, split: str, splits_file):
+    if not os.path.exists(splits_file):
+        raise FileNotFoundError(f"{splits_file}: no splits file (written by `dmoerm train` into its output folder)")
+    splits = json.loads(Path(splits_file).read_text(encoding="utf-8"))
+    wanted = {pid for entry in splits.values() for pid in entry.get(split, [])}
+    if not wanted:
+        raise ValueError(f"{splits_file} has no pairs in split {split!r} (splits: task, aggregator, validation)")
+    keep = [i for i, pid in enumerate(pairs["pair_id"]) if pid in wanted]
+    if not keep:
+        raise ValueError(f"none of the pairs of the data is in the {split!r} split of {splits_file}: other data?")
+    return pairs.select(keep)
+
+
+# ------------------------------------------------------------------------------------------------------ output
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else ("-" if value is None else str(value))
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The report as markdown tables: pairwise accuracy per category (model vs baseline), router, experts."""
+    main_key = "dmoerm" if "dmoerm" in report else "model"
+    main, baseline = report[main_key], report.get("baseline")
+    where = report["data"] + (f", {report['split']} split" if report.get("split") else "")
+    lines = [f"## Pairwise accuracy on {where} ({report['num_pairs']} pairs, human ties excluded: "
+             f"{report['counts'].get('human_ties_excluded', 0)})", ""]
+    header = f"| category | pairs | {'DMoERM' if main_key == 'dmoerm' else 'model'} |" + (" baseline |" if baseline else "")
+    lines += [header, "|---|---:|---:|" + ("---:|" if baseline else "")]
+    categories = sorted(set(main["per_category"]) | set((baseline or {}).get("per_category", {})))
+    for category in [*categories, "overall"]:
+        ours = main["overall"] if category == "overall" else main["per_category"].get(category, {})
+        row = f"| {'**overall**' if category == 'overall' else category} | {ours.get('total', 0)} | " \
+              f"{_fmt(ours.get('accuracy'))} |"
+        if baseline:
+            theirs = baseline["overall"] if category == "overall" else baseline["per_category"].get(category, {})
+            row += f" {_fmt(theirs.get('accuracy'))} |"
+        lines.append(row)
+    if "router" in report and report["router"].get("prompt"):
+        lines += ["", "## Router accuracy", "", "| input | accuracy | sequences |", "|---|---:|---:|"]
+        for view, name in (("prompt", "prompt only"), ("full", "prompt + response")):
+            lines.append(f"| {name} | {_fmt(report['router'][view]['accuracy'])} | {report['router'][view]['total']} |")
+    if report.get("experts", {}).get("per_expert"):
+        lines += ["", "## Expert accuracy on capability labels", "", "| category | capability | accuracy | labels |",
+                  "|---|---|---:|---:|"]
+        for category, caps in sorted(report["experts"]["per_expert"].items()):
+            for capability, entry in caps.items():
+                lines.append(f"| {category} | {capability} | {_fmt(entry['accuracy'])} | {entry['total']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_report(report: dict[str, Any], path: str | os.PathLike) -> None:
+    """A bar chart of pairwise accuracy per category and overall (model vs baseline) as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    main_key = "dmoerm" if "dmoerm" in report else "model"
+    main, baseline = report[main_key], report.get("baseline")
+    categories = sorted(set(main["per_category"]) | set((baseline or {}).get("per_category", {}))) + ["overall"]
+
+    def values(result):
+        return [(result["overall"] if c == "overall" else result["per_category"].get(c, {})).get("accuracy") or 0.0
+                for c in categories]
+
+    width = 0.38 if baseline else 0.6
+    positions = list(range(len(categories)))
+    figure, axis = plt.subplots(figsize=(max(5.0, 1.3 * len(categories) + 2), 3.6))
+    offset = -width / 2 if baseline else 0.0
+    axis.bar([p + offset for p in positions], values(main), width, label="DMoERM" if main_key == "dmoerm" else "model")
+    if baseline:
+        axis.bar([p + width / 2 for p in positions], values(baseline), width, label="baseline RM")
+    axis.set_xticks(positions, categories, rotation=20, ha="right")
+    axis.set_ylim(0, 1)
+    axis.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    axis.set_ylabel("pairwise accuracy")
+    axis.set_title("Agreement with human preference ranks")
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_report(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, str]:
+    """Write ``eval_results.json``, ``eval_results.md`` and ``eval_results.png`` (atomically); return their paths."""
+    from .trainers.checkpointing import atomic_write_json
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": output_dir / "eval_results.json", "markdown": output_dir / "eval_results.md",
+             "png": output_dir / "eval_results.png"}
+    atomic_write_json(paths["json"], report)
+    tmp = paths["markdown"].with_name(".eval_results.md.tmp")
+    tmp.write_text(report_markdown(report), encoding="utf-8")
+    os.replace(tmp, paths["markdown"])
+    tmp_png = paths["png"].with_name(".eval_results.tmp.png")
+    plot_report(report, tmp_png)
+    os.replace(tmp_png, paths["png"])
+    return {key: str(value) for key, value in paths.items()}
