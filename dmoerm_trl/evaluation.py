@@ -141,8 +141,9 @@ def score_sequences(model, sequences: list[list[int]], pad_token_id: int, batch_
             out = model(**kwargs)
             for row, i in enumerate(indices):
                 rewards[i] = float(out.logits[row, 0])
-                if dmoerm:
+                if dmoerm and out.category_ids is not None:
                     category_ids[i] = int(out.category_ids[row])
+                if dmoerm and out.capability_rewards is not None:  # None in a training stage's forward
                     capability_rewards[i] = [float(x) for x in out.capability_rewards[row]]
     result: dict[str, Any] = {"rewards": rewards}
     if dmoerm:

@@ -74,7 +74,7 @@ def train_baseline_reward_model(
             target_modules=lora_target_modules,
         )
     callbacks = list(callbacks or [])
-    if eval_dataset is not None and early_stopping_patience is not None:
+    if eval_dataset is not None and early_stopping_patience is not None and args.eval_strategy != "no":
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
     trainer = RewardTrainer(
         model=backbone_path,

@@ -490,7 +490,7 @@ class DMoERMTrainingPipeline:
         )
         args = self._stage_args(stage, has_validation=bool(len(validation)))
         callbacks = list(self.callbacks)
-        if len(validation) and self.args.early_stopping_patience is not None:
+        if len(validation) and self.args.early_stopping_patience is not None and args.eval_strategy != "no":
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=self.args.early_stopping_patience))
         model = self._build_model()
         trainer = self._make_trainer(stage, model, args, train, validation, callbacks)
