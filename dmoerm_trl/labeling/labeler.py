@@ -35,7 +35,7 @@ from pathlib import Path
 from ..category_sets import CategorySpec, load_category_spec
 from .cache import LabelCache
 from .config import LabelingConfig
-from .judge_client import BudgetExhausted, CallStats, JudgeClient, JudgeError, redact
+from .judge_client import BudgetExhausted, CallStats, JudgeClient, JudgeError, RequestTooLong, redact
 from .pricing import resolve_price
 from .prompts import PromptTemplate, load_template, parse_joint_verdict, parse_pairwise_verdict
 
@@ -55,6 +55,7 @@ class CapabilityTally:
     undecided: int = 0  # at least one answer named neither response (or could not be parsed)
     failed: int = 0  # a request failed after every retry (asked again by the next run)
     not_run: int = 0  # the budget ran out (or the run stopped) before both requests were answered
+    too_long: int = 0  # the prompt does not fit the judge's context window
     agrees_with_human: int = 0  # labels whose better response is the human-preferred one
 
     def as_dict(self) -> dict:
@@ -167,6 +168,8 @@ class CapabilityLabeler:
                                              want_json=config.mode == "joint")
                 except BudgetExhausted:
                     status, verdicts = "not_run", {}
+                except RequestTooLong:
+                    status, verdicts = "too_long", {}
                 except JudgeError as err:
                     abort.append(redact(str(err), self._api_key))
                     return
@@ -209,6 +212,8 @@ class CapabilityLabeler:
                 statuses = {first[0], second[0]}
                 if "not_run" in statuses:
                     tally.not_run += 1
+                elif "too_long" in statuses:
+                    tally.too_long += 1
                 elif "failed" in statuses:
                     tally.failed += 1
                 elif first[1] is None or second[1] is None:
