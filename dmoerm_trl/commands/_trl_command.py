@@ -33,6 +33,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def report(prog: str, summary: dict) -> None:
     """Print the essentials of a run summary as JSON (the full one is in ``<output_dir>/run_summary.json``)."""
+    if not summary.get("is_main_process", True):
+        return
     brief = {k: summary[k] for k in ("algorithm", "wall_time_s", "global_step") if k in summary}
     if summary.get("overoptimization"):
         first, last = summary["overoptimization"][0], summary["overoptimization"][-1]

@@ -340,9 +340,34 @@ class BestOfNSampler:
         )
         prompts = list(prompts)
         candidates = self.generate(prompts, n=num_samples)
-        gold_scores = self._score(gold_scorer, prompts, candidates)
+        cache: dict = {}
+        gold_scores = self._score_cached(gold_scorer, prompts, candidates, cache)
         records, proxy_scores = [], {}
         for name, scorer in proxy_scorers.items():
-            proxy_scores[name] = self._score(scorer, prompts, candidates)
+            proxy_scores[name] = self._score_cached(scorer, prompts, candidates, cache)
             records += best_of_n_curve(proxy_scores[name], gold_scores, ns, proxy_name=name)
         return BestOfNEvaluation(records, gold_scores, proxy_scores, candidates)
+
+    def _score_cached(self, scorer: RewardScorer, prompts, candidates, cache: dict) -> torch.Tensor:
+        """Score once per (model, tokenizer): ensembles sharing members (mean/wco/uwo of the same models) reuse the
+        members' scores instead of running every member again."""
+        from .ensemble import RewardEnsemble
+
+        reward = scorer.reward
+        if isinstance(reward, RewardEnsemble):
+            if scorer.member_scorers is not None:
+                members = scorer.member_scorers
+            else:  # one shared tokenizer: score each member with it (same ids the ensemble's forward gives them)
+                members = [
+                    RewardScorer(
+                        m, scorer.tokenizer, scorer.batch_size, None, scorer.append_eos, f"{scorer.name}[{i}]"
+                    )
+                    for i, m in enumerate(reward.members)
+                ]
+            member_scores = [self._score_cached(member, prompts, candidates, cache) for member in members]
+            stacked = torch.stack([m.reshape(-1) for m in member_scores], dim=-1)
+            return reward.combine(stacked).reshape(len(candidates), -1).float()
+        key = (id(reward), id(scorer.tokenizer), scorer.append_eos)
+        if key not in cache:
+            cache[key] = self._score(scorer, prompts, candidates)
+        return cache[key]

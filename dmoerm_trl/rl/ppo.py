@@ -185,5 +185,20 @@ def run_ppo(script_args, training_args) -> dict:
         callbacks=callbacks,
     )
     trainer.train()
-    trainer.save_model(training_args.output_dir)
+    save_ppo_policy(trainer, training_args.output_dir)
     return write_summary(training_args, trainer, "ppo", start, callbacks)
+
+
+def save_ppo_policy(trainer, output_dir: str) -> None:
+    """Save the trained policy and its tokenizer (main process only).
+
+    Not ``trainer.save_model``: with trl 1.12 + transformers 5 under DDP it saves the policy+value wrapper (shared
+    tensors error) on the main process and fails with a missing Trainer attribute on the others.
+    """
+    accelerator = trainer.accelerator
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        policy = accelerator.unwrap_model(trainer.model).policy
+        policy.save_pretrained(output_dir)
+        trainer.processing_class.save_pretrained(output_dir)
+    accelerator.wait_for_everyone()

@@ -355,7 +355,10 @@ def write_summary(training_args, trainer, algorithm: str, start: float, callback
         "algorithm": algorithm,
         "wall_time_s": round(time.time() - start, 2),
         "global_step": trainer.state.global_step,
-        "last_log": next((h for h in reversed(trainer.state.log_history) if "gold/reward" not in h), {}),
+        "is_main_process": trainer.accelerator.is_main_process,
+        "last_log": next(
+            (h for h in reversed(trainer.state.log_history) if "gold/reward" not in h and "train_runtime" not in h), {}
+        ),
     }
     for callback in callbacks:
         records = getattr(callback, "records", None)

@@ -114,6 +114,12 @@ def test_evaluate_compares_proxies_against_gold(policy, policy_tokenizer, proxie
     assert single[-1]["proxy_reward"] == pytest.approx(result.proxy_scores["single"].max(1).values.mean().item())
     # n = 1 is the mean over all samples for both rewards.
     assert single[0]["gold_reward"] == pytest.approx(result.gold_scores.mean().item())
+    # Ensembles are scored from cached member scores: same numbers as running the ensemble itself.
+    ensemble = RewardEnsemble([m for m, _ in proxies])
+    flat_prompts = [p for p in prompts[:4] for _ in range(8)]
+    flat = [c for cands in result.candidates for c in cands]
+    direct = RewardScorer(ensemble, proxies[0][1])(flat_prompts, flat).reshape(4, 8)
+    torch.testing.assert_close(result.proxy_scores["ensemble_mean"], direct, rtol=1e-5, atol=1e-6)
     result.to_csv(tmp_path / "bon.csv")
     assert (tmp_path / "bon.csv").read_text().splitlines()[0].startswith("source,proxy,n,step,kl")
 

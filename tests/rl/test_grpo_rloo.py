@@ -76,7 +76,6 @@ def test_grpo_with_dmoerm_and_a_rule_based_reward_weighted(tmp_path, rl_assets, 
         assert log["reward"] == pytest.approx(combined, abs=1e-5)
 
 
-@pytest.mark.slow
 def test_rloo_with_an_ensemble_and_gold_tracking(tmp_path, rl_assets, proxies, gold, policy_tokenizer, prompts):
     ensemble = RewardEnsemble([m for m, _ in proxies], mode="uwo")
     ensemble.config._name_or_path = "ensemble_uwo"
