@@ -91,6 +91,8 @@ def train_baseline_reward_model(
     PartialState().wait_for_everyone()
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
     metrics = trainer.evaluate() if eval_dataset is not None else {}
+    if is_main:
+        atomic_write_json(Path(args.output_dir) / "log_history.json", trainer.state.log_history)
 
     output_dir = Path(output_dir)
     tmp = output_dir.with_name(f".{output_dir.name}-tmp")
