@@ -72,7 +72,21 @@ def _response_logits(model, sequences, attention_mask, prompt_length: int, tempe
     return logits[:, prompt_length - 1 : -1].float() / temperature
 
 
-@torch.no_grad()
+def response_logprobs(model, sequences, attention_mask, prompt_length: int, temperature: float = 1.0) -> torch.Tensor:
+    """``(B, T_response, V)`` next-token log-probabilities of ``model`` at the response positions."""
+    with torch.no_grad():
+        return torch.log_softmax(_response_logits(model, sequences, attention_mask, prompt_length, temperature), -1)
+
+
+def kl_from_logprobs(policy_logp, reference_logp, sequences, prompt_length: int, response_mask):
+    """``(full, k1)`` per-sample KL estimates from both models' response log-probabilities (see :func:`sequence_kl`)."""
+    mask = response_mask.float()
+    full = ((policy_logp.exp() * (policy_logp - reference_logp)).sum(-1) * mask).sum(-1)
+    response = sequences[:, prompt_length:].unsqueeze(-1)
+    k1 = ((policy_logp.gather(-1, response) - reference_logp.gather(-1, response)).squeeze(-1) * mask).sum(-1)
+    return full, k1
+
+
 def sequence_kl(
     policy: nn.Module,
     reference: nn.Module,
@@ -89,17 +103,9 @@ def sequence_kl(
     prefix; its mean over samples is an unbiased estimate of the sequence-level KL (chain rule), never negative and
     of much lower variance than ``k1``, the summed log-ratio ``log pi(y_t) - log pi_ref(y_t)`` of the sampled tokens.
     """
-    policy_logp = torch.log_softmax(
-        _response_logits(policy, sequences, attention_mask, prompt_length, temperature), -1
-    )
-    reference_logp = torch.log_softmax(
-        _response_logits(reference, sequences, attention_mask, prompt_length, temperature), -1
-    )
-    mask = response_mask.float()
-    full = ((policy_logp.exp() * (policy_logp - reference_logp)).sum(-1) * mask).sum(-1)
-    response = sequences[:, prompt_length:].unsqueeze(-1)
-    k1 = ((policy_logp.gather(-1, response) - reference_logp.gather(-1, response)).squeeze(-1) * mask).sum(-1)
-    return full, k1
+    policy_logp = response_logprobs(policy, sequences, attention_mask, prompt_length, temperature)
+    reference_logp = response_logprobs(reference, sequences, attention_mask, prompt_length, temperature)
+    return kl_from_logprobs(policy_logp, reference_logp, sequences, prompt_length, response_mask)
 
 
 class GoldRewardCallback(TrainerCallback):
@@ -170,6 +176,11 @@ class GoldRewardCallback(TrainerCallback):
             return
         self._own_ref = copy.deepcopy(policy).eval()
         self._own_ref.requires_grad_(False)
+        # Trainers may patch ``forward`` per instance with closures over the *original* module (trl 1.16's fused
+        # loss wraps ``model.forward``); a deep copy keeps such a closure and would run the live policy. Restore the
+        # class forward on the frozen copy.
+        for module in self._own_ref.modules():
+            module.__dict__.pop("forward", None)
 
     @contextmanager
     def _reference(self, policy: nn.Module):
@@ -217,10 +228,14 @@ class GoldRewardCallback(TrainerCallback):
                     response_mask = _first_eos_mask(response, eos_ids).long()
                     prompt_mask = batch["attention_mask"].repeat_interleave(self.samples_per_prompt, dim=0)
                     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+                    policy_logp = response_logprobs(policy, sequences, attention_mask, prompt_length, temperature)
+                    # The policy's log-probs first: for a PEFT policy the reference is the same module with its
+                    # adapters disabled inside this context.
                     with self._reference(policy) as reference, eval_mode(reference):
-                        full, k1 = sequence_kl(
-                            policy, reference, sequences, attention_mask, prompt_length, response_mask, temperature
+                        reference_logp = response_logprobs(
+                            reference, sequences, attention_mask, prompt_length, temperature
                         )
+                    full, k1 = kl_from_logprobs(policy_logp, reference_logp, sequences, prompt_length, response_mask)
                     kls.append(full.cpu())
                     kls_k1.append(k1.cpu())
                     masked = response.masked_fill(response_mask == 0, tokenizer.pad_token_id)

@@ -139,3 +139,51 @@ def test_gold_callback_kl_estimator(rl_assets, policy_tokenizer):
         )
     torch.testing.assert_close(full, (p.exp() * (p - q)).sum(-1))
     assert (full > 0).all()
+
+
+def test_gold_callback_reference_copy_is_frozen_even_with_a_patched_forward(rl_assets):
+    """trl 1.16 wraps ``model.forward`` in a closure over the live model; the reference copy must not follow it."""
+    import types
+
+    policy = AutoModelForCausalLM.from_pretrained(rl_assets["policy"])
+    original_forward = policy.forward
+    policy.forward = types.MethodType(lambda self, *a, **k: original_forward(*a, **k), policy)
+    callback = GoldRewardCallback(
+        ["hi"],
+        gold=lambda prompts, completions, **kw: [0.0] * len(completions),
+        proxy=lambda prompts, completions, **kw: [0.0] * len(completions),
+    )
+    callback._setup_reference(policy)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        before = callback._own_ref(input_ids=ids).logits.clone()
+        for parameter in policy.parameters():
+            parameter.add_(0.1)
+        assert not torch.allclose(policy(input_ids=ids).logits, before)
+        torch.testing.assert_close(callback._own_ref(input_ids=ids).logits, before)
+
+
+def test_gold_callback_uses_the_peft_base_as_reference(tmp_path, rl_assets, proxies, policy_tokenizer, prompts):
+    from peft import LoraConfig
+
+    callback = GoldRewardCallback(
+        prompts[-2:],
+        gold=lambda prompts, completions, **kw: [float(len(c)) for c in completions],
+        proxy=lambda prompts, completions, **kw: [1.0] * len(completions),
+        eval_steps=2,
+        samples_per_prompt=2,
+        generation_config=GenerationConfig(max_new_tokens=6, do_sample=True, top_k=0, top_p=1.0),
+    )
+    trainer = GRPOTrainer(
+        model=rl_assets["policy"],
+        reward_funcs=length_penalty,
+        args=config(GRPOConfig, tmp_path, learning_rate=5e-2),
+        train_dataset=Dataset.from_dict({"prompt": prompts[:8]}),
+        processing_class=policy_tokenizer,
+        callbacks=[callback],
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    trainer.train()
+    assert callback._own_ref is None  # no copy: the adapters are disabled for the reference
+    kls = [r["kl"] for r in callback.records]
+    assert kls[0] == pytest.approx(0.0, abs=1e-6) and kls[-1] > 0
