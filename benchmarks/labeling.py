@@ -100,7 +100,9 @@ def main() -> None:
             assert cached["calls"] == 0 and cached["cache_hits"] == requests
             print(f"| {concurrency} | {requests} | {summary['elapsed_seconds']:.2f} | {rate:.1f} | {limit:.1f} | "
                   f"{rate / limit:.3f} | {cached_seconds:.2f} | {requests / cached_seconds:.0f} |")
-        print(f"\n(python {sys.version.split()[0]}, {os.cpu_count()} CPUs; server in a separate process)")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"\n(python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {load} at the end; "
+              "server in a separate process)")
     finally:
         server.kill()
         server.wait()
