@@ -11,7 +11,7 @@
 Example:
     >>> from dmoerm_trl.labeling import LabelingConfig, run_labeling
     >>> config = LabelingConfig(data="data/ranked.jsonl", output="labels", model="gpt-4o-mini", mode="joint")
-    >>> result = run_labeling(config)  # doctest: +SKIP  (needs OPENAI_API_KEY)
+    >>> result = run_labeling(config)  # needs OPENAI_API_KEY  # doctest: +SKIP
 """
 
 from __future__ import annotations

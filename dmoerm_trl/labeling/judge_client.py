@@ -15,13 +15,19 @@ when the request failed after every retry (such requests are not cached, so the 
 - The API key is only ever inside the ``openai`` client; error texts are redacted before they are kept or logged.
 
 Example:
-    >>> import asyncio, openai, tempfile, os  # doctest: +SKIP
+    >>> import asyncio, os, tempfile, openai
     >>> from dmoerm_trl.labeling.cache import LabelCache
     >>> from dmoerm_trl.labeling.judge_client import JudgeClient
-    >>> client = openai.AsyncOpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused", max_retries=0)
-    >>> judge = JudgeClient(client, "judge", LabelCache(os.path.join(tempfile.mkdtemp(), "c.sqlite")))
-    >>> asyncio.run(judge.ask([{"role": "user", "content": "1 or 2?"}], max_tokens=4))
-    '1'
+    >>> from dmoerm_trl.labeling.scripted_judge_server import ScriptedJudgeServer
+    >>> async def ask(base_url):
+    ...     client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    ...     judge = JudgeClient(client, "scripted-judge", LabelCache(os.path.join(tempfile.mkdtemp(), "c.sqlite")))
+    ...     first = await judge.ask([{"role": "user", "content": "1 or 2?"}], max_tokens=4)
+    ...     second = await judge.ask([{"role": "user", "content": "1 or 2?"}], max_tokens=4)  # from the cache
+    ...     return first, judge.stats.calls, judge.stats.cache_hits
+    >>> with ScriptedJudgeServer(lambda body: "1") as server:
+    ...     asyncio.run(ask(server.base_url))
+    ('1', 1, 1)
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ class CallStats:
 
     calls: int = 0  # HTTP requests sent, retries included
     cache_hits: int = 0
+    shared_answers: int = 0  # identical requests (duplicate pairs) served by one call already in flight
     retries: int = 0
     failed_requests: int = 0  # requests given up after max_retries (not cached: the next run asks again)
     tokens_in: int = 0
@@ -151,6 +158,7 @@ class JudgeClient:
         self._json_meta_key = f"json_mode_unsupported:{model}"
         self.budget_exhausted = False
         self._json_probe = asyncio.Lock()
+        self._pending: dict[str, asyncio.Future] = {}
         self._json_confirmed = False
 
     # -- JSON mode -------------------------------------------------------------------------------------------------
@@ -181,6 +189,10 @@ class JudgeClient:
         if cached is not None:
             self.stats.cache_hits += 1
             return cached.content
+        pending = self._pending.get(key)
+        if pending is not None:  # the same request is in flight (duplicate pairs): share its answer
+            self.stats.shared_answers += 1
+            return await asyncio.shield(pending)
         if json_mode and self.response_format == "auto" and not self._json_confirmed:
             # The first uncached JSON request probes alone whether the server accepts JSON mode; the others wait,
             # so a server that refuses it sees one refused request, not one per worker.
@@ -196,7 +208,25 @@ class JudgeClient:
                         self._json_confirmed = content is not None
                         return content
             return await self.ask(messages, max_tokens=max_tokens, want_json=want_json)
-        return await self._call_with_retries(key, messages, json_mode=json_mode, max_tokens=max_tokens)
+        return await self._call_shared(key, messages, json_mode=json_mode, max_tokens=max_tokens)
+
+    async def _call_shared(self, key: str, messages, *, json_mode: bool, max_tokens: int) -> str | None:
+        future = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            content = await self._call_with_retries(key, messages, json_mode=json_mode, max_tokens=max_tokens)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as err:
+            future.set_exception(err)
+            future.exception()  # mark retrieved: no "never retrieved" warning when nobody shared it
+            raise
+        else:
+            future.set_result(content)
+            return content
+        finally:
+            del self._pending[key]
 
     # -- internals -------------------------------------------------------------------------------------------------
     def _check_budget(self) -> None:

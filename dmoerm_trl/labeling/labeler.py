@@ -250,6 +250,7 @@ class CapabilityLabeler:
             "labels": len(labels),
             "calls": stats.calls,
             "cache_hits": stats.cache_hits,
+            "shared_answers": stats.shared_answers,
             "retries": stats.retries,
             "failed_requests": stats.failed_requests,
             "retry_wait_seconds": round(stats.retry_wait_seconds, 3),

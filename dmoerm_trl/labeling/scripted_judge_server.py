@@ -129,6 +129,8 @@ class ScriptedJudgeServer:
         self.seen: Counter = Counter()  # request-body hash -> times received
         self.log: list[tuple[float, str, str]] = []  # (monotonic time, outcome, body hash)
         self.auth_headers: Counter = Counter()
+        self.in_flight = 0  # chat requests being handled now
+        self.max_in_flight = 0  # the most at any moment (to check a client's concurrency bound)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -248,6 +250,14 @@ class ScriptedJudgeServer:
         if method != "POST" or path != "/v1/chat/completions":
             await self._send(writer, 404, self._error(f"No route {method} {path}", "invalid_request_error"))
             return True
+        self.in_flight += 1  # only touched on the server's event loop thread
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._chat(headers, body, writer)
+        finally:
+            self.in_flight -= 1
+
+    async def _chat(self, headers, body: bytes, writer) -> bool:
         digest = hashlib.sha256(body).hexdigest()[:16]
         with self._lock:
             self.counts["requests"] += 1

@@ -183,3 +183,22 @@ def test_custom_template_file_is_used(labeling_data, tmp_path):
     assert seen[0][1]["content"].startswith("MY TEMPLATE\nCapability: ")
     assert result.summary["template"]["source"] == str(template)
     assert label_set(result.labels) == expected_labels(labeling_data)
+
+
+def test_concurrency_is_bounded_duplicates_share_calls_and_uncategorized_pairs_are_counted(labeling_data, tmp_path):
+    rows = []
+    for i in range(6):
+        rows.append({"prompt": f"q{i}", "chosen": f"candidate 0 for dialogue {2 * i}",
+                     "rejected": f"candidate 1 for dialogue {2 * i}", "category": "objective_qa"})
+        rows.append({"prompt": "Hi", "chosen": "candidate 0 for dialogue 1", "rejected": "candidate 1 for dialogue 1"})
+    rows += [rows[0]] * 4  # the same pair 4 more times: its requests are asked once
+    data_file = tmp_path / "pairs.jsonl"
+    data_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    data = type(labeling_data)(**{**vars(labeling_data), "data": str(data_file)})
+    with ScriptedJudgeServer(VerdictJudge(labeling_data.scores), latency=0.05) as server:
+        summary = run_labeling(fast_config(data, tmp_path / "out", server, concurrency=3)).summary
+    assert server.max_in_flight == 3  # reached, never exceeded
+    assert summary["pairs"] == 16 and summary["pairs_without_category"] == 6
+    assert summary["requests"] == 10 * 3 * 2 and summary["calls"] == server.counts["requests"] == 6 * 3 * 2
+    assert summary["cache_hits"] + summary["shared_answers"] == 4 * 3 * 2
+    assert summary["labels"] == 10 * 3
