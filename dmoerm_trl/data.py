@@ -505,10 +505,15 @@ def load_capability_labels(source, *, categories=None, skip_invalid: bool = Fals
     """
     pairs = load_preference_pairs(source, format="trl", categories=categories, skip_invalid=skip_invalid,
                                   report=report)
-    if len(pairs) and "capability" not in pairs.column_names:
+    if not len(pairs):  # an empty label file (no label kept): still the capability schema
+        from datasets import Dataset
+
+        features = pair_features(with_capability=True)
+        return Dataset.from_dict({name: [] for name in features}, features=features)
+    if "capability" not in pairs.column_names:
         raise DataValidationError(str(source), "all records", "capability", "missing",
                                   "pass the output of `dmoerm label` (it has a 'capability' column)")
-    missing = [i for i, value in enumerate(pairs["capability"]) if not value] if len(pairs) else []
+    missing = [i for i, value in enumerate(pairs["capability"]) if not value]
     if missing:
         raise DataValidationError(str(source), f"record {missing[0]}", "capability", "missing or empty",
                                   "every capability label needs its capability")

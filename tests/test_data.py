@@ -190,6 +190,9 @@ def test_capability_label_files(tmp_path):
     assert write_jsonl_atomic(rows, path) == 2
     labels = load_capability_labels(path, categories="paper")
     assert labels["capability"] == ["logic", "correctness"] and len(set(labels["pair_id"])) == 2
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")  # `dmoerm label` kept no label
+    assert load_capability_labels(empty).column_names[-1] == "capability" and len(load_capability_labels(empty)) == 0
     rows[1]["capability"] = "charm"
     write_jsonl_atomic(rows, path)
     with pytest.raises(DataValidationError, match="line 2, field 'capability'.*not a capability of category"):
