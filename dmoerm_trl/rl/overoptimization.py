@@ -219,33 +219,58 @@ def fit_records(records: Sequence[dict]) -> list[CurveFits]:
 
 # ------------------------------------------------------------------------------------------------------ plotting
 def plot_overoptimization(
-    records: Sequence[dict], path: str | os.PathLike, title: str | None = None
+    records: Sequence[dict], path: str | os.PathLike, title: str | None = None, relative: bool | None = None
 ) -> list[CurveFits]:
-    """Plot gold and proxy reward against sqrt(KL) with the fitted curves; save a PNG atomically; return the fits."""
+    """Plot gold and proxy reward against sqrt(KL) with the fitted curves; save a PNG atomically; return the fits.
+
+    One (source, proxy) group: one panel, absolute rewards. Several groups (e.g. DMoERM vs a single RM vs
+    ensembles): two panels, gold and proxy, each as the gain over its KL = 0 value (``relative``), since proxies
+    live on different scales.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fits = fit_records(records)
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    relative = len(fits) > 1 if relative is None else relative
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if relative:
+        figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        panels = [(axes[0], "gold_reward", "gold", "o", "-"), (axes[1], "proxy_reward", "proxy_fit", "x", "--")]
+    else:
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        panels = [(axis, "gold_reward", "gold", "o", "-"), (axis, "proxy_reward", "proxy_fit", "x", "--")]
     for i, curve in enumerate(fits):
         color = colors[i % len(colors)]
-        d = np.array([r["sqrt_kl"] if "sqrt_kl" in r else math.sqrt(max(r["kl"], 0)) for r in curve.records])
-        label = f"{curve.proxy} ({curve.source})" if len(fits) > 1 else curve.source
-        axis.plot(d, [r["gold_reward"] for r in curve.records], "o", color=color, label=f"gold, {label}")
-        axis.plot(d, [r["proxy_reward"] for r in curve.records], "x", color=color, label=f"proxy, {label}")
+        d = np.array([math.sqrt(max(r["kl"], 0.0)) for r in curve.records])
+        if curve.source == "rl":
+            d = np.array([0.0 if r.get("step") == 0 else x for r, x in zip(curve.records, d)])
+        label = f"{curve.proxy} ({curve.source})"
         grid = np.linspace(0, max(d.max(), 1e-6) * 1.05, 100)
-        if curve.gold is not None:
-            axis.plot(grid, curve.gold.predict(grid), "-", color=color, alpha=0.8)
-        if curve.proxy_fit is not None:
-            axis.plot(grid, curve.proxy_fit.predict(grid), "--", color=color, alpha=0.8)
-    axis.set_xlabel("sqrt(KL(policy || reference))  [sqrt nats]")
-    axis.set_ylabel("reward")
-    axis.set_title(title or "Reward overoptimization: gold (o, solid) vs proxy (x, dashed)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
+        for axis, key, fit_name, marker, style in panels:
+            fit = getattr(curve, fit_name)
+            offset = (fit.r0 if fit is not None else curve.records[0][key]) if relative else 0.0
+            which = "gold" if key == "gold_reward" else "proxy"
+            axis.plot(
+                d,
+                [r[key] - offset for r in curve.records],
+                marker,
+                color=color,
+                label=label if relative else f"{which}, {label}",
+            )
+            if fit is not None:
+                axis.plot(grid, fit.predict(grid) - offset, style, color=color, alpha=0.8)
+    for axis, key, _, _, _ in panels[:: 1 if relative else 2]:
+        axis.set_xlabel("sqrt(KL(policy || reference))  [sqrt nats]")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+        if relative:
+            axis.set_ylabel(f"{key.split('_')[0]} reward gain over KL = 0")
+            axis.set_title(f"{key.split('_')[0]} reward (points) and fitted curve")
+        else:
+            axis.set_ylabel("reward")
+    figure.suptitle(title or "Reward overoptimization: gold (o, solid) vs proxy (x, dashed)")
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

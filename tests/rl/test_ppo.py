@@ -15,7 +15,12 @@ from dmoerm_trl.rl.recipe_args import encode_prompt
 from dmoerm_trl.testing_utils import make_tiny_bert_tokenizer
 
 # Skipped only where the installed TRL has no PPO, with the reason naming the supported range and the extra.
-requires_ppo = pytest.mark.skipif(not is_ppo_available(), reason=ppo_unavailable_reason())
+_skip_without_ppo = pytest.mark.skipif(not is_ppo_available(), reason=ppo_unavailable_reason())
+
+
+def requires_ppo(test):
+    """Mark a test ``ppo`` and skip it, with the reason naming the supported range and extra, where PPO is missing."""
+    return pytest.mark.ppo(_skip_without_ppo(test))
 
 
 def ppo_args(tmp_path, **overrides):

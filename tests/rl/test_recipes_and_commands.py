@@ -16,7 +16,12 @@ from dmoerm_trl.rl.ppo import is_ppo_available, ppo_unavailable_reason
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "recipes" / "configs"
-requires_ppo = pytest.mark.skipif(not is_ppo_available(), reason=ppo_unavailable_reason())
+_skip_without_ppo = pytest.mark.skipif(not is_ppo_available(), reason=ppo_unavailable_reason())
+
+
+def requires_ppo(test):
+    """Mark a test ``ppo`` and skip it, with the reason naming the supported range and extra, where PPO is missing."""
+    return pytest.mark.ppo(_skip_without_ppo(test))
 
 
 def asset_flags(assets, reward="dmoerm"):
