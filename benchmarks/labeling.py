@@ -29,16 +29,29 @@ def write_ranked_data(path: Path, records: int, responses: int, categories: list
     with open(path, "w", encoding="utf-8") as handle:
         for i in range(records):
             category = categories[i % len(categories)]
-            record = {"src": [f"question {i}: explain topic {i} in detail"], "tgt": [],
-                      "response": [f"answer {j} to question {i}, " + "with some content " * 20 for j in range(responses)],
-                      "rank": list(range(1, responses + 1)), "label": PAPER_CATEGORY_NAMES_ZH[category]}
+            record = {
+                "src": [f"question {i}: explain topic {i} in detail"],
+                "tgt": [],
+                "response": [f"answer {j} to question {i}, " + "with some content " * 20 for j in range(responses)],
+                "rank": list(range(1, responses + 1)),
+                "label": PAPER_CATEGORY_NAMES_ZH[category],
+            }
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def start_server(latency: float) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "dmoerm_trl.labeling.scripted_judge_server", "--latency", str(latency), "--answer", "1"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "dmoerm_trl.labeling.scripted_judge_server",
+            "--latency",
+            str(latency),
+            "--answer",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     line = process.stdout.readline()
     if not line.startswith("READY "):
@@ -51,8 +64,16 @@ def label(data: Path, output: Path, base_url: str, mode: str, concurrency: int) 
     from dmoerm_trl.data import load_preference_pairs
     from dmoerm_trl.labeling import CapabilityLabeler, LabelingConfig
 
-    config = LabelingConfig(data=str(data), output=str(output), model="scripted-judge", base_url=base_url, mode=mode,
-                            concurrency=concurrency, progress=False, timeout=30)
+    config = LabelingConfig(
+        data=str(data),
+        output=str(output),
+        model="scripted-judge",
+        base_url=base_url,
+        mode=mode,
+        concurrency=concurrency,
+        progress=False,
+        timeout=30,
+    )
     pairs = load_preference_pairs(str(data), categories="paper")
     return CapabilityLabeler(config, api_key="unused").label(pairs).summary
 
@@ -80,10 +101,14 @@ def main() -> None:
             print(f"| {mode} | {summary['requests_per_pair']:.2f} | {summary['requests']} |")
 
         # 2. Throughput at fixed latency vs the limit concurrency / latency; 3. fully cached rerun.
-        print(f"\n## Throughput against a loopback judge with {args.latency * 1000:.0f} ms latency "
-              "(per_capability, objective_qa: 12 requests per pair)\n")
-        print("| concurrency | requests | seconds | requests/s | limit C/L | fraction of limit | cached rerun s | "
-              "cached requests/s |")
+        print(
+            f"\n## Throughput against a loopback judge with {args.latency * 1000:.0f} ms latency "
+            "(per_capability, objective_qa: 12 requests per pair)\n"
+        )
+        print(
+            "| concurrency | requests | seconds | requests/s | limit C/L | fraction of limit | cached rerun s | "
+            "cached requests/s |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for concurrency in args.concurrency:
             limit = concurrency / args.latency
@@ -98,11 +123,15 @@ def main() -> None:
             cached = label(data, output, base_url, "per_capability", concurrency)
             cached_seconds = time.perf_counter() - started
             assert cached["calls"] == 0 and cached["cache_hits"] == requests
-            print(f"| {concurrency} | {requests} | {summary['elapsed_seconds']:.2f} | {rate:.1f} | {limit:.1f} | "
-                  f"{rate / limit:.3f} | {cached_seconds:.2f} | {requests / cached_seconds:.0f} |")
+            print(
+                f"| {concurrency} | {requests} | {summary['elapsed_seconds']:.2f} | {rate:.1f} | {limit:.1f} | "
+                f"{rate / limit:.3f} | {cached_seconds:.2f} | {requests / cached_seconds:.0f} |"
+            )
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        print(f"\n(python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {load} at the end; "
-              "server in a separate process)")
+        print(
+            f"\n(python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {load} at the end; "
+            "server in a separate process)"
+        )
     finally:
         server.kill()
         server.wait()

@@ -56,7 +56,13 @@ PAPER_CATEGORIES: dict[str, list[str]] = {
         "content_richness",
     ],
     "chitchat": ["conversational_sense", "proactivity", "emotion_expression", "empathy_ability", "content_richness"],
-    "subjective_qa": ["convincing_ability", "logic", "viewpoint_richness", "breadth_of_knowledge", "question_specific"],
+    "subjective_qa": [
+        "convincing_ability",
+        "logic",
+        "viewpoint_richness",
+        "breadth_of_knowledge",
+        "question_specific",
+    ],
     "objective_qa": [
         "correctness",
         "objectiveness",
@@ -173,7 +179,9 @@ class CategorySpec:
         for key, capabilities in self.categories.items():
             entry: dict[str, Any] = {"aliases": [a for a, k in self.aliases.items() if k == key], "capabilities": {}}
             for capability in capabilities:
-                info = {lang: names[capability] for lang, names in self.capability_names.items() if capability in names}
+                info = {
+                    lang: names[capability] for lang, names in self.capability_names.items() if capability in names
+                }
                 for lang, descriptions in self.capability_descriptions.items():
                     if capability in descriptions:
                         info["description" if lang == "en" else f"description_{lang}"] = descriptions[capability]
@@ -199,8 +207,12 @@ def _invalid(source: str, where: str, problem: str, fix: str) -> ValueError:
 
 def _check_key(source: str, where: str, key: Any) -> str:
     if not isinstance(key, str) or not _KEY_PATTERN.match(key):
-        raise _invalid(source, where, f"{key!r} is not a valid key",
-                       "use letters, digits, '_' or '-', starting with a letter (keys name LoRA adapters)")
+        raise _invalid(
+            source,
+            where,
+            f"{key!r} is not a valid key",
+            "use letters, digits, '_' or '-', starting with a letter (keys name LoRA adapters)",
+        )
     return key
 
 
@@ -233,8 +245,12 @@ def _spec_from_mapping(data: Mapping, source: str) -> CategorySpec:
                 else:
                     infos[item] = None
         else:
-            raise _invalid(source, f"{where}.capabilities", f"expected a list or mapping, got {type(capabilities).__name__}",
-                           "list the category's capability keys")
+            raise _invalid(
+                source,
+                f"{where}.capabilities",
+                f"expected a list or mapping, got {type(capabilities).__name__}",
+                "list the category's capability keys",
+            )
         if not infos:
             raise _invalid(source, f"{where}.capabilities", "empty", "give each category at least one capability")
         names = []
@@ -244,15 +260,19 @@ def _spec_from_mapping(data: Mapping, source: str) -> CategorySpec:
             if info is None:
                 continue
             if not isinstance(info, Mapping):
-                raise _invalid(source, f"{where}.capabilities.{capability}", "expected a mapping",
-                               "write {zh: name, description: text} or nothing")
+                raise _invalid(
+                    source,
+                    f"{where}.capabilities.{capability}",
+                    "expected a mapping",
+                    "write {zh: name, description: text} or nothing",
+                )
             for info_key, value in info.items():
                 if not isinstance(value, str):
                     raise _invalid(source, f"{where}.capabilities.{capability}.{info_key}", "not a string", "quote it")
                 if info_key == "description":
                     spec.capability_descriptions.setdefault("en", {})[capability] = value
                 elif info_key.startswith("description_"):
-                    spec.capability_descriptions.setdefault(info_key[len("description_"):], {})[capability] = value
+                    spec.capability_descriptions.setdefault(info_key[len("description_") :], {})[capability] = value
                 else:
                     spec.capability_names.setdefault(info_key, {})[capability] = value
         spec.categories[key] = names

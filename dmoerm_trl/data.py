@@ -161,9 +161,15 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
             try:
                 yield location, json.loads(line)
             except json.JSONDecodeError as err:
-                yield location, DataValidationError(
-                    str(path), location, None, f"not valid JSON ({err.msg} at column {err.colno})",
-                    "write one JSON object per line (JSON Lines)",
+                yield (
+                    location,
+                    DataValidationError(
+                        str(path),
+                        location,
+                        None,
+                        f"not valid JSON ({err.msg} at column {err.colno})",
+                        "write one JSON object per line (JSON Lines)",
+                    ),
                 )
 
 
@@ -182,12 +188,17 @@ def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
         lists = [value for value in data.values() if isinstance(value, list)]
         if len(lists) != 1:
             raise DataValidationError(
-                str(path), "top level", None, "a JSON object without exactly one list of records",
+                str(path),
+                "top level",
+                None,
+                "a JSON object without exactly one list of records",
                 "store a JSON list of records, or JSON Lines",
             )
         data = lists[0]
     if not isinstance(data, list):
-        raise DataValidationError(str(path), "top level", None, "not a list of records", "store a JSON list of records")
+        raise DataValidationError(
+            str(path), "top level", None, "not a list of records", "store a JSON list of records"
+        )
     for index, record in enumerate(data):
         yield f"record {index}", record
 
@@ -266,13 +277,16 @@ class _RecordChecker:
         messages = []
         for index, message in enumerate(value):
             if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-                self.fail(f"{name}[{index}]", "not a {'role', 'content'} message", "give each message role and content")
+                self.fail(
+                    f"{name}[{index}]", "not a {'role', 'content'} message", "give each message role and content"
+                )
             role, content = message["role"], message["content"]
             if role not in MESSAGE_ROLES:
                 self.fail(f"{name}[{index}].role", f"unknown role {role!r}", f"use one of {', '.join(MESSAGE_ROLES)}")
             if not isinstance(content, str):
                 self.fail(
-                    f"{name}[{index}].content", f"expected a string, got {type(content).__name__}",
+                    f"{name}[{index}].content",
+                    f"expected a string, got {type(content).__name__}",
                     "flatten multi-part content into one string",
                 )
             messages.append({"role": role, "content": content})
@@ -290,7 +304,8 @@ def _resolve_category(check: _RecordChecker, value: Any, name: str, spec: Catego
     key = spec.resolve(value)
     if key is None and strict:
         check.fail(
-            name, f"unknown category {value!r} (known: {', '.join(spec.categories)})",
+            name,
+            f"unknown category {value!r} (known: {', '.join(spec.categories)})",
             "add it (or an alias) to your category set YAML, or pass --skip-invalid to skip such records",
         )
     return key or ""
@@ -304,7 +319,8 @@ def _mtmc_pairs(check: _RecordChecker, record: Mapping, spec, lower_rank_is_bett
         tgt = check.string_list(record, "tgt")
     if len(tgt) != len(src) - 1:
         check.fail(
-            "tgt", f"has {len(tgt)} assistant turns for {len(src)} user turns (needs len(src) - 1 = {len(src) - 1})",
+            "tgt",
+            f"has {len(tgt)} assistant turns for {len(src)} user turns (needs len(src) - 1 = {len(src) - 1})",
             "give one earlier assistant turn between each pair of user turns",
         )
     responses = check.string_list(record, "response", min_length=1)
@@ -351,20 +367,28 @@ def _trl_pair(check: _RecordChecker, record: Mapping, spec):
             check.fail(name, "missing", f"add '{name}'")
     if prompt is None:  # implicit prompt: the shared conversation prefix of chosen and rejected
         if isinstance(chosen, str) or isinstance(rejected, str):
-            check.fail("prompt", "missing, and text 'chosen'/'rejected' cannot be split into prompt and answer",
-                       "add a 'prompt' column, or store chosen/rejected as message lists")
+            check.fail(
+                "prompt",
+                "missing, and text 'chosen'/'rejected' cannot be split into prompt and answer",
+                "add a 'prompt' column, or store chosen/rejected as message lists",
+            )
         chosen_messages, rejected_messages = check.messages(chosen, "chosen"), check.messages(rejected, "rejected")
         shared = 0
-        while (shared < min(len(chosen_messages), len(rejected_messages)) - 1
-               and chosen_messages[shared] == rejected_messages[shared]):
+        while (
+            shared < min(len(chosen_messages), len(rejected_messages)) - 1
+            and chosen_messages[shared] == rejected_messages[shared]
+        ):
             shared += 1
         prompt_messages = chosen_messages[:shared]
         chosen_messages, rejected_messages = chosen_messages[shared:], rejected_messages[shared:]
     elif isinstance(prompt, str):
         for name, value in (("chosen", chosen), ("rejected", rejected)):
             if not isinstance(value, str):
-                check.fail(name, f"the prompt is text but '{name}' is {type(value).__name__}",
-                           "use text for prompt, chosen and rejected, or messages for all three")
+                check.fail(
+                    name,
+                    f"the prompt is text but '{name}' is {type(value).__name__}",
+                    "use text for prompt, chosen and rejected, or messages for all three",
+                )
         prompt_messages = [{"role": "user", "content": prompt}]
         chosen_messages = [{"role": "assistant", "content": chosen}]
         rejected_messages = [{"role": "assistant", "content": rejected}]
@@ -387,8 +411,11 @@ def _trl_pair(check: _RecordChecker, record: Mapping, spec):
         if not isinstance(capability, str) or not capability:
             check.fail("capability", f"expected a non-empty string, got {capability!r}", "name the capability")
         if spec is not None and pair["category"] and capability not in spec.categories.get(pair["category"], []):
-            check.fail("capability", f"{capability!r} is not a capability of category {pair['category']!r}",
-                       f"use one of {spec.categories.get(pair['category'])} or fix the category set")
+            check.fail(
+                "capability",
+                f"{capability!r} is not a capability of category {pair['category']!r}",
+                f"use one of {spec.categories.get(pair['category'])} or fix the category set",
+            )
         pair["capability"] = capability
     return pair
 
@@ -457,9 +484,12 @@ def load_preference_pairs(
                 check.fail(None, f"expected a JSON object, got {type(record).__name__}", "store one object per record")
             record_format = format if format != "auto" else _detect_format(record)
             if record_format is None:
-                check.fail(None, f"unknown record format (fields: {sorted(record)})",
-                           "use mtmc-rlhf fields (src, tgt, response, rank, label) or TRL fields "
-                           "(prompt, chosen, rejected, category)")
+                check.fail(
+                    None,
+                    f"unknown record format (fields: {sorted(record)})",
+                    "use mtmc-rlhf fields (src, tgt, response, rank, label) or TRL fields "
+                    "(prompt, chosen, rejected, category)",
+                )
             if record_format == "mtmc":
                 pairs = _mtmc_pairs(check, record, spec, lower_rank_is_better, report)
             else:
@@ -484,7 +514,10 @@ def load_preference_pairs(
     if report.skipped_records:
         logger.warning(
             "Skipped %d invalid record(s) of %d (by field: %s). First: %s",
-            report.skipped_records, report.records, dict(report.skipped_by_field), report.skip_examples[0],
+            report.skipped_records,
+            report.records,
+            dict(report.skipped_by_field),
+            report.skip_examples[0],
         )
     if report.tied_pairs:
         logger.info("%d candidate pair(s) had equal ranks and produced no pair.", report.tied_pairs)
@@ -503,20 +536,31 @@ def load_capability_labels(source, *, categories=None, skip_invalid: bool = Fals
         >>> labels = load_capability_labels("labels/capability_pairs.jsonl")  # doctest: +SKIP
         >>> labels.filter(lambda r: r["capability"] == "logic")  # one expert's training data  # doctest: +SKIP
     """
-    pairs = load_preference_pairs(source, format="trl", categories=categories, skip_invalid=skip_invalid,
-                                  report=report)
+    pairs = load_preference_pairs(
+        source, format="trl", categories=categories, skip_invalid=skip_invalid, report=report
+    )
     if not len(pairs):  # an empty label file (no label kept): still the capability schema
         from datasets import Dataset
 
         features = pair_features(with_capability=True)
         return Dataset.from_dict({name: [] for name in features}, features=features)
     if "capability" not in pairs.column_names:
-        raise DataValidationError(str(source), "all records", "capability", "missing",
-                                  "pass the output of `dmoerm label` (it has a 'capability' column)")
+        raise DataValidationError(
+            str(source),
+            "all records",
+            "capability",
+            "missing",
+            "pass the output of `dmoerm label` (it has a 'capability' column)",
+        )
     missing = [i for i, value in enumerate(pairs["capability"]) if not value]
     if missing:
-        raise DataValidationError(str(source), f"record {missing[0]}", "capability", "missing or empty",
-                                  "every capability label needs its capability")
+        raise DataValidationError(
+            str(source),
+            f"record {missing[0]}",
+            "capability",
+            "missing or empty",
+            "every capability label needs its capability",
+        )
     return pairs
 
 

@@ -28,7 +28,13 @@ MULTI_TURN = {
     "rank": [2, 3, 1, 3],  # candidates 1 and 3 tie
     "label": "客观知识问答",
 }
-SINGLE_TURN = {"src": ["Tell me a joke."], "tgt": [], "response": ["Knock knock.", "No."], "rank": [1, 2], "label": "闲聊"}
+SINGLE_TURN = {
+    "src": ["Tell me a joke."],
+    "tgt": [],
+    "response": ["Knock knock.", "No."],
+    "rank": [1, 2],
+    "label": "闲聊",
+}
 
 
 def write_jsonl(path, records):
@@ -37,7 +43,10 @@ def write_jsonl(path, records):
 
 
 def as_tuples(pairs):
-    return [(r["category"], r["prompt"][-1]["content"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in pairs]
+    return [
+        (r["category"], r["prompt"][-1]["content"], r["chosen"][0]["content"], r["rejected"][0]["content"])
+        for r in pairs
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------- category sets
@@ -47,12 +56,17 @@ def test_paper_preset_matches_the_reference_config():
     assert list(PAPER_CATEGORIES) == ["roleplay", "chitchat", "subjective_qa", "objective_qa", "text_creation"]
     assert [len(c) for c in PAPER_CATEGORIES.values()] == [6, 5, 5, 6, 5]
     assert PAPER_CATEGORY_NAMES_ZH == {
-        "roleplay": "角色扮演", "chitchat": "闲聊", "subjective_qa": "主观知识问答",
-        "objective_qa": "客观知识问答", "text_creation": "文本创作",
+        "roleplay": "角色扮演",
+        "chitchat": "闲聊",
+        "subjective_qa": "主观知识问答",
+        "objective_qa": "客观知识问答",
+        "text_creation": "文本创作",
     }
     every_capability = {c for caps in PAPER_CATEGORIES.values() for c in caps}
     assert every_capability == set(PAPER_CAPABILITY_NAMES_ZH)
-    assert PAPER_CATEGORIES["objective_qa"][0] == "correctness" and PAPER_CAPABILITY_NAMES_ZH["correctness"] == "正确性"
+    assert (
+        PAPER_CATEGORIES["objective_qa"][0] == "correctness" and PAPER_CAPABILITY_NAMES_ZH["correctness"] == "正确性"
+    )
     assert load_category_set("paper") == PAPER_CATEGORIES
     spec = load_category_spec("paper")
     assert spec.resolve("文本创作") == "text_creation" and spec.resolve("OBJECTIVE_QA") == "objective_qa"
@@ -118,8 +132,11 @@ def test_mtmc_keeps_the_whole_context_and_expands_ranks(tmp_path):
     ]
     chosen_rejected = {(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in pairs.select(range(5))}
     assert chosen_rejected == {
-        ("巴黎。", "里昂。"), ("巴黎，法国最大的城市。", "巴黎。"), ("巴黎。", "不知道。"),
-        ("巴黎，法国最大的城市。", "里昂。"), ("巴黎，法国最大的城市。", "不知道。"),
+        ("巴黎。", "里昂。"),
+        ("巴黎，法国最大的城市。", "巴黎。"),
+        ("巴黎。", "不知道。"),
+        ("巴黎，法国最大的城市。", "里昂。"),
+        ("巴黎，法国最大的城市。", "不知道。"),
     }
     assert set(pairs["category"]) == {"objective_qa", "chitchat"}
     assert all(r["chosen"][0]["role"] == "assistant" for r in pairs)
@@ -161,10 +178,16 @@ def test_trl_text_conversational_and_implicit_prompt(tmp_path):
     convo_prompt = [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi"}]
     records = [
         {"prompt": "Hi", "chosen": "Hello!", "rejected": "What.", "category": "chitchat"},
-        {"prompt": convo_prompt, "chosen": [{"role": "assistant", "content": "Hello!"}],
-         "rejected": [{"role": "assistant", "content": "What."}], "category": "闲聊"},
-        {"chosen": convo_prompt + [{"role": "assistant", "content": "Hello!"}],
-         "rejected": convo_prompt + [{"role": "assistant", "content": "What."}]},
+        {
+            "prompt": convo_prompt,
+            "chosen": [{"role": "assistant", "content": "Hello!"}],
+            "rejected": [{"role": "assistant", "content": "What."}],
+            "category": "闲聊",
+        },
+        {
+            "chosen": convo_prompt + [{"role": "assistant", "content": "Hello!"}],
+            "rejected": convo_prompt + [{"role": "assistant", "content": "What."}],
+        },
     ]
     pairs = load_preference_pairs(write_jsonl(tmp_path / "trl.jsonl", records))
     assert pairs[0]["prompt"] == [{"role": "user", "content": "Hi"}]
@@ -181,10 +204,20 @@ def test_trl_text_conversational_and_implicit_prompt(tmp_path):
 
 def test_capability_label_files(tmp_path):
     rows = [
-        {"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}],
-         "rejected": [{"role": "assistant", "content": "5"}], "category": "objective_qa", "capability": "logic"},
-        {"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}],
-         "rejected": [{"role": "assistant", "content": "5"}], "category": "objective_qa", "capability": "correctness"},
+        {
+            "prompt": [{"role": "user", "content": "2+2?"}],
+            "chosen": [{"role": "assistant", "content": "4"}],
+            "rejected": [{"role": "assistant", "content": "5"}],
+            "category": "objective_qa",
+            "capability": "logic",
+        },
+        {
+            "prompt": [{"role": "user", "content": "2+2?"}],
+            "chosen": [{"role": "assistant", "content": "4"}],
+            "rejected": [{"role": "assistant", "content": "5"}],
+            "category": "objective_qa",
+            "capability": "correctness",
+        },
     ]
     path = tmp_path / "capability_pairs.jsonl"
     assert write_jsonl_atomic(rows, path) == 2
@@ -213,10 +246,24 @@ BAD_RECORDS = [
     ({**SINGLE_TURN, "label": 5}, "label", "expected a string"),
     ({"question": "hi"}, None, "unknown record format"),
     ({"prompt": "Hi", "chosen": [{"role": "assistant", "content": "x"}], "rejected": "y"}, "chosen", "prompt is text"),
-    ({"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "user", "content": "x"}],
-      "rejected": [{"role": "assistant", "content": "y"}]}, "chosen", "does not end with an assistant message"),
-    ({"prompt": [{"role": "human", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "x"}],
-      "rejected": [{"role": "assistant", "content": "y"}]}, "prompt[0].role", "unknown role 'human'"),
+    (
+        {
+            "prompt": [{"role": "user", "content": "Hi"}],
+            "chosen": [{"role": "user", "content": "x"}],
+            "rejected": [{"role": "assistant", "content": "y"}],
+        },
+        "chosen",
+        "does not end with an assistant message",
+    ),
+    (
+        {
+            "prompt": [{"role": "human", "content": "Hi"}],
+            "chosen": [{"role": "assistant", "content": "x"}],
+            "rejected": [{"role": "assistant", "content": "y"}],
+        },
+        "prompt[0].role",
+        "unknown role 'human'",
+    ),
     ({"chosen": "x", "rejected": "y"}, "prompt", "cannot be split"),
 ]
 
@@ -277,8 +324,14 @@ def test_reward_trainer_reads_the_pairs_as_is(tmp_path, tiny_llama_path):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_llama_path, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     args = RewardConfig(
-        output_dir=str(tmp_path / "rm"), max_steps=1, per_device_train_batch_size=2, report_to=[],
-        use_cpu=True, bf16=False, save_strategy="no", logging_steps=1,
+        output_dir=str(tmp_path / "rm"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        logging_steps=1,
     )
     trainer = RewardTrainer(model=model, args=args, train_dataset=pairs, processing_class=tokenizer)
     result = trainer.train()

@@ -41,8 +41,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         if "choices" in field.metadata:
             options["choices"] = field.metadata["choices"]
         parser.add_argument(flag, type=kind, **options)
-    parser.add_argument("--api-key", default=None,
-                        help="API key (prefer the environment variable of --api-key-env: flags show in process lists).")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="API key (prefer the environment variable of --api-key-env: flags show in process lists).",
+    )
     return parser
 
 
@@ -87,29 +90,39 @@ def run(args: argparse.Namespace) -> int:
         print(f"dmoerm label: {err}", file=sys.stderr)
         return 1
     if args.api_key:
-        print("dmoerm label: note: --api-key is visible in process lists; prefer the environment variable "
-              f"{config.api_key_env}.", file=sys.stderr)
+        print(
+            "dmoerm label: note: --api-key is visible in process lists; prefer the environment variable "
+            f"{config.api_key_env}.",
+            file=sys.stderr,
+        )
     try:
         result = run_labeling(config, api_key=args.api_key)
     except (DataValidationError, TemplateError, FileNotFoundError, ValueError) as err:
         print(f"dmoerm label: {err}", file=sys.stderr)
         return 1
     summary = result.summary
-    print(f"labels: {summary['labels']} from {summary['pairs']} pairs | calls {summary['calls']} | "
-          f"cache hits {summary['cache_hits']} | retries {summary['retries']} | failed {summary['failed_requests']} | "
-          f"tokens {summary['tokens_in']}+{summary['tokens_out']} | ~${summary['estimated_cost_usd']:.4f} | "
-          f"{summary['elapsed_seconds']:.1f}s")
+    print(
+        f"labels: {summary['labels']} from {summary['pairs']} pairs | calls {summary['calls']} | "
+        f"cache hits {summary['cache_hits']} | retries {summary['retries']} | failed {summary['failed_requests']} | "
+        f"tokens {summary['tokens_in']}+{summary['tokens_out']} | ~${summary['estimated_cost_usd']:.4f} | "
+        f"{summary['elapsed_seconds']:.1f}s"
+    )
     for category, capabilities in summary["per_capability"].items():
-        rates = ", ".join(f"{c} {t['consistency_rate'] if t['consistency_rate'] is not None else '-'}"
-                          for c, t in capabilities.items())
+        rates = ", ".join(
+            f"{c} {t['consistency_rate'] if t['consistency_rate'] is not None else '-'}"
+            for c, t in capabilities.items()
+        )
         print(f"  consistency {category}: {rates}")
     print(f"wrote {config.output}/{LABELS_FILE} and {config.output}/{SUMMARY_FILE}")
     if summary["aborted"]:
         print(f"dmoerm label: stopped: {summary['aborted']}", file=sys.stderr)
         return 1
     if not summary["complete"]:
-        reason = "budget reached" if summary["stopped_by_budget"] else f"{summary['failed_requests']} request(s) failed"
-        print(f"dmoerm label: incomplete ({reason}); rerun the same command to continue from the cache.",
-              file=sys.stderr)
+        reason = (
+            "budget reached" if summary["stopped_by_budget"] else f"{summary['failed_requests']} request(s) failed"
+        )
+        print(
+            f"dmoerm label: incomplete ({reason}); rerun the same command to continue from the cache.", file=sys.stderr
+        )
         return 3
     return 0

@@ -3,7 +3,8 @@ POST /v1/chat/completions), bound to 127.0.0.1 by default.
 
 Example:
     $ dmoerm serve-judge --model ./smollm2-135m-instruct --port 8000
-    $ dmoerm label --data ranked.jsonl --base-url http://127.0.0.1:8000/v1 --model smollm2-135m-instruct --output labels
+    $ dmoerm label --data ranked.jsonl --base-url http://127.0.0.1:8000/v1 \\
+        --model smollm2-135m-instruct --output labels
 """
 
 from __future__ import annotations
@@ -13,12 +14,18 @@ import sys
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(name, help=help_text, description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = subparsers.add_parser(
+        name,
+        help=help_text,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--model", required=True, help="Local folder of a causal LM with a chat-template tokenizer.")
     parser.add_argument("--host", default="127.0.0.1", help="Interface to bind (anything but loopback exposes it).")
     parser.add_argument("--port", type=int, default=8000, help="Port (0: any free port; the chosen one is printed).")
-    parser.add_argument("--served-model-name", default=None, help="The model id clients ask for (default: folder name).")
+    parser.add_argument(
+        "--served-model-name", default=None, help="The model id clients ask for (default: folder name)."
+    )
     parser.add_argument("--max-request-bytes", type=int, default=1_000_000, help="Larger requests get HTTP 413.")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="Cap on max_tokens of any request.")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
@@ -35,13 +42,24 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"serve-judge: warning: binding {args.host} exposes the model beyond this machine; set "
-              "DMOERM_JUDGE_API_KEY to require a bearer token.", file=sys.stderr)
+        print(
+            f"serve-judge: warning: binding {args.host} exposes the model beyond this machine; set "
+            "DMOERM_JUDGE_API_KEY to require a bearer token.",
+            file=sys.stderr,
+        )
     try:
         server = start_judge_server(
-            args.model, host=args.host, port=args.port, model_name=args.served_model_name,
-            max_request_bytes=args.max_request_bytes, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
-            device=args.device, chat_template=args.chat_template, verbose=args.verbose, background=False,
+            args.model,
+            host=args.host,
+            port=args.port,
+            model_name=args.served_model_name,
+            max_request_bytes=args.max_request_bytes,
+            max_new_tokens=args.max_new_tokens,
+            dtype=args.dtype,
+            device=args.device,
+            chat_template=args.chat_template,
+            verbose=args.verbose,
+            background=False,
         )
     except (OSError, ValueError) as err:
         print(f"serve-judge: {err}", file=sys.stderr)

@@ -18,8 +18,16 @@ from __future__ import annotations
 
 from .config import LabelingConfig
 
-__all__ = ["LabelingConfig", "CapabilityLabeler", "LabelingResult", "run_labeling", "load_template",
-           "parse_pairwise_verdict", "parse_joint_verdict", "LabelCache"]
+__all__ = [
+    "LabelingConfig",
+    "CapabilityLabeler",
+    "LabelingResult",
+    "run_labeling",
+    "load_template",
+    "parse_pairwise_verdict",
+    "parse_joint_verdict",
+    "LabelCache",
+]
 
 
 def __getattr__(name):  # keep `import dmoerm_trl.labeling` light (no openai/datasets until needed)

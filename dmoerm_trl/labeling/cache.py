@@ -37,7 +37,8 @@ def request_key(model: str, template_sha256: str, messages: Sequence[Mapping], p
     """SHA-256 of (model, template, messages, parameters): what determines a judge's answer."""
     payload = json.dumps(
         {"model": model, "template": template_sha256, "messages": list(messages), "params": dict(params)},
-        ensure_ascii=False, sort_keys=True,
+        ensure_ascii=False,
+        sort_keys=True,
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
@@ -68,8 +69,9 @@ class LabelCache:
         if version is None:
             self.set_meta("schema_version", SCHEMA_VERSION)
         elif version != SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path}: cache schema {version}, this version reads {SCHEMA_VERSION}. "
-                               "Use a new --cache file.")
+            raise RuntimeError(
+                f"{self.path}: cache schema {version}, this version reads {SCHEMA_VERSION}. Use a new --cache file."
+            )
 
     def get(self, key: str) -> CachedAnswer | None:
         row = self._db.execute(
@@ -77,7 +79,9 @@ class LabelCache:
         ).fetchone()
         return None if row is None else CachedAnswer(row[0], int(row[1]), int(row[2]))
 
-    def put(self, key: str, content: str, *, prompt_tokens: int = 0, completion_tokens: int = 0, model: str = "") -> None:
+    def put(
+        self, key: str, content: str, *, prompt_tokens: int = 0, completion_tokens: int = 0, model: str = ""
+    ) -> None:
         # INSERT OR IGNORE: a second answer for the same request (a duplicate in flight) never replaces the first.
         self._db.execute(
             "INSERT OR IGNORE INTO answers (key, model, content, prompt_tokens, completion_tokens, created) "

@@ -45,25 +45,35 @@ class LabelingConfig:
     model: str = field(metadata={"help": "Judge model name at the endpoint (e.g. gpt-4o-mini, or the served id)."})
     base_url: str | None = field(
         default=None,
-        metadata={"help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (default: OpenAI / OPENAI_BASE_URL)."},
+        metadata={
+            "help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (default: OpenAI / OPENAI_BASE_URL)."
+        },
     )
     mode: str = field(
         default="per_capability",
-        metadata={"help": "per_capability: 2 calls per pair per capability (the paper); joint: 2 calls per pair, "
-                  "one JSON verdict for every capability.", "choices": MODES},
+        metadata={
+            "help": "per_capability: 2 calls per pair per capability (the paper); joint: 2 calls per pair, "
+            "one JSON verdict for every capability.",
+            "choices": MODES,
+        },
     )
     language: str = field(
-        default="en", metadata={"help": "Built-in prompt language: en, or zh (the paper's prompt).", "choices": LANGUAGES}
+        default="en",
+        metadata={"help": "Built-in prompt language: en, or zh (the paper's prompt).", "choices": LANGUAGES},
     )
     template: str | None = field(
-        default=None, metadata={"help": "A YAML prompt template file overriding the built-in one (see docs/labeling.md)."}
+        default=None,
+        metadata={"help": "A YAML prompt template file overriding the built-in one (see docs/labeling.md)."},
     )
     categories: str = field(
         default="paper", metadata={"help": "Category set: 'paper' or a YAML file of {category: [capabilities]}."}
     )
     data_format: str = field(
-        default="auto", metadata={"help": "auto, mtmc (ranked lists) or trl (prompt/chosen/rejected).",
-                                  "choices": ("auto", "mtmc", "trl")}
+        default="auto",
+        metadata={
+            "help": "auto, mtmc (ranked lists) or trl (prompt/chosen/rejected).",
+            "choices": ("auto", "mtmc", "trl"),
+        },
     )
     lower_rank_is_better: bool = field(
         default=True, metadata={"help": "Ranked data: rank 1 beats rank 2 (mtmc-rlhf). False when higher is better."}
@@ -72,17 +82,22 @@ class LabelingConfig:
         default=False, metadata={"help": "Skip malformed records (counted in the summary) instead of stopping."}
     )
     api_key_env: str = field(
-        default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the API key (never written anywhere)."}
+        default="OPENAI_API_KEY",
+        metadata={"help": "Environment variable holding the API key (never written anywhere)."},
     )
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature of the judge (0: deterministic)."})
     seed: int | None = field(default=None, metadata={"help": "Seed sent to the endpoint, if it supports one."})
     max_completion_tokens: int | None = field(
-        default=None, metadata={"help": "Answer length cap (default: 32 per_capability, 32 + 24 per capability joint)."}
+        default=None,
+        metadata={"help": "Answer length cap (default: 32 per_capability, 32 + 24 per capability joint)."},
     )
     response_format: str = field(
         default="auto",
-        metadata={"help": "joint mode: auto (JSON mode if the server accepts it, else lenient parsing), "
-                  "json_object, or none.", "choices": RESPONSE_FORMATS},
+        metadata={
+            "help": "joint mode: auto (JSON mode if the server accepts it, else lenient parsing), "
+            "json_object, or none.",
+            "choices": RESPONSE_FORMATS,
+        },
     )
     concurrency: int = field(default=8, metadata={"help": "Requests in flight at most."})
     timeout: float = field(default=60.0, metadata={"help": "Seconds before a request is abandoned and retried."})
@@ -98,7 +113,8 @@ class LabelingConfig:
         default=None, metadata={"help": "Stop sending requests once this many tokens (in + out) were used."}
     )
     price_table: str | None = field(
-        default=None, metadata={"help": "JSON/YAML {model: {input: $, output: $}} per million tokens (overrides built-in)."}
+        default=None,
+        metadata={"help": "JSON/YAML {model: {input: $, output: $}} per million tokens (overrides built-in)."},
     )
     price_input_per_million: float | None = field(
         default=None, metadata={"help": "Price of 1M input tokens in USD (overrides the table)."}

@@ -171,8 +171,12 @@ class JudgeClient:
 
     # -- public ----------------------------------------------------------------------------------------------------
     def key_for(self, messages: Sequence[Mapping], *, json_mode: bool, max_tokens: int) -> str:
-        params = {"temperature": self.temperature, "max_tokens": max_tokens, "seed": self.seed,
-                  "response_format": "json_object" if json_mode else None}
+        params = {
+            "temperature": self.temperature,
+            "max_tokens": max_tokens,
+            "seed": self.seed,
+            "response_format": "json_object" if json_mode else None,
+        }
         return request_key(self.model, self.template_sha256, messages, params)
 
     async def ask(self, messages: Sequence[Mapping], *, max_tokens: int, want_json: bool = False) -> str | None:
@@ -202,8 +206,10 @@ class JudgeClient:
                         content = await self._call_with_retries(key, messages, json_mode=True, max_tokens=max_tokens)
                     except _JsonModeUnsupported:
                         self.cache.set_meta(self._json_meta_key, "1")
-                        logger.warning("The endpoint rejects response_format=json_object for %s: lenient parsing "
-                                       "from now on.", self.model)
+                        logger.warning(
+                            "The endpoint rejects response_format=json_object for %s: lenient parsing from now on.",
+                            self.model,
+                        )
                     else:
                         self._json_confirmed = content is not None
                         return content
@@ -231,7 +237,9 @@ class JudgeClient:
     # -- internals -------------------------------------------------------------------------------------------------
     def _check_budget(self) -> None:
         over_calls = self.budget_calls is not None and self.stats.calls >= self.budget_calls
-        over_tokens = self.budget_tokens is not None and self.stats.tokens_in + self.stats.tokens_out >= self.budget_tokens
+        over_tokens = (
+            self.budget_tokens is not None and self.stats.tokens_in + self.stats.tokens_out >= self.budget_tokens
+        )
         if over_calls or over_tokens:
             self.budget_exhausted = True
             raise BudgetExhausted()
@@ -258,8 +266,9 @@ class JudgeClient:
                 self.stats.note_error(err.kind, message)
                 if attempt >= self.max_retries:
                     self.stats.failed_requests += 1
-                    logger.warning("Giving up on a request after %d attempts (last: %s: %s)", attempt + 1, err.kind,
-                                   message)
+                    logger.warning(
+                        "Giving up on a request after %d attempts (last: %s: %s)", attempt + 1, err.kind, message
+                    )
                     return None
                 delay = self._delay(attempt, err.retry_after)
                 logger.debug("Retrying after %s in %.2fs (attempt %d)", err.kind, delay, attempt + 1)
@@ -271,15 +280,20 @@ class JudgeClient:
             prompt_tokens, completion_tokens = usage
             self.stats.tokens_in += prompt_tokens
             self.stats.tokens_out += completion_tokens
-            self.cache.put(key, content, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                           model=self.model)
+            self.cache.put(
+                key, content, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, model=self.model
+            )
             return content
 
     async def _call_once(self, messages, *, json_mode: bool, max_tokens: int) -> tuple[str, tuple[int, int]]:
         import openai
 
-        body = {"model": self.model, "messages": list(messages), "temperature": self.temperature,
-                "max_tokens": max_tokens}
+        body = {
+            "model": self.model,
+            "messages": list(messages),
+            "temperature": self.temperature,
+            "max_tokens": max_tokens,
+        }
         if self.seed is not None:
             body["seed"] = self.seed
         if json_mode:
@@ -288,8 +302,9 @@ class JudgeClient:
             # The client's generic POST (same auth, base URL, timeouts and status-error mapping as
             # chat.completions.create) with the raw JSON answer: measured ~40% less client CPU per request, which
             # is what limits throughput at high concurrency (benchmarks/labeling.py).
-            completion = await self.client.post("/chat/completions", cast_to=object, body=body,
-                                                options={"timeout": self.timeout})
+            completion = await self.client.post(
+                "/chat/completions", cast_to=object, body=body, options={"timeout": self.timeout}
+            )
         except openai.APITimeoutError as err:
             raise _Retryable("timeout", str(err)) from None
         except openai.APIConnectionError as err:
@@ -303,16 +318,23 @@ class JudgeClient:
                 kind = "rate_limited" if status == 429 else f"http_{status}"
                 raise _Retryable(kind, str(err), parse_retry_after(err.response.headers)) from None
             text = redact(str(err), self._secret)
-            if status == 400 and (getattr(err, "code", None) == "context_length_exceeded"
-                                  or "context length" in text.lower() or "context_length" in text):
+            if status == 400 and (
+                getattr(err, "code", None) == "context_length_exceeded"
+                or "context length" in text.lower()
+                or "context_length" in text
+            ):
                 self.stats.note_error("context_length_exceeded", text)
                 raise RequestTooLong(text) from None
             if json_mode and self.response_format == "auto" and status in (400, 422) and "response_format" in text:
                 raise _JsonModeUnsupported() from None
-            hint = {401: " Check the API key (env var named by --api-key-env, or --api-key).",
-                    403: " The key may lack access to this model.",
-                    404: " Check --model and --base-url (GET <base-url>/models lists the served models)."}
-            raise JudgeError(f"The judge endpoint refused the request (HTTP {status}): {text}.{hint.get(status, '')}") from None
+            hint = {
+                401: " Check the API key (env var named by --api-key-env, or --api-key).",
+                403: " The key may lack access to this model.",
+                404: " Check --model and --base-url (GET <base-url>/models lists the served models).",
+            }
+            raise JudgeError(
+                f"The judge endpoint refused the request (HTTP {status}): {text}.{hint.get(status, '')}"
+            ) from None
         except (ValueError, TypeError, AttributeError, KeyError) as err:  # an unparsable body (JSON decode error...)
             raise _Retryable("bad_response", f"{type(err).__name__}: {err}") from None
         try:

@@ -26,7 +26,6 @@ import os
 import threading
 import time
 import uuid
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -45,15 +44,23 @@ class RequestError(Exception):
 
     def body(self) -> dict:
         kind = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large"}.get(
-            self.status, "invalid_request_error" if self.status < 500 else "server_error")
+            self.status, "invalid_request_error" if self.status < 500 else "server_error"
+        )
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
 class JudgeModel:
     """A causal LM and its tokenizer, answering chat messages (safetensors weights; no remote code)."""
 
-    def __init__(self, path: str | os.PathLike, *, dtype: str = "auto", device: str = "cpu",
-                 chat_template: str | os.PathLike | None = None, max_new_tokens: int = 512):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        dtype: str = "auto",
+        device: str = "cpu",
+        chat_template: str | os.PathLike | None = None,
+        max_new_tokens: int = 512,
+    ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -71,11 +78,21 @@ class JudgeModel:
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
         eos = self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
+        self.pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
+        )
         self._lock = threading.Lock()
 
-    def generate(self, messages: list[dict], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int | None = None, stop: list[str] | None = None) -> tuple[str, int, int, str]:
+    def generate(
+        self,
+        messages: list[dict],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+    ) -> tuple[str, int, int, str]:
         """Returns (text, prompt tokens, completion tokens, finish reason)."""
         import torch
 
@@ -85,8 +102,13 @@ class JudgeModel:
         if self.context_length is not None:
             room = self.context_length - prompt_tokens
             if room <= 0:
-                raise RequestError(400, f"The prompt has {prompt_tokens} tokens; this model's context is "
-                                   f"{self.context_length}. Shorten the messages.", "messages", "context_length_exceeded")
+                raise RequestError(
+                    400,
+                    f"The prompt has {prompt_tokens} tokens; this model's context is "
+                    f"{self.context_length}. Shorten the messages.",
+                    "messages",
+                    "context_length_exceeded",
+                )
             max_tokens = min(max_tokens, room)
         kwargs = {"max_new_tokens": max_tokens, "pad_token_id": self.pad_id, "eos_token_id": sorted(self.eos_ids)}
         if temperature > 0:
@@ -98,7 +120,9 @@ class JudgeModel:
                 torch.manual_seed(seed)
             output = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
         new_ids = output[0, prompt_tokens:].tolist()
-        finish = "stop" if new_ids and new_ids[-1] in self.eos_ids else ("length" if len(new_ids) >= max_tokens else "stop")
+        finish = (
+            "stop" if new_ids and new_ids[-1] in self.eos_ids else ("length" if len(new_ids) >= max_tokens else "stop")
+        )
         answer = self.tokenizer.decode(new_ids, skip_special_tokens=True)
         for marker in stop or []:
             if marker and marker in answer:
@@ -116,8 +140,9 @@ def _text_content(content, index: int) -> str:
                 raise RequestError(400, "Only text content parts are supported.", f"messages[{index}].content[{j}]")
             parts.append(part["text"])
         return "".join(parts)
-    raise RequestError(400, "A message's content must be a string or a list of text parts.",
-                       f"messages[{index}].content")
+    raise RequestError(
+        400, "A message's content must be a string or a list of text parts.", f"messages[{index}].content"
+    )
 
 
 def parse_chat_request(request, served_model: str, max_new_tokens: int) -> dict:
@@ -130,8 +155,12 @@ def parse_chat_request(request, served_model: str, max_new_tokens: int) -> dict:
     if not isinstance(model, str) or not model:
         raise RequestError(400, "Missing 'model'.", "model")
     if model != served_model:
-        raise RequestError(404, f"The model {model!r} does not exist here; this server serves {served_model!r}.",
-                           "model", "model_not_found")
+        raise RequestError(
+            404,
+            f"The model {model!r} does not exist here; this server serves {served_model!r}.",
+            "model",
+            "model_not_found",
+        )
     messages = request.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "'messages' must be a non-empty list.", "messages")
@@ -143,16 +172,22 @@ def parse_chat_request(request, served_model: str, max_new_tokens: int) -> dict:
         if role == "developer":
             role = "system"
         if role not in ("system", "user", "assistant"):
-            raise RequestError(400, f"Unsupported role {role!r}; use system, user or assistant.",
-                               f"messages[{index}].role")
+            raise RequestError(
+                400, f"Unsupported role {role!r}; use system, user or assistant.", f"messages[{index}].role"
+            )
         clean.append({"role": role, "content": _text_content(message.get("content"), index)})
     for name in ("tools", "functions", "tool_choice", "function_call"):
         if request.get(name):
             raise RequestError(400, f"'{name}' is not supported by this server.", name)
     response_format = request.get("response_format")
     if response_format and (not isinstance(response_format, dict) or response_format.get("type") != "text"):
-        raise RequestError(400, "response_format (JSON mode) is not supported by this server; ask for JSON in the "
-                           "prompt and parse leniently.", "response_format", "unsupported_parameter")
+        raise RequestError(
+            400,
+            "response_format (JSON mode) is not supported by this server; ask for JSON in the "
+            "prompt and parse leniently.",
+            "response_format",
+            "unsupported_parameter",
+        )
     n = request.get("n", 1)
     if n != 1:
         raise RequestError(400, "Only n=1 is supported.", "n")
@@ -179,8 +214,14 @@ def parse_chat_request(request, served_model: str, max_new_tokens: int) -> dict:
         stop = [stop]
     if stop is not None and (not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop)):
         raise RequestError(400, "stop must be a string or a list of at most 4 strings.", "stop")
-    return {"messages": clean, "max_tokens": min(max_tokens, max_new_tokens), "temperature": float(temperature),
-            "top_p": float(top_p), "seed": seed, "stop": stop}
+    return {
+        "messages": clean,
+        "max_tokens": min(max_tokens, max_new_tokens),
+        "temperature": float(temperature),
+        "top_p": float(top_p),
+        "seed": seed,
+        "stop": stop,
+    }
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -218,8 +259,20 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/v1/models":
             if not self._authorized():
                 return self._fail(RequestError(401, "Missing or wrong bearer token.", code="invalid_api_key"))
-            self._send_json(200, {"object": "list", "data": [
-                {"id": self.server.model_name, "object": "model", "created": self.server.created, "owned_by": "local"}]})
+            self._send_json(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": self.server.model_name,
+                            "object": "model",
+                            "created": self.server.created,
+                            "owned_by": "local",
+                        }
+                    ],
+                },
+            )
         else:
             self._fail(RequestError(404, f"No route GET {path}. Routes: GET /v1/models, POST /v1/chat/completions."))
 
@@ -233,8 +286,14 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             return self._fail(RequestError(400, "Content-Length is not a number."), close=True)
         if length > self.server.max_request_bytes:  # refuse before reading the body
-            return self._fail(RequestError(413, f"The request has {length} bytes; the limit is "
-                                           f"{self.server.max_request_bytes} (--max-request-bytes)."), close=True)
+            return self._fail(
+                RequestError(
+                    413,
+                    f"The request has {length} bytes; the limit is "
+                    f"{self.server.max_request_bytes} (--max-request-bytes).",
+                ),
+                close=True,
+            )
         body = self.rfile.read(length)
         if path != "/v1/chat/completions":
             return self._fail(RequestError(404, f"No route POST {path}. Use POST /v1/chat/completions."))
@@ -252,24 +311,43 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as err:  # a bug or the model failing: 500, and the server keeps serving
             logger.exception("Generation failed")
             return self._fail(RequestError(500, f"Generation failed: {type(err).__name__}: {err}"))
-        self._send_json(200, {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.server.model_name,
-            "system_fingerprint": None,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                         "finish_reason": finish}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        })
+        self._send_json(
+            200,
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": self.server.model_name,
+                "system_fingerprint": None,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "logprobs": None,
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            },
+        )
 
 
 class JudgeHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, judge: JudgeModel, model_name: str, host: str = "127.0.0.1", port: int = 8000,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, verbose: bool = False):
+    def __init__(
+        self,
+        judge: JudgeModel,
+        model_name: str,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        verbose: bool = False,
+    ):
         super().__init__((host, port), _Handler)
         self.judge, self.model_name = judge, model_name
         self.max_request_bytes, self.verbose = max_request_bytes, verbose
@@ -294,13 +372,24 @@ class JudgeHTTPServer(ThreadingHTTPServer):
             self._thread.join(10)
 
 
-def start_judge_server(model_path: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
-                       model_name: str | None = None, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                       max_new_tokens: int = 512, dtype: str = "auto", device: str = "cpu",
-                       chat_template: str | None = None, verbose: bool = False, background: bool = True):
+def start_judge_server(
+    model_path: str | os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model_name: str | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    max_new_tokens: int = 512,
+    dtype: str = "auto",
+    device: str = "cpu",
+    chat_template: str | None = None,
+    verbose: bool = False,
+    background: bool = True,
+):
     """Load the model and serve it; returns the running :class:`JudgeHTTPServer` (``background=True``)."""
-    judge = JudgeModel(model_path, dtype=dtype, device=device, chat_template=chat_template,
-                       max_new_tokens=max_new_tokens)
+    judge = JudgeModel(
+        model_path, dtype=dtype, device=device, chat_template=chat_template, max_new_tokens=max_new_tokens
+    )
     server = JudgeHTTPServer(judge, model_name or Path(model_path).name, host, port, max_request_bytes, verbose)
     if background:
         return server.start()

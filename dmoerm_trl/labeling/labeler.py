@@ -120,8 +120,13 @@ class CapabilityLabeler:
     def _messages(self, row: dict, request: _Request) -> list[dict]:
         chosen, rejected = row["chosen"][-1]["content"], row["rejected"][-1]["content"]
         first, second = (rejected, chosen) if request.swapped else (chosen, rejected)
-        return self.template.render(prompt=row["prompt"], response_1=first, response_2=second,
-                                    capabilities=request.capabilities, spec=self.spec)
+        return self.template.render(
+            prompt=row["prompt"],
+            response_1=first,
+            response_2=second,
+            capabilities=request.capabilities,
+            spec=self.spec,
+        )
 
     def _verdicts(self, answer: str, request: _Request) -> dict[str, int | None]:
         if self.config.mode == "per_capability":
@@ -138,20 +143,36 @@ class CapabilityLabeler:
         rows = pairs.to_list() if hasattr(pairs, "to_list") else list(pairs)
         unlabeled = [r for r in rows if r["category"] not in self.spec.categories]
         if unlabeled:
-            logger.warning("%d pair(s) have no category of the set %s (e.g. %r): they get no capability labels.",
-                           len(unlabeled), self.spec.source, unlabeled[0]["category"])
+            logger.warning(
+                "%d pair(s) have no category of the set %s (e.g. %r): they get no capability labels.",
+                len(unlabeled),
+                self.spec.source,
+                unlabeled[0]["category"],
+            )
         total = sum(1 for _ in self.requests_for(rows))
         requests = self.requests_for(rows)
         stats = CallStats()
-        client = openai.AsyncOpenAI(base_url=config.base_url, api_key=self._api_key or "no-key-needed",
-                                    max_retries=0, timeout=config.timeout)
+        client = openai.AsyncOpenAI(
+            base_url=config.base_url, api_key=self._api_key or "no-key-needed", max_retries=0, timeout=config.timeout
+        )
         cache = LabelCache(config.cache_path)
         judge = JudgeClient(
-            client, config.model, cache, template_sha256=self.template.sha256, temperature=config.temperature,
-            seed=config.seed, response_format=config.response_format, concurrency=config.concurrency,
-            timeout=config.timeout, max_retries=config.max_retries, backoff_base=config.backoff_base,
-            backoff_max=config.backoff_max, budget_calls=config.budget_calls, budget_tokens=config.budget_tokens,
-            secret=self._api_key, stats=stats,
+            client,
+            config.model,
+            cache,
+            template_sha256=self.template.sha256,
+            temperature=config.temperature,
+            seed=config.seed,
+            response_format=config.response_format,
+            concurrency=config.concurrency,
+            timeout=config.timeout,
+            max_retries=config.max_retries,
+            backoff_base=config.backoff_base,
+            backoff_max=config.backoff_max,
+            budget_calls=config.budget_calls,
+            budget_tokens=config.budget_tokens,
+            secret=self._api_key,
+            stats=stats,
         )
         outcomes: dict[tuple[int, str, bool], tuple[str, int | None]] = {}
         abort: list[str] = []
@@ -164,8 +185,9 @@ class CapabilityLabeler:
                 row = rows[request.pair_index]
                 max_tokens = config.completion_token_limit(len(request.capabilities))
                 try:
-                    answer = await judge.ask(self._messages(row, request), max_tokens=max_tokens,
-                                             want_json=config.mode == "joint")
+                    answer = await judge.ask(
+                        self._messages(row, request), max_tokens=max_tokens, want_json=config.mode == "joint"
+                    )
                 except BudgetExhausted:
                     status, verdicts = "not_run", {}
                 except RequestTooLong:
@@ -180,7 +202,9 @@ class CapabilityLabeler:
                     outcomes[(request.pair_index, capability, request.swapped)] = (status, verdicts.get(capability))
                 progress.update(1)
                 if progress.n % 16 == 0 or progress.n == total:
-                    progress.set_postfix(calls=stats.calls, hits=stats.cache_hits, retries=stats.retries, refresh=False)
+                    progress.set_postfix(
+                        calls=stats.calls, hits=stats.cache_hits, retries=stats.retries, refresh=False
+                    )
 
         try:
             await asyncio.gather(*(worker() for _ in range(config.concurrency)))
@@ -190,8 +214,17 @@ class CapabilityLabeler:
             json_mode = judge.json_mode_active() if config.mode == "joint" else None
             cache.close()
         labels, tallies = self._collect(rows, outcomes)
-        summary = self._summary(rows, labels, tallies, stats, total, json_mode, judge.budget_exhausted,
-                                abort[0] if abort else None, time.perf_counter() - started)
+        summary = self._summary(
+            rows,
+            labels,
+            tallies,
+            stats,
+            total,
+            json_mode,
+            judge.budget_exhausted,
+            abort[0] if abort else None,
+            time.perf_counter() - started,
+        )
         return LabelingResult(labels=labels, summary=summary, stats=stats)
 
     def label(self, pairs) -> LabelingResult:
@@ -201,7 +234,8 @@ class CapabilityLabeler:
     def _collect(self, rows, outcomes):
         labels: list[dict] = []
         tallies: dict[str, dict[str, CapabilityTally]] = {
-            category: {c: CapabilityTally() for c in capabilities} for category, capabilities in self.spec.categories.items()
+            category: {c: CapabilityTally() for c in capabilities}
+            for category, capabilities in self.spec.categories.items()
         }
         for index, row in enumerate(rows):
             for capability in self.spec.categories.get(row["category"], []):
@@ -224,15 +258,26 @@ class CapabilityLabeler:
                     tally.labeled += 1
                     chosen_wins = first[1] == 1
                     tally.agrees_with_human += chosen_wins
-                    better, worse = (row["chosen"], row["rejected"]) if chosen_wins else (row["rejected"], row["chosen"])
-                    labels.append({"prompt": row["prompt"], "chosen": better, "rejected": worse,
-                                   "category": row["category"], "capability": capability, "pair_id": row["pair_id"]})
+                    better, worse = (
+                        (row["chosen"], row["rejected"]) if chosen_wins else (row["rejected"], row["chosen"])
+                    )
+                    labels.append(
+                        {
+                            "prompt": row["prompt"],
+                            "chosen": better,
+                            "rejected": worse,
+                            "category": row["category"],
+                            "capability": capability,
+                            "pair_id": row["pair_id"],
+                        }
+                    )
         return labels, tallies
 
     def _summary(self, rows, labels, tallies, stats, total, json_mode, budget_stop, aborted, elapsed) -> dict:
         config = self.config
-        price = resolve_price(config.model, config.price_table, config.price_input_per_million,
-                              config.price_output_per_million)
+        price = resolve_price(
+            config.model, config.price_table, config.price_input_per_million, config.price_output_per_million
+        )
         labeled_pairs = sum(1 for r in rows if r["category"] in self.spec.categories)
         options = config.to_dict()
         options["base_url"] = _safe_url(config.base_url)
@@ -240,8 +285,11 @@ class CapabilityLabeler:
             "mode": config.mode,
             "model": config.model,
             "base_url": _safe_url(config.base_url),
-            "template": {"source": self.template.source, "sha256": self.template.sha256,
-                         "language": self.template.language},
+            "template": {
+                "source": self.template.source,
+                "sha256": self.template.sha256,
+                "language": self.template.language,
+            },
             "json_response_format": json_mode,
             "pairs": len(rows),
             "pairs_without_category": len(rows) - labeled_pairs,
@@ -260,10 +308,16 @@ class CapabilityLabeler:
             "tokens_out": stats.tokens_out,
             "calls_without_usage": stats.calls_without_usage,
             "estimated_cost_usd": round(price.cost(stats.tokens_in, stats.tokens_out), 6),
-            "price_per_million_tokens": {"input": price.input_per_million, "output": price.output_per_million,
-                                         "price_known": price.known},
-            "per_capability": {category: {c: t.as_dict() for c, t in caps.items()}
-                               for category, caps in tallies.items() if any(t.pairs for t in caps.values())},
+            "price_per_million_tokens": {
+                "input": price.input_per_million,
+                "output": price.output_per_million,
+                "price_known": price.known,
+            },
+            "per_capability": {
+                category: {c: t.as_dict() for c, t in caps.items()}
+                for category, caps in tallies.items()
+                if any(t.pairs for t in caps.values())
+            },
             "stopped_by_budget": budget_stop,
             "aborted": aborted,
             "complete": not budget_stop and not aborted and stats.failed_requests == 0,
@@ -291,9 +345,14 @@ def run_labeling(config: LabelingConfig, *, api_key: str | None = None) -> Label
 
     spec = load_category_spec(config.categories)
     report = LoadReport()
-    pairs = load_preference_pairs(config.data, format=config.data_format, categories=spec,
-                                  lower_rank_is_better=config.lower_rank_is_better, skip_invalid=config.skip_invalid,
-                                  report=report)
+    pairs = load_preference_pairs(
+        config.data,
+        format=config.data_format,
+        categories=spec,
+        lower_rank_is_better=config.lower_rank_is_better,
+        skip_invalid=config.skip_invalid,
+        report=report,
+    )
     labeler = CapabilityLabeler(config, api_key=api_key, spec=spec)
     result = labeler.label(pairs)
     result.summary["data"] = report.to_dict()

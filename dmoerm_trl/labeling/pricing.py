@@ -57,7 +57,9 @@ def load_price_table(path: str | os.PathLike) -> dict[str, tuple[float, float]]:
         try:
             table[str(model)] = (float(entry["input"]), float(entry["output"]))
         except (TypeError, KeyError, ValueError):
-            raise ValueError(f"{path}, model {model!r}: needs numeric 'input' and 'output' (USD per 1M tokens).") from None
+            raise ValueError(
+                f"{path}, model {model!r}: needs numeric 'input' and 'output' (USD per 1M tokens)."
+            ) from None
     return table
 
 

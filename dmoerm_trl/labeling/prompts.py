@@ -39,8 +39,15 @@ from ..category_sets import CategorySpec
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 PLACEHOLDERS = {
-    "per_capability": {"conversation", "response_1", "response_2", "capability", "capability_key",
-                       "capability_description", "capability_with_description"},
+    "per_capability": {
+        "conversation",
+        "response_1",
+        "response_2",
+        "capability",
+        "capability_key",
+        "capability_description",
+        "capability_with_description",
+    },
     "joint": {"conversation", "response_1", "response_2", "capability_list", "json_example"},
 }
 REQUIRED_PLACEHOLDERS = {
@@ -86,16 +93,23 @@ class PromptTemplate:
         spec: CategorySpec,
     ) -> list[dict[str, str]]:
         """The chat messages asking about ``capabilities`` (one in per_capability mode) of two responses."""
-        values = {"conversation": render_conversation(prompt, self.language),
-                  "response_1": response_1, "response_2": response_2}
+        values = {
+            "conversation": render_conversation(prompt, self.language),
+            "response_1": response_1,
+            "response_2": response_2,
+        }
         if self.mode == "per_capability":
             if len(capabilities) != 1:
                 raise ValueError(f"per_capability templates ask about one capability, got {list(capabilities)}")
             key = capabilities[0]
             name = self.capability_display(key, spec)
             description = spec.capability_description(key, self.language)
-            values |= {"capability": name, "capability_key": key, "capability_description": description,
-                       "capability_with_description": f"{name} ({description})" if description else name}
+            values |= {
+                "capability": name,
+                "capability_key": key,
+                "capability_description": description,
+                "capability_with_description": f"{name} ({description})" if description else name,
+            }
         else:
             values["capability_list"] = self._capability_list(capabilities, spec)
             example = {self._json_key(key, spec): 1 + index % 2 for index, key in enumerate(capabilities)}
@@ -166,13 +180,22 @@ def load_template(mode: str, language: str = "en", path: str | os.PathLike | Non
         raise TemplateError(f"{source}: needs a 'user' message (a string). Fix: add user: |- ... to the file.")
     file_mode = data.get("mode", mode)
     if file_mode != mode:
-        raise TemplateError(f"{source}: a {file_mode} template, but the labeler runs in {mode} mode. "
-                            f"Fix: pass --mode {file_mode}, or a {mode} template.")
+        raise TemplateError(
+            f"{source}: a {file_mode} template, but the labeler runs in {mode} mode. "
+            f"Fix: pass --mode {file_mode}, or a {mode} template."
+        )
     system = data.get("system")
     if system is not None and not isinstance(system, str):
         raise TemplateError(f"{source}: 'system' must be a string or null.")
-    return _validate(PromptTemplate(mode=mode, language=str(data.get("language", language)), user=data["user"],
-                                    system=system, source=str(source)))
+    return _validate(
+        PromptTemplate(
+            mode=mode,
+            language=str(data.get("language", language)),
+            user=data["user"],
+            system=system,
+            source=str(source),
+        )
+    )
 
 
 def render_conversation(prompt: Sequence[Mapping[str, str]], language: str = "en") -> str:
@@ -195,17 +218,27 @@ _RESPONSE = r"(?:response|answer|reply|output|candidate|assistant|回复|回答|
 # Statements that prefer response d ...
 _PREFERS = [
     re.compile(r"\[\[\s*([12])\s*\]\]"),
-    re.compile(r"(?<!than )(?<!比)" + _RESPONSE + r"([12])(?!\d)\s*(?:is|was|seems|wins|performs|does)\s+"
-               r"(?!worse|less|weaker|inferior|not|slightly worse)", re.IGNORECASE),
+    re.compile(
+        r"(?<!than )(?<!比)" + _RESPONSE + r"([12])(?!\d)\s*(?:is|was|seems|wins|performs|does)\s+"
+        r"(?!worse|less|weaker|inferior|not|slightly worse)",
+        re.IGNORECASE,
+    ),
     re.compile(r"(?<!比)(?:回复|回答|答案)\s*([12])(?!\d)\s*(?:更好|更佳|较好|更优|胜出|好|更符合|更强|比)"),
-    re.compile(r"(?:better|best|winner|verdict|choice|prefer(?:red)?|answer)\s*(?:one|response|reply)?\s*"
-               r"(?:is|would be|:|=)?\s*(?:response|reply)?\s*#?([12])(?!\d)", re.IGNORECASE),
-    re.compile(r"(?:更好的是|更好的回复是|更佳的是|更好的为|选择|结论是|结论：|答案是|答案为|答案：)\s*(?:回复|回答)?\s*([12])(?!\d)"),
+    re.compile(
+        r"(?:better|best|winner|verdict|choice|prefer(?:red)?|answer)\s*(?:one|response|reply)?\s*"
+        r"(?:is|would be|:|=)?\s*(?:response|reply)?\s*#?([12])(?!\d)",
+        re.IGNORECASE,
+    ),
+    re.compile(
+        r"(?:更好的是|更好的回复是|更佳的是|更好的为|选择|结论是|结论：|答案是|答案为|答案：)\s*(?:回复|回答)?\s*([12])(?!\d)"
+    ),
 ]
 # ... and statements against response d (they prefer the other one).
 _DISPREFERS = [
-    re.compile(_RESPONSE + r"([12])(?!\d)\s*(?:is|was|seems)\s+(?:slightly\s+)?(?:worse|less|weaker|inferior|not)",
-               re.IGNORECASE),
+    re.compile(
+        _RESPONSE + r"([12])(?!\d)\s*(?:is|was|seems)\s+(?:slightly\s+)?(?:worse|less|weaker|inferior|not)",
+        re.IGNORECASE,
+    ),
     re.compile(r"(?:回复|回答)\s*([12])(?!\d)\s*(?:更差|较差|不如)"),
     re.compile(r"(?:better than|比)\s*" + _RESPONSE + r"([12])(?!\d)", re.IGNORECASE),
 ]

@@ -18,7 +18,8 @@ Example:
     >>> import openai
     >>> with ScriptedJudgeServer(lambda body: "1", latency=0.0) as server:
     ...     client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
-    ...     client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "?"}]).choices[0].message.content
+    ...     answer = client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "?"}])
+    >>> answer.choices[0].message.content
     '1'
 """
 
@@ -52,8 +53,15 @@ class VerdictJudge:
         '2'
     """
 
-    def __init__(self, scores: Mapping[str, Mapping[str, float]], *, position_biased=(), undecided=(),
-                 capability_names: Mapping[str, str] | None = None, style: str = "digit"):
+    def __init__(
+        self,
+        scores: Mapping[str, Mapping[str, float]],
+        *,
+        position_biased=(),
+        undecided=(),
+        capability_names: Mapping[str, str] | None = None,
+        style: str = "digit",
+    ):
         self.scores = scores
         self.position_biased, self.undecided = set(position_biased), set(undecided)
         self.names = dict(capability_names or {})  # display name (e.g. Chinese) -> key
@@ -74,15 +82,21 @@ class VerdictJudge:
     def _say(self, winner: int | None) -> str:
         if winner is None:
             return "I cannot decide."
-        return {"digit": str(winner), "sentence": f"Response {winner} is better.", "zh": f"回复{winner}更好。"}[self.style]
+        return {"digit": str(winner), "sentence": f"Response {winner} is better.", "zh": f"回复{winner}更好。"}[
+            self.style
+        ]
 
     def answer_text(self, user: str) -> str:
-        en = re.search(r"\[Response 1\]\n(.*?)\n\[End of Response 1\].*?\[Response 2\]\n(.*?)\n\[End of Response 2\]",
-                       user, re.DOTALL)
+        en = re.search(
+            r"\[Response 1\]\n(.*?)\n\[End of Response 1\].*?\[Response 2\]\n(.*?)\n\[End of Response 2\]",
+            user,
+            re.DOTALL,
+        )
         zh = re.search(r"【回复1】：(.*?)\n【回复2】：(.*?)(?:\n请只输出|$)", user, re.DOTALL)
         first, second = (en or zh).groups()
         single = re.search(r"^Capability: ([^(\n]+?)(?: \(.*)?$", user, re.MULTILINE) or re.search(
-            r"在【(.+?)】方面", user)
+            r"在【(.+?)】方面", user
+        )
         if single:
             return self._say(self._winner(self._key(single.group(1)), first, second))
         listed = user.split("[Conversation]")[0] if en else user.split("【提问】")[0]
@@ -120,7 +134,11 @@ class ScriptedJudgeServer:
             raise ValueError(f"Unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
         self.answer = answer or (lambda body: "1")
         self.latency, self.faults = latency, dict(faults or {})
-        self.max_faults_per_request, self.fault_seed, self.slow_seconds = max_faults_per_request, fault_seed, slow_seconds
+        self.max_faults_per_request, self.fault_seed, self.slow_seconds = (
+            max_faults_per_request,
+            fault_seed,
+            slow_seconds,
+        )
         self.retry_after_headers = dict(retry_after_headers or {"retry-after-ms": "20", "retry-after": "0"})
         self.require_api_key, self.reject_response_format = require_api_key, reject_response_format
         self.model, self.host, self.port = model, host, port
@@ -209,13 +227,28 @@ class ScriptedJudgeServer:
             writer.close()
 
     @staticmethod
-    async def _send(writer, status: int, payload, headers: Mapping[str, str] | None = None, raw: bytes | None = None,
-                    declared_length: int | None = None) -> None:
+    async def _send(
+        writer,
+        status: int,
+        payload,
+        headers: Mapping[str, str] | None = None,
+        raw: bytes | None = None,
+        declared_length: int | None = None,
+    ) -> None:
         data = raw if raw is not None else json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        reasons = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
-                   500: "Internal Server Error"}
-        lines = [f"HTTP/1.1 {status} {reasons.get(status, 'Status')}", "Content-Type: application/json",
-                 f"Content-Length: {declared_length if declared_length is not None else len(data)}"]
+        reasons = {
+            200: "OK",
+            400: "Bad Request",
+            401: "Unauthorized",
+            404: "Not Found",
+            429: "Too Many Requests",
+            500: "Internal Server Error",
+        }
+        lines = [
+            f"HTTP/1.1 {status} {reasons.get(status, 'Status')}",
+            "Content-Type: application/json",
+            f"Content-Length: {declared_length if declared_length is not None else len(data)}",
+        ]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data)
         await writer.drain()
@@ -244,8 +277,14 @@ class ScriptedJudgeServer:
 
     async def _respond(self, method: str, path: str, headers, body: bytes, writer) -> bool:
         if method == "GET" and path == "/v1/models":
-            await self._send(writer, 200, {"object": "list", "data": [
-                {"id": self.model, "object": "model", "created": 0, "owned_by": "scripted"}]})
+            await self._send(
+                writer,
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "scripted"}],
+                },
+            )
             return True
         if method != "POST" or path != "/v1/chat/completions":
             await self._send(writer, 404, self._error(f"No route {method} {path}", "invalid_request_error"))
@@ -267,21 +306,32 @@ class ScriptedJudgeServer:
         if self.require_api_key is not None and headers.get("authorization") != f"Bearer {self.require_api_key}":
             self._record("unauthorized", digest)
             given = headers.get("authorization", "").removeprefix("Bearer ")
-            await self._send(writer, 401, self._error(f"Incorrect API key provided: {given}.", "invalid_request_error",
-                                                      code="invalid_api_key"))
+            await self._send(
+                writer,
+                401,
+                self._error(f"Incorrect API key provided: {given}.", "invalid_request_error", code="invalid_api_key"),
+            )
             return True
         request = json.loads(body)
         if self.reject_response_format and request.get("response_format"):
             self._record("rejected_response_format", digest)
-            await self._send(writer, 400, self._error("response_format is not supported by this server.",
-                                                      "invalid_request_error", param="response_format"))
+            await self._send(
+                writer,
+                400,
+                self._error(
+                    "response_format is not supported by this server.",
+                    "invalid_request_error",
+                    param="response_format",
+                ),
+            )
             return True
         fault = self._pick_fault(digest, seen_before)
         if fault is not None:
             self._record(fault, digest)
         if fault == "rate_limit":
-            await self._send(writer, 429, self._error("Rate limit reached.", "rate_limit_error"),
-                             headers=self.retry_after_headers)
+            await self._send(
+                writer, 429, self._error("Rate limit reached.", "rate_limit_error"), headers=self.retry_after_headers
+            )
             return True
         if fault == "server_error":
             await self._send(writer, 500, self._error("The server had an error.", "server_error"))
@@ -298,12 +348,23 @@ class ScriptedJudgeServer:
         content = self.answer(request)
         prompt_chars = sum(len(str(m.get("content", ""))) for m in request.get("messages", []))
         payload = {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
             "model": request.get("model", self.model),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop",
-                         "logprobs": None}],
-            "usage": {"prompt_tokens": prompt_chars // 4 + 1, "completion_tokens": len(content) // 4 + 1,
-                      "total_tokens": prompt_chars // 4 + len(content) // 4 + 2},
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_chars // 4 + 1,
+                "completion_tokens": len(content) // 4 + 1,
+                "total_tokens": prompt_chars // 4 + len(content) // 4 + 2,
+            },
         }
         if fault == "truncated":
             data = json.dumps(payload).encode("utf-8")

@@ -21,7 +21,13 @@ categories:
       empathy: {zh: 共情能力}
       fluency: {zh: 流畅度}
 """
-ZH_NAMES = {"正确性": "correctness", "逻辑性": "logic", "知识面深度": "depth", "共情能力": "empathy", "流畅度": "fluency"}
+ZH_NAMES = {
+    "正确性": "correctness",
+    "逻辑性": "logic",
+    "知识面深度": "depth",
+    "共情能力": "empathy",
+    "流畅度": "fluency",
+}
 
 
 def make_labeling_data(directory, records: int = 12, responses: int = 3, seed: int = 0):
@@ -36,17 +42,31 @@ def make_labeling_data(directory, records: int = 12, responses: int = 3, seed: i
         candidates = [f"candidate {j} for dialogue {i}" for j in range(responses)]
         for text in candidates:
             scores[text] = {c: rng.random() for caps in CATEGORIES.values() for c in caps}
-        rows.append({"src": src, "tgt": tgt, "response": candidates, "rank": rng.sample(range(1, responses + 1), responses),
-                     "label": category})
+        rows.append(
+            {
+                "src": src,
+                "tgt": tgt,
+                "response": candidates,
+                "rank": rng.sample(range(1, responses + 1), responses),
+                "label": category,
+            }
+        )
     data = directory / "ranked.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     categories = directory / "categories.yaml"
     categories.write_text(CATEGORY_YAML, encoding="utf-8")
     pairs_per_record = responses * (responses - 1) // 2
     per_category = {"objective_qa": (records + 1) // 2 * pairs_per_record, "chitchat": records // 2 * pairs_per_record}
-    return SimpleNamespace(data=str(data), categories=str(categories), scores=scores, pairs=per_category,
-                           requests={"per_capability": sum(2 * len(CATEGORIES[c]) * n for c, n in per_category.items()),
-                                     "joint": 2 * sum(per_category.values())})
+    return SimpleNamespace(
+        data=str(data),
+        categories=str(categories),
+        scores=scores,
+        pairs=per_category,
+        requests={
+            "per_capability": sum(2 * len(CATEGORIES[c]) * n for c, n in per_category.items()),
+            "joint": 2 * sum(per_category.values()),
+        },
+    )
 
 
 def expected_labels(data, *, skip=()):
@@ -65,8 +85,16 @@ def expected_labels(data, *, skip=()):
 
 
 def label_set(rows):
-    return {(r["category"], r["capability"], r["prompt"][-1]["content"], r["chosen"][-1]["content"],
-             r["rejected"][-1]["content"]) for r in rows}
+    return {
+        (
+            r["category"],
+            r["capability"],
+            r["prompt"][-1]["content"],
+            r["chosen"][-1]["content"],
+            r["rejected"][-1]["content"],
+        )
+        for r in rows
+    }
 
 
 def read_jsonl(path):
@@ -78,8 +106,18 @@ def fast_config(data, output, server, **overrides):
     """A LabelingConfig for the scripted server: short timeouts and backoff so fault tests stay fast."""
     from dmoerm_trl.labeling import LabelingConfig
 
-    options = dict(data=data.data, output=str(output), model="scripted-judge", base_url=server.base_url,
-                   categories=data.categories, timeout=0.5, backoff_base=0.01, backoff_max=0.05, max_retries=6,
-                   concurrency=8, progress=False)
+    options = dict(
+        data=data.data,
+        output=str(output),
+        model="scripted-judge",
+        base_url=server.base_url,
+        categories=data.categories,
+        timeout=0.5,
+        backoff_base=0.01,
+        backoff_max=0.05,
+        max_retries=6,
+        concurrency=8,
+        progress=False,
+    )
     options.update(overrides)
     return LabelingConfig(**options)

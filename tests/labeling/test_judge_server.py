@@ -34,8 +34,9 @@ def judge_model_path(tiny_llama_path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def judge_server(judge_model_path):
-    server = start_judge_server(judge_model_path, port=0, model_name="tiny-judge", max_request_bytes=20_000,
-                                max_new_tokens=24)
+    server = start_judge_server(
+        judge_model_path, port=0, model_name="tiny-judge", max_request_bytes=20_000, max_new_tokens=24
+    )
     yield server
     server.stop()
 
@@ -66,8 +67,12 @@ def test_openai_client_models_and_deterministic_chat(judge_server, tiny_tokenize
     assert first.choices[0].finish_reason in ("stop", "length")
     capped = client.chat.completions.create(model="tiny-judge", messages=messages, temperature=0, max_tokens=1000)
     assert capped.usage.completion_tokens <= 24  # --max-new-tokens caps every request
-    sampled = client.chat.completions.create(model="tiny-judge", messages=messages, temperature=1.0, seed=3, max_tokens=6)
-    again = client.chat.completions.create(model="tiny-judge", messages=messages, temperature=1.0, seed=3, max_tokens=6)
+    sampled = client.chat.completions.create(
+        model="tiny-judge", messages=messages, temperature=1.0, seed=3, max_tokens=6
+    )
+    again = client.chat.completions.create(
+        model="tiny-judge", messages=messages, temperature=1.0, seed=3, max_tokens=6
+    )
     assert sampled.choices[0].message.content == again.choices[0].message.content  # seeded sampling
 
 
@@ -127,9 +132,17 @@ def test_labeling_offline_through_the_judge_server(judge_server, tmp_path, mode)
     too_long = {"src": ["word " * 1100], "tgt": [], "response": ["a", "b"], "rank": [1, 2], "label": "闲聊"}
     with open(data.data, "a", encoding="utf-8") as handle:  # one pair longer than the judge's context
         handle.write(json.dumps(too_long, ensure_ascii=False) + "\n")
-    config = LabelingConfig(data=data.data, output=str(tmp_path / "out"), model="tiny-judge", mode=mode,
-                            base_url=judge_server.base_url, categories=data.categories, max_completion_tokens=8,
-                            concurrency=2, progress=False)
+    config = LabelingConfig(
+        data=data.data,
+        output=str(tmp_path / "out"),
+        model="tiny-judge",
+        mode=mode,
+        base_url=judge_server.base_url,
+        categories=data.categories,
+        max_completion_tokens=8,
+        concurrency=2,
+        progress=False,
+    )
     summary = run_labeling(config).summary
     assert summary["complete"] and summary["failed_requests"] == 0 and summary["retries"] == 0
     assert summary["aborted"] is None
@@ -150,10 +163,21 @@ def test_labeling_offline_through_the_judge_server(judge_server, tmp_path, mode)
 
 @pytest.mark.slow
 def test_serve_judge_command_binds_loopback_and_serves(tiny_llama_path):
-    command = [sys.executable, "-m", "dmoerm_trl.cli", "serve-judge", "--model", tiny_llama_path, "--port", "0",
-               "--served-model-name", "cli-judge"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "dmoerm_trl.cli",
+        "serve-judge",
+        "--model",
+        tiny_llama_path,
+        "--port",
+        "0",
+        "--served-model-name",
+        "cli-judge",
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     try:
         line = process.stdout.readline()
         assert line.startswith("Serving 'cli-judge' at http://127.0.0.1:"), process.stderr.read()

@@ -30,9 +30,27 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(labeling_data, 
         reference = run_labeling(fast_config(labeling_data, tmp_path / "reference", server))
         assert server.counts["answered"] == total
         out = tmp_path / "out"
-        command = [sys.executable, "-m", "dmoerm_trl.cli", "label", "--data", labeling_data.data, "--output", str(out),
-                   "--model", "scripted-judge", "--base-url", server.base_url, "--categories", labeling_data.categories,
-                   "--concurrency", str(concurrency), "--timeout", "5", "--no-progress"]
+        command = [
+            sys.executable,
+            "-m",
+            "dmoerm_trl.cli",
+            "label",
+            "--data",
+            labeling_data.data,
+            "--output",
+            str(out),
+            "--model",
+            "scripted-judge",
+            "--base-url",
+            server.base_url,
+            "--categories",
+            labeling_data.categories,
+            "--concurrency",
+            str(concurrency),
+            "--timeout",
+            "5",
+            "--no-progress",
+        ]
         env = {**os.environ, "OPENAI_API_KEY": "unused"}
         cached_before_final = kills = 0
         for kill_after in (40, 120):  # answers served (cumulative) before the SIGKILL
@@ -58,7 +76,9 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(labeling_data, 
         answered_total = server.counts["answered"] - total
     labels = read_jsonl(out / "capability_pairs.jsonl")
     # nothing lost: exactly the uninterrupted run's labels, in the same order, byte for byte
-    assert (out / "capability_pairs.jsonl").read_bytes() == (tmp_path / "reference" / "capability_pairs.jsonl").read_bytes()
+    assert (out / "capability_pairs.jsonl").read_bytes() == (
+        tmp_path / "reference" / "capability_pairs.jsonl"
+    ).read_bytes()
     # nothing duplicated: one row per (pair, capability), one cached answer per request
     keys = [(row["pair_id"], row["capability"]) for row in labels]
     assert len(keys) == len(set(keys)) == len(reference.labels)

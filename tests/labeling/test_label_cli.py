@@ -12,9 +12,27 @@ from dmoerm_trl.labeling.scripted_judge_server import ScriptedJudgeServer, Verdi
 
 
 def label_args(data, output, server, *extra):
-    return ["label", "--data", data.data, "--output", str(output), "--model", "scripted-judge",
-            "--base-url", server.base_url, "--categories", data.categories, "--no-progress",
-            "--timeout", "2", "--backoff-base", "0.01", "--backoff-max", "0.05", *extra]
+    return [
+        "label",
+        "--data",
+        data.data,
+        "--output",
+        str(output),
+        "--model",
+        "scripted-judge",
+        "--base-url",
+        server.base_url,
+        "--categories",
+        data.categories,
+        "--no-progress",
+        "--timeout",
+        "2",
+        "--backoff-base",
+        "0.01",
+        "--backoff-max",
+        "0.05",
+        *extra,
+    ]
 
 
 def test_api_key_never_reaches_disk_cache_summary_or_logs(labeling_data, tmp_path, monkeypatch, caplog, capsys):
@@ -65,9 +83,11 @@ def test_malformed_data_gives_the_promised_error_or_a_counted_skip(labeling_data
 def test_config_file_flags_exit_codes_and_template_errors(labeling_data, tmp_path, capsys):
     with ScriptedJudgeServer(VerdictJudge(labeling_data.scores)) as server:
         config = tmp_path / "label.yaml"
-        config.write_text(f"data: {labeling_data.data}\nmodel: scripted-judge\nbase_url: {server.base_url}\n"
-                          f"categories: {labeling_data.categories}\nmode: joint\nprogress: false\nbudget_calls: 4\n",
-                          encoding="utf-8")
+        config.write_text(
+            f"data: {labeling_data.data}\nmodel: scripted-judge\nbase_url: {server.base_url}\n"
+            f"categories: {labeling_data.categories}\nmode: joint\nprogress: false\nbudget_calls: 4\n",
+            encoding="utf-8",
+        )
         # budget reached: exit 3, and the printed hint says how to continue
         assert main(["label", "--config", str(config), "--output", str(tmp_path / "a")]) == 3
         assert "rerun the same command" in capsys.readouterr().err

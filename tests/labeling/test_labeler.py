@@ -28,8 +28,10 @@ def test_consistent_judge_labels_match_the_truth_and_filters_are_counted(labelin
         assert summary["complete"] and summary["cache_hits"] == 0 and summary["retries"] == 0
         stats = summary["per_capability"]
         n_qa, n_chat = labeling_data.pairs["objective_qa"], labeling_data.pairs["chitchat"]
-        assert stats["objective_qa"]["depth"] | {"inconsistent": n_qa, "labeled": 0, "consistency_rate": 0.0} == \
-            stats["objective_qa"]["depth"]
+        assert (
+            stats["objective_qa"]["depth"] | {"inconsistent": n_qa, "labeled": 0, "consistency_rate": 0.0}
+            == stats["objective_qa"]["depth"]
+        )
         assert stats["chitchat"]["fluency"]["undecided"] == n_chat and stats["chitchat"]["fluency"]["labeled"] == 0
         assert stats["objective_qa"]["logic"]["consistency_rate"] == 1.0
         assert stats["objective_qa"]["logic"]["labeled"] == n_qa
@@ -40,7 +42,9 @@ def test_consistent_judge_labels_match_the_truth_and_filters_are_counted(labelin
     assert label_set(read_jsonl(tmp_path / "pc" / "capability_pairs.jsonl")) == label_set(per_capability.labels)
     import datasets
 
-    loaded = datasets.load_dataset("json", data_files=str(tmp_path / "joint" / "capability_pairs.jsonl"), split="train")
+    loaded = datasets.load_dataset(
+        "json", data_files=str(tmp_path / "joint" / "capability_pairs.jsonl"), split="train"
+    )
     assert set(loaded.column_names) == {"prompt", "chosen", "rejected", "category", "capability", "pair_id"}
     assert len(loaded) == len(expected)
     summary_file = json.loads((tmp_path / "joint" / "summary.json").read_text(encoding="utf-8"))
@@ -65,8 +69,13 @@ def test_faults_give_the_same_labels_as_a_fault_free_run_and_a_rerun_makes_zero_
     assert summary["complete"] and summary["failed_requests"] == 0 and summary["retries"] > 0
     assert summary["calls"] == summary["requests"] + summary["retries"]
     if mode == "per_capability":  # enough requests to meet every kind of fault
-        assert set(summary["errors_by_kind"]) == {"rate_limited", "http_500", "timeout", "connection_error",
-                                                  "bad_response"}
+        assert set(summary["errors_by_kind"]) == {
+            "rate_limited",
+            "http_500",
+            "timeout",
+            "connection_error",
+            "bad_response",
+        }
     assert rerun.summary["calls"] == 0 and rerun.summary["cache_hits"] == summary["requests"]
     assert (tmp_path / "faulty" / "capability_pairs.jsonl").read_bytes() == clean_file
 
@@ -104,8 +113,9 @@ def test_retry_after_is_honoured(tmp_path):
 
         async def ask():
             client = AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
-            judge = JudgeClient(client, "scripted-judge", LabelCache(tmp_path / "cache.sqlite"), backoff_base=0.001,
-                                backoff_max=0.001)
+            judge = JudgeClient(
+                client, "scripted-judge", LabelCache(tmp_path / "cache.sqlite"), backoff_base=0.001, backoff_max=0.001
+            )
             answer = await judge.ask([{"role": "user", "content": "?"}], max_tokens=4)
             await client.close()
             return answer, judge.stats
@@ -117,8 +127,13 @@ def test_retry_after_is_honoured(tmp_path):
     assert second_time - first_time >= 1.0  # the server's 1 s, not the client's 1 ms backoff
     assert parse_retry_after({"retry-after-ms": "250"}) == 0.25
     assert parse_retry_after({"retry-after": "3"}) == 3.0
-    assert 9 <= parse_retry_after({"retry-after": time.strftime("%a, %d %b %Y %H:%M:%S GMT",
-                                                                time.gmtime(time.time() + 10))}) <= 10
+    assert (
+        9
+        <= parse_retry_after(
+            {"retry-after": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 10))}
+        )
+        <= 10
+    )
     assert parse_retry_after({"retry-after": "soon"}) is None and parse_retry_after({}) is None
 
 
@@ -168,7 +183,8 @@ def test_custom_template_file_is_used(labeling_data, tmp_path):
     template.write_text(
         "mode: per_capability\nsystem: Judge strictly.\nuser: |-\n  MY TEMPLATE\n  Capability: {capability}\n"
         "  [Conversation]\n  {conversation}\n  [End of Conversation]\n"
-        "  [Response 1]\n  {response_1}\n  [End of Response 1]\n  [Response 2]\n  {response_2}\n  [End of Response 2]\n",
+        "  [Response 1]\n  {response_1}\n  [End of Response 1]\n"
+        "  [Response 2]\n  {response_2}\n  [End of Response 2]\n",
         encoding="utf-8",
     )
     seen = []
@@ -188,8 +204,14 @@ def test_custom_template_file_is_used(labeling_data, tmp_path):
 def test_concurrency_is_bounded_duplicates_share_calls_and_uncategorized_pairs_are_counted(labeling_data, tmp_path):
     rows = []
     for i in range(6):
-        rows.append({"prompt": f"q{i}", "chosen": f"candidate 0 for dialogue {2 * i}",
-                     "rejected": f"candidate 1 for dialogue {2 * i}", "category": "objective_qa"})
+        rows.append(
+            {
+                "prompt": f"q{i}",
+                "chosen": f"candidate 0 for dialogue {2 * i}",
+                "rejected": f"candidate 1 for dialogue {2 * i}",
+                "category": "objective_qa",
+            }
+        )
         rows.append({"prompt": "Hi", "chosen": "candidate 0 for dialogue 1", "rejected": "candidate 1 for dialogue 1"})
     rows += [rows[0]] * 4  # the same pair 4 more times: its requests are asked once
     data_file = tmp_path / "pairs.jsonl"
