@@ -19,7 +19,7 @@ Example:
     >>> out = sampler(["Write a haiku about the sea."], top_k=2)                                # doctest: +SKIP
     >>> out.completions[0], out.scores[0]          # the 2 best of 8, best first                # doctest: +SKIP
     >>> result = sampler.evaluate(prompts, gold=(gold_model, gold_tokenizer), n=16)            # doctest: +SKIP
-    >>> result.records[-1]                         # {'n': 16, 'kl': 1.83, 'proxy_reward': ..., 'gold_reward': ...}
+    >>> result.records[-1]     # {'n': 16, 'kl': 1.83, 'proxy_reward': ..., 'gold_reward': ...}  # doctest: +SKIP
 """
 
 from __future__ import annotations

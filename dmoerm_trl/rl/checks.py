@@ -148,7 +148,11 @@ def check_tokenizers_match(
     difference and the fix.
 
     Example:
-        >>> check_tokenizers_match(policy_tokenizer, policy_tokenizer)  # same tokenizer: no error
+        >>> from dmoerm_trl.testing_utils import make_tiny_bert_tokenizer, make_tiny_tokenizer
+        >>> check_tokenizers_match(make_tiny_tokenizer(), make_tiny_tokenizer())  # same tokenizer: no error
+        >>> check_tokenizers_match(make_tiny_tokenizer(), make_tiny_bert_tokenizer())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: policy and reward model tokenizers differ: vocabulary sizes ...
     """
     fix = (
         f"TRL PPO feeds the policy's token ids to the {reward_name} without re-tokenizing, so both must use the same "
