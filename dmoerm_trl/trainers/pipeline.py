@@ -168,10 +168,11 @@ class DMoERMTrainingPipeline:
             tmp = path.with_name(".backbone-tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             size = {"hidden_size": self.model_args.tiny_backbone_hidden_size}
-            if self.model_args.tiny_backbone == "bert":
-                testing_utils.make_tiny_bert(tmp, num_layers=self.model_args.tiny_backbone_num_layers, **size)
-            else:
-                testing_utils.make_tiny_llama(tmp, num_layers=self.model_args.tiny_backbone_num_layers, **size)
+            with without_zero3_init():  # built on the main process only: no collective partitioning
+                if self.model_args.tiny_backbone == "bert":
+                    testing_utils.make_tiny_bert(tmp, num_layers=self.model_args.tiny_backbone_num_layers, **size)
+                else:
+                    testing_utils.make_tiny_llama(tmp, num_layers=self.model_args.tiny_backbone_num_layers, **size)
             shutil.rmtree(path, ignore_errors=True)
             tmp.rename(path)
         self._barrier()
