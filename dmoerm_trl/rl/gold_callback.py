@@ -43,7 +43,7 @@ from transformers import GenerationConfig, TrainerCallback
 
 from .best_of_n import _as_scorer
 from .checks import check_prompt_lengths, max_positions
-from .overoptimization import CSV_NAME, plot_overoptimization, read_records_csv, write_records_csv
+from .overoptimization import CSV_NAME, fit_records, plot_overoptimization, read_records_csv, write_records_csv
 from .scoring import eval_mode, is_conversational_prompt
 
 logger = logging.getLogger(__name__)
@@ -320,11 +320,15 @@ class GoldRewardCallback(TrainerCallback):
         self._own_ref = None  # free the reference copy
         if self.plot and len(self.records) >= 3:
             output_dir = self._output_dir(args)
-            self.fits = plot_overoptimization(
-                self.records,
-                output_dir / "overoptimization.png",
-                title=f"Overoptimization during RL (proxy: {self.proxy_name})",
-            )
+            try:
+                self.fits = plot_overoptimization(
+                    self.records,
+                    output_dir / "overoptimization.png",
+                    title=f"Overoptimization during RL (proxy: {self.proxy_name})",
+                )
+            except ImportError as err:  # no matplotlib: keep the CSV and the fits, report the missing plot
+                logger.warning("%s; overoptimization.png not written", err)
+                self.fits = fit_records(self.records)
             tmp = output_dir / "overoptimization_fits.json.tmp"
             tmp.write_text(json.dumps([f.summary() for f in self.fits], indent=2))
             os.replace(tmp, output_dir / "overoptimization_fits.json")

@@ -227,7 +227,10 @@ def plot_overoptimization(
     ensembles): two panels, gold and proxy, each as the gain over its KL = 0 value (``relative``), since proxies
     live on different scales.
     """
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError('plotting needs matplotlib: pip install "dmoerm-trl[plots]"') from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -91,3 +91,11 @@ def test_bad_csv_is_reported_with_line(tmp_path):
         read_records_csv(bad)
     with pytest.raises(FileNotFoundError):
         read_records_csv(tmp_path / "missing")
+
+
+def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"dmoerm-trl\[plots\]"):
+        plot_overoptimization(records(), tmp_path / "plot.png")
