@@ -410,6 +410,7 @@ class DMoERMTrainingPipeline:
             "run_name": f"{self.args.run_name or self.output_dir.name}-{stage.dirname}",
             "max_length": self.max_length,
             "restart": False,
+            "push_to_hub": False,  # a stage is part of a model; `dmoerm push` uploads the finished DMoERM
         }
         if not has_validation:
             overrides.update(eval_strategy="no", load_best_model_at_end=False, metric_for_best_model=None)

@@ -178,3 +178,26 @@ def test_a_stage_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     assert entry["resumed_from"] == str(last.parent)
     assert not interrupted.exists()
     assert entry["global_step"] == math.ceil(entry["num_train"] / 8) * 12  # all 12 epochs, none twice
+
+
+def test_each_stage_gets_its_own_trainer_arguments(tmp_path):
+    from dmoerm_trl.commands.train import parse_config
+    from dmoerm_trl.trainers import DMoERMTrainingPipeline, Stage
+
+    model_args, data_args, training_args = parse_config(
+        quick_args(tmp_path / "run", "--report_to", "tensorboard", "--run_name", "exp1", "--push_to_hub", "true",
+                   "--hub_model_id", "me/x")
+    )
+    pipeline = DMoERMTrainingPipeline(model_args, data_args, training_args)
+    pipeline.max_length = 128
+    args = pipeline._stage_args(Stage("capability", "chitchat", "proactivity"), has_validation=True)
+    assert args.report_to == ["tensorboard"]  # report_to reaches every stage's Trainer
+    assert args.run_name == "exp1-capability__chitchat__proactivity"
+    assert args.output_dir == str(tmp_path / "run" / "stages" / "capability__chitchat__proactivity")
+    assert args.learning_rate == training_args.capability_learning_rate
+    assert args.num_train_epochs == 2 and args.max_length == 128
+    assert args.load_best_model_at_end and args.metric_for_best_model == "eval_accuracy"
+    assert not args.push_to_hub
+    aggregator = pipeline._stage_args(Stage("aggregator", "chitchat"), has_validation=False)
+    assert aggregator.num_train_epochs == 3 and aggregator.learning_rate == training_args.aggregator_learning_rate
+    assert aggregator.eval_strategy == "no" and not aggregator.load_best_model_at_end
