@@ -19,8 +19,17 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["SyntheticWorld", "SyntheticDataConfig", "SyntheticDataset", "generate_files", "generate_dataset",
-           "write_dataset", "CapabilityJudge", "capability_judge_server", "GoldReward"]
+__all__ = [
+    "CapabilityJudge",
+    "GoldReward",
+    "SyntheticDataConfig",
+    "SyntheticDataset",
+    "SyntheticWorld",
+    "capability_judge_server",
+    "generate_dataset",
+    "generate_files",
+    "write_dataset",
+]
 
 _LOCATIONS = {
     "SyntheticWorld": "world",

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from .world import DEFAULT_CATEGORIES, PromptInfo, SyntheticWorld
 
-__all__ = ["SyntheticDataConfig", "SyntheticDataset", "generate_dataset", "write_dataset", "generate_files"]
+__all__ = ["SyntheticDataConfig", "SyntheticDataset", "generate_dataset", "generate_files", "write_dataset"]
 
 FILES = {"train": "train.jsonl", "test": "test.jsonl", "heldout_prompts": "heldout_prompts.jsonl",
          "categories": "categories.yaml", "world": "world.json"}
@@ -61,7 +61,7 @@ class SyntheticDataConfig:
         default=0.3, metadata={"help": "Probability that a training pair's human rank contradicts the gold."}
     )
     heldout_fraction: float = field(
-        default=0.2, metadata={"help": "Fraction of each category's prompts (facts, tasks...) kept for the test split."}
+        default=0.2, metadata={"help": "Fraction of each category's prompts (facts, tasks...) held out for testing."}
     )
     multi_turn_probability: float = field(
         default=0.3, metadata={"help": "Probability that a QA or chit-chat conversation starts with a greeting turn."}

@@ -45,8 +45,10 @@ _EN_LAYOUT = re.compile(
     r"\[Response 1\]\n(?P<first>.*?)\n\[End of Response 1\].*?\[Response 2\]\n(?P<second>.*?)\n\[End of Response 2\]",
     re.DOTALL,
 )
-_ZH_LAYOUT = re.compile(r"【提问】：(?P<conversation>.*?)\n【回复1】：(?P<first>.*?)\n【回复2】：(?P<second>.*?)(?=\n请只输出|$)",
-                        re.DOTALL)
+_ZH_LAYOUT = re.compile(
+    r"【提问】：(?P<conversation>.*?)\n【回复1】：(?P<first>.*?)\n【回复2】：(?P<second>.*?)(?=\n请只输出|$)",
+    re.DOTALL,
+)
 _EN_SINGLE = re.compile(r"^Capability:\s*(.+?)\s*$", re.MULTILINE)
 _ZH_SINGLE = re.compile(r"在【(.+?)】方面")
 _LIST_ITEM = re.compile(r"^\s*[-*•]\s*([^:：\n]+?)\s*(?:[:：].*)?$", re.MULTILINE)
@@ -101,8 +103,9 @@ class CapabilityJudge:
         for category, capabilities in self.world.categories.items():
             names = {}
             for capability in capabilities:
-                for name in (capability, spec.capability_name(capability, "en"), spec.capability_name(capability, "zh")):
-                    names[_fold(name)] = capability
+                for language in ("en", "zh"):
+                    names[_fold(spec.capability_name(capability, language))] = capability
+                names[_fold(capability)] = capability
             self._names[category] = names
 
     # -- the verdict --------------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ deliberately simple and documented in ``docs/fidelity.md``; they also work on fr
   numbering markers (``-``, ``*``, ``•``, ``1.``) are stripped.
 - A segment is *informative* when it has at least 4 words, does not end with ``?``, ``!`` or ``:``, and contains no
   empathy marker.
-- Phrases match case-insensitively on word boundaries (``'`` counts as a word character, ``’`` is read as ``'``).
+- Phrases match case-insensitively on word boundaries (``'`` counts as a word character, ``’`` is read as ``'``);
+  ``"a|b"`` matches either alternative (keywords with their plural or synonyms).
 
 Example:
     >>> from dmoerm_trl.synthetic.text_features import (segments, informative_segments, count_markers,
@@ -28,22 +29,22 @@ from functools import lru_cache
 
 __all__ = [
     "EMPATHY_MARKERS",
+    "PLAIN_WORDS",
     "REASONING_CONNECTIVES",
     "VIVID_WORDS",
-    "PLAIN_WORDS",
+    "clip01",
+    "contains_phrase",
+    "count_exclamations",
+    "count_markers",
+    "count_questions",
+    "coverage",
+    "informative_segments",
+    "is_informative",
+    "list_lines",
+    "nonempty_lines",
     "normalize",
     "segments",
     "word_count",
-    "is_informative",
-    "informative_segments",
-    "contains_phrase",
-    "count_markers",
-    "count_questions",
-    "count_exclamations",
-    "list_lines",
-    "nonempty_lines",
-    "coverage",
-    "clip01",
 ]
 
 # Phrases that acknowledge the user's feelings (chit-chat and role-play empathy; objective QA counts them against
@@ -101,12 +102,19 @@ def _phrase_pattern(phrase: str) -> tuple[str, re.Pattern]:
 
 
 def _contains_normalized(folded_text: str, phrase: str) -> bool:
+    if "|" in phrase:
+        return any(_contains_normalized(folded_text, alternative) for alternative in phrase.split("|"))
     folded, pattern = _phrase_pattern(phrase)
     return folded in folded_text and pattern.search(folded_text) is not None  # the substring test is the fast path
 
 
 def contains_phrase(text: str, phrase: str) -> bool:
-    """Whether ``phrase`` occurs in ``text`` as whole words (case-insensitive)."""
+    """Whether ``phrase`` occurs in ``text`` as whole words (case-insensitive); ``"a|b"`` means either.
+
+    Example:
+        >>> contains_phrase("Two spiders.", "spider"), contains_phrase("Two spiders.", "spider|spiders")
+        (False, True)
+    """
     return _contains_normalized(normalize(text), phrase)
 
 
@@ -144,7 +152,7 @@ def nonempty_lines(text: str) -> int:
 
 
 def coverage(text: str, keywords: Iterable[str]) -> float:
-    """Fraction of ``keywords`` that occur in ``text``."""
+    """Fraction of ``keywords`` (each may list alternatives, ``"shoes|shoe"``) that occur in ``text``."""
     keywords = list(keywords)
     return count_markers(text, keywords) / len(keywords) if keywords else 0.0
 

@@ -10,8 +10,9 @@ Example:
     >>> from dmoerm_trl.synthetic.world import SyntheticWorld
     >>> world = SyntheticWorld()
     >>> prompt = [{"role": "user", "content": "What is the capital of France?"}]
-    >>> world.capability_scores(prompt, "The capital of France is Paris. This is because the government sits there.")
-    {'correctness': 1.0, 'objectiveness': 1.0, 'reasoning_ability': 1.0, 'depth_of_knowledge': 0.0, 'question_specific': 1.0}
+    >>> scores = world.capability_scores(prompt, "The capital of France is Paris. This is because the state is there.")
+    >>> scores["correctness"], scores["reasoning_ability"], scores["depth_of_knowledge"], scores["objectiveness"]
+    (1.0, 1.0, 0.0, 1.0)
     >>> world.gold(prompt, "The capital of France is Paris."), world.gold(prompt, "Great question! It is Lyon.")
     (4.5, 0.25)
     >>> world.identify("Hey. I lost my phone on the bus today.")
@@ -68,7 +69,8 @@ def conversation_text(prompt) -> str:
         return prompt
     if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) and "content" in m for m in prompt):
         return "\n".join(str(m["content"]) for m in prompt)
-    raise TypeError(f"a prompt must be a string or a list of {{'role', 'content'}} messages, got {type(prompt).__name__}")
+    raise TypeError(f"a prompt must be a string or a list of {{'role', 'content'}} messages, "
+                    f"got {type(prompt).__name__}")
 
 
 class SyntheticWorld:

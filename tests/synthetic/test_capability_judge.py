@@ -75,10 +75,12 @@ def test_every_builtin_template_is_answered_from_the_attributes(synthetic_world,
                                              capabilities=[capability], spec=spec)
             assert parse_pairwise_verdict(judge({"messages": messages})) == truth[capability]
             checked += 1
-        messages = joint.render(prompt=prompt, response_1=first, response_2=second, capabilities=capabilities, spec=spec)
+        messages = joint.render(prompt=prompt, response_1=first, response_2=second, capabilities=capabilities,
+                                spec=spec)
         assert parse_joint_verdict(judge({"messages": messages}), joint.json_keys(capabilities, spec)) == truth
     assert judge.stats["answered"] == checked + 48 and not judge.stats["unparsed"]
-    assert parse_pairwise_verdict(judge({"messages": [{"role": "user", "content": "Which is better, A or B?"}]})) is None
+    unrelated = {"messages": [{"role": "user", "content": "Which is better, A or B?"}]}
+    assert parse_pairwise_verdict(judge(unrelated)) is None
     assert judge.stats["unparsed"] == 1
 
 

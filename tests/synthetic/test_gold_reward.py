@@ -36,9 +36,11 @@ def test_trl_signature_pairs_and_flat_texts_agree(tiny_tokenizer):
 def test_scores_match_capabilities_and_categories():
     gold = GoldReward()
     prompts = [QA, "I lost my phone on the bus today.", "Write a short poem about rain.",
-               "Pretend you are Merlin, a wise old wizard, and answer in character.\nI keep forgetting to water my plants."]
+               ("Pretend you are Merlin, a wise old wizard, and answer in character.\n"
+                "I keep forgetting to water my plants.")]
     completions = [GOOD, "That sounds really hard. Did you call the bus company yet?",
-                   "The golden rain taps on the roof\nPuddles gather silver reflections\nUmbrellas bloom on wild streets",
+                   ("The golden rain taps on the roof\nPuddles gather silver reflections\n"
+                    "Umbrellas bloom on wild streets"),
                    "No spell is needed to see that you are troubled. I hear you. Which plants do you have?"]
     assert gold.categories_of(prompts) == ["objective_qa", "chitchat", "text_creation", "roleplay"]
     capabilities = gold.capability_scores(prompts, completions)

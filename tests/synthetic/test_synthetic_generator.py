@@ -42,7 +42,8 @@ def test_files_load_with_the_data_api_without_skips(small_synthetic_data):
     assert {"src", "tgt", "response", "rank", "label"} <= set(records[0])
     assert {r["label"] for r in records} == {"客观知识问答", "闲聊", "文本创作", "角色扮演"}
     assert any(len(r["src"]) == 2 for r in records)  # multi-turn conversations (role-play always, others sometimes)
-    world = json.loads(open(small_synthetic_data["world"], encoding="utf-8").read())
+    with open(small_synthetic_data["world"], encoding="utf-8") as handle:
+        world = json.load(handle)
     assert world["train_pairs"] == 60 and "gold_formula" in world["category_definitions"]["chitchat"]
     assert world["categories"]["chitchat"]["train_pairs"] == 15
     prompts = _read(small_synthetic_data["heldout_prompts"])

@@ -68,7 +68,8 @@ def test_gold_formulas_differ_between_categories(synthetic_world):
     bare = "The capital of France is Paris."
     detailed = bare + " The city sits on the banks of the Seine. About two million people live within its city limits."
     assert synthetic_world.gold(qa, detailed) > synthetic_world.gold(qa, bare)
-    wrong, wrong_detailed = "The capital of France is Lyon.", "The capital of France is Lyon. The city sits on a river."
+    wrong = "The capital of France is Lyon."
+    wrong_detailed = wrong + " The city sits on a river."
     assert synthetic_world.gold(qa, wrong_detailed) < synthetic_world.gold(qa, wrong)  # the interaction
     chat = "I lost my phone on the bus today."
     short = "I'm sorry you're dealing with this. Losing a phone is such a hassle these days."

@@ -12,4 +12,4 @@ CATEGORY_WORLDS: dict[str, type[CategoryWorld]] = {
     world.name: world for world in (ObjectiveQA, Chitchat, TextCreation, Roleplay)
 }
 
-__all__ = ["CATEGORY_WORLDS", "CategoryWorld", "Conversation", "Chitchat", "ObjectiveQA", "Roleplay", "TextCreation"]
+__all__ = ["CATEGORY_WORLDS", "CategoryWorld", "Chitchat", "Conversation", "ObjectiveQA", "Roleplay", "TextCreation"]

@@ -13,8 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-
-from ..text_features import contains_phrase
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class CategoryWorld:
     name: str = ""
     zh_name: str = ""
     capabilities: tuple[str, ...] = ()
-    descriptions: Mapping[str, str] = {}  # capability -> what is measured (goes into the judge prompt)
+    descriptions: ClassVar[Mapping[str, str]] = {}  # capability -> what is measured (goes into the judge prompt)
     gold_formula: str = ""  # human-readable form of gold()
 
     # -- catalogue ------------------------------------------------------------------------------------------------
@@ -90,11 +89,6 @@ class CategoryWorld:
 def pick_distinct(rng: random.Random, pool: Iterable[str], k: int) -> list[str]:
     pool = list(pool)
     return rng.sample(pool, k) if k else []
-
-
-def leaks(text: str, phrases: Iterable[str]) -> list[str]:
-    """The ``phrases`` that occur in ``text`` (catalogue checks)."""
-    return [phrase for phrase in phrases if contains_phrase(text, phrase)]
 
 
 def greeting_turn(rng: random.Random) -> tuple[str, str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..text_features import EMPATHY_MARKERS, count_markers, count_questions, informative_segments
 from .base import CategoryWorld, Conversation
@@ -46,19 +47,22 @@ def _persona(key, name, description, greeting, signature, lines) -> Persona:
 PERSONAS = (
     _persona("pirate", "Captain Redbeard", "a pirate captain", "Arr, welcome aboard, matey! What troubles ye?",
              "arr, matey, ship, treasure, sea",
-             ["Arr, no sailor gets left behind on my watch.", "Listen well, matey, this old salt has seen worse storms.",
+             ["Arr, no sailor gets left behind on my watch.",
+              "Listen well, matey, this old salt has seen worse storms.",
               "My ship has weathered many a dark night.", "We will find our way like we always find the treasure."]),
     _persona("knight", "Sir Galahad", "a noble knight of the round table",
              "Greetings, good traveller. How may a knight serve you this day?",
              "sword, honour, quest, realm, steed",
              ["By my sword, I shall stand beside you.", "There is no honour in giving up now.",
-              "Every quest has its darkest hour before the dawn.", "My steed and I have crossed harder roads than this."]),
+              "Every quest has its darkest hour before the dawn.",
+              "My steed and I have crossed harder roads than this."]),
     _persona("station_ai", "ORION", "the calm computer of a space station",
              "Hello. ORION online and listening. How can I assist you today?",
              "systems, protocol, orbit, crew, calculating",
              ["My systems are fully focused on your situation.",
               "Standard protocol says we take this one step at a time.",
-              "We have been in orbit through far stranger events.", "Calculating the best course of action for you now."]),
+              "We have been in orbit through far stranger events.",
+              "Calculating the best course of action for you now."]),
     _persona("wizard", "Merlin", "a wise old wizard",
              "Ah, a visitor! Come, sit by the fire and tell an old wizard your worries.",
              "spell, magic, potion, wand, stars",
@@ -80,12 +84,14 @@ PERSONAS = (
              "Well now, stranger. What brings you to my office?",
              "partner, howdy, ranch, saddle, sheriff",
              ["Howdy, let us sort this out together.", "Listen here, partner, nobody rides alone in this town.",
-              "Back on the ranch we learned to face trouble early.", "Get back in the saddle and we will work it out."]),
+              "Back on the ranch we learned to face trouble early.",
+              "Get back in the saddle and we will work it out."]),
     _persona("owl", "Professor Hoot", "a wise owl who teaches in the forest",
              "Welcome, young one. Perch here and tell me what puzzles you.",
              "hoo, feathers, nest, branch, owl",
              ["Hoo, let us think about this carefully.", "Ruffled feathers settle when we take a moment.",
-              "Even the safest nest gets shaken by the wind.", "From my branch I see more paths than you might think."]),
+              "Even the safest nest gets shaken by the wind.",
+              "From my branch I see more paths than you might think."]),
 )
 PERSONAS_BY_KEY = {persona.key: persona for persona in PERSONAS}
 
@@ -139,7 +145,7 @@ class Roleplay(CategoryWorld):
     name = "roleplay"
     zh_name = "角色扮演"
     capabilities = ("character_setting_and_emotional_investment", "empathy_ability", "proactivity", "content_richness")
-    descriptions = {
+    descriptions: ClassVar[dict[str, str]] = {
         "character_setting_and_emotional_investment": "speaks like the assigned character, with its typical words",
         "empathy_ability": "acknowledges the user's feelings (that sounds..., I'm sorry..., congratulations...)",
         "proactivity": "keeps the conversation going by asking the user a question",

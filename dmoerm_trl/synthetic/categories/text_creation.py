@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..text_features import (
     PLAIN_WORDS,
@@ -43,7 +44,7 @@ def _task(key, core, keywords, lines) -> WritingTask:
 
 
 TASKS = (
-    _task("poem_ocean", "a short poem about the ocean", "ocean",
+    _task("poem_ocean", "a short poem about the ocean", "ocean|sea",
           ["The {adj} ocean rolls against the shore", "Gulls circle over the {adj} foam",
            "Boats drift home beneath a {adj} sky", "The tide keeps its {adj} promise every night"]),
     _task("poem_autumn", "a short poem about autumn", "autumn",
@@ -52,17 +53,18 @@ TASKS = (
     _task("poem_city", "a short poem about a city at night", "city",
           ["The {adj} city hums after midnight", "Neon signs flicker in {adj} windows",
            "Taxis hurry through the {adj} streets", "Somewhere a {adj} saxophone is playing"]),
-    _task("poem_mountains", "a short poem about the mountains", "mountains",
+    _task("poem_mountains", "a short poem about the mountains", "mountains|mountain",
           ["The {adj} mountains stand above the clouds", "Snow rests on every {adj} peak",
            "Pine trees climb the {adj} slopes", "Eagles glide in the {adj} wind"]),
-    _task("poem_friendship", "a short poem about friendship", "friendship",
+    _task("poem_friendship", "a short poem about friendship", "friendship|friend|friends",
           ["True friendship is a {adj} fire", "It keeps us warm on {adj} days",
            "Old jokes return like {adj} songs", "Two voices share a {adj} road"]),
     _task("poem_coffee", "a short poem about morning coffee", "coffee",
           ["The {adj} coffee steams beside the window", "Its smell wakes the {adj} kitchen",
            "The first sip chases {adj} dreams away", "The day begins with a {adj} cup"]),
-    _task("story_key", "the opening of a story about a lost key", "key",
-          ["Mara found the {adj} key under a loose floorboard", "Nobody in the {adj} house remembered the lock it opened",
+    _task("story_key", "the opening of a story about a lost key", "key|keys",
+          ["Mara found the {adj} key under a loose floorboard",
+           "Nobody in the {adj} house remembered the lock it opened",
            "That night a {adj} knock came at the door", "The stranger asked for the {adj} thing she had hidden"]),
     _task("story_robot", "the opening of a story about a robot who learns to paint", "robot",
           ["The {adj} robot had never held a brush before", "Its metal fingers shook over the {adj} canvas",
@@ -79,37 +81,38 @@ TASKS = (
     _task("product_backpack", "a product description for a hiking backpack", "backpack",
           ["This {adj} backpack carries everything for a day on the trail", "Padded straps stay {adj} on long climbs",
            "A {adj} rain cover tucks into the bottom pocket", "Side pockets hold two {adj} water bottles"]),
-    _task("product_headphones", "a product description for wireless headphones", "headphones",
+    _task("product_headphones", "a product description for wireless headphones",
+          "headphones|headphone",
           ["These {adj} headphones deliver rich sound without any wires", "Soft cushions feel {adj} for hours",
            "The battery lasts a {adj} thirty hours", "Noise cancelling creates a {adj} bubble of calm"]),
-    _task("product_teapot", "a product description for a ceramic teapot", "teapot",
+    _task("product_teapot", "a product description for a ceramic teapot", "teapot|tea pot",
           ["This {adj} teapot brews four cups at once", "Its {adj} glaze is painted by hand",
            "A built-in strainer catches {adj} leaves", "The lid stays put with a {adj} clip"]),
     _task("note_teacher", "a short thank-you note to a teacher", "teacher",
           ["Thank you for being such a {adj} teacher this year", "Your {adj} lessons made every morning better",
            "You believed in me on {adj} days", "I will carry your {adj} advice with me"]),
-    _task("note_neighbour", "a short welcome note for a new neighbour", "neighbour",
+    _task("note_neighbour", "a short welcome note for a new neighbour", "neighbour|neighbor",
           ["Welcome to the street, dear {adj} neighbour", "The bakery on the corner sells {adj} bread",
            "Our garden gate is always open for {adj} visits", "We hope this {adj} place feels like home soon"]),
     _task("slogans_bakery", "some slogans for a family bakery", "bakery",
           ["Our {adj} bakery wakes up before the sun", "Every loaf comes out {adj} and warm",
            "Sweet mornings start with a {adj} croissant", "Come in hungry and leave with a {adj} smile"]),
-    _task("poem_rain", "a short poem about rain", "rain",
+    _task("poem_rain", "a short poem about rain", "rain|raining|rainy",
           ["The {adj} rain taps on the roof", "Puddles gather {adj} reflections",
            "Umbrellas bloom on {adj} streets", "The garden drinks the {adj} water"]),
-    _task("poem_stars", "a short poem about the stars", "stars",
+    _task("poem_stars", "a short poem about the stars", "stars|star",
           ["The {adj} stars wake one by one", "They scatter over the {adj} dark",
            "Sailors once followed their {adj} map", "Tonight they keep a {adj} watch"]),
     _task("story_train", "the opening of a mystery story set on a train", "train",
           ["The {adj} train left the station at midnight", "In carriage four a {adj} suitcase sat unclaimed",
            "The conductor noticed a {adj} stain on the handle", "Nobody admitted to owning the {adj} bag"]),
-    _task("product_shoes", "a product description for running shoes", "shoes",
+    _task("product_shoes", "a product description for running shoes", "shoes|shoe|sneakers",
           ["These {adj} shoes are built for the long run", "The {adj} sole absorbs every step",
            "A breathable mesh keeps feet {adj} and dry", "Reflective strips shine on {adj} evening runs"]),
     _task("wedding_toast", "a short wedding toast", "toast",
           ["Let me raise this {adj} toast to the happy couple", "Your {adj} love inspires everyone here",
            "May your home be full of {adj} laughter", "Here is to many {adj} years together"]),
-    _task("poem_forest", "a short poem about a forest", "forest",
+    _task("poem_forest", "a short poem about a forest", "forest|woods",
           ["The {adj} forest holds its breath", "Moss covers every {adj} stone",
            "Deer move through {adj} shadows", "Light falls in {adj} ribbons"]),
     _task("invitation_library", "an invitation to a library reading night", "library",
@@ -128,7 +131,7 @@ class TextCreation(CategoryWorld):
     name = "text_creation"
     zh_name = "文本创作"
     capabilities = ("intent_conformity", "expressiveness", "readability", "content_richness")
-    descriptions = {
+    descriptions: ClassVar[dict[str, str]] = {
         "intent_conformity": "is about the subject the user asked for",
         "expressiveness": "uses vivid, evocative words (shimmering, golden, velvet...)",
         "readability": "is laid out in separate lines rather than one block",
