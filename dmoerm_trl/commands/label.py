@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from ..labeling.prompts import TemplateError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2"):  # one INFO line per HTTP request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = _config_from_args(args)
     except (ValueError, OSError) as err:
