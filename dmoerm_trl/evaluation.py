@@ -349,8 +349,9 @@ def report_markdown(report: dict[str, Any]) -> str:
     main_key = "dmoerm" if "dmoerm" in report else "model"
     main, baseline = report[main_key], report.get("baseline")
     where = report["data"] + (f", {report['split']} split" if report.get("split") else "")
-    lines = [f"## Pairwise accuracy on {where} ({report['num_pairs']} pairs, human ties excluded: "
-             f"{report['counts'].get('human_ties_excluded', 0)})", ""]
+    title = (f"## Pairwise accuracy on {where} ({report['num_pairs']} pairs; tied human ranks in the file, excluded: "
+             f"{report['counts'].get('human_ties_excluded', 0)})")
+    lines = [title, ""]
     header = f"| category | pairs | {'DMoERM' if main_key == 'dmoerm' else 'model'} |" + (" baseline |" if baseline else "")
     lines += [header, "|---|---:|---:|" + ("---:|" if baseline else "")]
     categories = sorted(set(main["per_category"]) | set((baseline or {}).get("per_category", {})))

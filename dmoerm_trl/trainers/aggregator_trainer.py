@@ -176,7 +176,7 @@ class AggregatorTrainer(StageCheckpointMixin, Trainer):
             if cache_path and Path(cache_path).exists():
                 with safe_open(cache_path, framework="pt") as handle:
                     if (handle.metadata() or {}).get("fingerprint") == fingerprint:
-                        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+                        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open)
                         logger.info("Reusing the cached expert features in %s", cache_path)
             if tensors is None:
                 tensors = {}

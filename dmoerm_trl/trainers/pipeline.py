@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -36,7 +35,6 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +49,7 @@ from .preference_data import (
     split_by_conversation,
     tokenize_pairs,
 )
+from .stage import Stage, without_zero3_init
 
 logger = logging.getLogger(__name__)
 
@@ -58,43 +57,6 @@ STATE_FILE = "pipeline_state.json"
 SUMMARY_FILE = "training_summary.json"
 SPLITS_FILE = "splits.json"
 FINAL_WEIGHTS = "final.safetensors"
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One Trainer run of the pipeline."""
-
-    kind: str  # router | task | capability | aggregator | baseline
-    category: str | None = None
-    capability: str | None = None
-
-    @property
-    def name(self) -> str:
-        return "/".join(part for part in (self.kind, self.category, self.capability) if part)
-
-    @property
-    def dirname(self) -> str:
-        from ..configuration_dmoerm import slugify
-
-        return "__".join(slugify(part) for part in (self.kind, self.category, self.capability) if part)
-
-
-@contextlib.contextmanager
-def without_zero3_init():
-    """Build models as plain modules even while a ZeRO-3 ``TrainingArguments`` is alive.
-
-    Under a live ZeRO-3 config transformers partitions parameters while loading (``zero.Init``), which the DMoERM
-    surgery (adapters, heads, loading finished stages) cannot work on. A plain model is partitioned by the DeepSpeed
-    engine when the stage's Trainer starts instead.
-    """
-    from transformers.integrations import deepspeed as hf_deepspeed
-
-    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
-    hf_deepspeed._hf_deepspeed_config_weak_ref = None
-    try:
-        yield
-    finally:
-        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 class DMoERMTrainingPipeline:
@@ -299,6 +261,28 @@ class DMoERMTrainingPipeline:
             if pid in validation_ids
         }
 
+    def _run_labeling(self) -> None:
+        """The optional first step: capability labels from an LLM judge (``label_config``), into ``labels/``."""
+        if not self.data_args.label_config or self.data_args.capability_labels_path:
+            return
+        from ..data import load_category_spec
+        from ..labeling.labeler import LABELS_FILE
+        from .labeling_step import label_capabilities
+
+        stage = Stage("label")
+        labels_dir = self.output_dir / "labels"
+        if "label" in self.args.stage_kinds and self._status(stage) != "done":
+            summary = None
+            if self.is_main:
+                summary = label_capabilities(
+                    self.data_args.label_config, self.data_args.dataset_path, load_category_spec(self.model_args.categories),
+                    self.output_dir, lower_rank_is_better=self.data_args.lower_rank_is_better,
+                )
+            self._barrier()
+            self._mark(stage, "done", labels=summary["labels"] if summary else None)
+        if (labels_dir / LABELS_FILE).exists():
+            self.data_args.capability_labels_path = str(labels_dir / LABELS_FILE)
+
     def _backbone_max_length(self) -> int | None:
         from transformers import AutoConfig
 
@@ -443,7 +427,7 @@ class DMoERMTrainingPipeline:
         from .router_trainer import RouterTrainer
         from .task_trainer import TaskTrainer
 
-        common = dict(args=args, processing_class=self.tokenizer, callbacks=callbacks)
+        common = {"args": args, "processing_class": self.tokenizer, "callbacks": callbacks}
         eval_dataset = validation if len(validation) else None
         if stage.kind == "router":
             return RouterTrainer(model, train_dataset=train, eval_dataset=eval_dataset, **common)
@@ -542,7 +526,7 @@ class DMoERMTrainingPipeline:
                     entry.replace(target)
             shutil.rmtree(tmp, ignore_errors=True)
         self.state["exported_after"] = sorted(
-            n for n, i in self.state["stages"].items() if i["status"] == "done" and n != "baseline"
+            n for n, i in self.state["stages"].items() if i["status"] == "done" and n not in ("baseline", "label")
         )
         self._write_state()
         del model
@@ -573,6 +557,7 @@ class DMoERMTrainingPipeline:
         self._prepare_output_dir()
         self.backbone_path = self._backbone_path()
         self.tokenizer = self._load_tokenizer()
+        self._run_labeling()
         self._prepare_data()
         self._check_categories()
         self.expert_data = (
@@ -603,7 +588,8 @@ class DMoERMTrainingPipeline:
                 self._run_baseline(stage)
             else:
                 self._run_stage(stage, position)
-        finished = sorted(n for n, i in self.state["stages"].items() if i["status"] == "done" and n != "baseline")
+        finished = sorted(n for n, i in self.state["stages"].items()
+                          if i["status"] == "done" and n not in ("baseline", "label"))
         if finished and finished != sorted(self.state.get("exported_after", [])):
             self._export()
         return self._summary(time.perf_counter() - start)

@@ -39,7 +39,7 @@ from typing import Any
 
 from trl import RewardConfig
 
-STAGE_KINDS = ("router", "task", "capability", "aggregator", "baseline")
+STAGE_KINDS = ("label", "router", "task", "capability", "aggregator", "baseline")
 
 
 def _parse_mapping_string(value: Any) -> Any:
@@ -169,6 +169,11 @@ class DMoERMDataArguments:
         skip_empty_categories (`bool`, defaults to `False`):
             A category of the model with no human pairs stops the run (its reward would be untrained) unless this
             is set; then its stages are skipped, counted and reported.
+        label_config (`str`, *optional*):
+            The optional labeling step: a YAML file of `dmoerm label` options (`model`, `base_url`, `mode`,
+            `api_key_env`, `concurrency`, budgets...). When `capability_labels_path` is not given, the pipeline first
+            labels `dataset_path` with the model's category set into `<output_dir>/labels/` (resumable through the
+            labeler's cache) and trains phase 2 on the result. `data`, `output` and `categories` are filled in.
     """
 
     dataset_path: str | None = field(
@@ -198,6 +203,13 @@ class DMoERMDataArguments:
     )
     skip_empty_categories: bool = field(
         default=False, metadata={"help": "Skip (and report) categories without human pairs instead of stopping."}
+    )
+    label_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "Optional labeling step: a YAML of `dmoerm label` options (judge model, base_url, mode...). "
+            "Used when capability_labels_path is not set; labels go to <output_dir>/labels/."
+        },
     )
 
     def __post_init__(self):
@@ -333,7 +345,7 @@ class DMoERMTrainingConfig(RewardConfig):
     @property
     def stage_kinds(self) -> list[str]:
         kinds = [kind.strip() for kind in self.stages.split(",") if kind.strip()]
-        selected = ["router", "task", "capability", "aggregator"] if "all" in kinds else []
+        selected = ["label", "router", "task", "capability", "aggregator"] if "all" in kinds else []
         selected += [kind for kind in kinds if kind != "all" and kind not in selected]
         if self.train_baseline and "baseline" not in selected:
             selected.append("baseline")

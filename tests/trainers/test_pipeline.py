@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_helpers import DATA, LABELS, REPO, quick_args, subprocess_env
+from trainer_helpers import LABELS, REPO, quick_args, subprocess_env
 
 from dmoerm_trl.commands.train import main as train_main
 

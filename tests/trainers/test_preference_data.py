@@ -28,7 +28,7 @@ def test_split_keeps_each_conversation_in_one_split(pairs):
     splits = split_by_conversation(pairs, validation_ratio=0.15, task_ratio=0.6, seed=0)
     assert set(splits) == set(TINY_CATEGORIES)
     key_of = {pid: conversation_key(prompt) for pid, prompt in zip(pairs["pair_id"], pairs["prompt"])}
-    for category, split in splits.items():
+    for split in splits.values():
         where = {}
         for name in ("task", "aggregator", "validation"):
             for pid in split[name]:

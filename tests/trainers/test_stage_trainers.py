@@ -111,7 +111,7 @@ def test_resuming_a_stage_checkpoint_gives_the_uninterrupted_result(tmp_path, da
         return trainer.stage_state_dict()
 
     full = run(tmp_path / "a")
-    first_epoch = sorted((tmp_path / "a").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[0]
+    first_epoch = min((tmp_path / "a").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     resumed = run(tmp_path / "b", resume=str(first_epoch))
     assert set(full) == set(resumed)
     for name in full:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from trainer_helpers import TINY_CATEGORIES, TINY_CONFIG
 from trl import TrlParser
 
 from dmoerm_trl.trainers import DMoERMDataArguments, DMoERMModelArguments, DMoERMTrainingConfig
-
-from trainer_helpers import TINY_CATEGORIES, TINY_CONFIG
 
 
 def parse(args):
@@ -26,7 +25,7 @@ def test_yaml_config_and_cli_override(tmp_path):
     assert training_args.output_dir == str(tmp_path)
     assert training_args.phase_value("aggregator", "num_train_epochs") == 8
     assert training_args.phase_value("task", "num_train_epochs") == 4  # falls back to num_train_epochs
-    assert training_args.stage_kinds == ["router", "task", "capability", "aggregator", "baseline"]
+    assert training_args.stage_kinds == ["label", "router", "task", "capability", "aggregator", "baseline"]
     assert data_args.validation_split_ratio == 0.15
 
 

@@ -51,11 +51,12 @@ def stage_args(output_dir, **overrides):
     """Training arguments of a unit-test stage: CPU, no eval unless asked, quiet."""
     from dmoerm_trl.trainers import DMoERMTrainingConfig
 
-    values = dict(
-        output_dir=str(output_dir), use_cpu=True, learning_rate=3e-3, num_train_epochs=2,
-        per_device_train_batch_size=8, per_device_eval_batch_size=32, eval_strategy="no", save_strategy="no",
-        load_best_model_at_end=False, logging_steps=1, report_to="none", disable_tqdm=True, seed=0,
-    )
+    values = {
+        "output_dir": str(output_dir), "use_cpu": True, "learning_rate": 3e-3, "num_train_epochs": 2,
+        "per_device_train_batch_size": 8, "per_device_eval_batch_size": 32, "eval_strategy": "no",
+        "save_strategy": "no", "load_best_model_at_end": False, "logging_steps": 1, "report_to": "none",
+        "disable_tqdm": True, "seed": 0,
+    }
     values.update(overrides)
     return DMoERMTrainingConfig(**values)
 

@@ -1,0 +1,65 @@
+"""The pipeline's optional first step: capability labels from an OpenAI-compatible LLM judge (``dmoerm label``).
+
+Example:
+    >>> from dmoerm_trl.data import load_category_spec
+    >>> from dmoerm_trl.trainers.labeling_step import label_capabilities
+    >>> summary = label_capabilities("label.yaml", "data/mtmc_train.jsonl", load_category_spec("paper"),  # doctest: +SKIP
+    ...                              "runs/dmoerm")
+    >>> summary["labels"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .preference_data import TrainingDataError
+
+logger = logging.getLogger(__name__)
+
+
+def label_capabilities(label_config: str, dataset_path: str, spec, output_dir, lower_rank_is_better: bool = True):
+    """Label ``dataset_path`` with the options of ``label_config`` (a YAML of ``dmoerm label`` options) and the
+    category set ``spec``; labels go to ``<output_dir>/labels/``. Returns the labeler's summary.
+
+    Raises :class:`TrainingDataError` for a bad options file and when labeling did not finish (budget, failures):
+    rerunning continues from the labeler's cache.
+    """
+    import yaml
+
+    from ..labeling.config import LabelingConfig
+    from ..labeling.labeler import run_labeling
+
+    output_dir = Path(output_dir)
+    options = yaml.safe_load(Path(label_config).read_text(encoding="utf-8")) or {}
+    if not isinstance(options, dict) or "api_key" in options:
+        raise TrainingDataError(
+            f"{label_config}: must be a mapping of `dmoerm label` options, without api_key (the key is read from the "
+            "environment variable named by api_key_env)"
+        )
+    # The training data is read with the paper's Chinese category names mapped to keys; give the labeler (which
+    # reads categories strictly) the same aliases.
+    from dataclasses import replace
+
+    from ..category_sets import PAPER_CATEGORY_NAMES_ZH
+
+    aliases = {PAPER_CATEGORY_NAMES_ZH[key]: key for key in spec.categories if key in PAPER_CATEGORY_NAMES_ZH}
+    spec = replace(spec, aliases={**aliases, **spec.aliases})
+    categories_file = output_dir / "categories.yaml"
+    tmp = categories_file.with_name(".categories.yaml.tmp")
+    tmp.write_text(yaml.safe_dump(spec.to_yaml_dict(), allow_unicode=True, sort_keys=False), encoding="utf-8")
+    tmp.replace(categories_file)
+    options = {**options, "data": dataset_path, "output": str(output_dir / "labels"),
+               "categories": str(categories_file), "lower_rank_is_better": lower_rank_is_better}
+    try:
+        config = LabelingConfig(**options)
+    except TypeError as err:
+        raise TrainingDataError(f"{label_config}: {err}") from None
+    logger.info("Labeling the capability preferences of %s with the judge %s", config.data, config.model)
+    summary = run_labeling(config).summary
+    if summary["aborted"] or not summary["complete"]:
+        raise TrainingDataError(
+            f"capability labeling did not finish ({summary['aborted'] or 'budget reached or requests failed'}); the "
+            f"labels so far are in {output_dir / 'labels'}. Rerun the same command to continue from the cache."
+        )
+    return summary
