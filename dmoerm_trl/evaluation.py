@@ -421,7 +421,13 @@ def write_report(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[
     tmp = paths["markdown"].with_name(".eval_results.md.tmp")
     tmp.write_text(report_markdown(report), encoding="utf-8")
     os.replace(tmp, paths["markdown"])
-    tmp_png = paths["png"].with_name(".eval_results.tmp.png")
-    plot_report(report, tmp_png)
-    os.replace(tmp_png, paths["png"])
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install 'dmoerm-trl[plots]'): no PNG chart written")
+        paths.pop("png")
+    else:
+        tmp_png = paths["png"].with_name(".eval_results.tmp.png")
+        plot_report(report, tmp_png)
+        os.replace(tmp_png, paths["png"])
     return {key: str(value) for key, value in paths.items()}

@@ -50,5 +50,5 @@ def run(args: argparse.Namespace) -> int:
     output = args.output or f"{args.model.rstrip('/')}/eval"
     paths = write_report(report, output)
     print(report_markdown(report))
-    print(f"Wrote {paths['json']}, {paths['markdown']}, {paths['png']}")
+    print("Wrote " + ", ".join(paths.values()))
     return 0
