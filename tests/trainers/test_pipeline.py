@@ -201,3 +201,19 @@ def test_each_stage_gets_its_own_trainer_arguments(tmp_path):
     aggregator = pipeline._stage_args(Stage("aggregator", "chitchat"), has_validation=False)
     assert aggregator.num_train_epochs == 3 and aggregator.learning_rate == training_args.aggregator_learning_rate
     assert aggregator.eval_strategy == "no" and not aggregator.load_best_model_at_end
+
+
+def test_dmoerm_train_baseline_command(tmp_path, capsys, one_thread):
+    from transformers import AutoModelForSequenceClassification
+
+    from dmoerm_trl.cli import main
+
+    output_dir = tmp_path / "run"
+    assert main(["train-baseline", *quick_args(output_dir, "--num_train_epochs", "1")]) == 0
+    state = state_of(output_dir)["stages"]
+    assert state["baseline"]["status"] == "done" and state["baseline"]["metrics"]["eval_accuracy"] >= 0.5
+    assert all(info["status"] == "skipped" for name, info in state.items() if name != "baseline")
+    model = AutoModelForSequenceClassification.from_pretrained(output_dir / "baseline")
+    assert model.config.num_labels == 1
+    assert not (output_dir / "config.json").exists()  # no (untrained) DMoERM is exported by a baseline-only run
+    assert "baseline" in capsys.readouterr().out
