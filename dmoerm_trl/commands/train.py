@@ -59,7 +59,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ..data import DataValidationError
     from ..trainers.preference_data import TrainingDataError
 
-    return (TrainingDataError, DataValidationError, FileNotFoundError, ValueError)
+    # OSError: transformers' "not a local folder and not a valid model identifier" for a wrong backbone path
+    return (TrainingDataError, DataValidationError, OSError, ValueError)
 
 
 def print_summary(summary: dict) -> None:

@@ -122,7 +122,14 @@ class DMoERMTrainingPipeline:
 
     def _backbone_path(self) -> str:
         if not self.model_args.tiny_backbone:
-            return self.model_args.model_name_or_path
+            path = self.model_args.model_name_or_path
+            looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
+            if looks_local and not Path(path).expanduser().is_dir():
+                raise TrainingDataError(
+                    f"model_name_or_path {path!r} is not a folder; give a local folder of a saved model "
+                    "(save_pretrained) or a hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct'"
+                )
+            return path
         path = (self.output_dir / "backbone").resolve()
         if self.is_main and not (path / "config.json").exists():
             from .. import testing_utils
