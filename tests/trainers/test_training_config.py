@@ -82,3 +82,14 @@ def test_dmoerm_train_reports_a_bad_config_without_traceback(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "unknown stage kind" in err and "Traceback" not in err
+
+
+def test_a_missing_backbone_folder_is_named(tmp_path, capsys):
+    from dmoerm_trl.cli import main
+
+    paper = TINY_CONFIG.parent / "paper_lora.yaml"
+    code = main(["train", "--config", str(paper), "--output_dir", str(tmp_path), "--model_name_or_path",
+                 str(tmp_path / "no-such-model")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no-such-model' is not a folder" in err and "Traceback" not in err
