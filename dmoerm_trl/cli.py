@@ -33,6 +33,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "push": ("dmoerm_trl.commands.push", "Upload a saved DMoERM (adapters, heads, model card with metrics) to the Hub."),
     "train": ("dmoerm_trl.commands.train", "Train a DMoERM (router + 3 phases) from a YAML config; resumable."),
     "train-baseline": ("dmoerm_trl.commands.train_baseline", "Train the single-RM baseline (TRL RewardTrainer)."),
+    "demo": ("dmoerm_trl.commands.demo", "Offline end to end: data, labels, training, eval, best-of-n, report."),
     "eval": ("dmoerm_trl.commands.eval", "Pairwise accuracy per category, router and experts; vs a baseline RM."),
 }
 

@@ -1,0 +1,194 @@
+"""The demo's report: ``report.md`` (tables, charts), ``metrics.json``, ``accuracy.png``.
+
+Example:
+    >>> from dmoerm_trl.demo.report import headline  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
+
+
+def headline(metrics: dict) -> dict:
+    gold = metrics["evaluation"]["gold_test"]
+    human = metrics["evaluation"]["human_validation"]
+    bon = metrics["best_of_n"]["summary"]
+    return {
+        "dmoerm_gold_accuracy": gold["dmoerm"]["overall"],
+        "baseline_gold_accuracy": gold["baseline"]["overall"],
+        "dmoerm_human_accuracy": human["dmoerm"]["overall"],
+        "baseline_human_accuracy": human["baseline"]["overall"],
+        "router_accuracy_prompt": gold.get("router_accuracy_prompt"),
+        "human_labels_gold_agreement": metrics["data"]["human_gold_agreement"],
+        "bon_gold_gain_dmoerm": bon.get("DMoERM", {}).get("gold_gain"),
+        "bon_gold_gain_single_rm": bon.get("single RM", {}).get("gold_gain"),
+        "bon_gold_gain_oracle": bon.get("gold (oracle)", {}).get("gold_gain"),
+        "wall_seconds": metrics["wall_seconds"],
+    }
+
+
+def plot_accuracy(metrics: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gold = metrics["evaluation"]["gold_test"]
+    categories = sorted(gold["dmoerm"]["per_category"])
+    groups = ["overall", *categories]
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(groups) + 2), 4.2))
+    width = 0.38
+    for offset, (name, label) in zip((-width / 2, width / 2), (("dmoerm", "DMoERM"), ("baseline", "single RM"))):
+        values = [gold[name]["overall"]] + [gold[name]["per_category"].get(c) for c in categories]
+        xs = [i + offset for i in range(len(groups))]
+        bars = axis.bar(xs, [v or 0 for v in values], width, label=label)
+        for bar, value in zip(bars, values):
+            if value is not None:
+                axis.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01, f"{value:.2f}", ha="center",
+                          fontsize=8)
+    ceiling = metrics["data"]["human_gold_agreement"]
+    axis.axhline(ceiling, color="gray", linestyle=":", label=f"human labels vs gold ({ceiling:.2f})")
+    axis.axhline(0.5, color="black", linewidth=0.6)
+    axis.set_xticks(range(len(groups)), groups, rotation=15)
+    axis.set_ylim(0, 1.08)
+    axis.set_ylabel("pairwise accuracy vs gold")
+    axis.set_title("Agreement with the gold preference on the clean held-out test split")
+    axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    figure.savefig(tmp, dpi=120)
+    plt.close(figure)
+    os.replace(tmp, path)
+
+
+def _accuracy_rows(table: dict) -> list[str]:
+    categories = sorted(set(table["dmoerm"]["per_category"]) | set(table["baseline"]["per_category"]))
+    rows = ["| | overall | " + " | ".join(categories) + " |", "|---|---|" + "---|" * len(categories)]
+    for name, label in (("dmoerm", "**DMoERM**"), ("baseline", "single RM (same backbone, same data)")):
+        cells = [_pct(table[name]["per_category"].get(c)) for c in categories]
+        rows.append(f"| {label} | {_pct(table[name]['overall'])} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def render_markdown(metrics: dict) -> str:
+    head, sizes, data = metrics["headline"], metrics["sizes"], metrics["data"]
+    gold, human = metrics["evaluation"]["gold_test"], metrics["evaluation"]["human_validation"]
+    bon = metrics["best_of_n"]
+    mode = "--fast" if metrics["config"]["fast"] else "full"
+    lines = [
+        "# DMoERM demo report",
+        "",
+        f"`dmoerm demo` ({mode}), seed {metrics['config']['seed']}, {metrics['wall_seconds'] / 60:.1f} min on "
+        f"{metrics['machine']['cpus']} CPU cores (load average at start "
+        f"{metrics['machine']['load_average_at_start'][0]:.1f}).",
+        "",
+        "## Headline",
+        "",
+        f"- **Pairwise accuracy against the gold preference** (clean held-out test split, "
+        f"{gold['dmoerm']['pairs']} pairs): DMoERM **{_pct(head['dmoerm_gold_accuracy'])}**, single RM "
+        f"{_pct(head['baseline_gold_accuracy'])}. The human labels the models were trained on agree with the gold on "
+        f"{_pct(head['human_labels_gold_agreement'])} of pairs.",
+        f"- **Against the (noisy) human ranks** (held-out validation, {human['dmoerm']['pairs']} pairs): DMoERM "
+        f"{_pct(head['dmoerm_human_accuracy'])}, single RM {_pct(head['baseline_human_accuracy'])}.",
+        f"- **Router**: {_pct(head['router_accuracy_prompt'])} of test conversations routed to the right category "
+        f"from the prompt alone.",
+        f"- **Best-of-{bon['samples_per_prompt']} with SmolLM2** ({bon['prompts']} prompts): gold reward gain over a "
+        f"single sample: DMoERM as the proxy {_num(head['bon_gold_gain_dmoerm'])}, single RM "
+        f"{_num(head['bon_gold_gain_single_rm'])}, the gold itself (ceiling) {_num(head['bon_gold_gain_oracle'])}.",
+        "",
+        "A small, fast run on a small backbone: read the numbers as a working end-to-end pipeline with a known ground "
+        "truth, not as a benchmark (see `docs/demo.md` and `benchmarks/fidelity.py` for the larger comparison).",
+        "",
+        "## What ran",
+        "",
+        f"1. **Models**: policy `{Path(metrics['models']['policy']).name}`, reward backbone "
+        f"`{Path(metrics['models']['reward_backbone']).name}` (LoRA r={sizes['lora_r']}, max_length "
+        f"{sizes['max_length']}).",
+        f"2. **Data**: the synthetic world ({', '.join(data['categories'])}): {data['train_pairs']} training pairs "
+        f"with \"human\" ranks (the gold flipped at ~30%), {data['test_pairs']} clean gold test pairs on held-out "
+        "prompts.",
+        f"3. **Capability labels**: the `openai` client against the synthetic judge on 127.0.0.1 (10% noisy "
+        f"verdicts, asked in both orders): {metrics['labels']['calls']} calls, {metrics['labels']['cache_hits']} "
+        f"cache hits, {metrics['labels']['labels_kept']} consistent labels (at most "
+        f"{sizes['max_labels_per_capability']} per expert used).",
+        "4. **Training** (TRL trainers, `dmoerm_trl.trainers`): router, then per category the task adapter (phase 1), "
+        "one LoRA expert per capability (phase 2), the aggregator MLP (phase 3); and one single RM (LoRA + head) on "
+        "all the human pairs.",
+        "5. **Best-of-n**: SmolLM2-135M-Instruct samples answers to held-out prompts; each proxy picks the best.",
+        "",
+        "## Pairwise accuracy",
+        "",
+        "![accuracy](accuracy.png)",
+        "",
+        "Against the gold (clean test split):",
+        "",
+        *_accuracy_rows(gold),
+        "",
+        "Against the human ranks (held-out validation split of the training data; the ranks are noisy):",
+        "",
+        *_accuracy_rows(human),
+        "",
+        "### Capability labels and experts",
+        "",
+        "| expert | labels used | judge consistency (swap filter) | label agrees with human rank |",
+        "|---|---|---|---|",
+    ]
+    for name, used in metrics["labels"]["labels_used_per_expert"].items():
+        info = metrics["labels"]["per_capability"].get(name, {})
+        lines.append(f"| {name} | {used} | {_pct(info.get('consistency_rate'))} | "
+                     f"{_pct(info.get('human_agreement_rate'))} |")
+    lines += ["", "## Best-of-n against the gold reward", "", "![overoptimization](overoptimization.png)", "",
+              "| proxy | " + " | ".join(f"n={n}" for n in sorted(next(iter(bon["curves"].values())))) + " |",
+              "|---|" + "---|" * len(next(iter(bon["curves"].values())))]
+    for name, curve in bon["curves"].items():
+        cells = [f"{curve[n]['gold']:.2f}" for n in sorted(curve)]
+        lines.append(f"| {name} (gold reward of its pick) | " + " | ".join(cells) + " |")
+    lines += ["", "sqrt(KL) of best-of-n from the policy: " + ", ".join(
+        f"n={n}: {v['sqrt_kl']:.2f}" for n, v in sorted(next(iter(bon["curves"].values())).items())) + ".", ""]
+    if bon["examples"]:
+        lines += ["### What the proxies picked", ""]
+        for example in bon["examples"]:
+            lines.append(f"**{example['category']}**: _{example['prompt']}_ (mean gold of the samples "
+                         f"{example['gold_mean_of_samples']:.2f})")
+            lines.append("")
+            for name, pick in example["picked"].items():
+                text = " ".join(pick["text"].split())[:220]
+                lines.append(f"- {name} (gold {pick['gold']:.2f}): \"{text}\"")
+            lines.append("")
+    lines += ["## Training stages", "", "| stage | status | seconds | validation accuracy |", "|---|---|---|---|"]
+    for name, stage in metrics["training"]["stages"].items():
+        accuracy = stage.get("eval_accuracy")
+        lines.append(f"| {name} | {stage['status']} | {stage.get('seconds') or '-'} | "
+                     f"{'-' if accuracy is None else f'{accuracy:.3f}'} |")
+    lines += ["", "## Time", "", "| step | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds} |" for name, seconds in metrics["stage_seconds"].items()]
+    lines += ["", "## Gold formulas of the synthetic world", ""]
+    lines += [f"- **{name}**: `{formula}`" for name, formula in data["gold_formulas"].items()]
+    lines += ["", "## Files", "", "- `metrics.json`: every number above", "- `eval_gold/`, `eval_human/`: the "
+              "evaluation reports (`dmoerm eval` format)", "- `best_of_n.csv`: the best-of-n curves (`dmoerm overopt "
+              "best_of_n.csv` refits them)", "- `dmoerm/`: the trained DMoERM (`dmoerm info`), `dmoerm/baseline/`: "
+              "the single RM", "- `data/`, `labels/`: the generated data and the capability labels", ""]
+    return "\n".join(lines)
+
+
+def write_report(metrics: dict, out: Path) -> dict[str, str]:
+    from ..trainers.checkpointing import atomic_write_json
+
+    paths = {"report": out / "report.md", "metrics": out / "metrics.json", "accuracy_png": out / "accuracy.png",
+             "overoptimization_png": out / "overoptimization.png"}
+    plot_accuracy(metrics, paths["accuracy_png"])
+    atomic_write_json(paths["metrics"], json.loads(json.dumps(metrics, default=str)))
+    tmp = paths["report"].with_name(".report.md.tmp")
+    tmp.write_text(render_markdown(metrics), encoding="utf-8")
+    os.replace(tmp, paths["report"])
+    return {k: str(v) for k, v in paths.items()}
