@@ -115,7 +115,18 @@ def prepare_reward_backbone(smollm2_path: str, num_layers: int, cache_dir: str |
     config.num_hidden_layers = num_layers
     if getattr(config, "layer_types", None):
         config.layer_types = config.layer_types[:num_layers]
-    model = AutoModelForCausalLM.from_pretrained(smollm2_path, config=config)
+    for key in ("quantization_config",):  # the GGUF origin must not make the cut model "quantized"
+        if hasattr(config, key):
+            delattr(config, key)
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(smollm2_path) / "model.safetensors"))
+    keep = {k: v for k, v in state.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < num_layers}
+    model = AutoModelForCausalLM.from_config(config)
+    missing, _ = model.load_state_dict(keep, strict=False)
+    if [k for k in missing if "lm_head" not in k]:
+        raise RuntimeError(f"cutting {smollm2_path}: weights missing for {missing[:5]}")
+    model.tie_weights()
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
