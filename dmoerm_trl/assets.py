@@ -47,6 +47,17 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def _drop_quantization_config(config_path: Path) -> None:
+    import json
+
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if "quantization_config" in config:
+        del config["quantization_config"]
+        tmp = config_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        os.replace(tmp, config_path)
+
+
 def prepare_smollm2(cache_dir: str | os.PathLike | None = None, progress: bool = True) -> str:
     """Return a local folder with SmolLM2-135M-Instruct as a plain checkpoint (model + tokenizer), making it once.
 
@@ -56,6 +67,7 @@ def prepare_smollm2(cache_dir: str | os.PathLike | None = None, progress: bool =
     target = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = target / SMOLLM2_DIRNAME
     if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        _drop_quantization_config(folder / "config.json")  # folders made by 0.1.0.dev0 kept the GGUF marker
         return str(folder)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -75,6 +87,9 @@ def prepare_smollm2(cache_dir: str | os.PathLike | None = None, progress: bool =
     model = AutoModelForCausalLM.from_config(quantized.config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict(), strict=False)
     model.tie_weights()
+    # The weights are plain fp32 now: the GGUF marker must not follow them into config.json.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     # A pad token distinct from EOS: TRL's PPO finds sequence ends by `!= pad_token_id`, so pad == EOS would cut
     # the final <|im_end|> off every response.
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
