@@ -162,12 +162,28 @@ class DMoERMTrainingPipeline:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
 
+    @property
+    def _single_process(self) -> bool:
+        return self.args.world_size == 1 and getattr(self.args, "deepspeed_plugin", None) is None and not (
+            self.args.deepspeed
+        )
+
     def _build_model(self):
+        """The model for the next stage, with every finished stage loaded.
+
+        One process without DeepSpeed: one model, reused by every stage (building a DMoERM with many adapters on a
+        real backbone takes tens of seconds). DDP/DeepSpeed: a fresh model per stage, since a model that went
+        through a DDP wrapper or a DeepSpeed engine keeps their hooks and shards.
+        """
         import torch
         from transformers import set_seed
 
         from ..modeling_dmoerm import DMoERMForSequenceClassification
 
+        if self._single_process and getattr(self, "_model", None) is not None:
+            self._model.set_training_stage(None)
+            self._load_finished_stages(self._model)
+            return self._model
         dtype = self.model_args.dtype
         kwargs = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
         set_seed(self.args.seed)  # untrained parts (e.g. of skipped stages) get the same init in every stage
@@ -186,6 +202,8 @@ class DMoERMTrainingPipeline:
                 **kwargs,
             )
             self._load_finished_stages(model)
+        if self._single_process:
+            self._model = model
         return model
 
     def _load_finished_stages(self, model) -> None:
