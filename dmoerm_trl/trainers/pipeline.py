@@ -16,8 +16,9 @@ Resuming: rerunning the same command skips finished stages (``pipeline_state.jso
 stage from its newest complete checkpoint (a checkpoint interrupted by ``kill -9`` is discarded). Every file of the
 pipeline is written to a temporary name and renamed into place.
 
-Each stage builds a fresh model from the backbone and loads the finished stages' tensors into it (the same code
-path for one process, DDP and DeepSpeed, where a model that went through a DeepSpeed engine is not reusable).
+Each stage gets a model with the finished stages' tensors loaded: under DDP/DeepSpeed a fresh one built from the
+backbone (a model that went through a DDP wrapper or a DeepSpeed engine is not reusable), in one plain process the
+same model for every stage.
 
 Example:
     >>> from dmoerm_trl.trainers import DMoERMTrainingPipeline
