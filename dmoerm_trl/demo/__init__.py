@@ -46,8 +46,8 @@ class DemoSizes:
     bon_max_new_tokens: int
 
 
-FULL = DemoSizes(["objective_qa", "chitchat", "text_creation", "roleplay"], 3, 96, 48, 48, 4, 8, 2, 192, 8, 16, 48)
-FAST = DemoSizes(["objective_qa", "chitchat"], 2, 40, 24, 24, 2, 4, 1, 144, 4, 8, 32)
+FULL = DemoSizes(["objective_qa", "chitchat", "text_creation", "roleplay"], 2, 64, 40, 32, 3, 8, 1, 192, 6, 8, 32)
+FAST = DemoSizes(["objective_qa", "chitchat"], 2, 40, 24, 24, 2, 4, 1, 144, 4, 8, 24)
 
 
 @dataclass

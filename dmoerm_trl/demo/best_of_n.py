@@ -47,7 +47,7 @@ def run_best_of_n(policy_path: str, run_dir: Path, heldout_path: str, world, siz
     generation = GenerationConfig(max_new_tokens=sizes.bon_max_new_tokens, do_sample=True, temperature=1.0, top_k=0,
                                   top_p=1.0)
     sampler = BestOfNSampler(policy, tokenizer, (dmoerm, dmoerm_tokenizer), n=sizes.bon_samples,
-                             generation_config=generation, batch_size=2, reward_batch_size=16, seed=seed)
+                             generation_config=generation, batch_size=4, reward_batch_size=16, seed=seed)
     result = sampler.evaluate(prompts, gold=gold, n=sizes.bon_samples, proxies={
         "DMoERM": (dmoerm, dmoerm_tokenizer), "single RM": (baseline, baseline_tokenizer), "gold (oracle)": gold})
     write_records_csv(result.records, out / "best_of_n.csv")
