@@ -463,8 +463,15 @@ class DMoERMForSequenceClassification(DMoERMPreTrainedModel):
             expert_features: ``(B, k*H)`` cached expert features, only in the aggregator stage.
             **kwargs: accepted and ignored (TRL passes ``use_cache=``, ``margin=``).
         """
-        input_ids, attention_mask, position_ids = self._prepare_inputs(input_ids, attention_mask, position_ids)
         stage, category, capability = self._stage
+        if stage == "aggregator" and expert_features is not None:
+            # Phase 3 on cached features: the backbone does not run, token ids are not needed.
+            aggregator = self.aggregators[self._slug(category)]
+            category_ids = torch.full(
+                (expert_features.shape[0],), self.config.category_id(category), device=expert_features.device
+            )
+            return DMoERMOutput(logits=aggregator(self._head_input(expert_features, aggregator)), category_ids=category_ids)
+        input_ids, attention_mask, position_ids = self._prepare_inputs(input_ids, attention_mask, position_ids)
         with self._eval_mode_if_no_grad():
             if stage is None:
                 if self.training and torch.is_grad_enabled():
@@ -518,8 +525,7 @@ class DMoERMForSequenceClassification(DMoERMPreTrainedModel):
     ) -> DMoERMOutput:
         batch_size = input_ids.shape[0]
         if stage == "aggregator":
-            if expert_features is None:
-                expert_features = self.compute_expert_features(input_ids, attention_mask, category, position_ids)
+            expert_features = self.compute_expert_features(input_ids, attention_mask, category, position_ids)
             aggregator = self.aggregators[self._slug(category)]
             logits = aggregator(self._head_input(expert_features, aggregator))
             category_ids = torch.full((batch_size,), self.config.category_id(category), device=input_ids.device)
@@ -554,6 +560,17 @@ class DMoERMForSequenceClassification(DMoERMPreTrainedModel):
             yield
         finally:
             self.backbone.train(was_training)
+
+    @torch.no_grad()
+    def route(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
+        """``(B, C)`` router logits (inference: no grad, no dropout, whatever the training stage).
+
+        Example:
+            >>> categories = model.route(batch["input_ids"], batch["attention_mask"]).argmax(-1)  # doctest: +SKIP
+        """
+        input_ids, attention_mask, position_ids = self._prepare_inputs(input_ids, attention_mask, position_ids)
+        with self._backbone_eval():
+            return self._route(input_ids, attention_mask, position_ids)
 
     @torch.no_grad()
     def compute_expert_features(self, input_ids, attention_mask=None, category=None, position_ids=None):

@@ -319,3 +319,22 @@ def test_checkpoint_missing_backbone_weights_is_refused(tiny_llama_path, tiny_ca
     (broken / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="does not contain all of the backbone's weights.*layers.2"):
         DMoERMForSequenceClassification.from_backbone(str(broken), tiny_categories)
+
+
+def test_route_is_the_inference_router_in_any_stage(llama_model, tiny_tokenizer):
+    batch = encode(tiny_tokenizer, CONVERSATIONS)
+    expected = llama_model(**batch).router_logits
+    llama_model.set_training_stage("capability", category="chitchat", capability="empathy")
+    llama_model.train()
+    torch.testing.assert_close(llama_model.route(**batch), expected)
+    llama_model.set_training_stage(None)
+
+
+def test_aggregator_stage_on_cached_features_needs_no_tokens(llama_model, tiny_tokenizer):
+    batch = encode(tiny_tokenizer, CONVERSATIONS)
+    features = llama_model.compute_expert_features(batch["input_ids"], batch["attention_mask"], "chitchat")
+    llama_model.set_training_stage("aggregator", category="chitchat")
+    out = llama_model(expert_features=features)
+    assert out.logits.shape == (5, 1) and out.category_ids.tolist() == [1] * 5
+    torch.testing.assert_close(out.logits, llama_model(**batch).logits)
+    llama_model.set_training_stage(None)
