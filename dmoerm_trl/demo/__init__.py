@@ -253,7 +253,7 @@ def run_demo(config: DemoConfig) -> dict:
     metrics["evaluation"] = evaluate_both(run_dir, paths["train"], paths["test"], out)
 
     # 5. best-of-n ----------------------------------------------------------------------------------------------
-    progress.stage(f"Best-of-n: SmolLM2 policy, {sizes.bon_prompts} held-out prompts x N={sizes.bon_samples}")
+    progress.stage(f"Best-of-n: {Path(policy_path).name} as the policy, {sizes.bon_prompts} held-out prompts x N={sizes.bon_samples}")
     from .best_of_n import run_best_of_n
 
     metrics["best_of_n"] = run_best_of_n(policy_path, run_dir, paths["heldout_prompts"], world, sizes, config.seed,

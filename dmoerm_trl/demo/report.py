@@ -99,10 +99,11 @@ def render_markdown(metrics: dict) -> str:
         f"{_pct(head['baseline_gold_accuracy'])}. The human labels the models were trained on agree with the gold on "
         f"{_pct(head['human_labels_gold_agreement'])} of pairs.",
         f"- **Against the (noisy) human ranks** (held-out validation, {human['dmoerm']['pairs']} pairs): DMoERM "
-        f"{_pct(head['dmoerm_human_accuracy'])}, single RM {_pct(head['baseline_human_accuracy'])}.",
+        f"{_pct(head['dmoerm_human_accuracy'])}, single RM {_pct(head['baseline_human_accuracy'])} (few pairs: "
+        "one pair is worth several points here).",
         f"- **Router**: {_pct(head['router_accuracy_prompt'])} of test conversations routed to the right category "
         f"from the prompt alone.",
-        f"- **Best-of-{bon['samples_per_prompt']} with SmolLM2** ({bon['prompts']} prompts): gold reward gain over a "
+        f"- **Best-of-{bon['samples_per_prompt']} with {Path(metrics['models']['policy']).name}** ({bon['prompts']} prompts): gold reward gain over a "
         f"single sample: DMoERM as the proxy {_num(head['bon_gold_gain_dmoerm'])}, single RM "
         f"{_num(head['bon_gold_gain_single_rm'])}, the gold itself (ceiling) {_num(head['bon_gold_gain_oracle'])}.",
         "",
@@ -148,11 +149,13 @@ def render_markdown(metrics: dict) -> str:
         lines.append(f"| {name} | {used} | {_pct(info.get('consistency_rate'))} | "
                      f"{_pct(info.get('human_agreement_rate'))} |")
     lines += ["", "## Best-of-n against the gold reward", "", "![overoptimization](overoptimization.png)", "",
+              "Expected gold reward of the answer each proxy picks among n samples (unbiased estimate from N samples "
+              "per prompt; standard errors in `metrics.json`):", "",
               "| proxy | " + " | ".join(f"n={n}" for n in sorted(next(iter(bon["curves"].values())))) + " |",
               "|---|" + "---|" * len(next(iter(bon["curves"].values())))]
     for name, curve in bon["curves"].items():
         cells = [f"{curve[n]['gold']:.2f}" for n in sorted(curve)]
-        lines.append(f"| {name} (gold reward of its pick) | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "sqrt(KL) of best-of-n from the policy: " + ", ".join(
         f"n={n}: {v['sqrt_kl']:.2f}" for n, v in sorted(next(iter(bon["curves"].values())).items())) + ".", ""]
     if bon["examples"]:
