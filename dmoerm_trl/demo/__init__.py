@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["DemoConfig", "DemoSizes", "run_demo", "prepare_reward_backbone"]
+__all__ = ["DemoConfig", "DemoSizes", "prepare_reward_backbone", "run_demo"]
 
 
 @dataclass

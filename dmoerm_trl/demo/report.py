@@ -88,43 +88,43 @@ def render_markdown(metrics: dict) -> str:
     lines = [
         "# DMoERM demo report",
         "",
-        f"`dmoerm demo` ({mode}), seed {metrics['config']['seed']}, {metrics['wall_seconds'] / 60:.1f} min on "
+        (f"`dmoerm demo` ({mode}), seed {metrics['config']['seed']}, {metrics['wall_seconds'] / 60:.1f} min on "
         f"{metrics['machine']['cpus']} CPU cores (load average at start "
-        f"{metrics['machine']['load_average_at_start'][0]:.1f}).",
+        f"{metrics['machine']['load_average_at_start'][0]:.1f})."),
         "",
         "## Headline",
         "",
-        f"- **Pairwise accuracy against the gold preference** (clean held-out test split, "
+        (f"- **Pairwise accuracy against the gold preference** (clean held-out test split, "
         f"{gold['dmoerm']['pairs']} pairs): DMoERM **{_pct(head['dmoerm_gold_accuracy'])}**, single RM "
         f"{_pct(head['baseline_gold_accuracy'])}. The human labels the models were trained on agree with the gold on "
-        f"{_pct(head['human_labels_gold_agreement'])} of pairs.",
-        f"- **Against the (noisy) human ranks** (held-out validation, {human['dmoerm']['pairs']} pairs): DMoERM "
+        f"{_pct(head['human_labels_gold_agreement'])} of pairs."),
+        (f"- **Against the (noisy) human ranks** (held-out validation, {human['dmoerm']['pairs']} pairs): DMoERM "
         f"{_pct(head['dmoerm_human_accuracy'])}, single RM {_pct(head['baseline_human_accuracy'])} (few pairs: "
-        "one pair is worth several points here).",
-        f"- **Router**: {_pct(head['router_accuracy_prompt'])} of test conversations routed to the right category "
-        f"from the prompt alone.",
-        f"- **Best-of-{bon['samples_per_prompt']} with {Path(metrics['models']['policy']).name}** ({bon['prompts']} prompts): gold reward gain over a "
+        "one pair is worth several points here)."),
+        (f"- **Router**: {_pct(head['router_accuracy_prompt'])} of test conversations routed to the right category "
+        f"from the prompt alone."),
+        (f"- **Best-of-{bon['samples_per_prompt']} with {Path(metrics['models']['policy']).name}** ({bon['prompts']} prompts): gold reward gain over a "
         f"single sample: DMoERM as the proxy {_num(head['bon_gold_gain_dmoerm'])}, single RM "
-        f"{_num(head['bon_gold_gain_single_rm'])}, the gold itself (ceiling) {_num(head['bon_gold_gain_oracle'])}.",
+        f"{_num(head['bon_gold_gain_single_rm'])}, the gold itself (ceiling) {_num(head['bon_gold_gain_oracle'])}."),
         "",
-        "A small, fast run on a small backbone: read the numbers as a working end-to-end pipeline with a known ground "
-        "truth, not as a benchmark (see `docs/demo.md` and `benchmarks/fidelity.py` for the larger comparison).",
+        ("A small, fast run on a small backbone: read the numbers as a working end-to-end pipeline with a known ground "
+        "truth, not as a benchmark (see `docs/demo.md` and `benchmarks/fidelity.py` for the larger comparison)."),
         "",
         "## What ran",
         "",
-        f"1. **Models**: policy `{Path(metrics['models']['policy']).name}`, reward backbone "
+        (f"1. **Models**: policy `{Path(metrics['models']['policy']).name}`, reward backbone "
         f"`{Path(metrics['models']['reward_backbone']).name}` (LoRA r={sizes['lora_r']}, max_length "
-        f"{sizes['max_length']}).",
-        f"2. **Data**: the synthetic world ({', '.join(data['categories'])}): {data['train_pairs']} training pairs "
+        f"{sizes['max_length']})."),
+        (f"2. **Data**: the synthetic world ({', '.join(data['categories'])}): {data['train_pairs']} training pairs "
         f"with \"human\" ranks (the gold flipped at ~30%), {data['test_pairs']} clean gold test pairs on held-out "
-        "prompts.",
-        f"3. **Capability labels**: the `openai` client against the synthetic judge on 127.0.0.1 (10% noisy "
+        "prompts."),
+        (f"3. **Capability labels**: the `openai` client against the synthetic judge on 127.0.0.1 (10% noisy "
         f"verdicts, asked in both orders): {metrics['labels']['calls']} calls, {metrics['labels']['cache_hits']} "
         f"cache hits, {metrics['labels']['labels_kept']} consistent labels (at most "
-        f"{sizes['max_labels_per_capability']} per expert used).",
-        "4. **Training** (TRL trainers, `dmoerm_trl.trainers`): router, then per category the task adapter (phase 1), "
+        f"{sizes['max_labels_per_capability']} per expert used)."),
+        ("4. **Training** (TRL trainers, `dmoerm_trl.trainers`): router, then per category the task adapter (phase 1), "
         "one LoRA expert per capability (phase 2), the aggregator MLP (phase 3); and one single RM (LoRA + head) on "
-        "all the human pairs.",
+        "all the human pairs."),
         "5. **Best-of-n**: SmolLM2-135M-Instruct samples answers to held-out prompts; each proxy picks the best.",
         "",
         "## Pairwise accuracy",
@@ -149,8 +149,8 @@ def render_markdown(metrics: dict) -> str:
         lines.append(f"| {name} | {used} | {_pct(info.get('consistency_rate'))} | "
                      f"{_pct(info.get('human_agreement_rate'))} |")
     lines += ["", "## Best-of-n against the gold reward", "", "![overoptimization](overoptimization.png)", "",
-              "Expected gold reward of the answer each proxy picks among n samples (unbiased estimate from N samples "
-              "per prompt; standard errors in `metrics.json`):", "",
+              ("Expected gold reward of the answer each proxy picks among n samples (unbiased estimate from N samples "
+              "per prompt; standard errors in `metrics.json`):"), "",
               "| proxy | " + " | ".join(f"n={n}" for n in sorted(next(iter(bon["curves"].values())))) + " |",
               "|---|" + "---|" * len(next(iter(bon["curves"].values())))]
     for name, curve in bon["curves"].items():
@@ -177,10 +177,10 @@ def render_markdown(metrics: dict) -> str:
     lines += [f"| {name} | {seconds} |" for name, seconds in metrics["stage_seconds"].items()]
     lines += ["", "## Gold formulas of the synthetic world", ""]
     lines += [f"- **{name}**: `{formula}`" for name, formula in data["gold_formulas"].items()]
-    lines += ["", "## Files", "", "- `metrics.json`: every number above", "- `eval_gold/`, `eval_human/`: the "
-              "evaluation reports (`dmoerm eval` format)", "- `best_of_n.csv`: the best-of-n curves (`dmoerm overopt "
-              "best_of_n.csv` refits them)", "- `dmoerm/`: the trained DMoERM (`dmoerm info`), `dmoerm/baseline/`: "
-              "the single RM", "- `data/`, `labels/`: the generated data and the capability labels", ""]
+    lines += ["", "## Files", "", "- `metrics.json`: every number above", ("- `eval_gold/`, `eval_human/`: the "
+              "evaluation reports (`dmoerm eval` format)"), ("- `best_of_n.csv`: the best-of-n curves (`dmoerm overopt "
+              "best_of_n.csv` refits them)"), ("- `dmoerm/`: the trained DMoERM (`dmoerm info`), `dmoerm/baseline/`: "
+              "the single RM"), "- `data/`, `labels/`: the generated data and the capability labels", ""]
     return "\n".join(lines)
 
 
