@@ -46,7 +46,7 @@ class DemoSizes:
     bon_max_new_tokens: int
 
 
-FULL = DemoSizes(["objective_qa", "chitchat", "text_creation", "roleplay"], 2, 64, 40, 32, 3, 8, 1, 192, 6, 8, 32)
+FULL = DemoSizes(["objective_qa", "chitchat", "text_creation", "roleplay"], 2, 48, 32, 24, 2, 8, 1, 192, 6, 8, 32)
 FAST = DemoSizes(["objective_qa", "chitchat"], 2, 40, 24, 24, 2, 4, 1, 144, 4, 8, 24)
 
 

@@ -28,7 +28,7 @@ def train_models(backbone: str, train_path: str, labels_path, categories_yaml, r
         output_dir=str(run_dir), num_train_epochs=sizes.epochs, per_device_train_batch_size=8,
         per_device_eval_batch_size=16, max_length=sizes.max_length, seed=seed, report_to="none", use_cpu=True,
         logging_steps=5, save_total_limit=1, train_baseline=True, early_stopping_patience=None,
-        router_learning_rate=DEMO_ROUTER_LEARNING_RATE, router_num_train_epochs=max(2.0, sizes.epochs),
+        router_learning_rate=DEMO_ROUTER_LEARNING_RATE, router_num_train_epochs=sizes.epochs,
         task_learning_rate=DEMO_LEARNING_RATE,
         capability_learning_rate=DEMO_LEARNING_RATE, aggregator_learning_rate=DEMO_AGGREGATOR_LEARNING_RATE,
         aggregator_num_train_epochs=max(3.0, sizes.epochs * 2), baseline_learning_rate=DEMO_LEARNING_RATE,
