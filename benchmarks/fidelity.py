@@ -51,18 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default=None, help="Best-of-n policy folder (default: SmolLM2-135M-Instruct).")
     p.add_argument("--categories", default=None, help="Comma list (default: all 4 categories of the world).")
     p.add_argument("--max-capabilities", type=int, default=None, help="Capability experts per category (default 3).")
-    p.add_argument("--pairs-per-category", type=int, default=None, help="Training pairs per category (default 80).")
+    p.add_argument("--pairs-per-category", type=int, default=None, help="Training pairs per category (default 48).")
     p.add_argument("--test-pairs-per-category", type=int, default=None, help="Clean gold test pairs (default 50).")
     p.add_argument("--human-flip", type=float, default=0.3, help="Rate at which human ranks contradict the gold.")
     p.add_argument("--judge-flip", type=float, default=0.1, help="Rate at which judge verdicts are flipped.")
     p.add_argument("--epochs", type=float, default=None, help="Epochs of every stage and RM (default 2).")
     p.add_argument("--learning-rate", type=float, default=None, help="LoRA learning rate of every stage (1e-3).")
+    p.add_argument("--router-mode", default="linear", choices=["linear", "lora"],
+                   help="DMoERM router: 'linear' (a head on the frozen backbone; cheap) or 'lora'.")
+    p.add_argument("--router-epochs", type=float, default=1.0, help="Epochs of the router stage.")
     p.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default 8).")
     p.add_argument("--max-length", type=int, default=None, help="Tokens per sequence (default 256).")
     p.add_argument("--seeds", type=int, default=None, help="Single RMs in the ensembles (default 3).")
-    p.add_argument("--bon-prompts", type=int, default=None, help="Held-out prompts for best-of-n (default 12).")
+    p.add_argument("--bon-prompts", type=int, default=None, help="Held-out prompts for best-of-n (default 8).")
     p.add_argument("--bon-samples", type=int, default=None, help="Samples per prompt N (default 16).")
-    p.add_argument("--bon-max-new-tokens", type=int, default=None, help="Tokens per sample (default 48).")
+    p.add_argument("--bon-max-new-tokens", type=int, default=None, help="Tokens per sample (default 40).")
     p.add_argument("--skip-bon", action="store_true", help="Skip best-of-n.")
     p.add_argument("--threads", type=int, default=None, help="torch threads.")
     p.add_argument("--seed", type=int, default=0, help="Seed of data, judge, training (+i for ensemble members).")
@@ -70,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 FULL_DEFAULTS = dict(categories="objective_qa,chitchat,text_creation,roleplay", max_capabilities=3,
-                     pairs_per_category=80, test_pairs_per_category=50, epochs=2.0, learning_rate=1e-3, lora_r=8,
-                     max_length=256, seeds=3, bon_prompts=12, bon_samples=16, bon_max_new_tokens=48)
+                     pairs_per_category=48, test_pairs_per_category=50, epochs=2.0, learning_rate=1e-3, lora_r=8,
+                     max_length=256, seeds=3, bon_prompts=8, bon_samples=16, bon_max_new_tokens=40)
 FAST_DEFAULTS = dict(categories="objective_qa,chitchat", max_capabilities=2, pairs_per_category=24,
                      test_pairs_per_category=12, epochs=1.0, learning_rate=3e-3, lora_r=4, max_length=256, seeds=2,
                      bon_prompts=4, bon_samples=4, bon_max_new_tokens=12)
@@ -179,7 +182,8 @@ def _training_config(args, output_dir, seed: int):
         output_dir=str(output_dir), num_train_epochs=args.epochs, per_device_train_batch_size=8,
         per_device_eval_batch_size=16, max_length=args.max_length, seed=seed, report_to="none", use_cpu=True,
         logging_steps=10, save_total_limit=1, early_stopping_patience=None, disable_tqdm=True,
-        router_learning_rate=args.learning_rate, task_learning_rate=args.learning_rate,
+        router_learning_rate=args.learning_rate, router_num_train_epochs=args.router_epochs,
+        task_learning_rate=args.learning_rate,
         capability_learning_rate=args.learning_rate, aggregator_learning_rate=2 * args.learning_rate,
         aggregator_num_train_epochs=max(3.0, 2 * args.epochs), baseline_learning_rate=args.learning_rate,
         learning_rate=args.learning_rate, torch_num_threads=args.threads, dataloader_num_workers=0,
@@ -191,7 +195,8 @@ def train_dmoerm(args, backbone, paths, labels_path, categories_yaml, run_dir: P
     from dmoerm_trl.trainers import DMoERMDataArguments, DMoERMModelArguments, DMoERMTrainingPipeline
 
     model_args = DMoERMModelArguments(model_name_or_path=backbone, categories=str(categories_yaml),
-                                      lora_r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0)
+                                      lora_r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
+                                      router_mode=args.router_mode)
     data_args = DMoERMDataArguments(dataset_path=str(paths["train"]), capability_labels_path=str(labels_path),
                                     validation_split_ratio=0.15, min_capability_labels=8)
     training_args = _training_config(args, run_dir, args.seed)
