@@ -49,12 +49,12 @@ def test_demo_fast_end_to_end_and_rerun_from_caches(tiny_llama_path, tmp_path):
     # The "human" labels are the gold flipped at ~30%.
     assert 0.55 < head["human_labels_gold_agreement"] < 0.9
     gold_eval = metrics["evaluation"]["gold_test"]
-    assert gold_eval["dmoerm"]["pairs"] > 20 and set(gold_eval["dmoerm"]["per_category"]) == {"objective_qa",
+    assert gold_eval["dmoerm"]["pairs"] > 15 and set(gold_eval["dmoerm"]["per_category"]) == {"objective_qa",
                                                                                             "chitchat"}
     # Labels came over HTTP from the judge through the openai client; every expert got some.
     assert metrics["labels"]["calls"] > 0 and metrics["labels"]["labels_kept"] > 0
     assert len(metrics["labels"]["labels_used_per_expert"]) == 4
-    assert all(0 < n <= 24 for n in metrics["labels"]["labels_used_per_expert"].values())
+    assert all(0 < n <= 16 for n in metrics["labels"]["labels_used_per_expert"].values())
     # Every stage of the pipeline ran (router, 2 x (task, 2 experts, aggregator), baseline).
     stages = metrics["training"]["stages"]
     assert len([s for s in stages.values() if s["status"] == "done"]) == 10, stages

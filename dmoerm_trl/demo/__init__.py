@@ -47,7 +47,7 @@ class DemoSizes:
 
 
 FULL = DemoSizes(["objective_qa", "chitchat", "text_creation", "roleplay"], 2, 48, 32, 24, 2, 8, 1, 192, 6, 8, 32)
-FAST = DemoSizes(["objective_qa", "chitchat"], 2, 40, 24, 24, 2, 4, 1, 144, 4, 8, 24)
+FAST = DemoSizes(["objective_qa", "chitchat"], 2, 32, 20, 16, 2, 4, 1, 144, 4, 8, 24)
 
 
 @dataclass
