@@ -473,6 +473,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     results["router"] = router_accuracy(run_dir, paths["test"])
     tick("evaluation")
+    _write_atomic(out / "fidelity.json", json.dumps(results, indent=2, default=str))  # partial: before best-of-n
     if not args.skip_bon:
         results["best_of_n"] = best_of_n(args, policy, proxies, world, paths["heldout_prompts"], out)
         tick("best-of-n")
