@@ -20,42 +20,16 @@ import contextlib
 import inspect
 import os
 import warnings
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
-from transformers.modeling_outputs import ModelOutput
 
 from .backbone import detect_lora_target_modules, detect_pooling, load_pretrained_backbone
 from .configuration_dmoerm import DMoERMConfig, slugify
+from .modeling_outputs import DMoERMOutput
 from .reward_contract import BroadcastRewardScore, SequenceRewardView
-
-ROUTER_ADAPTER = "router"
-STAGES = ("router", "task", "capability", "aggregator")
-
-@dataclass
-class DMoERMOutput(ModelOutput):
-    """Output of [`DMoERMForSequenceClassification`].
-
-    Args:
-        loss: the router's cross-entropy when training the router with ``labels=``; otherwise ``None``.
-        logits: ``(B, 1)`` reward (inference and the task/capability/aggregator stages) or ``(B, C)`` router logits
-            (router stage).
-        category_ids: ``(B,)`` category index of each row (routed, given with ``categories=``, or the stage's).
-        router_logits / router_probs: ``(B, C)``; ``None`` when the router did not run (``categories=`` given).
-        capability_rewards: ``(B, K_max)``: column ``j`` is expert ``j`` of the row's category
-            (``config.categories[category][j]``); ``NaN`` where the category has fewer than ``K_max`` capabilities.
-            Only in inference.
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    category_ids: torch.LongTensor | None = None
-    router_logits: torch.FloatTensor | None = None
-    router_probs: torch.FloatTensor | None = None
-    capability_rewards: torch.FloatTensor | None = None
+from .training_stages import ROUTER_ADAPTER, STAGES, TrainingStagesMixin  # noqa: F401 (re-exported)
 
 
 class CapabilityAggregator(nn.Module):
@@ -86,7 +60,7 @@ class DMoERMPreTrainedModel(PreTrainedModel):
                 nn.init.zeros_(module.bias)
 
 
-class DMoERMForSequenceClassification(DMoERMPreTrainedModel):
+class DMoERMForSequenceClassification(TrainingStagesMixin, DMoERMPreTrainedModel):
     """Double-layer mixture-of-experts reward model (arXiv 2403.01197) on one shared, frozen backbone.
 
     Example:
@@ -277,71 +251,6 @@ class DMoERMForSequenceClassification(DMoERMPreTrainedModel):
         return model
 
     # ------------------------------------------------------------------------------------------ training stages
-    @property
-    def training_stage(self) -> tuple[str | None, str | None, str | None]:
-        """``(stage, category, capability)``; ``(None, None, None)`` is inference (router + experts + aggregator)."""
-        return self._stage
-
-    def set_training_stage(
-        self, stage: str | None, category: str | None = None, capability: str | None = None
-    ) -> list[str]:
-        """Select what ``forward`` computes and which parameters train; returns the trainable parameter names.
-
-        ``"router"``: router adapter (``router_mode="lora"``) + router head, ``logits`` = router logits ``(B, C)``.
-        ``"task"``: the category's task adapter + task head, ``logits`` ``(B, 1)`` (phase 1).
-        ``"capability"``: one expert adapter + its value head, ``logits`` ``(B, 1)`` (phase 2).
-        ``"aggregator"``: only the category's aggregator MLP over frozen experts (phase 3).
-        ``None``: inference; nothing trains.
-
-        Example:
-            >>> model.set_training_stage("capability", category="objective_qa", capability="logic")  # doctest: +SKIP
-            ['backbone.base_model.model.layers.0.self_attn.q_proj.lora_A.objective_qa__logic.weight', ...]
-        """
-        if stage not in (None, *STAGES):
-            raise ValueError(f"stage must be one of {STAGES} or None (inference), got {stage!r}")
-        if stage in ("task", "capability", "aggregator"):
-            if category is None:
-                raise ValueError(f"stage {stage!r} needs category=, one of {self.config.category_names}")
-            self.config.category_id(category)
-        if stage == "capability":
-            if capability is None:
-                raise ValueError(f"stage 'capability' needs capability=, one of {self.config.categories[category]}")
-            self.adapter_name(category, capability)
-        for parameter in self.parameters():
-            parameter.requires_grad_(False)
-        adapter = None
-        if stage == "router":
-            adapter = ROUTER_ADAPTER if self.config.router_mode == "lora" else None
-            self.router_head.requires_grad_(True)
-        elif stage == "task":
-            adapter = self.adapter_name(category)
-            self.task_heads[self._slug(category)].requires_grad_(True)
-        elif stage == "capability":
-            adapter = self.adapter_name(category, capability)
-            self.value_heads[adapter].requires_grad_(True)
-        elif stage == "aggregator":
-            self.aggregators[self._slug(category)].requires_grad_(True)
-        if adapter is not None:
-            # PEFT's set_adapter activates the adapter and makes exactly its LoRA weights trainable.
-            self.backbone.set_adapter(adapter)
-        self._stage = (stage, category if stage not in (None, "router") else None, capability)
-        self._stage_adapter = adapter
-        return [name for name, p in self.named_parameters() if p.requires_grad]
-
-    def init_experts_from_task(self, category: str) -> None:
-        """Phase-2 initialisation: copy the category's task adapter and task head into each of its experts."""
-        task = self.adapter_name(category)
-        task_head = self.task_heads[self._slug(category)]
-        with torch.no_grad():
-            for module in self.backbone.modules():
-                for attr in ("lora_A", "lora_B"):
-                    weights = getattr(module, attr, None)
-                    if isinstance(weights, nn.ModuleDict) and task in weights:
-                        for expert in self.expert_adapter_names(category):
-                            weights[expert].load_state_dict(weights[task].state_dict())
-            for expert in self.expert_adapter_names(category):
-                self.value_heads[expert].load_state_dict(task_head.state_dict())
-
     # -------------------------------------------------------------------------------------------------- forward
     def get_input_embeddings(self):
         return self.backbone.get_input_embeddings()
@@ -519,38 +428,6 @@ class DMoERMForSequenceClassification(DMoERMPreTrainedModel):
             router_probs=router_probs,
             capability_rewards=capability_rewards,
         )
-
-    def _stage_forward(
-        self, stage, category, input_ids, attention_mask, position_ids, labels, expert_features
-    ) -> DMoERMOutput:
-        batch_size = input_ids.shape[0]
-        if stage == "aggregator":
-            expert_features = self.compute_expert_features(input_ids, attention_mask, category, position_ids)
-            aggregator = self.aggregators[self._slug(category)]
-            logits = aggregator(self._head_input(expert_features, aggregator))
-            category_ids = torch.full((batch_size,), self.config.category_id(category), device=input_ids.device)
-            return DMoERMOutput(logits=logits, category_ids=category_ids)
-
-        if stage == "router" and self.config.router_mode == "linear":
-            # The base stays frozen: only the head learns, so the features need no graph.
-            with torch.no_grad(), self._backbone_eval():
-                pooled = self._encode(input_ids, attention_mask, position_ids, ["__base__"] * batch_size)
-        elif self.backbone.training:
-            # Training: the stage's adapter is the active one (set_training_stage), one adapter per forward, so
-            # gradient checkpointing sees a single adapter.
-            if self.backbone.active_adapter != self._stage_adapter:
-                self.backbone.set_adapter(self._stage_adapter)
-            pooled = self._encode(input_ids, attention_mask, position_ids)
-        else:
-            pooled = self._encode(input_ids, attention_mask, position_ids, [self._stage_adapter] * batch_size)
-
-        if stage == "router":
-            logits = self.router_head(self._head_input(pooled, self.router_head))
-            loss = F.cross_entropy(logits.float(), labels.to(logits.device)) if labels is not None else None
-            return DMoERMOutput(loss=loss, logits=logits, router_logits=logits, router_probs=logits.softmax(-1))
-        head = self.task_heads[self._slug(category)] if stage == "task" else self.value_heads[self._stage_adapter]
-        category_ids = torch.full((batch_size,), self.config.category_id(category), device=input_ids.device)
-        return DMoERMOutput(logits=head(self._head_input(pooled, head)), category_ids=category_ids)
 
     @contextlib.contextmanager
     def _backbone_eval(self):
