@@ -129,5 +129,26 @@ def make_tiny_rl_assets(
     return paths
 
 
-if __name__ == "__main__":  # python -m dmoerm_trl.rl.tiny_assets OUTPUT_DIR
-    print(json.dumps(make_tiny_rl_assets(sys.argv[1] if len(sys.argv) > 1 else "tiny-rl-assets"), indent=2))
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dmoerm_trl.rl.tiny_assets [OUTPUT_DIR] [--num-proxies N] [--num-prompts N] [--seed N]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m dmoerm_trl.rl.tiny_assets",
+        description="Build tiny offline RL assets (random tiny Llamas: a policy, a gold reward model, noisy proxies "
+        "of it, a DMoERM, and a prompt file) and print their paths as JSON.",
+    )
+    parser.add_argument("output_dir", nargs="?", default="tiny-rl-assets", help="folder to write (rebuilt if present)")
+    parser.add_argument("--num-proxies", type=int, default=3, help="noisy copies of the gold reward model")
+    parser.add_argument("--num-prompts", type=int, default=48, help="chat prompts in prompts.jsonl")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    paths = make_tiny_rl_assets(
+        args.output_dir, num_proxies=args.num_proxies, num_prompts=args.num_prompts, seed=args.seed
+    )
+    print(json.dumps(paths, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
