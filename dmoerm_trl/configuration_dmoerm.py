@@ -10,6 +10,7 @@ from transformers import AutoConfig, PretrainedConfig
 ROUTER_MODES = ("lora", "linear")
 POOLING_MODES = ("last", "first")
 EXPERT_BATCHING_MODES = ("auto", "mixed", "sequential")
+TASK_MODES = ("lora", "full")
 
 _SLUG_RE = re.compile(r"[^0-9A-Za-z_\-]+")
 
@@ -122,6 +123,11 @@ class DMoERMConfig(PretrainedConfig):
             How a category's k experts run at inference. `"mixed"`: one PEFT mixed-adapter pass over the k-times
             replicated batch; `"sequential"`: k passes over the batch; `"auto"`: mixed on accelerators, sequential on
             CPU (measured faster there, see docs/benchmarks.md). Both give the same rewards.
+        task_mode (`str`, defaults to `"lora"`):
+            How phase 1 ("task") trains a category. `"lora"`: a task LoRA adapter on the one shared frozen base
+            (memory = 1 base + adapters). `"full"`: the paper's layout: each category gets its own full copy of the
+            base, fully fine-tuned in phase 1, and its capability experts are LoRA adapters on that copy (memory =
+            1 + C bases; the router stays on the original base). Saved models then hold `category_bases/`.
         hidden_size (`int`, *optional*):
             The backbone's hidden size (set automatically; exposed for DeepSpeed ZeRO-3 auto values).
         max_position_embeddings (`int`, *optional*):
@@ -151,6 +157,7 @@ class DMoERMConfig(PretrainedConfig):
         router_mode: str = "lora",
         pooling: str | None = None,
         expert_batching: str = "auto",
+        task_mode: str = "lora",
         hidden_size: int | None = None,
         max_position_embeddings: int | None = None,
         category_order: list[str] | None = None,
@@ -182,6 +189,12 @@ class DMoERMConfig(PretrainedConfig):
         if expert_batching not in EXPERT_BATCHING_MODES:
             raise ValueError(f"expert_batching must be one of {EXPERT_BATCHING_MODES}, got {expert_batching!r}")
         self.expert_batching = expert_batching
+        if task_mode not in TASK_MODES:
+            raise ValueError(
+                f"task_mode must be one of {TASK_MODES} ('lora': a task adapter on the shared base; 'full': one fully "
+                f"fine-tuned base copy per category, the paper's layout), got {task_mode!r}"
+            )
+        self.task_mode = task_mode
         self.hidden_size = hidden_size
         self.max_position_embeddings = max_position_embeddings
 

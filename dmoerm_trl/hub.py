@@ -34,7 +34,8 @@ def build_model_card(model, save_base: bool = False) -> str:
         f"hidden size {config.hidden_size}, pooling `{config.pooling}`)",
         f"- Router: `{config.router_mode}`; LoRA r={config.lora_r}, alpha={config.lora_alpha}, "
         f"dropout={config.lora_dropout}, targets {config.lora_target_modules}",
-        f"- Parameters: base {counts['base']:,} (frozen, shared), adapters {counts['adapters']:,}, "
+        f"- Phase 1: {'full fine-tuning, one base copy per category (`category_bases/`)' if model.full_task_mode else 'a LoRA task adapter per category on the shared base'}",
+        f"- Parameters: base {counts['base']:,} ({'shared + per-category copies' if model.full_task_mode else 'frozen, shared'}), adapters {counts['adapters']:,}, "
         f"heads {counts['heads']:,}",
         "",
         "## Categories and capabilities",

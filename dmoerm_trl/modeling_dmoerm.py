@@ -12,11 +12,16 @@ Reading guide (top to bottom):
    one expert, an aggregator), so that each phase is an ordinary Trainer run over one adapter per forward.
 4. ``save_pretrained``/``from_pretrained``: config + one standard PEFT folder per adapter + a safetensors file of
    the heads; the base is referenced by id/path (or saved under ``base/`` with ``save_base=True``).
+
+``task_mode="full"`` (the paper's layout, an option): every category gets its own full copy of the base
+(``category_backbones[category]``), fully fine-tuned in phase 1 in place of a task adapter; the category's experts are
+LoRA adapters on that copy, the router stays on the original base (``backbone``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import os
 import warnings
@@ -132,12 +137,38 @@ class DMoERMForSequenceClassification(TrainingStagesMixin, DMoERMPreTrainedModel
     def expert_adapter_names(self, category: str) -> list[str]:
         return [self.adapter_name(category, cap) for cap in self.config.categories[category]]
 
+    @property
+    def full_task_mode(self) -> bool:
+        """True for ``task_mode="full"``: one fully fine-tuned base copy per category (the paper's layout)."""
+        return self.config.task_mode == "full"
+
     def all_adapter_names(self) -> list[str]:
         names = [ROUTER_ADAPTER] if self.config.router_mode == "lora" else []
         for category in self.config.categories:
-            names.append(self.adapter_name(category))
+            if not self.full_task_mode:
+                names.append(self.adapter_name(category))
             names.extend(self.expert_adapter_names(category))
         return names
+
+    def backbone_for(self, category: str | None):
+        """The (PEFT-wrapped) backbone that runs ``category``'s adapters: its own base copy with
+        ``task_mode="full"``, otherwise the shared one (also for ``category=None``, the router)."""
+        if category is not None and self.full_task_mode:
+            return self.category_backbones[self._slug(category)]
+        return self.backbone
+
+    def adapter_owner(self, adapter: str) -> tuple[str, object]:
+        """``(state_dict prefix, PEFT model)`` holding the adapter called ``adapter`` (used to save and load it)."""
+        if self.full_task_mode:
+            for category in self.config.categories:
+                if adapter in self.expert_adapter_names(category):
+                    slug = self._slug(category)
+                    return f"category_backbones.{slug}.", self.category_backbones[slug]
+        return "backbone.", self.backbone
+
+    def all_backbones(self) -> list:
+        """Every backbone of the model: the shared one, then (``task_mode="full"``) the per-category copies."""
+        return [self.backbone, *(self.category_backbones.values() if self.full_task_mode else ())]
 
     def _lora_config(self, target_modules: list[str]):
         from peft import LoraConfig
@@ -150,13 +181,12 @@ class DMoERMForSequenceClassification(TrainingStagesMixin, DMoERMPreTrainedModel
             bias="none",
         )
 
-    def _attach_backbone(self, backbone: PreTrainedModel) -> None:
+    def _wrap_with_adapters(self, backbone: PreTrainedModel, names: list[str], lora_config):
+        """``backbone`` as a PeftModel carrying the adapters ``names``; the plain backbone when there are none."""
         from peft import get_peft_model
 
-        target_modules = detect_lora_target_modules(backbone, self.config.lora_target_modules)
-        self.config.lora_target_modules = target_modules
-        lora_config = self._lora_config(target_modules)
-        names = self.all_adapter_names()
+        if not names:
+            return backbone
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             peft_backbone = get_peft_model(backbone, lora_config, adapter_name=names[0])
@@ -165,7 +195,26 @@ class DMoERMForSequenceClassification(TrainingStagesMixin, DMoERMPreTrainedModel
         # PEFT's config records the base path so each adapter folder loads on its own.
         for peft_config in peft_backbone.peft_config.values():
             peft_config.base_model_name_or_path = self.config.base_model_name_or_path
-        self.backbone = peft_backbone
+        return peft_backbone
+
+    def _attach_backbone(self, backbone: PreTrainedModel) -> None:
+        target_modules = detect_lora_target_modules(backbone, self.config.lora_target_modules)
+        self.config.lora_target_modules = target_modules
+        lora_config = self._lora_config(target_modules)
+        if self.full_task_mode:
+            # The paper's layout: a full copy of the pretrained base per category (phase 1 fine-tunes it), carrying
+            # that category's expert adapters; the shared base keeps only the router.
+            copies = {self._slug(c): copy.deepcopy(backbone) for c in self.config.categories}
+            self.category_backbones = nn.ModuleDict(
+                {
+                    self._slug(c): self._wrap_with_adapters(copies[self._slug(c)], self.expert_adapter_names(c), lora_config)
+                    for c in self.config.categories
+                }
+            )
+            shared_names = [ROUTER_ADAPTER] if self.config.router_mode == "lora" else []
+        else:
+            shared_names = self.all_adapter_names()
+        self.backbone = self._wrap_with_adapters(backbone, shared_names, lora_config)
         forward_params = set(inspect.signature(backbone.forward).parameters)
         self._backbone_takes_position_ids = "position_ids" in forward_params
         self._backbone_takes_use_cache = "use_cache" in forward_params
@@ -184,6 +233,7 @@ class DMoERMForSequenceClassification(TrainingStagesMixin, DMoERMPreTrainedModel
         router_mode: str = "lora",
         pooling: str | None = None,
         expert_batching: str = "auto",
+        task_mode: str = "lora",
         **backbone_kwargs,
     ) -> DMoERMForSequenceClassification:
         """Build a DMoERM on a pretrained backbone (its weights are loaded, never randomly initialised).
@@ -195,7 +245,8 @@ class DMoERMForSequenceClassification(TrainingStagesMixin, DMoERMPreTrainedModel
             categories: ``{category: [capability, ...]}``; one task adapter per category, one expert per capability.
             tokenizer: optional; checked for a pad token, whose id is stored in the config.
             lora_r, lora_alpha, lora_dropout, lora_target_modules, aggregator_hidden_size, router_mode, pooling,
-            expert_batching: see [`DMoERMConfig`].
+            expert_batching, task_mode: see [`DMoERMConfig`] (``task_mode="full"``: one full base copy per category,
+            fine-tuned in phase 1, as in the paper; memory grows with the number of categories).
 
         Example:
             >>> model = DMoERMForSequenceClassification.from_backbone(  # doctest: +SKIP
@@ -240,6 +291,7 @@ class DMoERMForSequenceClassification(TrainingStagesMixin, DMoERMPreTrainedModel
             router_mode=router_mode,
             pooling=pooling,
             expert_batching=expert_batching,
+            task_mode=task_mode,
             hidden_size=base.config.hidden_size,
             max_position_embeddings=getattr(base.config, "max_position_embeddings", None),
             pad_token_id=pad_token_id,
@@ -302,16 +354,20 @@ class DMoERMForSequenceClassification(TrainingStagesMixin, DMoERMPreTrainedModel
             index = length - 1 - mask.flip(-1).long().argmax(-1)  # last real token, also under left padding
         return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), index]
 
-    def _encode(self, input_ids, attention_mask, position_ids, adapter_names: list[str] | None = None):
-        """One backbone pass; returns the pooled hidden state (N, H). ``adapter_names`` picks an adapter per row."""
+    def _encode(self, input_ids, attention_mask, position_ids, adapter_names: list[str] | None = None, backbone=None):
+        """One backbone pass; returns the pooled hidden state (N, H). ``adapter_names`` picks an adapter per row
+        (``"__base__"``: none); ``backbone`` defaults to the shared one."""
+        from peft import PeftModel
+
+        backbone = self.backbone if backbone is None else backbone
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "return_dict": True}
         if self._backbone_takes_position_ids:
             kwargs["position_ids"] = position_ids
         if self._backbone_takes_use_cache:
             kwargs["use_cache"] = False
-        if adapter_names is not None:
+        if adapter_names is not None and isinstance(backbone, PeftModel):
             kwargs["adapter_names"] = adapter_names
-        hidden = self.backbone(**kwargs).last_hidden_state
+        hidden = backbone(**kwargs).last_hidden_state
         return self._pool(hidden, attention_mask)
 
     def _head_input(self, features: torch.Tensor, head: nn.Module) -> torch.Tensor:
@@ -325,16 +381,22 @@ class DMoERMForSequenceClassification(TrainingStagesMixin, DMoERMPreTrainedModel
     def _expert_features(self, input_ids, attention_mask, position_ids, category: str) -> torch.Tensor:
         """(N, k, H) pooled features of the category's k experts (inference path: eval mode, adapter per row)."""
         experts = self.expert_adapter_names(category)
+        backbone = self.backbone_for(category)
         n = input_ids.shape[0]
         if self._use_mixed_batches(input_ids.device):
             k = len(experts)
             names = [name for name in experts for _ in range(n)]
             pooled = self._encode(
-                input_ids.repeat(k, 1), attention_mask.repeat(k, 1), position_ids.repeat(k, 1), adapter_names=names
+                input_ids.repeat(k, 1), attention_mask.repeat(k, 1), position_ids.repeat(k, 1), adapter_names=names,
+                backbone=backbone,
             )
             return pooled.view(k, n, -1).transpose(0, 1)
         return torch.stack(
-            [self._encode(input_ids, attention_mask, position_ids, adapter_names=[name] * n) for name in experts], 1
+            [
+                self._encode(input_ids, attention_mask, position_ids, adapter_names=[name] * n, backbone=backbone)
+                for name in experts
+            ],
+            1,
         )
 
     def _route(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
@@ -431,12 +493,15 @@ class DMoERMForSequenceClassification(TrainingStagesMixin, DMoERMPreTrainedModel
 
     @contextlib.contextmanager
     def _backbone_eval(self):
-        was_training = self.backbone.training
-        self.backbone.eval()
+        backbones = self.all_backbones()
+        was_training = [backbone.training for backbone in backbones]
+        for backbone in backbones:
+            backbone.eval()
         try:
             yield
         finally:
-            self.backbone.train(was_training)
+            for backbone, mode in zip(backbones, was_training):
+                backbone.train(mode)
 
     @torch.no_grad()
     def route(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
@@ -493,10 +558,12 @@ class DMoERMForSequenceClassification(TrainingStagesMixin, DMoERMPreTrainedModel
 
     # -------------------------------------------------------------------------------------------------- files
     def num_parameters_by_part(self) -> dict[str, int]:
-        """Parameter counts: ``base``, ``adapters``, ``heads``, ``total`` and ``trainable`` (stage-dependent)."""
+        """Parameter counts: ``base``, ``adapters``, ``heads``, ``total`` and ``trainable`` (stage-dependent).
+        With ``task_mode="full"``, ``base`` counts the shared base and every category's copy."""
         counts = {"base": 0, "adapters": 0, "heads": 0, "trainable": 0}
         for name, parameter in self.named_parameters():
-            part = "heads" if not name.startswith("backbone.") else ("adapters" if ".lora_" in name else "base")
+            in_backbone = name.startswith(("backbone.", "category_backbones."))
+            part = "heads" if not in_backbone else ("adapters" if ".lora_" in name else "base")
             counts[part] += parameter.numel()
             counts["trainable"] += parameter.numel() if parameter.requires_grad else 0
         counts["total"] = counts["base"] + counts["adapters"] + counts["heads"]

@@ -7,6 +7,7 @@ my-dmoerm/
   adapters/<name>/                 one standard PEFT LoRA folder per adapter (adapter_config.json +
                                    adapter_model.safetensors): router, <category>__task, <category>__<capability>
   base/                            only with save_base=True: the backbone (config.json + model.safetensors)
+  category_bases/<category>/       only with task_mode="full": that category's fine-tuned base copy (model.safetensors)
   eval_results.json                evaluation metrics, when known (shown in the model card)
   README.md                        model card
 ```
@@ -64,6 +65,14 @@ def _base_state_dict(backbone_state: dict[str, torch.Tensor]) -> dict[str, torch
     return base
 
 
+BACKBONE_PREFIXES = ("backbone.", "category_backbones.")
+CATEGORY_BASES = "category_bases"
+
+
+def _sub_state(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
 def save_dmoerm(model, save_directory, state_dict=None, save_base: bool = False) -> None:
     from peft import get_peft_model_state_dict
 
@@ -78,18 +87,23 @@ def save_dmoerm(model, save_directory, state_dict=None, save_base: bool = False)
             "save with save_pretrained(path, save_base=True)"
         )
     state_dict = state_dict if state_dict is not None else model.state_dict()
-    heads = {k: v for k, v in state_dict.items() if not k.startswith("backbone.")}
-    backbone_state = {k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    heads = {k: v for k, v in state_dict.items() if not k.startswith(BACKBONE_PREFIXES)}
+    backbone_state = _sub_state(state_dict, "backbone.")
     atomic_save_safetensors(heads, folder / "dmoerm_heads.safetensors")
 
     for name in model.all_adapter_names():
-        adapter_state = get_peft_model_state_dict(model.backbone, state_dict=backbone_state, adapter_name=name)
+        prefix, owner = model.adapter_owner(name)
+        adapter_state = get_peft_model_state_dict(owner, state_dict=_sub_state(state_dict, prefix), adapter_name=name)
         adapter_dir = folder / "adapters" / name
         atomic_save_safetensors(adapter_state, adapter_dir / ADAPTER_WEIGHTS)
-        peft_config = model.backbone.peft_config[name]
+        peft_config = owner.peft_config[name]
         peft_config.base_model_name_or_path = config.base_model_name_or_path
         atomic_write_text(adapter_dir / "adapter_config.json", json.dumps(peft_config.to_dict(), indent=2, default=list))
 
+    if model.full_task_mode:
+        for slug in model.category_backbones:
+            category_state = _base_state_dict(_sub_state(state_dict, f"category_backbones.{slug}."))
+            atomic_save_safetensors(category_state, folder / CATEGORY_BASES / slug / "model.safetensors")
     if save_base:
         base_dir = folder / "base"
         atomic_save_safetensors(_base_state_dict(backbone_state), base_dir / "model.safetensors")
@@ -152,7 +166,7 @@ def load_dmoerm_weights(model, folder) -> None:
 
     folder = Path(folder)
     heads = load_file(folder / "dmoerm_heads.safetensors")
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(BACKBONE_PREFIXES)}
     missing = sorted(set(own) - set(heads))
     unexpected = sorted(set(heads) - set(own))
     reshaped = sorted(k for k in set(own) & set(heads) if own[k].shape != heads[k].shape)
@@ -168,6 +182,29 @@ def load_dmoerm_weights(model, folder) -> None:
         if not path.exists():
             raise FileNotFoundError(f"adapter {name!r} is missing: {path} does not exist")
         adapter_state = load_file(path)
-        outcome = set_peft_model_state_dict(model.backbone, adapter_state, adapter_name=name)
+        outcome = set_peft_model_state_dict(model.adapter_owner(name)[1], adapter_state, adapter_name=name)
         if outcome.unexpected_keys:
             raise ValueError(f"{path}: unexpected keys {outcome.unexpected_keys[:5]}; saved from another backbone?")
+    if model.full_task_mode:
+        for slug, backbone in model.category_backbones.items():
+            load_category_base(backbone, folder / CATEGORY_BASES / slug / "model.safetensors")
+
+
+def load_category_base(peft_backbone, path: Path) -> None:
+    """Load a saved category base copy (plain backbone keys) into its PEFT-wrapped copy; every weight must be there."""
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: a task_mode='full' DMoERM stores each category's fine-tuned base copy there "
+            "(was the folder saved by an older version, or copied without category_bases/?)"
+        )
+    saved = load_file(path)
+    own = {k: v for k, v in peft_backbone.state_dict().items() if ".lora_" not in k}
+    plain_to_own = {plain: key for key, plain in zip(own, _base_state_dict(dict.fromkeys(own)))}
+    missing = sorted(set(plain_to_own) - set(saved))
+    unexpected = sorted(set(saved) - set(plain_to_own))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not match this model's backbone (missing {missing[:4]}, unexpected {unexpected[:4]}); "
+            "was it saved from another base model?"
+        )
+    peft_backbone.load_state_dict({plain_to_own[k]: v for k, v in saved.items()}, strict=False)

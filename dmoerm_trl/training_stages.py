@@ -31,7 +31,8 @@ class TrainingStagesMixin:
         """Select what ``forward`` computes and which parameters train; returns the trainable parameter names.
 
         ``"router"``: router adapter (``router_mode="lora"``) + router head, ``logits`` = router logits ``(B, C)``.
-        ``"task"``: the category's task adapter + task head, ``logits`` ``(B, 1)`` (phase 1).
+        ``"task"``: the category's task adapter + task head, ``logits`` ``(B, 1)`` (phase 1); with
+        ``task_mode="full"`` every weight of the category's base copy + task head (a full fine-tune, as in the paper).
         ``"capability"``: one expert adapter + its value head, ``logits`` ``(B, 1)`` (phase 2).
         ``"aggregator"``: only the category's aggregator MLP over frozen experts (phase 3).
         ``None``: inference; nothing trains.
@@ -50,6 +51,15 @@ class TrainingStagesMixin:
             if capability is None:
                 raise ValueError(f"stage 'capability' needs capability=, one of {self.config.categories[category]}")
             self.adapter_name(category, capability)
+        if self.full_task_mode:
+            # Adapter layers are switched off (persistently, so gradient checkpointing recomputes the same graph)
+            # only on the copy that phase 1 fine-tunes. (Before resetting requires_grad: PEFT's enable marks the
+            # active adapter trainable.)
+            for slug, backbone in self.category_backbones.items():
+                if stage == "task" and slug == self._slug(category):
+                    backbone.base_model.disable_adapter_layers()
+                else:
+                    backbone.base_model.enable_adapter_layers()
         for parameter in self.parameters():
             parameter.requires_grad_(False)
         adapter = None
@@ -57,8 +67,14 @@ class TrainingStagesMixin:
             adapter = ROUTER_ADAPTER if self.config.router_mode == "lora" else None
             self.router_head.requires_grad_(True)
         elif stage == "task":
-            adapter = self.adapter_name(category)
             self.task_heads[self._slug(category)].requires_grad_(True)
+            if self.full_task_mode:
+                # Phase 1 of the paper: all weights of the category's own base copy (its expert adapters stay off).
+                for name, parameter in self.backbone_for(category).named_parameters():
+                    if ".lora_" not in name:
+                        parameter.requires_grad_(True)
+            else:
+                adapter = self.adapter_name(category)
         elif stage == "capability":
             adapter = self.adapter_name(category, capability)
             self.value_heads[adapter].requires_grad_(True)
@@ -66,16 +82,27 @@ class TrainingStagesMixin:
             self.aggregators[self._slug(category)].requires_grad_(True)
         if adapter is not None:
             # PEFT's set_adapter activates the adapter and makes exactly its LoRA weights trainable.
-            self.backbone.set_adapter(adapter)
+            self.backbone_for(category if stage != "router" else None).set_adapter(adapter)
         self._stage = (stage, category if stage not in (None, "router") else None, capability)
         self._stage_adapter = adapter
         return [name for name, p in self.named_parameters() if p.requires_grad]
 
     def init_experts_from_task(self, category: str) -> None:
-        """Phase-2 initialisation: copy the category's task adapter and task head into each of its experts."""
+        """Phase-2 initialisation: copy the category's task adapter and task head into each of its experts.
+
+        With ``task_mode="full"`` the phase-1 result is the category's base copy itself: the experts' LoRA ``B``
+        matrices are zeroed (each expert starts as exactly the phase-1 model) and the task head is copied.
+        """
         task = self.adapter_name(category)
         task_head = self.task_heads[self._slug(category)]
         with torch.no_grad():
+            if self.full_task_mode:
+                experts = set(self.expert_adapter_names(category))
+                for module in self.backbone_for(category).modules():
+                    weights = getattr(module, "lora_B", None)
+                    if isinstance(weights, nn.ModuleDict):
+                        for expert in experts & set(weights):
+                            weights[expert].weight.zero_()
             for module in self.backbone.modules():
                 for attr in ("lora_A", "lora_B"):
                     weights = getattr(module, attr, None)
@@ -96,18 +123,25 @@ class TrainingStagesMixin:
             category_ids = torch.full((batch_size,), self.config.category_id(category), device=input_ids.device)
             return DMoERMOutput(logits=logits, category_ids=category_ids)
 
+        backbone = self.backbone_for(category)
         if stage == "router" and self.config.router_mode == "linear":
             # The base stays frozen: only the head learns, so the features need no graph.
             with torch.no_grad(), self._backbone_eval():
                 pooled = self._encode(input_ids, attention_mask, position_ids, ["__base__"] * batch_size)
-        elif self.backbone.training:
+        elif self._stage_adapter is None:
+            # task_mode="full", phase 1: the category's own base copy, fully trained, its expert adapters switched
+            # off by set_training_stage.
+            pooled = self._encode(input_ids, attention_mask, position_ids, backbone=backbone)
+        elif backbone.training:
             # Training: the stage's adapter is the active one (set_training_stage), one adapter per forward, so
             # gradient checkpointing sees a single adapter.
-            if self.backbone.active_adapter != self._stage_adapter:
-                self.backbone.set_adapter(self._stage_adapter)
-            pooled = self._encode(input_ids, attention_mask, position_ids)
+            if backbone.active_adapter != self._stage_adapter:
+                backbone.set_adapter(self._stage_adapter)
+            pooled = self._encode(input_ids, attention_mask, position_ids, backbone=backbone)
         else:
-            pooled = self._encode(input_ids, attention_mask, position_ids, [self._stage_adapter] * batch_size)
+            pooled = self._encode(
+                input_ids, attention_mask, position_ids, [self._stage_adapter] * batch_size, backbone=backbone
+            )
 
         if stage == "router":
             logits = self.router_head(self._head_input(pooled, self.router_head))

@@ -46,6 +46,9 @@ def describe_saved_model(path: str | Path) -> dict:
         if (adapter / "adapter_model.safetensors").exists()
     }
     heads = _safetensors_numel(folder / "dmoerm_heads.safetensors")
+    task_mode = getattr(config, "task_mode", "lora")
+    if task_mode == "full":  # the paper's layout: the shared base + one full base copy per category
+        base_params *= 1 + config.num_categories
     metrics_file = folder / "eval_results.json"
     return {
         "path": str(folder),
@@ -54,6 +57,7 @@ def describe_saved_model(path: str | Path) -> dict:
         "backbone_type": (config.backbone_config or {}).get("model_type"),
         "hidden_size": config.hidden_size,
         "router_mode": config.router_mode,
+        "task_mode": task_mode,
         "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
                  "target_modules": config.lora_target_modules},
         "categories": config.categories,
@@ -78,17 +82,20 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     params = info["parameters"]
+    base_kind = "frozen, shared" if info["task_mode"] == "lora" else "shared + per-category copies"
     print(f"DMoERM at {info['path']}")
     where = "saved in base/" if info["base_saved_in_folder"] else "referenced"
     print(f"  base model:   {info['base_model']} ({info['backbone_type']}, hidden {info['hidden_size']}; {where})")
     print(f"  router:       {info['router_mode']}")
+    if info["task_mode"] == "full":
+        print(f"  phase 1:      full fine-tuning, one base copy per category ({len(info['categories'])} + 1 bases)")
     lora = info["lora"]
     print(f"  LoRA:         r={lora['r']} alpha={lora['alpha']} dropout={lora['dropout']} on {lora['target_modules']}")
     print(f"  categories:   {len(info['categories'])}")
     for category, capabilities in info["categories"].items():
         print(f"    {category}: {', '.join(capabilities)}")
     print(
-        f"  parameters:   base {params['base']:,} (frozen, shared) | adapters {params['adapters']:,} "
+        f"  parameters:   base {params['base']:,} ({base_kind}) | adapters {params['adapters']:,} "
         f"({len(params['per_adapter'])} adapters) | heads {params['heads']:,} | total {params['total']:,}"
     )
     for key, value in info["metrics"].items():

@@ -200,6 +200,7 @@ class DMoERMTrainingPipeline:
                 aggregator_hidden_size=self.model_args.aggregator_hidden_size,
                 router_mode=self.model_args.router_mode,
                 pooling=self.model_args.pooling,
+                task_mode=self.model_args.task_mode,
                 **kwargs,
             )
             self._load_finished_stages(model)

@@ -77,6 +77,10 @@ class DMoERMModelArguments:
             `"lora"` (own adapter + head) or `"linear"` (a head on frozen base features; cheaper, weaker).
         pooling (`str`, *optional*):
             `"last"` or `"first"` token; detected from the backbone when not given.
+        task_mode (`str`, defaults to `"lora"`):
+            Phase 1: `"lora"` (a task adapter per category on the one shared base) or `"full"` (the paper's layout:
+            one full copy of the base per category, all its weights fine-tuned; memory and saved files grow with
+            1 + the number of categories; the paper's phase-1 rate is `task_learning_rate: 1e-7`).
         dtype (`str`, defaults to `"float32"`):
             Dtype to load the backbone in (`"float32"`, `"bfloat16"`, `"float16"`, `"auto"`).
         save_base_model (`bool`, defaults to `False`):
@@ -119,6 +123,11 @@ class DMoERMModelArguments:
     )
     pooling: str | None = field(
         default=None, metadata={"help": "'last' or 'first' token pooling; detected from the backbone if unset."}
+    )
+    task_mode: str = field(
+        default="lora",
+        metadata={"help": "Phase 1: 'lora' (task adapter on the shared base) or 'full' (the paper's layout: one fully "
+                  "fine-tuned base copy per category).", "choices": ["lora", "full"]},
     )
     dtype: str = field(
         default="float32",

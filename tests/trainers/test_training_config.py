@@ -93,3 +93,14 @@ def test_a_missing_backbone_folder_is_named(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "no-such-model' is not a folder" in err and "Traceback" not in err
+
+
+def test_the_paper_layout_recipe_parses_to_full_phase1(tmp_path):
+    from dmoerm_trl.commands.train import parse_config
+
+    model_args, _, training_args = parse_config(
+        ["--config", str(TINY_CONFIG.parent / "paper_full.yaml"), "--output_dir", str(tmp_path)])
+    assert model_args.task_mode == "full" and model_args.categories == "paper"
+    assert training_args.task_learning_rate == 1e-7  # the paper's phase-1 rate for the full fine-tune
+    with pytest.raises((ValueError, SystemExit)):
+        parse_config(["--config", str(TINY_CONFIG), "--output_dir", str(tmp_path), "--task_mode", "half"])
