@@ -127,8 +127,8 @@ _BASE_KWARGS = ("dtype", "torch_dtype", "device_map", "attn_implementation", "lo
 
 
 def load_dmoerm(cls, name_or_path, config, base_model_name_or_path, kwargs: dict):
-    from .configuration_dmoerm import DMoERMConfig
     from .backbone import load_pretrained_backbone
+    from .configuration_dmoerm import DMoERMConfig
 
     num_labels = kwargs.pop("num_labels", 1)
     if num_labels != 1:
