@@ -79,22 +79,30 @@ def print_summary(summary: dict) -> None:
     print(f"wall time: {summary['wall_seconds_this_time']:.1f} s; summary: {summary['output_dir']}/training_summary.json")
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_pipeline(argv: list[str] | None, command: str, configure=None) -> int:
+    """Parse the TRL-style config, run the pipeline, print the summary; exit code 2 with a one-line error for bad
+    input. ``configure(training_args)`` may adjust the parsed config first (``dmoerm train-baseline``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging()
     try:
         model_args, data_args, training_args = parse_config(argv)
     except user_errors() as err:
-        print(f"dmoerm train: error in the configuration: {err}", file=sys.stderr)
+        print(f"{command}: error in the configuration: {err}", file=sys.stderr)
         return 2
     from ..trainers.pipeline import DMoERMTrainingPipeline
 
+    if configure is not None:
+        configure(training_args)
     try:
         summary = DMoERMTrainingPipeline(model_args, data_args, training_args).run()
     except user_errors() as err:
-        print(f"dmoerm train: error: {err}", file=sys.stderr)
+        print(f"{command}: error: {err}", file=sys.stderr)
         return 2
     if training_args.process_index == 0:
         print_summary(summary)
         logging.getLogger(__name__).debug(json.dumps(summary, default=str))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_pipeline(argv, "dmoerm train")

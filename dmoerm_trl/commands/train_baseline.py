@@ -10,9 +10,8 @@ Trains TRL's ``RewardTrainer`` on ``AutoModelForSequenceClassification`` with th
 from __future__ import annotations
 
 import argparse
-import sys
 
-from .train import DESCRIPTION, parse_config, print_summary, setup_logging, user_errors
+from .train import DESCRIPTION, run_pipeline
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -27,23 +26,10 @@ def run(args: argparse.Namespace) -> int:
     return main(args.trl_args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    setup_logging()
-    try:
-        model_args, data_args, training_args = parse_config(argv)
-    except user_errors() as err:
-        print(f"dmoerm train-baseline: error in the configuration: {err}", file=sys.stderr)
-        return 2
-    from ..trainers.pipeline import DMoERMTrainingPipeline
-
+def _baseline_only(training_args) -> None:
     training_args.stages = "baseline"
     training_args.train_baseline = True
-    try:
-        summary = DMoERMTrainingPipeline(model_args, data_args, training_args).run()
-    except user_errors() as err:
-        print(f"dmoerm train-baseline: error: {err}", file=sys.stderr)
-        return 2
-    if training_args.process_index == 0:
-        print_summary(summary)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_pipeline(argv, "dmoerm train-baseline", configure=_baseline_only)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from transformers import Trainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from .checkpointing import StageCheckpointMixin, atomic_save_tensors
+from .counted_metrics import CountedMetricsMixin
 from .distributed import cast_trainable_parameters_for_deepspeed
 from .preference_data import tokenize_pairs
 
@@ -94,7 +94,7 @@ def _experts_fingerprint(model, category: str, pair_ids: list[str]) -> str:
     return digest.hexdigest()
 
 
-class AggregatorTrainer(StageCheckpointMixin, Trainer):
+class AggregatorTrainer(CountedMetricsMixin, StageCheckpointMixin, Trainer):
     """Trains one category's aggregator MLP (phase 3) with the pairwise loss, optionally on cached features.
 
     Args:
@@ -157,7 +157,7 @@ class AggregatorTrainer(StageCheckpointMixin, Trainer):
         )
         self.can_return_loss = True
         self.label_names = []
-        self._counts = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self.reset_counts()
 
     def _cached_features(self, model, args, train_dataset, eval_dataset, pad_token_id, batch_size, cache_path):
         from contextlib import nullcontext
@@ -200,7 +200,6 @@ class AggregatorTrainer(StageCheckpointMixin, Trainer):
             self._signature_columns = ["chosen_ids", "rejected_ids", "chosen_features", "rejected_features"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if self.model.training else "eval"
         if "chosen_features" in inputs:
             features = torch.cat([inputs["chosen_features"], inputs["rejected_features"]])
             # The model's forward needs input_ids for the batch size and device only when expert_features is given.
@@ -210,27 +209,12 @@ class AggregatorTrainer(StageCheckpointMixin, Trainer):
             outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1).float(), chunks=2)
         loss = -torch.nn.functional.logsigmoid(rewards_chosen - rewards_rejected).mean()
-        with torch.no_grad():
-            stats = torch.stack(
-                [
-                    (rewards_chosen > rewards_rejected).float().sum(),
-                    torch.tensor(float(len(rewards_chosen)), device=loss.device),
-                    (rewards_chosen - rewards_rejected).sum(),
-                ]
-            )
-            stats = self.accelerator.gather_for_metrics(stats.unsqueeze(0)).sum(0).tolist()
-            counts = self._counts[mode]
-            counts["correct"] += stats[0]
-            counts["total"] += stats[1]
-            counts["margin"] += stats[2]
+        self.add_counts(
+            correct=(rewards_chosen > rewards_rejected).sum(),
+            total=torch.tensor(len(rewards_chosen)),
+            margin=(rewards_chosen - rewards_rejected).detach().sum(),
+        )
         return (loss, outputs) if return_outputs else loss
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
-        counts = self._counts[mode]
-        prefix = "eval_" if mode == "eval" else ""
-        if counts["total"]:
-            logs[f"{prefix}accuracy"] = counts["correct"] / counts["total"]
-            logs[f"{prefix}margin"] = counts["margin"] / counts["total"]
-        super().log(logs, start_time)
-        counts.clear()
+    def metrics_from_counts(self, counts: dict[str, float]) -> dict[str, float]:
+        return {"accuracy": counts["correct"] / counts["total"], "margin": counts["margin"] / counts["total"]}

@@ -18,12 +18,11 @@ Example:
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 from transformers import Trainer
 
 from .checkpointing import StageCheckpointMixin
+from .counted_metrics import CountedMetricsMixin
 from .distributed import cast_trainable_parameters_for_deepspeed
 from .preference_data import tokenize_messages
 
@@ -90,7 +89,7 @@ class RouterCollator:
         }
 
 
-class RouterTrainer(StageCheckpointMixin, Trainer):
+class RouterTrainer(CountedMetricsMixin, StageCheckpointMixin, Trainer):
     """Trains the router adapter (``router_mode="lora"``) or the router head alone (``"linear"``) of a DMoERM.
 
     Args:
@@ -128,42 +127,28 @@ class RouterTrainer(StageCheckpointMixin, Trainer):
         # As in TRL's RewardTrainer: evaluation goes through compute_loss, metrics through self._metrics.
         self.can_return_loss = True
         self.label_names = []
-        self._counts = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self.reset_counts()
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
             self._signature_columns = ["input_ids", "labels", "view"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if self.model.training else "eval"
         view = inputs.pop("view")
         labels = inputs["labels"]
         outputs = model(**inputs)
         loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels)
-        with torch.no_grad():
-            correct = (outputs.logits.argmax(-1) == labels).float()
-            stats = torch.stack(
-                [correct.sum(), torch.tensor(float(len(labels)), device=correct.device)]
-                + [correct[view == v].sum() for v in range(len(VIEWS))]
-                + [(view == v).sum().float() for v in range(len(VIEWS))]
-            )
-            stats = self.accelerator.gather_for_metrics(stats.unsqueeze(0)).sum(0).tolist()
-            counts = self._counts[mode]
-            counts["correct"] += stats[0]
-            counts["total"] += stats[1]
-            for v, name in enumerate(VIEWS):
-                counts[f"correct_{name}"] += stats[2 + v]
-                counts[f"total_{name}"] += stats[2 + len(VIEWS) + v]
+        correct = (outputs.logits.detach().argmax(-1) == labels).float()
+        sums = {"correct": correct.sum(), "total": torch.tensor(len(labels))}
+        for v, name in enumerate(VIEWS):
+            sums[f"correct_{name}"] = correct[view == v].sum()
+            sums[f"total_{name}"] = (view == v).sum()
+        self.add_counts(**sums)
         return (loss, outputs) if return_outputs else loss
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
-        counts = self._counts[mode]
-        prefix = "eval_" if mode == "eval" else ""
-        if counts["total"]:
-            logs[f"{prefix}accuracy"] = counts["correct"] / counts["total"]
-            for name in VIEWS:
-                if counts[f"total_{name}"]:
-                    logs[f"{prefix}accuracy_{name}"] = counts[f"correct_{name}"] / counts[f"total_{name}"]
-        super().log(logs, start_time)
-        counts.clear()
+    def metrics_from_counts(self, counts: dict[str, float]) -> dict[str, float]:
+        metrics = {"accuracy": counts["correct"] / counts["total"]}
+        for name in VIEWS:
+            if counts[f"total_{name}"]:
+                metrics[f"accuracy_{name}"] = counts[f"correct_{name}"] / counts[f"total_{name}"]
+        return metrics
