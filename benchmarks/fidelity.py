@@ -31,8 +31,8 @@ import shutil
 import time
 from pathlib import Path
 
-METHODS = ["single RM (all data)", "single RM per category", "DMoERM", "ensemble mean", "ensemble WCO",
-           "ensemble UWO"]
+METHODS = ["single RM (all data)", "single RM per category", "DMoERM", "DMoERM (true category)", "ensemble mean",
+           "ensemble WCO", "ensemble UWO"]
 # A template for the BERT-style MiniLM tokenizer: [CLS] first (the encoder pools the first token), [SEP] per turn.
 ENCODER_CHAT_TEMPLATE = (
     "[CLS]{% for message in messages %}{{ message['role'] }}: {{ message['content'] }} [SEP] {% endfor %}"
@@ -45,9 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="outputs/fidelity", help="Output folder (data, labels, runs, report).")
     p.add_argument("--fast", action="store_true", help="Tiny random models and little data (CI, < 2 minutes).")
     p.add_argument("--backbone", default=None,
-                   help="Reward backbone: 'minilm' (default; the PyPI-shipped all-MiniLM-L6-v2), 'smollm2' (its "
-                        "first --smollm2-layers layers), or a local model folder.")
-    p.add_argument("--smollm2-layers", type=int, default=4, help="Layers of SmolLM2 kept for --backbone smollm2.")
+                   help="Reward backbone: 'smollm2' (default: SmolLM2-135M-Instruct's first --smollm2-layers layers, "
+                        "as the demo), 'minilm' (the PyPI-shipped all-MiniLM-L6-v2), or a local model folder.")
+    p.add_argument("--smollm2-layers", type=int, default=2, help="Layers of SmolLM2 kept for --backbone smollm2.")
     p.add_argument("--policy", default=None, help="Best-of-n policy folder (default: SmolLM2-135M-Instruct).")
     p.add_argument("--categories", default=None, help="Comma list (default: all 4 categories of the world).")
     p.add_argument("--max-capabilities", type=int, default=None, help="Capability experts per category (default 3).")
@@ -57,27 +57,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-flip", type=float, default=0.1, help="Rate at which judge verdicts are flipped.")
     p.add_argument("--epochs", type=float, default=None, help="Epochs of every stage and RM (default 2).")
     p.add_argument("--learning-rate", type=float, default=None, help="LoRA learning rate of every stage (1e-3).")
-    p.add_argument("--router-mode", default="linear", choices=["linear", "lora"],
-                   help="DMoERM router: 'linear' (a head on the frozen backbone; cheap) or 'lora'.")
-    p.add_argument("--router-epochs", type=float, default=1.0, help="Epochs of the router stage.")
+    p.add_argument("--router-mode", default=None, choices=["linear", "lora"],
+                   help="DMoERM router: 'lora' (default; an adapter + head) or 'linear' (a head on the frozen backbone).")
+    p.add_argument("--router-epochs", type=float, default=None, help="Epochs of the router stage (default 2).")
     p.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default 8).")
+    p.add_argument("--lora-target-modules", default=None,
+                   help="Comma list of module names LoRA adapts (default: the model's auto choice, q/v projections).")
+    p.add_argument("--router-learning-rate", type=float, default=None, help="Router stage rate (default: --learning-rate).")
     p.add_argument("--max-length", type=int, default=None, help="Tokens per sequence (default 256).")
     p.add_argument("--seeds", type=int, default=None, help="Single RMs in the ensembles (default 3).")
     p.add_argument("--bon-prompts", type=int, default=None, help="Held-out prompts for best-of-n (default 8).")
     p.add_argument("--bon-samples", type=int, default=None, help="Samples per prompt N (default 16).")
     p.add_argument("--bon-max-new-tokens", type=int, default=None, help="Tokens per sample (default 40).")
     p.add_argument("--skip-bon", action="store_true", help="Skip best-of-n.")
+    p.add_argument("--cross-check", action="store_true",
+                   help="Also score DMoERM through dmoerm_trl.evaluation (slower; always on with --fast).")
     p.add_argument("--threads", type=int, default=None, help="torch threads.")
     p.add_argument("--seed", type=int, default=0, help="Seed of data, judge, training (+i for ensemble members).")
     return p
 
 
-FULL_DEFAULTS = dict(categories="objective_qa,chitchat,text_creation,roleplay", max_capabilities=3,
-                     pairs_per_category=48, test_pairs_per_category=50, epochs=2.0, learning_rate=1e-3, lora_r=8,
-                     max_length=256, seeds=3, bon_prompts=8, bon_samples=16, bon_max_new_tokens=40)
+FULL_DEFAULTS = dict(backbone="smollm2", categories="objective_qa,chitchat,text_creation", max_capabilities=2,
+                     pairs_per_category=160, test_pairs_per_category=170, epochs=2.0, learning_rate=5e-3, lora_r=8,
+                     lora_target_modules=None, max_length=192, seeds=3, router_mode="lora", router_epochs=2.0,
+                     router_learning_rate=3e-3, bon_prompts=16, bon_samples=16, bon_max_new_tokens=40)
 FAST_DEFAULTS = dict(categories="objective_qa,chitchat", max_capabilities=2, pairs_per_category=24,
                      test_pairs_per_category=12, epochs=1.0, learning_rate=3e-3, lora_r=4, max_length=256, seeds=2,
-                     bon_prompts=4, bon_samples=4, bon_max_new_tokens=12)
+                     router_mode="linear", router_epochs=1.0, bon_prompts=4, bon_samples=4, bon_max_new_tokens=12)
 
 
 def _fill_defaults(args) -> None:
@@ -98,7 +104,7 @@ def prepare_backbone(args, out: Path) -> tuple[str, str]:
             make_tiny_llama(tiny)
         return str(tiny), args.policy or str(tiny)
     policy = args.policy
-    backbone = args.backbone or "minilm"
+    backbone = args.backbone
     if policy is None or backbone == "smollm2":
         from dmoerm_trl.assets import prepare_smollm2
 
@@ -107,12 +113,34 @@ def prepare_backbone(args, out: Path) -> tuple[str, str]:
     if backbone == "smollm2":
         from dmoerm_trl.demo import prepare_reward_backbone
 
-        return prepare_reward_backbone(smollm2, args.smollm2_layers), policy
+        cut = prepare_reward_backbone(smollm2, args.smollm2_layers)
+        return without_default_system_prompt(cut, out.parent / "_fidelity_backbones" / f"{Path(cut).name}-nosystem"), \
+            policy
     if backbone == "minilm":
         return prepare_minilm(out.parent / "_fidelity_backbones" / "all-MiniLM-L6-v2-reward"), policy
     if not Path(backbone).is_dir():
         raise SystemExit(f"--backbone {backbone!r}: not 'minilm', 'smollm2' or a model folder")
     return backbone, policy
+
+
+def without_default_system_prompt(source: str, folder: Path) -> str:
+    """A copy of a SmolLM2 reward backbone whose chat template adds no default system prompt (~20 of ~90 tokens
+    per text here: the reward model trains ~25% faster and sees only the conversation)."""
+    if (folder / "config.json").exists():
+        return str(folder)
+    from transformers import AutoTokenizer
+
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.chat_template = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+                               "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+                               "{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return str(folder)
 
 
 def prepare_minilm(folder: Path) -> str:
@@ -182,12 +210,16 @@ def _training_config(args, output_dir, seed: int):
         output_dir=str(output_dir), num_train_epochs=args.epochs, per_device_train_batch_size=8,
         per_device_eval_batch_size=16, max_length=args.max_length, seed=seed, report_to="none", use_cpu=True,
         logging_steps=10, save_total_limit=1, early_stopping_patience=None, disable_tqdm=True,
-        router_learning_rate=args.learning_rate, router_num_train_epochs=args.router_epochs,
+        router_learning_rate=args.router_learning_rate or args.learning_rate, router_num_train_epochs=args.router_epochs,
         task_learning_rate=args.learning_rate,
         capability_learning_rate=args.learning_rate, aggregator_learning_rate=2 * args.learning_rate,
         aggregator_num_train_epochs=max(3.0, 2 * args.epochs), baseline_learning_rate=args.learning_rate,
         learning_rate=args.learning_rate, torch_num_threads=args.threads, dataloader_num_workers=0,
     )
+
+
+def _target_modules(args) -> list[str] | None:
+    return [m.strip() for m in args.lora_target_modules.split(",") if m.strip()] if args.lora_target_modules else None
 
 
 def train_dmoerm(args, backbone, paths, labels_path, categories_yaml, run_dir: Path) -> dict:
@@ -196,7 +228,7 @@ def train_dmoerm(args, backbone, paths, labels_path, categories_yaml, run_dir: P
 
     model_args = DMoERMModelArguments(model_name_or_path=backbone, categories=str(categories_yaml),
                                       lora_r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
-                                      router_mode=args.router_mode)
+                                      lora_target_modules=_target_modules(args), router_mode=args.router_mode)
     data_args = DMoERMDataArguments(dataset_path=str(paths["train"]), capability_labels_path=str(labels_path),
                                     validation_split_ratio=0.15, min_capability_labels=8)
     training_args = _training_config(args, run_dir, args.seed)
@@ -239,7 +271,8 @@ def train_single_rms(args, backbone, paths, run_dir: Path) -> dict:
                                      metric_for_best_model=None)
         train = rows(categories, ("task", "aggregator"))
         metrics = train_baseline_reward_model(backbone, tokenizer, train, None, config, output_dir=target,
-                                              lora_r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0)
+                                              lora_r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
+                                              lora_target_modules=_target_modules(args))
         done[name] = {"status": "done", "seconds": round(time.perf_counter() - start, 1), "pairs": len(train),
                       "metrics": metrics}
         print(f"trained {name} on {len(train)} pairs in {done[name]['seconds']} s", flush=True)
@@ -286,17 +319,118 @@ def build_proxies(args, run_dir: Path, world) -> dict:
         "single RM (all data)": (models[0], tokenizer),
         "single RM per category": CategoryRoutedReward(per_category, world),
         "DMoERM": (dmoerm, dmoerm_tokenizer),
+        "DMoERM (true category)": DMoERMWithTrueCategory(dmoerm, dmoerm_tokenizer, world),
         "ensemble mean": (RewardEnsemble(models, mode="mean"), tokenizer),
         "ensemble WCO": (RewardEnsemble(models, mode="wco"), tokenizer),
         "ensemble UWO": (RewardEnsemble(models, mode="uwo", uwo_lambda=0.5), tokenizer),
     }
 
 
-def gold_accuracy(proxies: dict, test_path, categories_yaml, max_length: int) -> dict:
+class DMoERMWithTrueCategory:
+    """DMoERM with the prompt's TRUE category given (``categories=``: the router bypassed), as a reward function.
+
+    Tells routing errors apart from expert quality: DMoERM (routed) vs this row. :meth:`score_both` gives both in
+    one go: the true-category scores, the router's choice per text, and the routed scores (re-scored only where the
+    router picked another category).
+    """
+
+    def __init__(self, model, tokenizer, world, batch_size: int = 32):
+        from dmoerm_trl.synthetic import GoldReward
+
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.gold = GoldReward(world, on_unknown="nan")
+        self.__name__ = "dmoerm_true_category"
+
+    def __call__(self, prompts=None, completions=None, **kwargs) -> list[float]:
+        return self._forward(prompts, completions, self.gold.categories_of(prompts))[0]
+
+    def _forward(self, prompts, completions, categories, route: bool = False):
+        import torch
+
+        from dmoerm_trl.rl.scoring import build_reward_texts, eval_mode, is_conversational_prompt
+
+        texts = build_reward_texts(self.tokenizer, prompts, completions)
+        conversational = bool(prompts) and is_conversational_prompt(prompts[0])
+        values, routed = [], []
+        with eval_mode(self.model), torch.no_grad():
+            for start in range(0, len(texts), self.batch_size):  # tokenized exactly as RewardScorer does
+                batch = self.tokenizer(list(texts[start:start + self.batch_size]), return_tensors="pt", padding=True,
+                                       padding_side="right", add_special_tokens=not conversational)
+                ids, mask = batch["input_ids"], batch["attention_mask"]
+                if route:
+                    routed += self.model.route(ids, mask).argmax(-1).tolist()
+                    continue
+                out = self.model(input_ids=ids, attention_mask=mask, categories=categories[start:start + self.batch_size])
+                values += out.logits.reshape(-1).float().tolist()
+        return values, routed
+
+    def score_both(self, prompts, completions) -> dict:
+        names = self.model.config.category_names
+        true = [names.index(c) for c in self.gold.categories_of(prompts)]
+        true_scores = self._forward(prompts, completions, true)[0]
+        routed = self._forward(prompts, completions, None, route=True)[1]
+        wrong = [i for i, (r, t) in enumerate(zip(routed, true)) if r != t]
+        routed_scores = list(true_scores)
+        if wrong:
+            rescored = self._forward([prompts[i] for i in wrong], [completions[i] for i in wrong],
+                                     [routed[i] for i in wrong])[0]
+            for i, value in zip(wrong, rescored):
+                routed_scores[i] = value
+        return {"true": true_scores, "routed": routed_scores, "routed_ids": routed, "true_ids": true}
+
+
+def score_once(proxies: dict, prompts: list, completions: list, check_rows: int = 4) -> dict:
+    """``{method: (2n,) scores}``: every model scores the texts ONCE; ensembles combine their members' cached scores
+    with :meth:`RewardEnsemble.combine` (the same mean / min / mean - lambda var), checked against the ensemble's own
+    forward on ``check_rows`` texts."""
+    import torch
+
+    from dmoerm_trl.rl import RewardEnsemble, RewardScorer
+
+    cache: dict[int, torch.Tensor] = {}
+
+    def model_scores(model, tokenizer, name):
+        if id(model) not in cache:
+            cache[id(model)] = RewardScorer(model, tokenizer, batch_size=32, name=name)(prompts, completions).float()
+        return cache[id(model)]
+
+    scores, routing = {}, None
+    for name, reward in proxies.items():
+        start = time.perf_counter()
+        if isinstance(reward, DMoERMWithTrueCategory) or name == "DMoERM" and isinstance(
+                proxies.get("DMoERM (true category)"), DMoERMWithTrueCategory):
+            # Both DMoERM rows from one pass with the true category + the router + re-scoring the misrouted texts;
+            # the routed scores are checked against the model's own forward (router inside) on check_rows texts.
+            if routing is None:
+                routing = proxies["DMoERM (true category)"].score_both(prompts, completions)
+                model, tokenizer = proxies["DMoERM"]
+                direct = RewardScorer(model, tokenizer, batch_size=check_rows)(prompts[:check_rows],
+                                                                               completions[:check_rows])
+                if not torch.allclose(direct, torch.tensor(routing["routed"][:check_rows]), atol=1e-4, rtol=1e-4):
+                    raise AssertionError(f"DMoERM routed scores {routing['routed'][:check_rows]} != its forward "
+                                         f"{direct.tolist()}")
+            scores[name] = torch.tensor(routing["true" if name != "DMoERM" else "routed"], dtype=torch.float32)
+        elif isinstance(reward, tuple) and isinstance(reward[0], RewardEnsemble):
+            ensemble, tokenizer = reward
+            members = [model_scores(m, tokenizer, f"{name}[{i}]") for i, m in enumerate(ensemble.members)]
+            scores[name] = ensemble.combine(torch.stack(members, dim=-1)).float()
+            direct = RewardScorer(ensemble, tokenizer, batch_size=check_rows)(prompts[:check_rows],
+                                                                               completions[:check_rows])
+            if not torch.allclose(direct, scores[name][:check_rows], atol=1e-4, rtol=1e-4):
+                raise AssertionError(f"{name}: cached member scores {scores[name][:check_rows].tolist()} != "
+                                     f"RewardEnsemble forward {direct.tolist()}")
+        elif isinstance(reward, tuple):
+            scores[name] = model_scores(reward[0], reward[1], name)
+        else:
+            scores[name] = torch.tensor(reward(prompts=prompts, completions=completions), dtype=torch.float32)
+        print(f"scored {len(prompts)} texts with {name} in {time.perf_counter() - start:.1f} s", flush=True)
+    return scores
+
+
+def gold_accuracy(proxies: dict, test_path, categories_yaml, max_length: int) -> tuple[dict, dict]:
+    """Accuracy against the gold per method (with standard errors) and the per-pair correctness (for the tests)."""
     from dmoerm_trl.data import load_preference_pairs
     from dmoerm_trl.evaluation import pairwise_accuracy
-    from dmoerm_trl.rl.best_of_n import _as_scorer
-
     from dmoerm_trl.rl.scoring import build_reward_texts
 
     pairs = load_preference_pairs(test_path, categories=str(categories_yaml))
@@ -311,26 +445,69 @@ def gold_accuracy(proxies: dict, test_path, categories_yaml, max_length: int) ->
     dropped = len(prompts) - len(keep)
     prompts, categories = [prompts[i] for i in keep], [categories[i] for i in keep]
     chosen, rejected = [chosen[i] for i in keep], [rejected[i] for i in keep]
-    result = {}
-    for name, reward in proxies.items():
-        scorer = _as_scorer(reward, name=name)
-        scores = scorer(prompts + prompts, chosen + rejected)
-        scores = scores.tolist() if hasattr(scores, "tolist") else list(scores)
-        n = len(prompts)
-        report = pairwise_accuracy(scores[:n], scores[n:], categories)
+    n = len(prompts)
+    scores = score_once(proxies, prompts + prompts, chosen + rejected)
+    result, correct = {}, {}
+    for name, values in scores.items():
+        values = values.tolist()
+        report = pairwise_accuracy(values[:n], values[n:], categories)
+        correct[name] = [int(values[i] > values[n + i]) for i in range(n)]
         result[name] = {"overall": report["overall"]["accuracy"], "pairs": report["overall"]["total"],
+                        "stderr": _stderr(report["overall"]["accuracy"], report["overall"]["total"]),
                         "per_category": {c: v["accuracy"] for c, v in report["per_category"].items()},
-                        "test_pairs_dropped_too_long": dropped}
-    return result
+                        "per_category_pairs": {c: v["total"] for c, v in report["per_category"].items()},
+                        "per_category_stderr": {c: _stderr(v["accuracy"], v["total"])
+                                                for c, v in report["per_category"].items()},
+                        "reward_ties": report["overall"]["reward_ties"], "test_pairs_dropped_too_long": dropped}
+    return result, {"categories": categories, "correct": correct}
 
 
-def router_accuracy(run_dir: Path, test_path) -> dict:
-    from dmoerm_trl.evaluation import evaluate_reward_models
+def _stderr(p, n) -> float | None:
+    return None if p is None or not n else round((p * (1 - p) / n) ** 0.5, 4)
 
-    report = evaluate_reward_models(run_dir, test_path)
-    router = report.get("router") or {}
+
+def paired_comparison(a: list[int], b: list[int], resamples: int = 10000, seed: int = 0) -> dict:
+    """A vs B on the same pairs: accuracy difference, exact McNemar p-value (two-sided) and a paired-bootstrap 95%
+    interval of the difference."""
+    import math
+    import random
+
+    n = len(a)
+    only_a = sum(1 for x, y in zip(a, b) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b) if y and not x)
+    k, m = min(only_a, only_b), only_a + only_b
+    p_value = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m) if m else 1.0
+    rng = random.Random(seed)
+    diffs = sorted(sum(a[j] - b[j] for j in (rng.randrange(n) for _ in range(n))) / n for _ in range(resamples))
+    return {"difference": round((sum(a) - sum(b)) / n, 4), "only_first_right": only_a, "only_second_right": only_b,
+            "mcnemar_p": round(p_value, 5), "bootstrap_95ci": [round(diffs[int(0.025 * resamples)], 4),
+                                                                round(diffs[int(0.975 * resamples) - 1], 4)],
+            "bootstrap_p_not_better": round(sum(d <= 0 for d in diffs) / resamples, 5), "pairs": n}
+
+
+def router_accuracy(run_dir: Path, test_path, categories_yaml, proxies: dict, max_length: int,
+                    cross_check: bool) -> dict:
+    """Router accuracy on the test prompts alone and with a response. ``cross_check``: through
+    ``evaluate_reward_models`` (which also re-scores DMoERM on every pair: the test compares it with this script's
+    number); otherwise ``evaluate_router`` only (one router pass per sequence)."""
+    if cross_check:
+        from dmoerm_trl.evaluation import evaluate_reward_models
+
+        report = evaluate_reward_models(run_dir, test_path)
+        router = report.get("router") or {}
+        accuracy = (report.get("dmoerm") or {}).get("overall", {}).get("accuracy")
+    else:
+        from dmoerm_trl.data import load_preference_pairs
+        from dmoerm_trl.evaluation import _prepare_pairs, evaluate_router
+
+        model, tokenizer = proxies["DMoERM"]
+        pairs = load_preference_pairs(test_path, categories=str(categories_yaml))
+        router = evaluate_router(model, tokenizer, _prepare_pairs(pairs, tokenizer, max_length, "test pairs", {}), 32)
+        accuracy = None
     return {"prompt": (router.get("prompt") or {}).get("accuracy"), "full": (router.get("full") or {}).get("accuracy"),
-            "dmoerm_accuracy_via_evaluation_module": (report.get("dmoerm") or {}).get("overall", {}).get("accuracy")}
+            "per_category_prompt": {c: v["accuracy"] for c, v in (router.get("prompt") or {}).get(
+                "per_category", {}).items()},
+            "dmoerm_accuracy_via_evaluation_module": accuracy}
 
 
 def best_of_n(args, policy_path, proxies: dict, world, heldout_path, out: Path) -> dict:
@@ -338,6 +515,7 @@ def best_of_n(args, policy_path, proxies: dict, world, heldout_path, out: Path) 
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from dmoerm_trl.rl import BestOfNSampler, plot_overoptimization
+    from dmoerm_trl.rl.best_of_n import expected_best_of_n
     from dmoerm_trl.rl.overoptimization import write_records_csv
     from dmoerm_trl.synthetic import GoldReward
 
@@ -366,10 +544,27 @@ def best_of_n(args, policy_path, proxies: dict, world, heldout_path, out: Path) 
     for record in result.records:
         curves.setdefault(record["proxy"], {})[int(record["n"])] = {
             "sqrt_kl": round(record["sqrt_kl"], 4), "gold": round(record["gold_reward"], 4),
-            "proxy": round(record["proxy_reward"], 4)}
+            "gold_sem": round(record["gold_sem"], 4), "proxy": round(record["proxy_reward"], 4)}
+    # Paired over prompts: DMoERM's best-of-N gold gain minus each other proxy's (same samples), bootstrap 95% CI.
+    gains = {name: (expected_best_of_n(scores, result.gold_scores, args.bon_samples)
+                    - result.gold_scores.double().mean(dim=1)).tolist()
+             for name, scores in result.proxy_scores.items()}
+    paired = {f"DMoERM vs {name}": _paired_mean_difference(gains["DMoERM"], gains[name], seed=args.seed)
+              for name in gains if name not in ("DMoERM", "gold (oracle)")}
     return {"prompts": len(prompts), "samples_per_prompt": args.bon_samples,
             "nan_gold": int(torch.isnan(result.gold_scores).sum()), "curves": curves,
-            "fits": [fit.summary() for fit in fits]}
+            "fits": [fit.summary() for fit in fits], "gain_at_N_per_prompt": gains, "paired_gain_at_N": paired}
+
+
+def _paired_mean_difference(a: list[float], b: list[float], resamples: int = 10000, seed: int = 0) -> dict:
+    import random
+
+    diffs = [x - y for x, y in zip(a, b)]
+    n, rng = len(diffs), random.Random(seed)
+    boot = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    return {"difference": round(sum(diffs) / n, 4), "bootstrap_95ci": [round(boot[int(0.025 * resamples)], 4),
+                                                                       round(boot[int(0.975 * resamples) - 1], 4)],
+            "prompts": n}
 
 
 # ------------------------------------------------------------------------------------------------------- report
@@ -379,16 +574,30 @@ def _pct(value) -> str:
 
 def markdown(results: dict) -> str:
     accuracy, categories = results["accuracy"], results["categories"]
-    lines = ["| method | " + " | ".join(categories) + " | overall |", "|---" * (len(categories) + 2) + "|"]
+    first = next(iter(accuracy.values()))
+    counts = first.get("per_category_pairs") or {}
+    lines = ["| method | " + " | ".join(f"{c} ({counts.get(c, '?')})" for c in categories)
+             + f" | overall ({first['pairs']}) |", "|---" * (len(categories) + 2) + "|"]
     for name, entry in accuracy.items():
-        cells = [_pct(entry["per_category"].get(c)) for c in categories]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | **{_pct(entry['overall'])}** |")
+        errors = entry.get("per_category_stderr") or {}
+        cells = [_pct(entry["per_category"].get(c)) + (f" ± {_pct(errors[c])}" if errors.get(c) is not None else "")
+                 for c in categories]
+        overall = _pct(entry["overall"]) + (f" ± {_pct(entry['stderr'])}" if entry.get("stderr") is not None else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | **{overall}** |")
     router = results.get("router") or {}
     lines.append("")
-    lines.append(f"Pairwise accuracy (%) against the gold on {next(iter(accuracy.values()))['pairs']} clean test "
-                 f"pairs. DMoERM router accuracy: {_pct(router.get('prompt'))}% (prompt only), "
+    lines.append(f"Pairwise accuracy (%) against the gold on {first['pairs']} clean test pairs (± one standard "
+                 f"error). DMoERM router accuracy: {_pct(router.get('prompt'))}% (prompt only), "
                  f"{_pct(router.get('full'))}% (prompt + response). Human labels agree with the gold on "
                  f"{_pct(results['data']['human_gold_agreement'])}% of training pairs.")
+    if results.get("significance"):
+        lines += ["", "| DMoERM vs | difference (points) | only DMoERM right / only other right | McNemar p "
+                      "(exact, two-sided) | paired bootstrap 95% CI |", "|---|---|---|---|---|"]
+        for name, test in results["significance"].items():
+            low, high = test["bootstrap_95ci"]
+            lines.append(f"| {name.removeprefix('DMoERM vs ')} | {100 * test['difference']:+.1f} | "
+                         f"{test['only_first_right']} / {test['only_second_right']} | {test['mcnemar_p']:.3g} | "
+                         f"[{100 * low:+.1f}, {100 * high:+.1f}] |")
     bon = results.get("best_of_n")
     if bon:
         lines += ["", f"Best-of-n ({bon['prompts']} held-out prompts x N={bon['samples_per_prompt']}): gold reward of "
@@ -399,6 +608,10 @@ def markdown(results: dict) -> str:
             ns = sorted(curve)
             lines.append(f"| {name} | " + " | ".join(f"{curve[n]['gold']:.3f}" for n in ns)
                          + f" | {curve[ns[-1]]['gold'] - curve[ns[0]]['gold']:+.3f} |")
+        lines += ["", f"Standard error of a point over prompts: ~{max(c[max(c)]['gold_sem'] for c in bon['curves'].values()):.2f}. "
+                      "DMoERM's gold gain at n=N minus another proxy's, paired over prompts (bootstrap 95% CI): "
+                  + "; ".join(f"{k.removeprefix('DMoERM vs ')} {v['difference']:+.3f} [{v['bootstrap_95ci'][0]:+.3f}, "
+                              f"{v['bootstrap_95ci'][1]:+.3f}]" for k, v in bon.get("paired_gain_at_N", {}).items())]
     return "\n".join(lines)
 
 
@@ -469,9 +682,14 @@ def main(argv: list[str] | None = None) -> dict:
         "categories": list(categories), "capabilities": categories,
         "data": {"train_pairs": n_train, "test_pairs": n_test, "human_gold_agreement": round(agreement, 4)},
         "labels": labels, "training": {"dmoerm_pipeline": stages, "single_rms": singles},
-        "accuracy": gold_accuracy(proxies, paths["test"], categories_yaml, args.max_length),
     }
-    results["router"] = router_accuracy(run_dir, paths["test"])
+    results["accuracy"], per_pair = gold_accuracy(proxies, paths["test"], categories_yaml, args.max_length)
+    results["significance"] = {
+        f"DMoERM vs {other}": paired_comparison(per_pair["correct"]["DMoERM"], per_pair["correct"][other])
+        for other in results["accuracy"] if other != "DMoERM"}
+    _write_atomic(out / "per_pair_correct.json", json.dumps(per_pair))
+    results["router"] = router_accuracy(run_dir, paths["test"], categories_yaml, proxies, args.max_length,
+                                        cross_check=args.fast or args.cross_check)
     tick("evaluation")
     _write_atomic(out / "fidelity.json", json.dumps(results, indent=2, default=str))  # partial: before best-of-n
     if not args.skip_bon:

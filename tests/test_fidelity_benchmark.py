@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity.py"
-METHODS = ["single RM (all data)", "single RM per category", "DMoERM", "ensemble mean", "ensemble WCO",
-           "ensemble UWO"]
+METHODS = ["single RM (all data)", "single RM per category", "DMoERM", "DMoERM (true category)", "ensemble mean",
+           "ensemble WCO", "ensemble UWO"]
 
 
 @pytest.mark.slow
@@ -39,6 +39,20 @@ def test_fidelity_fast_end_to_end(tmp_path):
     # The evaluation module scores the saved DMoERM on the same pairs: the same accuracy as the benchmark's scorer.
     assert results["router"]["dmoerm_accuracy_via_evaluation_module"] == pytest.approx(
         results["accuracy"]["DMoERM"]["overall"])
+    # Significance: DMoERM against every other method on the same test pairs, from the per-pair correctness file.
+    per_pair = json.loads((output / "per_pair_correct.json").read_text())
+    dmoerm, single = per_pair["correct"]["DMoERM"], per_pair["correct"]["single RM (all data)"]
+    assert len(dmoerm) == results["accuracy"]["DMoERM"]["pairs"]
+    assert sum(dmoerm) / len(dmoerm) == pytest.approx(results["accuracy"]["DMoERM"]["overall"])
+    test = results["significance"]["DMoERM vs single RM (all data)"]
+    assert test["only_first_right"] == sum(1 for a, b in zip(dmoerm, single) if a and not b)
+    assert test["only_second_right"] == sum(1 for a, b in zip(dmoerm, single) if b and not a)
+    assert 0.0 <= test["mcnemar_p"] <= 1.0
+    assert test["bootstrap_95ci"][0] <= test["difference"] <= test["bootstrap_95ci"][1]
+    assert set(results["significance"]) == {f"DMoERM vs {m}" for m in METHODS if m != "DMoERM"}
+    overall = results["accuracy"]["DMoERM"]
+    assert overall["stderr"] == pytest.approx((overall["overall"] * (1 - overall["overall"]) / overall["pairs"]) ** 0.5,
+                                              abs=1e-4)
     # "Human" ranks are the gold flipped at ~30%; labels came over HTTP from the judge.
     assert 0.5 < results["data"]["human_gold_agreement"] < 0.95
     assert results["labels"]["calls"] > 0 and results["labels"]["labels"] > 0
@@ -64,3 +78,28 @@ def test_fidelity_fast_end_to_end(tmp_path):
     assert "| DMoERM |" in done.stdout
     for png in ("accuracy.png", "overoptimization.png"):
         assert (output / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _load_fidelity_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fidelity_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_comparison_exact_mcnemar_and_bootstrap():
+    fidelity = _load_fidelity_module()
+    # 100 pairs: both right on 60, only A on 8, only B on 2, both wrong on 30.
+    a = [1] * 60 + [1] * 8 + [0] * 2 + [0] * 30
+    b = [1] * 60 + [0] * 8 + [1] * 2 + [0] * 30
+    result = fidelity.paired_comparison(a, b, resamples=2000, seed=1)
+    assert (result["only_first_right"], result["only_second_right"]) == (8, 2)
+    assert result["difference"] == pytest.approx(0.06)
+    # exact two-sided binomial test on 10 discordant pairs: 2 * P(X <= 2 | n=10, p=1/2) = 2 * 56 / 1024
+    assert result["mcnemar_p"] == pytest.approx(2 * 56 / 1024, abs=1e-5)
+    low, high = result["bootstrap_95ci"]
+    assert low < 0.06 < high and low > -0.05 and high < 0.15
+    same = fidelity.paired_comparison(a, a, resamples=200)
+    assert same["mcnemar_p"] == 1.0 and same["difference"] == 0.0 and same["bootstrap_95ci"] == [0.0, 0.0]
