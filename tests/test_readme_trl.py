@@ -49,7 +49,7 @@ def run_readme_snippet(tag: str, paths: dict[str, str], tmp_path, monkeypatch) -
 
 
 @torch.no_grad()
-def dmoerm_reward(model, tokenizer, prompt: list[dict], completion) -> float:
+def conversation_reward(model, tokenizer, prompt: list[dict], completion) -> float:
     """A reward model's reward of one conversation: chat template, no padding, eval mode, ``logits[0, 0]``."""
     if isinstance(completion, str):
         completion = [{"role": "assistant", "content": completion}]
@@ -166,7 +166,7 @@ def test_readme_best_of_n_snippet(assets, tmp_path, monkeypatch, capsys):
     assert len(out.candidates) == 4 and all(len(c) == 8 for c in out.candidates)
     for i, (prompt, candidates) in enumerate(zip(prompts[:4], out.candidates)):
         assert len(set(candidates)) > 1
-        rewards = torch.tensor([dmoerm_reward(dmoerm, tokenizer, prompt, c) for c in candidates])
+        rewards = torch.tensor([conversation_reward(dmoerm, tokenizer, prompt, c) for c in candidates])
         torch.testing.assert_close(out.candidate_scores[i], rewards, rtol=1e-4, atol=1e-5)
         assert out.best[i] == candidates[int(rewards.argmax())]
         assert out.scores[i][0] == pytest.approx(rewards.max().item(), abs=1e-5)
@@ -183,7 +183,7 @@ def test_readme_best_of_n_snippet(assets, tmp_path, monkeypatch, capsys):
     assert proxy_curve == sorted(proxy_curve) and proxy_curve[-1] > proxy_curve[0]
     # The gold scores are the gold model's own (a different reward model from the DMoERM).
     gold_model, gold_tokenizer = snippet["gold"]
-    first = [dmoerm_reward(gold_model, gold_tokenizer, prompts[4], c) for c in result.candidates[0]]
+    first = [conversation_reward(gold_model, gold_tokenizer, prompts[4], c) for c in result.candidates[0]]
     torch.testing.assert_close(result.gold_scores[0], torch.tensor(first), rtol=1e-4, atol=1e-5)
     assert (tmp_path / "runs" / "bon-dmoerm" / "overoptimization.csv").read_text().count("\n") == 5
     assert out.best[0] in capsys.readouterr().out
