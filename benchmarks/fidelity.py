@@ -8,17 +8,20 @@
    single RM per category (routed by the TRUE category at test time), (c) DMoERM (router + 3 phases, the package
    pipeline), (d) mean / WCO / UWO ensembles (``RewardEnsemble``) of ``--seeds`` single RMs trained with different
    seeds (seed 0 is (a)).
-4. Pairwise accuracy against the GOLD preferences of the clean test split, per category and overall, plus the
-   DMoERM router accuracy.
+4. Pairwise accuracy against the GOLD preferences of the clean test split, per category and overall (with standard
+   errors), DMoERM with the TRUE category given (router bypassed: routing vs expert quality), the router accuracy,
+   and DMoERM against every other method on the same pairs (exact McNemar test, paired-bootstrap 95% interval).
+   Every model scores the test texts once; ensembles combine their members' cached scores.
 5. Best-of-n with a policy (SmolLM2-135M-Instruct; ``--fast``: a tiny random Llama), gold reward vs sqrt(KL) with
    each method as the proxy, fitted with Gao et al.'s best-of-n form ``d (a - b d)``.
 
-Writes ``fidelity.json``, ``fidelity.md``, ``accuracy.png``, ``overoptimization.png``, ``best_of_n.csv`` into
+Writes ``fidelity.json``, ``fidelity.md``, ``accuracy.png``, ``overoptimization.png``, ``best_of_n.csv``,
+``per_pair_correct.json`` into
 ``--output`` and prints the markdown table.
 
 Example:
     python benchmarks/fidelity.py --fast --output outputs/fidelity-fast          # tiny models, < 2 minutes
-    python benchmarks/fidelity.py --output outputs/fidelity                      # MiniLM-L6 backbone, SmolLM2 policy
+    python benchmarks/fidelity.py --output outputs/fidelity --threads 2          # ~1 h on 2 busy cores
 """
 
 from __future__ import annotations
@@ -28,8 +31,12 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fidelity_report.py next to this script
+from fidelity_report import markdown, paired_comparison, paired_mean_difference, plot_accuracy, stderr
 
 METHODS = ["single RM (all data)", "single RM per category", "DMoERM", "DMoERM (true category)", "ensemble mean",
            "ensemble WCO", "ensemble UWO"]
@@ -49,24 +56,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "as the demo), 'minilm' (the PyPI-shipped all-MiniLM-L6-v2), or a local model folder.")
     p.add_argument("--smollm2-layers", type=int, default=2, help="Layers of SmolLM2 kept for --backbone smollm2.")
     p.add_argument("--policy", default=None, help="Best-of-n policy folder (default: SmolLM2-135M-Instruct).")
-    p.add_argument("--categories", default=None, help="Comma list (default: all 4 categories of the world).")
-    p.add_argument("--max-capabilities", type=int, default=None, help="Capability experts per category (default 3).")
-    p.add_argument("--pairs-per-category", type=int, default=None, help="Training pairs per category (default 48).")
-    p.add_argument("--test-pairs-per-category", type=int, default=None, help="Clean gold test pairs (default 50).")
+    p.add_argument("--categories", default=None, help="Comma list (default: objective_qa,chitchat,text_creation).")
+    p.add_argument("--max-capabilities", type=int, default=None, help="Capability experts per category (default 2).")
+    p.add_argument("--pairs-per-category", type=int, default=None, help="Training pairs per category (default 120).")
+    p.add_argument("--test-pairs-per-category", type=int, default=None, help="Clean gold test pairs per category (default 170).")
     p.add_argument("--human-flip", type=float, default=0.3, help="Rate at which human ranks contradict the gold.")
     p.add_argument("--judge-flip", type=float, default=0.1, help="Rate at which judge verdicts are flipped.")
     p.add_argument("--epochs", type=float, default=None, help="Epochs of every stage and RM (default 2).")
-    p.add_argument("--learning-rate", type=float, default=None, help="LoRA learning rate of every stage (1e-3).")
+    p.add_argument("--learning-rate", type=float, default=None, help="LoRA learning rate of every stage and RM (5e-3).")
     p.add_argument("--router-mode", default=None, choices=["linear", "lora"],
                    help="DMoERM router: 'lora' (default; an adapter + head) or 'linear' (a head on the frozen backbone).")
-    p.add_argument("--router-epochs", type=float, default=None, help="Epochs of the router stage (default 2).")
+    p.add_argument("--router-epochs", type=float, default=None, help="Epochs of the router stage (default 0.5: 100% on validation).")
     p.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default 8).")
     p.add_argument("--lora-target-modules", default=None,
                    help="Comma list of module names LoRA adapts (default: the model's auto choice, q/v projections).")
-    p.add_argument("--router-learning-rate", type=float, default=None, help="Router stage rate (default: --learning-rate).")
-    p.add_argument("--max-length", type=int, default=None, help="Tokens per sequence (default 256).")
+    p.add_argument("--router-learning-rate", type=float, default=None, help="Router stage rate (default 3e-3).")
+    p.add_argument("--max-length", type=int, default=None, help="Tokens per sequence (default 192).")
     p.add_argument("--seeds", type=int, default=None, help="Single RMs in the ensembles (default 3).")
-    p.add_argument("--bon-prompts", type=int, default=None, help="Held-out prompts for best-of-n (default 8).")
+    p.add_argument("--bon-prompts", type=int, default=None, help="Held-out prompts for best-of-n (default 12).")
     p.add_argument("--bon-samples", type=int, default=None, help="Samples per prompt N (default 16).")
     p.add_argument("--bon-max-new-tokens", type=int, default=None, help="Tokens per sample (default 40).")
     p.add_argument("--skip-bon", action="store_true", help="Skip best-of-n.")
@@ -77,13 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-FULL_DEFAULTS = dict(backbone="smollm2", categories="objective_qa,chitchat,text_creation", max_capabilities=2,
-                     pairs_per_category=160, test_pairs_per_category=170, epochs=2.0, learning_rate=5e-3, lora_r=8,
-                     lora_target_modules=None, max_length=192, seeds=3, router_mode="lora", router_epochs=2.0,
-                     router_learning_rate=3e-3, bon_prompts=16, bon_samples=16, bon_max_new_tokens=40)
-FAST_DEFAULTS = dict(categories="objective_qa,chitchat", max_capabilities=2, pairs_per_category=24,
-                     test_pairs_per_category=12, epochs=1.0, learning_rate=3e-3, lora_r=4, max_length=256, seeds=2,
-                     router_mode="linear", router_epochs=1.0, bon_prompts=4, bon_samples=4, bon_max_new_tokens=12)
+FULL_DEFAULTS = {"backbone": "smollm2", "categories": "objective_qa,chitchat,text_creation", "max_capabilities": 2,
+                 "pairs_per_category": 120, "test_pairs_per_category": 170, "epochs": 2.0, "learning_rate": 5e-3,
+                 "lora_r": 8, "lora_target_modules": None, "max_length": 192, "seeds": 3, "router_mode": "lora",
+                 "router_epochs": 0.5, "router_learning_rate": 3e-3, "bon_prompts": 12, "bon_samples": 16,
+                 "bon_max_new_tokens": 40}
+FAST_DEFAULTS = {"categories": "objective_qa,chitchat", "max_capabilities": 2, "pairs_per_category": 24,
+                 "test_pairs_per_category": 12, "epochs": 1.0, "learning_rate": 3e-3, "lora_r": 4, "max_length": 256,
+                 "seeds": 2, "router_mode": "linear", "router_epochs": 1.0, "bon_prompts": 4, "bon_samples": 4,
+                 "bon_max_new_tokens": 12}
 
 
 def _fill_defaults(args) -> None:
@@ -453,36 +462,13 @@ def gold_accuracy(proxies: dict, test_path, categories_yaml, max_length: int) ->
         report = pairwise_accuracy(values[:n], values[n:], categories)
         correct[name] = [int(values[i] > values[n + i]) for i in range(n)]
         result[name] = {"overall": report["overall"]["accuracy"], "pairs": report["overall"]["total"],
-                        "stderr": _stderr(report["overall"]["accuracy"], report["overall"]["total"]),
+                        "stderr": stderr(report["overall"]["accuracy"], report["overall"]["total"]),
                         "per_category": {c: v["accuracy"] for c, v in report["per_category"].items()},
                         "per_category_pairs": {c: v["total"] for c, v in report["per_category"].items()},
-                        "per_category_stderr": {c: _stderr(v["accuracy"], v["total"])
+                        "per_category_stderr": {c: stderr(v["accuracy"], v["total"])
                                                 for c, v in report["per_category"].items()},
                         "reward_ties": report["overall"]["reward_ties"], "test_pairs_dropped_too_long": dropped}
     return result, {"categories": categories, "correct": correct}
-
-
-def _stderr(p, n) -> float | None:
-    return None if p is None or not n else round((p * (1 - p) / n) ** 0.5, 4)
-
-
-def paired_comparison(a: list[int], b: list[int], resamples: int = 10000, seed: int = 0) -> dict:
-    """A vs B on the same pairs: accuracy difference, exact McNemar p-value (two-sided) and a paired-bootstrap 95%
-    interval of the difference."""
-    import math
-    import random
-
-    n = len(a)
-    only_a = sum(1 for x, y in zip(a, b) if x and not y)
-    only_b = sum(1 for x, y in zip(a, b) if y and not x)
-    k, m = min(only_a, only_b), only_a + only_b
-    p_value = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m) if m else 1.0
-    rng = random.Random(seed)
-    diffs = sorted(sum(a[j] - b[j] for j in (rng.randrange(n) for _ in range(n))) / n for _ in range(resamples))
-    return {"difference": round((sum(a) - sum(b)) / n, 4), "only_first_right": only_a, "only_second_right": only_b,
-            "mcnemar_p": round(p_value, 5), "bootstrap_95ci": [round(diffs[int(0.025 * resamples)], 4),
-                                                                round(diffs[int(0.975 * resamples) - 1], 4)],
-            "bootstrap_p_not_better": round(sum(d <= 0 for d in diffs) / resamples, 5), "pairs": n}
 
 
 def router_accuracy(run_dir: Path, test_path, categories_yaml, proxies: dict, max_length: int,
@@ -549,98 +535,11 @@ def best_of_n(args, policy_path, proxies: dict, world, heldout_path, out: Path) 
     gains = {name: (expected_best_of_n(scores, result.gold_scores, args.bon_samples)
                     - result.gold_scores.double().mean(dim=1)).tolist()
              for name, scores in result.proxy_scores.items()}
-    paired = {f"DMoERM vs {name}": _paired_mean_difference(gains["DMoERM"], gains[name], seed=args.seed)
+    paired = {f"DMoERM vs {name}": paired_mean_difference(gains["DMoERM"], gains[name], seed=args.seed)
               for name in gains if name not in ("DMoERM", "gold (oracle)")}
     return {"prompts": len(prompts), "samples_per_prompt": args.bon_samples,
             "nan_gold": int(torch.isnan(result.gold_scores).sum()), "curves": curves,
             "fits": [fit.summary() for fit in fits], "gain_at_N_per_prompt": gains, "paired_gain_at_N": paired}
-
-
-def _paired_mean_difference(a: list[float], b: list[float], resamples: int = 10000, seed: int = 0) -> dict:
-    import random
-
-    diffs = [x - y for x, y in zip(a, b)]
-    n, rng = len(diffs), random.Random(seed)
-    boot = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
-    return {"difference": round(sum(diffs) / n, 4), "bootstrap_95ci": [round(boot[int(0.025 * resamples)], 4),
-                                                                       round(boot[int(0.975 * resamples) - 1], 4)],
-            "prompts": n}
-
-
-# ------------------------------------------------------------------------------------------------------- report
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
-
-
-def markdown(results: dict) -> str:
-    accuracy, categories = results["accuracy"], results["categories"]
-    first = next(iter(accuracy.values()))
-    counts = first.get("per_category_pairs") or {}
-    lines = ["| method | " + " | ".join(f"{c} ({counts.get(c, '?')})" for c in categories)
-             + f" | overall ({first['pairs']}) |", "|---" * (len(categories) + 2) + "|"]
-    for name, entry in accuracy.items():
-        errors = entry.get("per_category_stderr") or {}
-        cells = [_pct(entry["per_category"].get(c)) + (f" ± {_pct(errors[c])}" if errors.get(c) is not None else "")
-                 for c in categories]
-        overall = _pct(entry["overall"]) + (f" ± {_pct(entry['stderr'])}" if entry.get("stderr") is not None else "")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | **{overall}** |")
-    router = results.get("router") or {}
-    lines.append("")
-    lines.append(f"Pairwise accuracy (%) against the gold on {first['pairs']} clean test pairs (± one standard "
-                 f"error). DMoERM router accuracy: {_pct(router.get('prompt'))}% (prompt only), "
-                 f"{_pct(router.get('full'))}% (prompt + response). Human labels agree with the gold on "
-                 f"{_pct(results['data']['human_gold_agreement'])}% of training pairs.")
-    if results.get("significance"):
-        lines += ["", "| DMoERM vs | difference (points) | only DMoERM right / only other right | McNemar p "
-                      "(exact, two-sided) | paired bootstrap 95% CI |", "|---|---|---|---|---|"]
-        for name, test in results["significance"].items():
-            low, high = test["bootstrap_95ci"]
-            lines.append(f"| {name.removeprefix('DMoERM vs ')} | {100 * test['difference']:+.1f} | "
-                         f"{test['only_first_right']} / {test['only_second_right']} | {test['mcnemar_p']:.3g} | "
-                         f"[{100 * low:+.1f}, {100 * high:+.1f}] |")
-    bon = results.get("best_of_n")
-    if bon:
-        lines += ["", f"Best-of-n ({bon['prompts']} held-out prompts x N={bon['samples_per_prompt']}): gold reward of "
-                      "the proxy's pick", "", "| proxy | " + " | ".join(
-                          f"n={n}" for n in sorted(next(iter(bon["curves"].values())))) + " | gain |",
-                  "|---" * (len(next(iter(bon["curves"].values()))) + 2) + "|"]
-        for name, curve in bon["curves"].items():
-            ns = sorted(curve)
-            lines.append(f"| {name} | " + " | ".join(f"{curve[n]['gold']:.3f}" for n in ns)
-                         + f" | {curve[ns[-1]]['gold'] - curve[ns[0]]['gold']:+.3f} |")
-        lines += ["", f"Standard error of a point over prompts: ~{max(c[max(c)]['gold_sem'] for c in bon['curves'].values()):.2f}. "
-                      "DMoERM's gold gain at n=N minus another proxy's, paired over prompts (bootstrap 95% CI): "
-                  + "; ".join(f"{k.removeprefix('DMoERM vs ')} {v['difference']:+.3f} [{v['bootstrap_95ci'][0]:+.3f}, "
-                              f"{v['bootstrap_95ci'][1]:+.3f}]" for k, v in bon.get("paired_gain_at_N", {}).items())]
-    return "\n".join(lines)
-
-
-def plot_accuracy(results: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    names = list(results["accuracy"])
-    groups = results["categories"] + ["overall"]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    width = 0.8 / len(names)
-    for k, name in enumerate(names):
-        entry = results["accuracy"][name]
-        values = [entry["per_category"].get(c) or 0.0 for c in results["categories"]] + [entry["overall"] or 0.0]
-        ax.bar([g + k * width for g in range(len(groups))], values, width, label=name)
-    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups)
-    ax.axhline(results["data"]["human_gold_agreement"], color="grey", linestyle="--", label="human labels vs gold")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("pairwise accuracy vs gold (clean test)")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -677,7 +576,7 @@ def main(argv: list[str] | None = None) -> dict:
     tick("train per-category RMs + seeds")
     proxies = build_proxies(args, run_dir, world)
     results = {
-        "command": "python benchmarks/fidelity.py " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+        "command": "python benchmarks/fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "settings": {k: v for k, v in vars(args).items()}, "backbone": backbone, "policy": policy,
         "categories": list(categories), "capabilities": categories,
         "data": {"train_pairs": n_train, "test_pairs": n_test, "human_gold_agreement": round(agreement, 4)},
