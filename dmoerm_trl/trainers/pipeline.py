@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
 import json
 import logging
 import shutil
@@ -40,15 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from .checkpointing import atomic_save_tensors, atomic_write_json, last_complete_checkpoint, load_tensors_into
+from .pipeline_data import SPLITS_FILE, PipelineDataMixin
 from .preference_data import (
     DataReport,
     TrainingDataError,
-    conversation_key,
-    resolve_categories,
-    rows_with_ids,
     select_capability_labels,
-    split_by_conversation,
-    tokenize_pairs,
 )
 from .stage import Stage, without_zero3_init
 
@@ -56,11 +51,10 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "pipeline_state.json"
 SUMMARY_FILE = "training_summary.json"
-SPLITS_FILE = "splits.json"
 FINAL_WEIGHTS = "final.safetensors"
 
 
-class DMoERMTrainingPipeline:
+class DMoERMTrainingPipeline(PipelineDataMixin):
     """Runs (and resumes) the DMoERM training pipeline described in the module docstring.
 
     Args:
@@ -218,125 +212,6 @@ class DMoERMTrainingPipeline:
                 if stage.kind == "task":
                     model.init_experts_from_task(stage.category)
 
-    # ------------------------------------------------------------------------------------------------- data
-    def _prepare_data(self) -> None:
-        from ..data import LoadReport, load_capability_labels, load_category_spec, load_preference_pairs
-
-        if not self.data_args.dataset_path:
-            raise TrainingDataError("dataset_path is not set: give the human-ranked preference data to train on")
-        spec = load_category_spec(self.model_args.categories)
-        self.categories = {key: list(caps) for key, caps in spec.categories.items()}
-        wanted = self.args.categories_to_train
-        self.categories_to_train = (
-            [name.strip() for name in wanted.split(",") if name.strip()] if wanted else list(self.categories)
-        )
-        unknown = [name for name in self.categories_to_train if name not in self.categories]
-        if unknown:
-            raise TrainingDataError(
-                f"categories_to_train names {unknown}, which are not categories of the model {list(self.categories)}"
-            )
-        limit = self._backbone_max_length()
-        self.max_length = min(x for x in (self.args.max_length, limit) if x) if (self.args.max_length or limit) else None
-
-        load_report = LoadReport()
-        human = load_preference_pairs(
-            self.data_args.dataset_path,
-            lower_rank_is_better=self.data_args.lower_rank_is_better,
-            skip_invalid=self.data_args.skip_invalid_records,
-            report=load_report,
-        )
-        self.report.counts.update({f"human_{k}": v for k, v in load_report.to_dict().items() if isinstance(v, int)})
-        if len(human) == 0:
-            raise TrainingDataError(f"{self.data_args.dataset_path}: no preference pairs (all ties or empty?)")
-        human = resolve_categories(human, spec, self.categories, "human pairs", self.report)
-        self.human = tokenize_pairs(human, self.tokenizer, self.max_length, "human pairs", self.report)
-        self.labels = None
-        if self.data_args.capability_labels_path:
-            label_report = LoadReport()
-            labels = load_capability_labels(
-                self.data_args.capability_labels_path, skip_invalid=self.data_args.skip_invalid_records,
-                report=label_report,
-            )
-            self.report.counts["capability_labels_read"] = len(labels)
-            labels = resolve_categories(labels, spec, self.categories, "capability labels", self.report)
-            self.labels = tokenize_pairs(labels, self.tokenizer, self.max_length, "capability labels", self.report)
-        elif "capability" in self.args.stage_kinds:
-            self.report.warn(
-                "no capability_labels_path: phase 2 is skipped and every expert keeps its phase-1 initialisation "
-                "(label pairs with `dmoerm label` to train the experts)"
-            )
-        self.splits = split_by_conversation(
-            self.human, self.data_args.validation_split_ratio, self.data_args.task_split_ratio, self.args.seed
-        )
-        fingerprint = hashlib.sha1(json.dumps(self.splits, sort_keys=True).encode()).hexdigest()
-        finished = [name for name, info in self.state["stages"].items() if info.get("status") == "done"]
-        if self.state.get("splits_fingerprint") not in (None, fingerprint) and finished:
-            raise TrainingDataError(
-                f"the data or the split settings changed since {self.output_dir} was started (finished stages "
-                f"{finished[:3]} were trained on other splits). Fix: use a new output_dir, or pass --restart true"
-            )
-        self.state["splits_fingerprint"] = fingerprint
-        if self.is_main:
-            atomic_write_json(self.output_dir / SPLITS_FILE, self.splits)
-        self._set_validation_conversations()
-
-    def _set_validation_conversations(self) -> None:
-        validation_ids = {pid for split in self.splits.values() for pid in split["validation"]}
-        self.validation_conversations = {
-            conversation_key(prompt)
-            for prompt, pid in zip(self.human["prompt"], self.human["pair_id"])
-            if pid in validation_ids
-        }
-
-    def _run_labeling(self) -> None:
-        """The optional first step: capability labels from an LLM judge (``label_config``), into ``labels/``."""
-        if not self.data_args.label_config or self.data_args.capability_labels_path:
-            return
-        from ..data import load_category_spec
-        from ..labeling.labeler import LABELS_FILE
-        from .labeling_step import label_capabilities
-
-        stage = Stage("label")
-        labels_dir = self.output_dir / "labels"
-        if "label" in self.args.stage_kinds and self._status(stage) != "done":
-            summary = None
-            if self.is_main:
-                summary = label_capabilities(
-                    self.data_args.label_config, self.data_args.dataset_path, load_category_spec(self.model_args.categories),
-                    self.output_dir, lower_rank_is_better=self.data_args.lower_rank_is_better,
-                )
-            self._barrier()
-            self._mark(stage, "done", labels=summary["labels"] if summary else None)
-        if (labels_dir / LABELS_FILE).exists():
-            self.data_args.capability_labels_path = str(labels_dir / LABELS_FILE)
-
-    def _backbone_max_length(self) -> int | None:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(self.backbone_path)
-        return getattr(config, "max_position_embeddings", None)
-
-    def _check_categories(self) -> None:
-        empty = {}
-        for category in self.categories_to_train:
-            split = self.splits.get(category)
-            if split is None:
-                empty[category] = "no human pairs"
-            elif not split["task"] or not split["aggregator"]:
-                n = sum(split["conversations"].values())
-                empty[category] = f"only {n} conversation(s); phase 1 and phase 3 need one each"
-        if not empty:
-            return
-        detail = "; ".join(f"{category}: {reason}" for category, reason in empty.items())
-        if not self.data_args.skip_empty_categories:
-            raise TrainingDataError(
-                f"categories without enough human data: {detail}. Their rewards would be untrained. Fix: add data, "
-                "remove them from the category set, or pass --skip_empty_categories true to skip them (reported)"
-            )
-        self.report.counts["categories_skipped_no_data"] += len(empty)
-        self.report.warn(f"skipping categories without enough human data: {detail}")
-        self.skipped_categories = empty
-
     def _plan(self) -> list[Stage]:
         plan = [Stage("router")]
         for category in self.categories_to_train:
@@ -359,58 +234,6 @@ class DMoERMTrainingPipeline:
                 return entry["skip"]
         return None
 
-    def _route_unlabeled(self) -> None:
-        """Records without a category: routed by the trained router (prompt only), then split like the others."""
-        import torch
-
-        unlabeled = [i for i, category in enumerate(self.human["category"]) if not category]
-        if not unlabeled:
-            return
-        if not self.data_args.route_unlabeled or self._status(Stage("router")) != "done":
-            why = "route_unlabeled is false" if not self.data_args.route_unlabeled else "the router is not trained"
-            self.report.counts["human_pairs_without_category_dropped"] = len(unlabeled)
-            self.report.warn(f"{len(unlabeled)} human pairs have no category and are not used ({why})")
-            return
-        if "routing" not in self.state:
-            model = self._build_model()
-            model.set_training_stage("router")
-            model.eval()
-            rows = self.human.select(unlabeled)
-            routed = {}
-            with torch.no_grad():
-                for start in range(0, len(rows), 32):
-                    batch = rows[start : start + 32]
-                    ids = batch["prompt_ids"]
-                    length = max(len(x) for x in ids)
-                    input_ids = torch.full((len(ids), length), self.tokenizer.pad_token_id, dtype=torch.long)
-                    mask = torch.zeros_like(input_ids)
-                    for j, x in enumerate(ids):
-                        input_ids[j, : len(x)], mask[j, : len(x)] = torch.as_tensor(x), 1
-                    logits = model(input_ids=input_ids, attention_mask=mask).logits
-                    for pid, index in zip(batch["pair_id"], logits.argmax(-1).tolist()):
-                        routed[pid] = model.config.category_names[index]
-            self.state["routing"] = routed
-            self._write_state()
-            del model
-        routed = self.state["routing"]
-        self.human = self.human.map(
-            lambda row: {"category": routed.get(row["pair_id"], row["category"])}, desc="Routing uncategorised pairs"
-        )
-        routed_rows = self.human.select(unlabeled)
-        extra = split_by_conversation(
-            routed_rows, self.data_args.validation_split_ratio, self.data_args.task_split_ratio, self.args.seed
-        )
-        for category, split in extra.items():
-            target = self.splits.setdefault(category, {"task": [], "aggregator": [], "validation": [],
-                                                       "conversations": {"task": 0, "aggregator": 0,
-                                                                         "validation": 0}})
-            for name in ("task", "aggregator", "validation"):
-                target[name] = target[name] + split[name]
-                target["conversations"][name] += split["conversations"][name]
-        self.report.counts["human_pairs_routed"] = len(unlabeled)
-        if self.is_main:
-            atomic_write_json(self.output_dir / SPLITS_FILE, self.splits)
-
     # ------------------------------------------------------------------------------------------------- stages
     def _stage_args(self, stage: Stage, has_validation: bool):
         kind = stage.kind
@@ -426,27 +249,6 @@ class DMoERMTrainingPipeline:
         if not has_validation:
             overrides.update(eval_strategy="no", load_best_model_at_end=False, metric_for_best_model=None)
         return dataclasses.replace(self.args, **overrides)
-
-    def _stage_data(self, stage: Stage):
-        def human_rows(split_name, categories):
-            ids = [pid for c in categories for pid in self.splits.get(c, {}).get(split_name, [])]
-            return rows_with_ids(self.human, ids)
-
-        if stage.kind == "router":
-            labelled = [c for c in self.categories if c in self.splits]
-            train = human_rows("task", labelled)
-            train = _concat(train, human_rows("aggregator", labelled))
-            return train, human_rows("validation", labelled)
-        if stage.kind == "task":
-            return human_rows("task", [stage.category]), human_rows("validation", [stage.category])
-        if stage.kind == "capability":
-            entry = self.expert_data[(stage.category, stage.capability)]
-            return entry["train"], entry["validation"]
-        if stage.kind == "aggregator":
-            return human_rows("aggregator", [stage.category]), human_rows("validation", [stage.category])
-        categories = list(self.splits)
-        train = _concat(human_rows("task", categories), human_rows("aggregator", categories))
-        return train, human_rows("validation", categories)
 
     def _make_trainer(self, stage: Stage, model, args, train, validation, callbacks):
         from .aggregator_trainer import AggregatorTrainer
@@ -644,9 +446,3 @@ class DMoERMTrainingPipeline:
         self._mark(stage, "done", metrics=metrics, train_seconds=round(time.perf_counter() - start, 3),
                    num_train=len(train), num_validation=len(validation))
         self.ran_stages.append(stage.name)
-
-
-def _concat(first, second):
-    from datasets import concatenate_datasets
-
-    return concatenate_datasets([first, second])
