@@ -131,6 +131,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
         pooling: str | None = None,
         expert_batching: str = "auto",
         task_mode: str = "lora",
+        router_pooling: str | None = None,
         **backbone_kwargs,
     ) -> DMoERMForSequenceClassification:
         """Build a DMoERM on a pretrained backbone (its weights are loaded, never randomly initialised).
@@ -142,7 +143,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             categories: ``{category: [capability, ...]}``; one task adapter per category, one expert per capability.
             tokenizer: optional; checked for a pad token, whose id is stored in the config.
             lora_r, lora_alpha, lora_dropout, lora_target_modules, aggregator_hidden_size, router_mode, pooling,
-            expert_batching, task_mode: see [`DMoERMConfig`] (``task_mode="full"``: one full base copy per category,
+            expert_batching, task_mode, router_pooling: see [`DMoERMConfig`] (``task_mode="full"``: one full base copy per category,
             fine-tuned in phase 1, as in the paper; memory grows with the number of categories).
 
         Example:
@@ -189,6 +190,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             pooling=pooling,
             expert_batching=expert_batching,
             task_mode=task_mode,
+            router_pooling=router_pooling,
             hidden_size=base.config.hidden_size,
             max_position_embeddings=getattr(base.config, "max_position_embeddings", None),
             pad_token_id=pad_token_id,
@@ -242,18 +244,25 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return input_ids, attention_mask, position_ids
 
-    def _pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, mode: str | None = None) -> torch.Tensor:
         mask = attention_mask.bool()
-        if self.config.pooling == "first":
+        mode = mode or self.config.pooling
+        if mode == "mean":  # mean over real tokens, whatever the padding side
+            weights = mask.unsqueeze(-1).to(hidden_states.dtype)
+            return (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1)
+        if mode == "first":
             index = mask.long().argmax(-1)  # first real token ([CLS]), also under left padding
         else:
             length = mask.shape[-1]
             index = length - 1 - mask.flip(-1).long().argmax(-1)  # last real token, also under left padding
         return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), index]
 
-    def _encode(self, input_ids, attention_mask, position_ids, adapter_names: list[str] | None = None, backbone=None):
+    def _encode(
+        self, input_ids, attention_mask, position_ids, adapter_names: list[str] | None = None, backbone=None,
+        pooling: str | None = None,
+    ):
         """One backbone pass; returns the pooled hidden state (N, H). ``adapter_names`` picks an adapter per row
-        (``"__base__"``: none); ``backbone`` defaults to the shared one."""
+        (``"__base__"``: none); ``backbone`` defaults to the shared one, ``pooling`` to ``config.pooling``."""
         from peft import PeftModel
 
         backbone = self.backbone if backbone is None else backbone
@@ -265,7 +274,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
         if adapter_names is not None and isinstance(backbone, PeftModel):
             kwargs["adapter_names"] = adapter_names
         hidden = backbone(**kwargs).last_hidden_state
-        return self._pool(hidden, attention_mask)
+        return self._pool(hidden, attention_mask, pooling)
 
     def _head_input(self, features: torch.Tensor, head: nn.Module) -> torch.Tensor:
         weight = next(head.parameters())
@@ -298,7 +307,10 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
 
     def _route(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         adapter = ROUTER_ADAPTER if self.config.router_mode == "lora" else "__base__"
-        pooled = self._encode(input_ids, attention_mask, position_ids, adapter_names=[adapter] * input_ids.shape[0])
+        pooled = self._encode(
+            input_ids, attention_mask, position_ids, adapter_names=[adapter] * input_ids.shape[0],
+            pooling=self.config.router_pooling,
+        )
         return self.router_head(self._head_input(pooled, self.router_head))
 
     def _category_ids(self, categories, batch_size: int, device) -> torch.Tensor:

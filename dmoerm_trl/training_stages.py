@@ -124,10 +124,12 @@ class TrainingStagesMixin:
             return DMoERMOutput(logits=logits, category_ids=category_ids)
 
         backbone = self.backbone_for(category)
+        pooling = self.config.router_pooling if stage == "router" else None
         if stage == "router" and self.config.router_mode == "linear":
             # The base stays frozen: only the head learns, so the features need no graph.
             with torch.no_grad(), self._backbone_eval():
-                pooled = self._encode(input_ids, attention_mask, position_ids, ["__base__"] * batch_size)
+                pooled = self._encode(input_ids, attention_mask, position_ids, ["__base__"] * batch_size,
+                                      pooling=pooling)
         elif self._stage_adapter is None:
             # task_mode="full", phase 1: the category's own base copy, fully trained, its expert adapters switched
             # off by set_training_stage.
@@ -137,10 +139,11 @@ class TrainingStagesMixin:
             # gradient checkpointing sees a single adapter.
             if backbone.active_adapter != self._stage_adapter:
                 backbone.set_adapter(self._stage_adapter)
-            pooled = self._encode(input_ids, attention_mask, position_ids, backbone=backbone)
+            pooled = self._encode(input_ids, attention_mask, position_ids, backbone=backbone, pooling=pooling)
         else:
             pooled = self._encode(
-                input_ids, attention_mask, position_ids, [self._stage_adapter] * batch_size, backbone=backbone
+                input_ids, attention_mask, position_ids, [self._stage_adapter] * batch_size, backbone=backbone,
+                pooling=pooling,
             )
 
         if stage == "router":

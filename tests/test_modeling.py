@@ -338,3 +338,24 @@ def test_aggregator_stage_on_cached_features_needs_no_tokens(llama_model, tiny_t
     assert out.logits.shape == (5, 1) and out.category_ids.tolist() == [1] * 5
     torch.testing.assert_close(out.logits, llama_model(**batch).logits)
     llama_model.set_training_stage(None)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_router_mean_pooling(tiny_llama_path, tiny_tokenizer, tiny_categories, side):
+    model = build(tiny_llama_path, tiny_categories, tiny_tokenizer, router_pooling="mean")
+    assert model.config.router_pooling == "mean" and model.config.pooling == "last"  # experts keep theirs
+    batch = encode(tiny_tokenizer, CONVERSATIONS, side=side)
+    logits = model.route(batch["input_ids"], batch["attention_mask"])
+    with torch.no_grad():
+        for i, text in enumerate(CONVERSATIONS):
+            single = encode(tiny_tokenizer, [text])
+            hidden = model.backbone(input_ids=single["input_ids"], attention_mask=single["attention_mask"],
+                                    adapter_names=["router"]).last_hidden_state
+            torch.testing.assert_close(logits[i], model.router_head(hidden.mean(1))[0], atol=1e-5, rtol=1e-4)
+            last = model.router_head(hidden[:, -1])[0]
+            assert not torch.allclose(logits[i], last, atol=1e-4)
+        model.set_training_stage("router")
+        torch.testing.assert_close(model(**batch).logits, logits, atol=1e-5, rtol=1e-4)  # training sees the same
+    model.set_training_stage(None)
+    with pytest.raises(ValueError, match="router_pooling must be one of"):
+        DMoERMConfig(categories=tiny_categories, router_pooling="max")

@@ -195,6 +195,7 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
                 router_mode=self.model_args.router_mode,
                 pooling=self.model_args.pooling,
                 task_mode=self.model_args.task_mode,
+                router_pooling=self.model_args.router_pooling,
                 **kwargs,
             )
             self._load_finished_stages(model)
