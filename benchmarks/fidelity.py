@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fidelity_report.py next to this script
-from fidelity_report import markdown, paired_comparison, paired_mean_difference, plot_accuracy, stderr
+from fidelity_report import markdown, paired_mean_difference, plot_accuracy, significance, stderr
 
 METHODS = ["single RM (all data)", "single RM per category", "DMoERM", "DMoERM (true category)", "ensemble mean",
            "ensemble WCO", "ensemble UWO"]
@@ -583,9 +583,7 @@ def main(argv: list[str] | None = None) -> dict:
         "labels": labels, "training": {"dmoerm_pipeline": stages, "single_rms": singles},
     }
     results["accuracy"], per_pair = gold_accuracy(proxies, paths["test"], categories_yaml, args.max_length)
-    results["significance"] = {
-        f"DMoERM vs {other}": paired_comparison(per_pair["correct"]["DMoERM"], per_pair["correct"][other])
-        for other in results["accuracy"] if other != "DMoERM"}
+    results["significance"] = significance(per_pair)
     _write_atomic(out / "per_pair_correct.json", json.dumps(per_pair))
     results["router"] = router_accuracy(run_dir, paths["test"], categories_yaml, proxies, args.max_length,
                                         cross_check=args.fast or args.cross_check)

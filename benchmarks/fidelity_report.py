@@ -35,6 +35,24 @@ def paired_comparison(a: list[int], b: list[int], resamples: int = 10000, seed: 
             "bootstrap_p_not_better": round(sum(d <= 0 for d in diffs) / resamples, 5), "pairs": n}
 
 
+def significance(per_pair: dict) -> dict:
+    """DMoERM against every other method on the same test pairs, overall and per category (``per_pair`` =
+    ``per_pair_correct.json``: ``{"categories": [...], "correct": {method: [0/1 per pair]}}``)."""
+    correct, categories = per_pair["correct"], per_pair["categories"]
+    result = {}
+    for other in correct:
+        if other == "DMoERM":
+            continue
+        entry = paired_comparison(correct["DMoERM"], correct[other])
+        entry["per_category"] = {}
+        for category in sorted(set(categories)):
+            rows = [i for i, c in enumerate(categories) if c == category]
+            entry["per_category"][category] = paired_comparison([correct["DMoERM"][i] for i in rows],
+                                                                [correct[other][i] for i in rows], resamples=2000)
+        result[f"DMoERM vs {other}"] = entry
+    return result
+
+
 def paired_mean_difference(a: list[float], b: list[float], resamples: int = 10000, seed: int = 0) -> dict:
     import random
 

@@ -80,17 +80,17 @@ def test_fidelity_fast_end_to_end(tmp_path):
         assert (output / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _load_fidelity_module():
+def _load_fidelity_report():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("fidelity_benchmark", SCRIPT)
+    spec = importlib.util.spec_from_file_location("fidelity_report", SCRIPT.with_name("fidelity_report.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_paired_comparison_exact_mcnemar_and_bootstrap():
-    fidelity = _load_fidelity_module()
+    fidelity = _load_fidelity_report()
     # 100 pairs: both right on 60, only A on 8, only B on 2, both wrong on 30.
     a = [1] * 60 + [1] * 8 + [0] * 2 + [0] * 30
     b = [1] * 60 + [0] * 8 + [1] * 2 + [0] * 30
@@ -103,3 +103,10 @@ def test_paired_comparison_exact_mcnemar_and_bootstrap():
     assert low < 0.06 < high and low > -0.05 and high < 0.15
     same = fidelity.paired_comparison(a, a, resamples=200)
     assert same["mcnemar_p"] == 1.0 and same["difference"] == 0.0 and same["bootstrap_95ci"] == [0.0, 0.0]
+
+    # Per category: the same test on each category's pairs.
+    per_pair = {"categories": ["x"] * 50 + ["y"] * 50, "correct": {"DMoERM": a, "single RM (all data)": b}}
+    tests = fidelity.significance(per_pair)["DMoERM vs single RM (all data)"]
+    assert tests["only_first_right"] == 8 and tests["per_category"]["x"]["pairs"] == 50
+    assert tests["per_category"]["y"]["only_first_right"] == 8 and tests["per_category"]["y"]["only_second_right"] == 2
+    assert tests["per_category"]["x"]["mcnemar_p"] == 1.0  # no discordant pairs among the first 50
