@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -175,18 +176,24 @@ def test_serve_judge_command_binds_loopback_and_serves(tiny_llama_path):
         "--served-model-name",
         "cli-judge",
     ]
+    # stderr goes to a file, not a pipe nobody reads (a full pipe would block the server); the exit deadline is
+    # generous because a loaded CI machine can take tens of seconds to tear torch down.
+    stderr = tempfile.TemporaryFile(mode="w+")
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        command, stdout=subprocess.PIPE, stderr=stderr, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
     try:
         line = process.stdout.readline()
-        assert line.startswith("Serving 'cli-judge' at http://127.0.0.1:"), process.stderr.read()
+        if not line.startswith("Serving 'cli-judge' at http://127.0.0.1:"):
+            process.wait(timeout=60)
+            stderr.seek(0)
+            pytest.fail(f"serve-judge did not start: {line!r}\n{stderr.read()[-3000:]}")
         base_url = line.split(" at ")[1].split()[0]
         with urllib.request.urlopen(base_url + "/models", timeout=30) as response:
             assert json.load(response)["data"][0]["id"] == "cli-judge"
     finally:
         process.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         if process.poll() is None:
