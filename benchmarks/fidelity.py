@@ -484,11 +484,11 @@ def router_accuracy(run_dir: Path, test_path, categories_yaml, proxies: dict, ma
         accuracy = (report.get("dmoerm") or {}).get("overall", {}).get("accuracy")
     else:
         from dmoerm_trl.data import load_preference_pairs
-        from dmoerm_trl.evaluation import _prepare_pairs, evaluate_router
+        from dmoerm_trl.evaluation import evaluate_router, prepare_pairs
 
         model, tokenizer = proxies["DMoERM"]
         pairs = load_preference_pairs(test_path, categories=str(categories_yaml))
-        router = evaluate_router(model, tokenizer, _prepare_pairs(pairs, tokenizer, max_length, "test pairs", {}), 32)
+        router = evaluate_router(model, tokenizer, prepare_pairs(pairs, tokenizer, max_length, "test pairs", {}), 32)
         accuracy = None
     return {"prompt": (router.get("prompt") or {}).get("accuracy"), "full": (router.get("full") or {}).get("accuracy"),
             "per_category_prompt": {c: v["accuracy"] for c, v in (router.get("prompt") or {}).get(

@@ -174,7 +174,9 @@ def _route(model, sequences, pad_token_id: int, batch_size: int, desc: str) -> l
 
 
 # -------------------------------------------------------------------------------------------------- evaluation
-def _prepare_pairs(pairs, tokenizer, max_length: int | None, what: str, counts: dict):
+def prepare_pairs(pairs, tokenizer, max_length: int | None, what: str, counts: dict):
+    """Tokenize preference pairs for scoring; pairs longer than ``max_length`` are dropped and counted in
+    ``counts[f"{what}_longer_than_max_length"]`` (with a warning), never silently."""
     from .trainers.preference_data import tokenize_pairs
 
     before = len(pairs)
@@ -295,7 +297,7 @@ def evaluate_reward_models(
     max_length = min(x for x in (max_length, limit) if x) if (max_length or limit) else None
     resolved = _model_categories(pairs, model)
     pairs = pairs.map(lambda row, i: {"category": resolved[i]}, with_indices=True, desc="Categories")
-    pairs = _prepare_pairs(pairs, tokenizer, max_length, "pairs", counts)
+    pairs = prepare_pairs(pairs, tokenizer, max_length, "pairs", counts)
     report: dict[str, Any] = {
         "model": str(model_path), "data": str(data), "baseline_model": str(baseline_path) if baseline_path else None,
         "num_pairs": len(pairs), "counts": counts, "split": split,
@@ -311,14 +313,14 @@ def evaluate_reward_models(
 
                 keys = {conversation_key(prompt) for prompt in pairs["prompt"]}
                 labels = labels.select([i for i, p in enumerate(labels["prompt"]) if conversation_key(p) in keys])
-            labels = _prepare_pairs(labels, tokenizer, max_length, "capability_labels", counts)
+            labels = prepare_pairs(labels, tokenizer, max_length, "capability_labels", counts)
             report["experts"] = evaluate_experts(model, tokenizer, labels, batch_size)
     if baseline_path is not None:
         del model
         baseline, baseline_tokenizer = load_reward_model(baseline_path)
         baseline_pairs = pairs
         if baseline_tokenizer.get_vocab() != tokenizer.get_vocab() or baseline_tokenizer.chat_template != tokenizer.chat_template:
-            baseline_pairs = _prepare_pairs(
+            baseline_pairs = prepare_pairs(
                 pairs.remove_columns(["prompt_ids", "chosen_ids", "rejected_ids"]), baseline_tokenizer,
                 getattr(baseline.config, "max_position_embeddings", None), "baseline_pairs", counts)
         report["baseline"], _ = evaluate_pair_accuracy(
