@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
@@ -65,6 +66,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"serve-judge: {err}", file=sys.stderr)
         return 1
     print(f"Serving {server.model_name!r} at {server.base_url} (Ctrl-C to stop)", flush=True)
+
+    def stop_on_sigterm(signum, frame):  # process managers (systemd, docker, CI) stop with SIGTERM: exit cleanly
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -192,7 +192,8 @@ def test_serve_judge_command_binds_loopback_and_serves(tiny_llama_path):
         with urllib.request.urlopen(base_url + "/models", timeout=30) as response:
             assert json.load(response)["data"][0]["id"] == "cli-judge"
     finally:
-        process.send_signal(signal.SIGINT)
+        # SIGTERM (what process managers send; SIGINT may be ignored in a background job) stops it cleanly
+        process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
