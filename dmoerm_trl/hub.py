@@ -14,6 +14,11 @@ def build_model_card(model, save_base: bool = False) -> str:
     """A README.md for a saved DMoERM: base model, categories and capabilities, parameters, metrics when known."""
     config = model.config
     counts = model.num_parameters_by_part()
+    if model.full_task_mode:
+        phase1 = "full fine-tuning, one base copy per category (`category_bases/`)"
+        base_kind = "shared + per-category copies"
+    else:
+        phase1, base_kind = "a LoRA task adapter per category on the shared base", "frozen, shared"
     base = config.base_model_name_or_path or "(saved in base/)"
     front_matter = ["---", "library_name: transformers", "tags:", "- dmoerm", "- reward-model", "- trl", "- peft"]
     if config.base_model_name_or_path and not save_base and "/" in config.base_model_name_or_path and not (
@@ -34,8 +39,8 @@ def build_model_card(model, save_base: bool = False) -> str:
         f"hidden size {config.hidden_size}, pooling `{config.pooling}`)",
         f"- Router: `{config.router_mode}`; LoRA r={config.lora_r}, alpha={config.lora_alpha}, "
         f"dropout={config.lora_dropout}, targets {config.lora_target_modules}",
-        f"- Phase 1: {'full fine-tuning, one base copy per category (`category_bases/`)' if model.full_task_mode else 'a LoRA task adapter per category on the shared base'}",
-        f"- Parameters: base {counts['base']:,} ({'shared + per-category copies' if model.full_task_mode else 'frozen, shared'}), adapters {counts['adapters']:,}, "
+        f"- Phase 1: {phase1}",
+        f"- Parameters: base {counts['base']:,} ({base_kind}), adapters {counts['adapters']:,}, "
         f"heads {counts['heads']:,}",
         "",
         "## Categories and capabilities",

@@ -143,8 +143,8 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             categories: ``{category: [capability, ...]}``; one task adapter per category, one expert per capability.
             tokenizer: optional; checked for a pad token, whose id is stored in the config.
             lora_r, lora_alpha, lora_dropout, lora_target_modules, aggregator_hidden_size, router_mode, pooling,
-            expert_batching, task_mode, router_pooling: see [`DMoERMConfig`] (``task_mode="full"``: one full base copy per category,
-            fine-tuned in phase 1, as in the paper; memory grows with the number of categories).
+            expert_batching, task_mode, router_pooling: see [`DMoERMConfig`] (``task_mode="full"``: one full base
+            copy per category, fine-tuned in phase 1, as in the paper; memory grows with the number of categories).
 
         Example:
             >>> model = DMoERMForSequenceClassification.from_backbone(  # doctest: +SKIP
@@ -244,7 +244,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return input_ids, attention_mask, position_ids
 
-    def _pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, mode: str | None = None) -> torch.Tensor:
+    def _pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, mode: str | None = None):
         mask = attention_mask.bool()
         mode = mode or self.config.pooling
         if mode == "mean":  # mean over real tokens, whatever the padding side
@@ -263,15 +263,13 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
     ):
         """One backbone pass; returns the pooled hidden state (N, H). ``adapter_names`` picks an adapter per row
         (``"__base__"``: none); ``backbone`` defaults to the shared one, ``pooling`` to ``config.pooling``."""
-        from peft import PeftModel
-
         backbone = self.backbone if backbone is None else backbone
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "return_dict": True}
         if self._backbone_takes_position_ids:
             kwargs["position_ids"] = position_ids
         if self._backbone_takes_use_cache:
             kwargs["use_cache"] = False
-        if adapter_names is not None and isinstance(backbone, PeftModel):
+        if adapter_names is not None and hasattr(backbone, "peft_config"):  # a plain backbone takes no adapter names
             kwargs["adapter_names"] = adapter_names
         hidden = backbone(**kwargs).last_hidden_state
         return self._pool(hidden, attention_mask, pooling)

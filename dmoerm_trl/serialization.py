@@ -53,16 +53,14 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write_bytes(path, write)
 
 
+def _plain_key(peft_key: str) -> str:
+    """The plain backbone's name of a PEFT-wrapped backbone's (non-LoRA) weight."""
+    return peft_key.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
 def _base_state_dict(backbone_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The plain backbone's state dict out of a PEFT-wrapped one (LoRA weights dropped, base_layer unwrapped)."""
-    prefix = "base_model.model."
-    base = {}
-    for key, value in backbone_state.items():
-        if ".lora_" in key:
-            continue
-        key = key[len(prefix) :] if key.startswith(prefix) else key
-        base[key.replace(".base_layer.", ".")] = value
-    return base
+    return {_plain_key(key): value for key, value in backbone_state.items() if ".lora_" not in key}
 
 
 BACKBONE_PREFIXES = ("backbone.", "category_backbones.")
@@ -198,8 +196,7 @@ def load_category_base(peft_backbone, path: Path) -> None:
             "(was the folder saved by an older version, or copied without category_bases/?)"
         )
     saved = load_file(path)
-    own = {k: v for k, v in peft_backbone.state_dict().items() if ".lora_" not in k}
-    plain_to_own = {plain: key for key, plain in zip(own, _base_state_dict(dict.fromkeys(own)))}
+    plain_to_own = {_plain_key(key): key for key in peft_backbone.state_dict() if ".lora_" not in key}
     missing = sorted(set(plain_to_own) - set(saved))
     unexpected = sorted(set(saved) - set(plain_to_own))
     if missing or unexpected:

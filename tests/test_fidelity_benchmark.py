@@ -113,9 +113,6 @@ def test_paired_comparison_exact_mcnemar_and_bootstrap():
 
 
 def test_help_prints_every_option():
-    import subprocess
-    import sys
-
     result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=120,
                             check=False)
     assert result.returncode == 0, result.stderr[-2000:]

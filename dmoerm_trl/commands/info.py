@@ -46,7 +46,7 @@ def describe_saved_model(path: str | Path) -> dict:
         if (adapter / "adapter_model.safetensors").exists()
     }
     heads = _safetensors_numel(folder / "dmoerm_heads.safetensors")
-    task_mode = getattr(config, "task_mode", "lora")
+    task_mode = config.task_mode
     if task_mode == "full":  # the paper's layout: the shared base + one full base copy per category
         base_params *= 1 + config.num_categories
     metrics_file = folder / "eval_results.json"
