@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 from .backbone import detect_lora_target_modules
 from .configuration_dmoerm import slugify
 from .training_stages import ROUTER_ADAPTER
+from .trunk import check_trunk_split, validate_trunk_layers
 
 
 class AdapterLayoutMixin:
@@ -75,15 +76,19 @@ class AdapterLayoutMixin:
         """Every backbone of the model: the shared one, then (``task_mode="full"``) the per-category copies."""
         return [self.backbone, *(self.category_backbones.values() if self.full_task_mode else ())]
 
-    def _lora_config(self, target_modules: list[str]):
+    def _lora_config(self, target_modules: list[str], layers_attribute: str = "", num_layers: int = 0):
         from peft import LoraConfig
 
+        trunk = self.config.trunk_layers
         return LoraConfig(
             r=self.config.lora_r,
             lora_alpha=self.config.lora_alpha,
             lora_dropout=self.config.lora_dropout,
             target_modules=target_modules,
             bias="none",
+            # With a shared trunk, adapters only in the layers above it.
+            layers_to_transform=list(range(trunk, num_layers)) if trunk else None,
+            layers_pattern=layers_attribute if trunk else None,
         )
 
     def _wrap_with_adapters(self, backbone: PreTrainedModel, names: list[str], lora_config):
@@ -105,7 +110,9 @@ class AdapterLayoutMixin:
     def _attach_backbone(self, backbone: PreTrainedModel) -> None:
         target_modules = detect_lora_target_modules(backbone, self.config.lora_target_modules)
         self.config.lora_target_modules = target_modules
-        lora_config = self._lora_config(target_modules)
+        lora_config = self._lora_config(
+            target_modules, *validate_trunk_layers(backbone, self.config.trunk_layers, self.config.task_mode)
+        )
         if self.full_task_mode:
             # The paper's layout: a full copy of the pretrained base per category (phase 1 fine-tunes it), carrying
             # that category's expert adapters; the shared base keeps only the router.
@@ -123,4 +130,6 @@ class AdapterLayoutMixin:
         forward_params = set(inspect.signature(backbone.forward).parameters)
         self._backbone_takes_position_ids = "position_ids" in forward_params
         self._backbone_takes_use_cache = "use_cache" in forward_params
+        if self.config.trunk_layers:
+            check_trunk_split(self)
 

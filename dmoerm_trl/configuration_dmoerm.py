@@ -134,6 +134,12 @@ class DMoERMConfig(PretrainedConfig):
             (memory = 1 base + adapters). `"full"`: the paper's layout: each category gets its own full copy of the
             base, fully fine-tuned in phase 1, and its capability experts are LoRA adapters on that copy (memory =
             1 + C bases; the router stays on the original base). Saved models then hold `category_bases/`.
+        trunk_layers (`int`, defaults to 0):
+            The shared trunk: the bottom `trunk_layers` layers of the backbone carry no adapters, so they run once
+            per sequence and the router and each expert run only the layers above them (scoring with k experts
+            costs `L + (1 + k) * (N - L)` layer passes instead of `(1 + k) * N`; each adapter is `(N - L) / N` the
+            size). `0` (default): adapters in every layer, the paper's design. Needs `task_mode="lora"` and a
+            backbone whose layers all have the same attention type (checked when the model is built).
         hidden_size (`int`, *optional*):
             The backbone's hidden size (set automatically; exposed for DeepSpeed ZeRO-3 auto values).
         max_position_embeddings (`int`, *optional*):
@@ -165,6 +171,7 @@ class DMoERMConfig(PretrainedConfig):
         router_pooling: str | None = None,
         expert_batching: str = "auto",
         task_mode: str = "lora",
+        trunk_layers: int = 0,
         hidden_size: int | None = None,
         max_position_embeddings: int | None = None,
         category_order: list[str] | None = None,
@@ -207,6 +214,16 @@ class DMoERMConfig(PretrainedConfig):
                 f"fine-tuned base copy per category, the paper's layout), got {task_mode!r}"
             )
         self.task_mode = task_mode
+        if isinstance(trunk_layers, bool) or not isinstance(trunk_layers, int) or trunk_layers < 0:
+            raise ValueError(
+                f"trunk_layers must be an int >= 0 (0: adapters in every layer, the paper's design), got {trunk_layers!r}"
+            )
+        if trunk_layers and task_mode == "full":
+            raise ValueError(
+                "trunk_layers > 0 needs task_mode='lora': with task_mode='full' each category fine-tunes its whole base "
+                "copy, so there is no frozen trunk to share; use trunk_layers=0"
+            )
+        self.trunk_layers = trunk_layers
         self.hidden_size = hidden_size
         self.max_position_embeddings = max_position_embeddings
 

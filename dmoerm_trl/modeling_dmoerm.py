@@ -33,6 +33,7 @@ from .configuration_dmoerm import DMoERMConfig
 from .modeling_outputs import DMoERMOutput
 from .reward_contract import BroadcastRewardScore, SequenceRewardView
 from .training_stages import ROUTER_ADAPTER, STAGES, TrainingStagesMixin  # noqa: F401 (re-exported)
+from .trunk import layer_window
 
 
 class CapabilityAggregator(nn.Module):
@@ -132,6 +133,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
         expert_batching: str = "auto",
         task_mode: str = "lora",
         router_pooling: str | None = None,
+        trunk_layers: int = 0,
         **backbone_kwargs,
     ) -> DMoERMForSequenceClassification:
         """Build a DMoERM on a pretrained backbone (its weights are loaded, never randomly initialised).
@@ -143,8 +145,9 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             categories: ``{category: [capability, ...]}``; one task adapter per category, one expert per capability.
             tokenizer: optional; checked for a pad token, whose id is stored in the config.
             lora_r, lora_alpha, lora_dropout, lora_target_modules, aggregator_hidden_size, router_mode, pooling,
-            expert_batching, task_mode, router_pooling: see [`DMoERMConfig`] (``task_mode="full"``: one full base
-            copy per category, fine-tuned in phase 1, as in the paper; memory grows with the number of categories).
+            expert_batching, task_mode, router_pooling, trunk_layers: see [`DMoERMConfig`] (``task_mode="full"``:
+            one full base copy per category, fine-tuned in phase 1, as in the paper; memory grows with the number of
+            categories. ``trunk_layers=L``: adapters only above the bottom ``L`` layers, which run once per sequence).
 
         Example:
             >>> model = DMoERMForSequenceClassification.from_backbone(  # doctest: +SKIP
@@ -191,6 +194,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             expert_batching=expert_batching,
             task_mode=task_mode,
             router_pooling=router_pooling,
+            trunk_layers=trunk_layers,
             hidden_size=base.config.hidden_size,
             max_position_embeddings=getattr(base.config, "max_position_embeddings", None),
             pad_token_id=pad_token_id,
@@ -257,13 +261,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             index = length - 1 - mask.flip(-1).long().argmax(-1)  # last real token, also under left padding
         return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), index]
 
-    def _encode(
-        self, input_ids, attention_mask, position_ids, adapter_names: list[str] | None = None, backbone=None,
-        pooling: str | None = None,
-    ):
-        """One backbone pass; returns the pooled hidden state (N, H). ``adapter_names`` picks an adapter per row
-        (``"__base__"``: none); ``backbone`` defaults to the shared one, ``pooling`` to ``config.pooling``."""
-        backbone = self.backbone if backbone is None else backbone
+    def _backbone_kwargs(self, input_ids, attention_mask, position_ids, adapter_names, backbone) -> dict:
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "return_dict": True}
         if self._backbone_takes_position_ids:
             kwargs["position_ids"] = position_ids
@@ -271,7 +269,36 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             kwargs["use_cache"] = False
         if adapter_names is not None and hasattr(backbone, "peft_config"):  # a plain backbone takes no adapter names
             kwargs["adapter_names"] = adapter_names
-        hidden = backbone(**kwargs).last_hidden_state
+        return kwargs
+
+    def _trunk(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        """``(N, T, H)`` hidden states after the shared trunk (the bottom ``trunk_layers`` layers, no adapters and
+        nothing trainable there, so no grad)."""
+        kwargs = self._backbone_kwargs(input_ids, attention_mask, position_ids, None, self.backbone)
+        with torch.no_grad(), layer_window(self.backbone, 0, self.config.trunk_layers) as captured:
+            self.backbone(**kwargs)
+        return captured["hidden"]
+
+    def _branch(self, kwargs: dict, backbone, trunk: torch.Tensor) -> torch.Tensor:
+        """The backbone's ``last_hidden_state`` computed from the trunk's output through the top layers only."""
+        with layer_window(backbone, self.config.trunk_layers, None, hidden_in=trunk):
+            return backbone(**kwargs).last_hidden_state
+
+    def _encode(
+        self, input_ids, attention_mask, position_ids, adapter_names: list[str] | None = None, backbone=None,
+        pooling: str | None = None, trunk: torch.Tensor | None = None,
+    ):
+        """One backbone pass; returns the pooled hidden state (N, H). ``adapter_names`` picks an adapter per row
+        (``"__base__"``: none); ``backbone`` defaults to the shared one, ``pooling`` to ``config.pooling``. With
+        ``trunk_layers > 0`` only the top layers run, from ``trunk`` (computed here when not given)."""
+        backbone = self.backbone if backbone is None else backbone
+        kwargs = self._backbone_kwargs(input_ids, attention_mask, position_ids, adapter_names, backbone)
+        if self.config.trunk_layers:
+            if trunk is None:
+                trunk = self._trunk(input_ids, attention_mask, position_ids)
+            hidden = self._branch(kwargs, backbone, trunk)
+        else:
+            hidden = backbone(**kwargs).last_hidden_state
         return self._pool(hidden, attention_mask, pooling)
 
     def _head_input(self, features: torch.Tensor, head: nn.Module) -> torch.Tensor:
@@ -282,32 +309,37 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
         mode = self.config.expert_batching
         return mode == "mixed" or (mode == "auto" and device.type != "cpu")
 
-    def _expert_features(self, input_ids, attention_mask, position_ids, category: str) -> torch.Tensor:
-        """(N, k, H) pooled features of the category's k experts (inference path: eval mode, adapter per row)."""
+    def _expert_features(self, input_ids, attention_mask, position_ids, category: str, trunk=None) -> torch.Tensor:
+        """(N, k, H) pooled features of the category's k experts (inference path: eval mode, adapter per row);
+        with a shared trunk, the trunk runs once for all k experts."""
         experts = self.expert_adapter_names(category)
         backbone = self.backbone_for(category)
         n = input_ids.shape[0]
+        if self.config.trunk_layers and trunk is None:
+            trunk = self._trunk(input_ids, attention_mask, position_ids)
         if self._use_mixed_batches(input_ids.device):
             k = len(experts)
             names = [name for name in experts for _ in range(n)]
             pooled = self._encode(
                 input_ids.repeat(k, 1), attention_mask.repeat(k, 1), position_ids.repeat(k, 1), adapter_names=names,
-                backbone=backbone,
+                backbone=backbone, trunk=None if trunk is None else trunk.repeat(k, 1, 1),
             )
             return pooled.view(k, n, -1).transpose(0, 1)
         return torch.stack(
             [
-                self._encode(input_ids, attention_mask, position_ids, adapter_names=[name] * n, backbone=backbone)
+                self._encode(
+                    input_ids, attention_mask, position_ids, adapter_names=[name] * n, backbone=backbone, trunk=trunk
+                )
                 for name in experts
             ],
             1,
         )
 
-    def _route(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+    def _route(self, input_ids, attention_mask, position_ids, trunk=None) -> torch.Tensor:
         adapter = ROUTER_ADAPTER if self.config.router_mode == "lora" else "__base__"
         pooled = self._encode(
             input_ids, attention_mask, position_ids, adapter_names=[adapter] * input_ids.shape[0],
-            pooling=self.config.router_pooling,
+            pooling=self.config.router_pooling, trunk=trunk,
         )
         return self.router_head(self._head_input(pooled, self.router_head))
 
@@ -366,8 +398,10 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
     def _inference_forward(self, input_ids, attention_mask, position_ids, categories) -> DMoERMOutput:
         batch_size = input_ids.shape[0]
         router_logits = router_probs = None
+        # The shared trunk (trunk_layers > 0) runs once per sequence, for the router and every expert.
+        trunk = self._trunk(input_ids, attention_mask, position_ids) if self.config.trunk_layers else None
         if categories is None:
-            router_logits = self._route(input_ids, attention_mask, position_ids)
+            router_logits = self._route(input_ids, attention_mask, position_ids, trunk)
             router_probs = router_logits.float().softmax(-1)
             category_ids = router_probs.argmax(-1)
         else:
@@ -381,7 +415,10 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
         for category_id in category_ids.unique().tolist():
             category = self.config.category_names[category_id]
             rows = (category_ids == category_id).nonzero(as_tuple=True)[0]
-            features = self._expert_features(input_ids[rows], attention_mask[rows], position_ids[rows], category)
+            features = self._expert_features(
+                input_ids[rows], attention_mask[rows], position_ids[rows], category,
+                None if trunk is None else trunk[rows],
+            )
             experts = self.expert_adapter_names(category)
             heads = [self.value_heads[name] for name in experts]
             features = self._head_input(features, heads[0])

@@ -58,6 +58,7 @@ def describe_saved_model(path: str | Path) -> dict:
         "hidden_size": config.hidden_size,
         "router_mode": config.router_mode,
         "task_mode": task_mode,
+        "trunk_layers": getattr(config, "trunk_layers", 0),
         "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
                  "target_modules": config.lora_target_modules},
         "categories": config.categories,
@@ -91,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  phase 1:      full fine-tuning, one base copy per category ({len(info['categories'])} + 1 bases)")
     lora = info["lora"]
     print(f"  LoRA:         r={lora['r']} alpha={lora['alpha']} dropout={lora['dropout']} on {lora['target_modules']}")
+    if info["trunk_layers"]:
+        print(f"  shared trunk: the bottom {info['trunk_layers']} layers (no adapters; run once per sequence)")
     print(f"  categories:   {len(info['categories'])}")
     for category, capabilities in info["categories"].items():
         print(f"    {category}: {', '.join(capabilities)}")

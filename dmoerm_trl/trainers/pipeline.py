@@ -196,6 +196,7 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
                 pooling=self.model_args.pooling,
                 task_mode=self.model_args.task_mode,
                 router_pooling=self.model_args.router_pooling,
+                trunk_layers=self.model_args.trunk_layers,
                 **kwargs,
             )
             self._load_finished_stages(model)

@@ -83,6 +83,9 @@ class DMoERMModelArguments:
             Phase 1: `"lora"` (a task adapter per category on the one shared base) or `"full"` (the paper's layout:
             one full copy of the base per category, all its weights fine-tuned; memory and saved files grow with
             1 + the number of categories; the paper's phase-1 rate is `task_learning_rate: 1e-7`).
+        trunk_layers (`int`, defaults to 0):
+            A shared trunk: the bottom `trunk_layers` layers carry no adapters and run once per sequence; the
+            router, task adapters and experts live in the layers above (0: every layer, the paper's design).
         dtype (`str`, defaults to `"float32"`):
             Dtype to load the backbone in (`"float32"`, `"bfloat16"`, `"float16"`, `"auto"`).
         save_base_model (`bool`, defaults to `False`):
@@ -135,6 +138,11 @@ class DMoERMModelArguments:
         default="lora",
         metadata={"help": "Phase 1: 'lora' (task adapter on the shared base) or 'full' (the paper's layout: one fully "
                   "fine-tuned base copy per category).", "choices": ["lora", "full"]},
+    )
+    trunk_layers: int = field(
+        default=0,
+        metadata={"help": "Shared trunk: the bottom N layers carry no adapters and run once per sequence (0: adapters "
+                  "in every layer, the paper's design)."},
     )
     dtype: str = field(
         default="float32",

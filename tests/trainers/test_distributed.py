@@ -89,3 +89,25 @@ def test_two_process_zero3_fine_tunes_a_whole_category_copy(tmp_path):
     assert not torch.equal(trained.float(), before.float())
     exported = load_file(str(output_dir / "category_bases" / "chitchat" / "model.safetensors"))
     torch.testing.assert_close(exported[suffix].float(), trained.float())
+
+
+@pytest.mark.slow
+@pytest.mark.deepspeed
+def test_two_process_zero3_trains_above_a_shared_trunk(tmp_path):
+    """trunk_layers > 0 under ZeRO-3 + bf16: the split forward (layer list swapped per call) trains with partitioned
+    parameters, and only adapters above the trunk exist and move."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    import dmoerm_trl  # noqa: F401
+
+    output_dir = tmp_path / "run"
+    result = launch("deepspeed_zero3_cpu.yaml", output_dir, "--stages", "task", "--categories_to_train", "chitchat",
+                    "--trunk_layers", "1", "--bf16", "true", "--dtype", "bfloat16", "--num_train_epochs", "1")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads((output_dir / "pipeline_state.json").read_text())["stages"]["task/chitchat"]["status"] == "done"
+    weights = load_file(str(output_dir / "stages" / "task__chitchat" / "final.safetensors"))
+    lora_b = [name for name in weights if "lora_B" in name]
+    assert lora_b and all(".layers.1." in name and weights[name].abs().sum() > 0 for name in lora_b)
+    model = AutoModelForSequenceClassification.from_pretrained(output_dir, dtype=torch.float32)
+    assert model.config.trunk_layers == 1

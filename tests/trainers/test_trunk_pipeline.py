@@ -1,0 +1,41 @@
+"""The pipeline with a shared trunk (``--trunk_layers``): every stage trains only above the trunk."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+from trainer_helpers import quick_args
+
+from dmoerm_trl.commands.train import main as train_main
+
+
+def test_pipeline_trains_every_stage_above_the_trunk(tmp_path, one_thread):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import dmoerm_trl  # noqa: F401
+
+    output_dir = tmp_path / "run"
+    extra = ("--trunk_layers", "2", "--tiny_backbone_num_layers", "3", "--categories_to_train", "chitchat",
+             "--num_train_epochs", "1", "--aggregator_num_train_epochs", "2", "--train_baseline", "false")
+    assert train_main(quick_args(output_dir, *extra)) == 0
+    stages = json.loads((output_dir / "pipeline_state.json").read_text())["stages"]
+    for name in ("router", "task/chitchat", "capability/chitchat/empathy_ability", "aggregator/chitchat"):
+        assert stages[name]["status"] == "done", (name, stages[name])
+    # Each adapter stage trained LoRA weights of the top layer only (layers 0-1 are the trunk)
+    for stage in ("router", "task__chitchat", "capability__chitchat__proactivity"):
+        weights = load_file(output_dir / "stages" / stage / "final.safetensors")
+        lora = [name for name in weights if ".lora_" in name]
+        assert lora and all(".layers.2." in name for name in lora), (stage, lora[:3])
+
+    model = AutoModelForSequenceClassification.from_pretrained(output_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    assert model.config.trunk_layers == 2
+    batch = tokenizer(["I feel tired after work. Sorry to hear that, rest well.", "What is 3 plus 4? 7."],
+                      return_tensors="pt", padding=True)
+    with torch.no_grad():
+        split = model(**batch, categories="chitchat").logits
+        model.config.trunk_layers = 0  # the same weights through the unsplit backbone
+        full = model(**batch, categories="chitchat").logits
+    torch.testing.assert_close(split, full, rtol=1e-5, atol=1e-5)
