@@ -1,0 +1,265 @@
+"""Wrap a backbone with many LoRA adapters at once: the same model as PEFT's ``add_adapter`` loop, built faster.
+
+A DMoERM carries one LoRA adapter per router/task/expert (31 for 5 categories x 5 capabilities). PEFT adds an
+adapter with a full model surgery pass: ``PeftModel.add_adapter`` -> ``BaseTuner.inject_adapter`` lists every
+module, matches each name against ``target_modules`` (skipping keys under the LoRA layers already present, a
+check whose cost grows with the adapters already added), then sweeps every parameter to re-mark trainability
+(``_mark_only_adapters_as_trainable``), re-activates the active adapter on every layer and scans every module to
+up-cast the new adapter's dtype. Each added adapter makes the model bigger, so the loop is quadratic in the number
+of adapters (31 adapters on SmolLM2-135M: ~20-40 s on 2 CPU cores; see ``benchmarks/adapter_build.py``).
+
+[`wrap_with_adapters`] builds the same result in one pass:
+
+1. ``get_peft_model(backbone, lora_config, adapter_name=names[0])``: PEFT matches the target modules (honouring
+   every LoraConfig field: ``target_modules``, ``exclude_modules``, ``layers_to_transform``, ``layers_pattern``,
+   ``rank_pattern``, ...) and wraps them in LoRA layers.
+2. Every further adapter uses the *same* config, so it targets exactly the modules the first one did
+   (``tuner.targeted_module_names``). For each further name, in order, register the config in ``peft_config`` and
+   call the tuner's ``_create_and_replace`` on each of those layers, which is what ``inject_adapter`` calls per
+   matched module (it resolves ``rank_pattern``/``alpha_pattern`` and calls ``LoraLayer.update_layer``). Adapters
+   are created in the same order as the loop, so the same seed gives bit-identical initial weights.
+3. Once at the end, what PEFT does after each injection: up-cast low-precision adapter weights
+   (``peft.functional.cast_adapter_dtype``, public API, per LoRA layer instead of per whole model), re-activate the
+   active adapter (``tuner.set_adapter``) and mark only adapters trainable
+   (``tuner._mark_only_adapters_as_trainable``).
+
+The result has the same named parameters (names, shapes, dtypes, ``requires_grad``), the same ``peft_config``
+entries (all the same config object, as in the loop), the same active adapter and the same forward. Configurations
+the fast path is not known to reproduce (see [`fast_path_unsupported_reason`]) and PEFT versions without the
+internals above fall back to the plain loop, with the reason logged.
+
+Example:
+    >>> from peft import LoraConfig
+    >>> from transformers import AutoModel
+    >>> from dmoerm_trl.adapter_injection import wrap_with_adapters
+    >>> backbone = AutoModel.from_pretrained("path/to/SmolLM2-135M-Instruct")  # doctest: +SKIP
+    >>> config = LoraConfig(r=32, lora_alpha=32, target_modules=["q_proj", "v_proj"])
+    >>> names = ["router", "chitchat__task", "chitchat__empathy"]
+    >>> model = wrap_with_adapters(backbone, names, config)  # doctest: +SKIP
+    >>> sorted(model.peft_config), model.active_adapter  # doctest: +SKIP
+    (['chitchat__empathy', 'chitchat__task', 'router'], 'router')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import warnings
+from collections.abc import Sequence
+
+logger = logging.getLogger(__name__)
+
+# LoraConfig.init_lora_weights values whose init is local to each layer (no data, no base-weight rewrite).
+_LOCAL_INITS = (True, False, "gaussian")
+# LoraConfig fields that add modules or steps beyond per-layer LoRA weights (any truthy value -> PEFT's loop).
+_UNSUPPORTED_FIELDS = (
+    "modules_to_save", "trainable_token_indices", "target_parameters", "layer_replication", "ensure_weight_tying",
+    "use_qalora", "megatron_config",
+)
+# Low-precision float dtypes PEFT up-casts adapter weights from (peft.tuners.tuners_utils.cast_adapter_dtype).
+_UPCAST_DTYPE_NAMES = (
+    "float16", "bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu",
+)
+
+
+def _peft_api_missing() -> str | None:
+    """Why the installed PEFT lacks what the fast path calls (``None`` when it has it all)."""
+    try:
+        from peft.functional import cast_adapter_dtype  # noqa: F401
+        from peft.tuners.lora import LoraLayer, LoraModel
+    except ImportError as error:
+        return f"peft has no {error.name or error}"
+    needed = ("_create_and_replace", "_check_new_adapter_config", "_mark_only_adapters_as_trainable", "set_adapter")
+    for name in needed:
+        if not callable(getattr(LoraModel, name, None)):
+            return f"peft's LoraModel has no {name}()"
+    signature = inspect.signature(LoraModel._create_and_replace)
+    expected = ["self", "lora_config", "adapter_name", "target", "target_name", "parent", "current_key"]
+    if list(signature.parameters)[: len(expected)] != expected:
+        return f"peft's LoraModel._create_and_replace{signature} is not the known one"
+    if not callable(getattr(LoraLayer, "update_layer", None)):
+        return "peft's LoraLayer has no update_layer()"
+    return None
+
+
+def fast_path_unsupported_reason(lora_config, backbone=None) -> str | None:
+    """Why [`wrap_with_adapters`] would use PEFT's ``add_adapter`` loop for this config/backbone (``None``: fast path).
+
+    The fast path covers plain LoRA on any target modules: ``target_modules`` (list, regex, ``"all-linear"`` or
+    ``None``), ``exclude_modules``, ``layers_to_transform``, ``layers_pattern``, ``r``, ``lora_alpha``,
+    ``lora_dropout``, ``use_rslora``, ``rank_pattern``, ``alpha_pattern``, ``lora_bias``, ``inference_mode`` and
+    ``init_lora_weights`` in (True, False, "gaussian"). Everything else (DoRA and other LoRA variants, data-driven
+    or base-rewriting inits, ``modules_to_save``, trainable tokens, ``target_parameters``, ``layer_replication``,
+    weight tying, quantized backbones) is left to PEFT's own loop.
+
+    Example:
+        >>> from peft import LoraConfig
+        >>> fast_path_unsupported_reason(LoraConfig(target_modules=["q_proj"])) is None
+        True
+        >>> fast_path_unsupported_reason(LoraConfig(target_modules=["q_proj"], use_dora=True))
+        'LoraConfig.use_dora=True (a LoRA variant)'
+    """
+    missing = _peft_api_missing()
+    if missing is not None:
+        return missing
+    from peft import LoraConfig
+
+    if not isinstance(lora_config, LoraConfig):
+        return f"the config is a {type(lora_config).__name__}, not a LoraConfig"
+    if lora_config.init_lora_weights not in _LOCAL_INITS:
+        return f"LoraConfig.init_lora_weights={lora_config.init_lora_weights!r}"
+    if lora_config.task_type is not None:
+        return f"LoraConfig.task_type={lora_config.task_type!r} (task heads are saved per adapter)"
+    for field in dataclasses.fields(lora_config):
+        if field.metadata.get("is_lora_variant") and getattr(lora_config, field.name):
+            return f"LoraConfig.{field.name}={getattr(lora_config, field.name)!r} (a LoRA variant)"
+    for field in _UNSUPPORTED_FIELDS:
+        if getattr(lora_config, field, None):
+            return f"LoraConfig.{field}={getattr(lora_config, field)!r}"
+    if backbone is not None:
+        if getattr(backbone, "hf_quantizer", None) is not None or getattr(backbone, "is_quantized", False):
+            return "the backbone is quantized"
+        if any(getattr(backbone, flag, False) for flag in ("is_loaded_in_8bit", "is_loaded_in_4bit")):
+            return "the backbone is loaded in 8/4 bit"
+    return None
+
+
+def _add_adapters_with_peft_loop(peft_model, names: Sequence[str], lora_config) -> None:
+    for name in names:
+        peft_model.add_adapter(name, lora_config)
+
+
+def wrap_with_adapters(backbone, names: list[str], lora_config, *, fast: bool = True):
+    """``backbone`` as a ``PeftModel`` carrying the LoRA adapters ``names``, all with ``lora_config``.
+
+    Equal to ``get_peft_model(backbone, lora_config, adapter_name=names[0])`` followed by
+    ``add_adapter(name, lora_config)`` for each further name (same parameters, ``requires_grad``, configs, active
+    adapter ``names[0]``, and, for the same seed, the same initial weights), in a fraction of the time. With
+    ``fast=False``, or when [`fast_path_unsupported_reason`] gives a reason (logged), it runs that loop.
+
+    Example:
+        >>> from peft import LoraConfig
+        >>> from transformers import LlamaConfig, LlamaModel
+        >>> backbone = LlamaModel(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        ...                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=128))
+        >>> model = wrap_with_adapters(backbone, ["router", "a", "b"], LoraConfig(r=4, target_modules=["q_proj"]))
+        >>> list(model.peft_config), model.active_adapter
+        (['router', 'a', 'b'], 'router')
+    """
+    from peft import get_peft_model
+
+    names = list(names)
+    if not names:
+        raise ValueError("wrap_with_adapters needs at least one adapter name (got an empty list)")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"adapter names must be unique; repeated: {duplicates}")
+
+    reason = "fast=False was passed" if not fast else fast_path_unsupported_reason(lora_config, backbone)
+    with warnings.catch_warnings():
+        # PEFT asks transformers' deprecated `is_gradient_checkpointing`; not actionable for our users.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(backbone, lora_config, adapter_name=names[0])
+        if reason is None:
+            reason = _add_adapters_in_one_pass(peft_model, names[1:], lora_config)
+        if reason is not None:
+            if fast and len(names) > 1:
+                logger.warning("wrap_with_adapters: using PEFT's add_adapter loop because %s", reason)
+            _add_adapters_with_peft_loop(peft_model, names[1:], lora_config)
+    return peft_model
+
+
+def _add_adapters_in_one_pass(peft_model, names: Sequence[str], lora_config) -> str | None:
+    """Add ``names`` to the LoRA layers of the first adapter; ``None`` when done, else why nothing was done."""
+    import torch
+    from peft.functional import cast_adapter_dtype
+    from peft.tuners.lora import LoraLayer, LoraModel
+    from peft.utils import PeftType
+
+    if not names:
+        return None
+    tuner = peft_model.base_model
+    if type(tuner) is not LoraModel:
+        return f"the tuner is a {type(tuner).__name__}, not peft's LoraModel"
+    first = peft_model.active_adapter
+    if getattr(tuner, "targeted_parameter_names", None):
+        return "the first adapter targets parameters (target_parameters)"
+    model = tuner.model
+    targets = []
+    for key in tuner.targeted_module_names:
+        layer = model.get_submodule(key)
+        if not isinstance(layer, LoraLayer) or first not in layer.r:
+            return f"targeted module {key!r} is a {type(layer).__name__} without the first adapter"
+        parent_key, _, target_name = key.rpartition(".")
+        targets.append((key, model.get_submodule(parent_key), target_name, layer))
+    if not targets:
+        return "the first adapter targets no module"
+    target_ids = {id(layer) for *_, layer in targets}
+    if any(isinstance(module, LoraLayer) and id(module) not in target_ids for module in model.modules()):
+        return "the backbone has LoRA layers the first adapter does not target"
+    if lora_config.peft_type != PeftType.LORA or any(name in peft_model.peft_config for name in names):
+        return "an adapter name already exists or the config is not LoRA"
+
+    low_precision = {getattr(torch, name) for name in _UPCAST_DTYPE_NAMES if hasattr(torch, name)}
+    for name in names:
+        if name in "lora_":  # the warning PeftModel.add_adapter gives
+            warnings.warn(
+                f"Adapter name '{name}' should not be contained in the prefix 'lora_'. "
+                "This may lead to reinitialization of the adapter weights during loading."
+            )
+        peft_model.peft_config[name] = lora_config
+        try:
+            tuner._check_new_adapter_config(lora_config)
+            # Adapter-major order, as the loop: the same seed gives the same initial weights.
+            for key, parent, target_name, layer in targets:
+                _create_in_isolation(tuner, lora_config, name, key, parent, target_name, layer)
+        except Exception:
+            # as PeftModel.add_adapter: roll back this adapter's config (its layers stay half-built, as in PEFT)
+            del peft_model.peft_config[name]
+            raise
+        # PeftModel.add_adapter(autocast_adapter_dtype=True): fp16/bf16/fp8 adapter weights -> fp32, per layer.
+        for _, _, _, layer in targets:
+            if any(p.dtype in low_precision for p in _adapter_parameters(layer, name)):
+                cast_adapter_dtype(layer, adapter_name=name, autocast_adapter_dtype=True)
+
+    # What inject_adapter does after each adapter, once: only the active adapter trainable (unless inference_mode).
+    tuner.set_adapter(tuner.active_adapters, inference_mode=lora_config.inference_mode)
+    tuner._mark_only_adapters_as_trainable(model)
+    return None
+
+
+def _adapter_parameters(layer, name: str):
+    for attribute in layer.adapter_layer_names:
+        container = getattr(layer, attribute, None)
+        if container is not None and name in container:
+            entry = container[name]
+            yield from ([entry] if hasattr(entry, "dtype") else entry.parameters())
+
+
+def _create_in_isolation(tuner, lora_config, name: str, key: str, parent, target_name: str, layer) -> None:
+    """``tuner._create_and_replace`` for one more adapter on an existing LoRA layer, in time independent of how many
+    adapters the layer already has.
+
+    ``LoraLayer.update_layer`` ends by re-activating the active adapter over *every* adapter of the layer and scans
+    every adapter's parameters to move the new one to the base layer's device: quadratic over a loop of adapters.
+    While it runs, the layer's per-adapter module containers (``lora_A``, ``lora_B``, ``lora_dropout``, ...) are
+    swapped for empty ones of the same type, so it only sees the new adapter; its entries are then appended to the
+    real containers, in the order the loop would have added them.
+    """
+    from torch import nn
+
+    modules = layer._modules
+    stashed = {}
+    for attribute in (*layer.adapter_layer_names, *layer.other_param_names):
+        container = modules.get(attribute)
+        if type(container) in (nn.ModuleDict, nn.ParameterDict):
+            stashed[attribute] = container
+            modules[attribute] = type(container)()
+    try:
+        tuner._create_and_replace(lora_config, name, layer, target_name, parent, current_key=key)
+    finally:
+        for attribute, container in stashed.items():
+            for entry_name, entry in modules[attribute].items():
+                container[entry_name] = entry
+            modules[attribute] = container
