@@ -202,6 +202,7 @@ def _add_adapters_in_one_pass(peft_model, names: Sequence[str], lora_config) -> 
         return "an adapter name already exists or the config is not LoRA"
 
     low_precision = {getattr(torch, name) for name in _UPCAST_DTYPE_NAMES if hasattr(torch, name)}
+    spares = {}  # empty per-adapter containers, reused by _create_in_isolation
     for name in names:
         if name in "lora_":  # the warning PeftModel.add_adapter gives
             warnings.warn(
@@ -213,7 +214,7 @@ def _add_adapters_in_one_pass(peft_model, names: Sequence[str], lora_config) -> 
             tuner._check_new_adapter_config(lora_config)
             # Adapter-major order, as the loop: the same seed gives the same initial weights.
             for key, parent, target_name, layer in targets:
-                _create_in_isolation(tuner, lora_config, name, key, parent, target_name, layer)
+                _create_in_isolation(tuner, lora_config, name, key, parent, target_name, layer, spares)
         except Exception:
             # as PeftModel.add_adapter: roll back this adapter's config (its layers stay half-built, as in PEFT)
             del peft_model.peft_config[name]
@@ -237,15 +238,17 @@ def _adapter_parameters(layer, name: str):
             yield from ([entry] if hasattr(entry, "dtype") else entry.parameters())
 
 
-def _create_in_isolation(tuner, lora_config, name: str, key: str, parent, target_name: str, layer) -> None:
+def _create_in_isolation(
+    tuner, lora_config, name: str, key: str, parent, target_name: str, layer, spares: dict
+) -> None:
     """``tuner._create_and_replace`` for one more adapter on an existing LoRA layer, in time independent of how many
     adapters the layer already has.
 
     ``LoraLayer.update_layer`` ends by re-activating the active adapter over *every* adapter of the layer and scans
     every adapter's parameters to move the new one to the base layer's device: quadratic over a loop of adapters.
     While it runs, the layer's per-adapter module containers (``lora_A``, ``lora_B``, ``lora_dropout``, ...) are
-    swapped for empty ones of the same type, so it only sees the new adapter; its entries are then appended to the
-    real containers, in the order the loop would have added them.
+    swapped for empty ones of the same type (``spares``, reused), so it only sees the new adapter; the new entries
+    are then appended to the real containers, in the order the loop would have added them.
     """
     from torch import nn
 
@@ -255,11 +258,16 @@ def _create_in_isolation(tuner, lora_config, name: str, key: str, parent, target
         container = modules.get(attribute)
         if type(container) in (nn.ModuleDict, nn.ParameterDict):
             stashed[attribute] = container
-            modules[attribute] = type(container)()
+            spare = spares.get((attribute, type(container)))
+            if spare is None:
+                spare = spares[(attribute, type(container))] = type(container)()
+            modules[attribute] = spare
     try:
         tuner._create_and_replace(lora_config, name, layer, target_name, parent, current_key=key)
     finally:
         for attribute, container in stashed.items():
-            for entry_name, entry in modules[attribute].items():
+            spare = modules[attribute]
+            for entry_name, entry in spare.items():
                 container[entry_name] = entry
+            spare.clear()
             modules[attribute] = container
