@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DMoERM router: 'lora' (default; an adapter + head) or 'linear' (a head on the frozen backbone).")
     p.add_argument("--router-epochs", type=float, default=None, help="Epochs of the router stage (default 0.5: 100%% on validation).")
     p.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default 8).")
+    p.add_argument("--trunk-layers", type=int, default=0,
+                   help="DMoERM's shared trunk: adapters only above the bottom N layers (default 0: every layer).")
     p.add_argument("--lora-target-modules", default=None,
                    help="Comma list of module names LoRA adapts (default: the model's auto choice, q/v projections).")
     p.add_argument("--router-learning-rate", type=float, default=None, help="Router stage rate (default 3e-3).")
@@ -159,7 +161,8 @@ def train_dmoerm(args, backbone, paths, labels_path, categories_yaml, run_dir: P
 
     model_args = DMoERMModelArguments(model_name_or_path=backbone, categories=str(categories_yaml),
                                       lora_r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
-                                      lora_target_modules=_target_modules(args), router_mode=args.router_mode)
+                                      lora_target_modules=_target_modules(args), router_mode=args.router_mode,
+                                      trunk_layers=args.trunk_layers)
     data_args = DMoERMDataArguments(dataset_path=str(paths["train"]), capability_labels_path=str(labels_path),
                                     validation_split_ratio=0.15, min_capability_labels=8)
     training_args = _training_config(args, run_dir, args.seed)

@@ -11,6 +11,7 @@ table also gives the peak above the process's RSS after its imports, and the RSS
 
     python benchmarks/memory_params.py                   # SmolLM2-135M-Instruct (offline copy), 5 x 5
     python benchmarks/memory_params.py --lora-r 8        # smaller experts
+    python benchmarks/memory_params.py --trunk-layers 22 --layouts dmoerm,dmoerm-1   # adapters in the top 8 layers
     python benchmarks/memory_params.py --shape smollm2-1.7b --layouts dmoerm,dmoerm-1   # the paper's scale
     python benchmarks/memory_params.py --backbone PATH --categories 3 --capabilities 4
 
@@ -23,6 +24,8 @@ Flags:
   loads it like a pretrained model (in ``--dtype``).
 - ``--dtype {float32,bfloat16}``: the dtype the backbone is loaded in (default float32, as the paper's code).
 - ``--lora-r R``: LoRA rank of every adapter (default 32, the paper's; on q_proj/v_proj).
+- ``--trunk-layers L``: the dmoerm layouts with a shared trunk (adapters only above the bottom L layers; default 0,
+  adapters in every layer as in the paper).
 - ``--layouts``: comma-separated subset of ``dmoerm,dmoerm-1,paper-copies`` (e.g. skip ``paper-copies`` when C full
   base copies do not fit in memory: its parameter counts are then computed as C x the 1-category model's, marked
   "not run").
@@ -87,7 +90,7 @@ def categories_for(num_categories: int, num_capabilities: int) -> dict[str, list
 
 
 def measure(layout: str, backbone: str, num_categories: int, num_capabilities: int, batch: int, length: int,
-            lora_r: int = 32, dtype: str = "float32") -> dict:
+            lora_r: int = 32, dtype: str = "float32", trunk_layers: int = 0) -> dict:
     import torch
 
     from dmoerm_trl import DMoERMForSequenceClassification
@@ -96,7 +99,9 @@ def measure(layout: str, backbone: str, num_categories: int, num_capabilities: i
     kwargs = {"lora_r": lora_r, "dtype": getattr(torch, dtype)}
     torch.manual_seed(0)
     start = time.perf_counter()
-    input_ids = torch.randint(10, 1000, (batch, length))
+    from transformers import AutoConfig
+
+    input_ids = torch.randint(10, min(1000, AutoConfig.from_pretrained(backbone).vocab_size), (batch, length))
     if layout == "paper-copies":
         models = [
             DMoERMForSequenceClassification.from_backbone(backbone, categories_for(1, num_capabilities), **kwargs).eval()
@@ -113,7 +118,7 @@ def measure(layout: str, backbone: str, num_categories: int, num_capabilities: i
     else:
         cats = num_categories if layout == "dmoerm" else 1
         model = DMoERMForSequenceClassification.from_backbone(
-            backbone, categories_for(cats, num_capabilities), **kwargs
+            backbone, categories_for(cats, num_capabilities), trunk_layers=trunk_layers, **kwargs
         ).eval()
         built_mib = max_rss_mib()
         counts = model.num_parameters_by_part()
@@ -136,6 +141,7 @@ def main() -> None:
     parser.add_argument("--shape", default=None, choices=sorted(SHAPES), help="random-weight backbone of this shape")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--lora-r", type=int, default=32)
+    parser.add_argument("--trunk-layers", type=int, default=0, help="shared trunk of the dmoerm layouts")
     parser.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated subset of " + ",".join(LAYOUTS))
     parser.add_argument("--categories", type=int, default=5)
     parser.add_argument("--capabilities", type=int, default=5)
@@ -154,7 +160,7 @@ def main() -> None:
         args.backbone = prepare_smollm2()
     if args._measure:
         result = measure(args._measure, args.backbone, args.categories, args.capabilities, args.batch, args.length,
-                         lora_r=args.lora_r, dtype=args.dtype)
+                         lora_r=args.lora_r, dtype=args.dtype, trunk_layers=args.trunk_layers)
         print(json.dumps(result))
         return
     layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
@@ -173,7 +179,8 @@ def main() -> None:
             continue
         command = [sys.executable, __file__, "--_measure", layout, "--backbone", args.backbone,
                    "--categories", str(c), "--capabilities", str(k), "--batch", str(args.batch),
-                   "--length", str(args.length), "--lora-r", str(args.lora_r), "--dtype", args.dtype]
+                   "--length", str(args.length), "--lora-r", str(args.lora_r), "--dtype", args.dtype,
+                   "--trunk-layers", str(args.trunk_layers)]
         print(f"measuring {labels[layout]} ...", file=sys.stderr, flush=True)
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         results[layout] = json.loads(output)
@@ -182,6 +189,7 @@ def main() -> None:
         results["paper-copies"] = {"total": c * one["total"], "trainable": c * one["total"], "not_run": True}
     paper = results["paper-copies"]
     print(f"\nbackbone {args.backbone} ({args.dtype}); {c} categories x {k} capabilities; LoRA r={args.lora_r}; "
+          f"trunk {args.trunk_layers} layers; "
           f"forward B={args.batch} T={args.length}; load average {'/'.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     print("| layout | total params | trainable params | peak RSS (MiB) | peak above imports (MiB) "
           "| RSS after serving (MiB) |")

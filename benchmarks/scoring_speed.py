@@ -4,6 +4,9 @@
 - ``bound``: router pass + k expert passes = (1 + k) x single RM: what any DMoERM must compute.
 - ``dmoerm (sequential)`` / ``dmoerm (mixed)``: this package, batch grouped by routed category, experts as k
   passes or as one PEFT mixed-adapter pass.
+- ``dmoerm, trunk L``: the same with a shared trunk (``trunk_layers=L``: adapters only above the bottom L of N
+  layers, which run once per sequence); its own bound is ``(L + (1 + k)(N - L)) / N`` x single RM, and the table
+  also gives it against the full-depth bound above (a different model: LoRA in fewer layers).
 - ``paper loop``: a faithful re-implementation of the reference code's inference (quanshr/DMoERM-v1: ``main.py``
   ``DMoERM.forward``, ``router/modeling.py`` ``Router.route``, ``innermoe/modeling.py`` phase-3 ``forward``): one
   sample at a time (batch size 1, each sample tokenized alone: no padding, no fixed max length), the router, then
@@ -19,9 +22,11 @@ before and after is printed with the table.
     python benchmarks/scoring_speed.py                    # SmolLM2-135M-Instruct, B=64, T=64, 5 x 5
     python benchmarks/scoring_speed.py --length 128       # longer sequences
     python benchmarks/scoring_speed.py --batch 16 --length 32 --repeats 1   # quicker
+    python benchmarks/scoring_speed.py --trunk-layers 0,22,26   # trunk variants (SmolLM2-135M has 30 layers)
 
 Flags: ``--backbone PATH`` (default: the offline SmolLM2-135M-Instruct copy), ``--categories``, ``--capabilities``,
-``--batch``, ``--length``, ``--repeats``, ``--skip-paper-loop``, ``--json PATH`` (also write the numbers).
+``--batch``, ``--length``, ``--repeats``, ``--skip-paper-loop``, ``--trunk-layers`` (comma list; ``auto`` = 3/4 of the
+layers; default ``0,auto``), ``--json PATH`` (also write the numbers).
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-paper-loop", action="store_true")
+    parser.add_argument("--trunk-layers", default="0,auto", help="comma list of trunk_layers; auto = 3/4 of the layers")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -86,9 +92,20 @@ def main() -> None:
     categories = {f"category_{c}": [f"capability_{k}" for k in range(args.capabilities)] for c in range(args.categories)}
     model = DMoERMForSequenceClassification.from_backbone(args.backbone, categories).eval()
     randomize_adapters(model, std=0.01)  # routing spreads rows over categories, experts differ
+    num_layers = model.backbone.get_base_model().config.num_hidden_layers
+    auto = min(num_layers - 1, max(1, round(0.75 * num_layers)))
+    trunks = sorted({auto if t.strip() == "auto" else int(t) for t in args.trunk_layers.split(",")})
+    trunk_models = {}
+    for trunk in (t for t in trunks if t):
+        torch.manual_seed(0)
+        trunk_models[trunk] = DMoERMForSequenceClassification.from_backbone(
+            args.backbone, categories, trunk_layers=trunk
+        ).eval()
+        randomize_adapters(trunk_models[trunk], std=0.01)
     single = AutoModelForSequenceClassification.from_pretrained(args.backbone, num_labels=1).eval()
     single.config.pad_token_id = single.config.pad_token_id or 0
-    input_ids = torch.randint(10, 1000, (args.batch, args.length))
+    vocab = model.backbone.get_base_model().config.vocab_size
+    input_ids = torch.randint(10, min(1000, vocab), (args.batch, args.length))
     attention_mask = torch.ones_like(input_ids)
 
     load_before = os.getloadavg()
@@ -106,6 +123,10 @@ def main() -> None:
             results[mode] = timed(score, args.repeats)
         routed = outputs["last"].category_ids
         model.config.expert_batching = "auto"
+        trunk_results = {
+            trunk: timed(lambda m=m: m(input_ids=input_ids, attention_mask=attention_mask), args.repeats)
+            for trunk, m in trunk_models.items()
+        }
     t_paper = None
     if not args.skip_paper_loop:
         t_paper = timed(lambda: paper_loop(model, input_ids, attention_mask), 1)
@@ -131,14 +152,28 @@ def main() -> None:
     print(row(f"bound: router + {args.capabilities} expert passes", bound))
     for mode, seconds in results.items():
         print(row(f"dmoerm ({mode})", seconds))
+    k = args.capabilities
+    for trunk, seconds in trunk_results.items():
+        share = (trunk + (1 + k) * (num_layers - trunk)) / ((1 + k) * num_layers)
+        print(row(f"dmoerm, trunk {trunk} of {num_layers} layers (sequential; its bound = {share:.2f}x the full)",
+                  seconds))
     if t_paper is not None:
         print(row("paper loop (per sample, per expert)", t_paper))
         print(f"\nbatched dmoerm is {t_paper[0] / best[0]:.2f}x (wall) / {t_paper[1] / best[1]:.2f}x (CPU) faster "
               "than the paper loop (goal >= 20x, a GPU figure; on CPU the loop's batch-size-1 waste is small)")
     print(f"dmoerm best / bound: {best[0] / bound[0]:.2f}x (wall) / {best[1] / bound[1]:.2f}x (CPU) (goal <= 1.1x)")
+    for trunk, seconds in trunk_results.items():
+        share = (trunk + (1 + k) * (num_layers - trunk)) / ((1 + k) * num_layers)
+        own = tuple(share * b for b in bound)
+        line = (f"dmoerm trunk {trunk}: {seconds[0] / own[0]:.2f}x (wall) / {seconds[1] / own[1]:.2f}x (CPU) of its own "
+                f"bound; {seconds[0] / bound[0]:.2f}x (wall) of the full-depth bound")
+        if t_paper is not None:
+            line += f"; {t_paper[0] / seconds[0]:.2f}x (wall) / {t_paper[1] / seconds[1]:.2f}x (CPU) faster than the paper loop"
+        print(line)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"single": t_single, "bound": bound, **results, "paper_loop": t_paper, "batch": args.batch,
+                       "trunks": {str(t): v for t, v in trunk_results.items()}, "num_layers": num_layers,
                        "length": args.length, "load_before": load_before, "load_after": load_after,
                        "started": started}, handle, indent=2)
 
