@@ -104,3 +104,12 @@ def test_the_paper_layout_recipe_parses_to_full_phase1(tmp_path):
     assert training_args.task_learning_rate == 1e-7  # the paper's phase-1 rate for the full fine-tune
     with pytest.raises((ValueError, SystemExit)):
         parse_config(["--config", str(TINY_CONFIG), "--output_dir", str(tmp_path), "--task_mode", "half"])
+
+
+def test_trunk_layers_comes_from_the_recipe_and_the_flag(tmp_path):
+    from dmoerm_trl.commands.train import parse_config
+
+    paper = str(TINY_CONFIG.parent / "paper_lora.yaml")
+    assert parse_config(["--config", paper, "--output_dir", str(tmp_path)])[0].trunk_layers == 0
+    model_args = parse_config(["--config", paper, "--output_dir", str(tmp_path), "--trunk_layers", "22"])[0]
+    assert model_args.trunk_layers == 22
