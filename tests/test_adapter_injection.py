@@ -140,7 +140,9 @@ def test_fast_path_on_bf16_backbone_upcasts_adapters_like_peft(tiny_llama_path):
 
 
 def test_mixed_adapter_batch(tiny_llama_path):
+    threads = torch.get_num_threads()
     model = wrap_with_adapters(load_backbone(tiny_llama_path), NAMES, LoraConfig(**CONFIGS["q_v"]))
+    assert torch.get_num_threads() == threads  # the one-thread build restores the caller's setting
     randomize_adapters(model, seed=2)
     model.eval()
     input_ids = torch.randint(0, 100, (3, 6), generator=torch.Generator().manual_seed(1))
