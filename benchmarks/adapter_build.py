@@ -19,6 +19,8 @@ Flags:
 - ``--lora-r`` (32), ``--target-modules`` (``q_proj,v_proj``): the paper's adapters; ``--top-layers N``: LoRA only
   in the top N decoder layers (``layers_to_transform`` + ``layers_pattern="layers"``).
 - ``--dtype {float32,bfloat16}``, ``--repeats`` (default 3), ``--json PATH`` (also write the results).
+- ``--with-loop-1thread``: also time PEFT's loop with ``torch.set_num_threads(1)`` (the fast path builds on one
+  intra-op thread; this shows how much of the gain that alone gives).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def lora_config(args, num_layers: int):
                       target_modules=args.target_modules.split(","), bias="none", **extra)
 
 
-def build_once(path: str, names: list[str], args, fast: bool) -> dict:
+def build_once(path: str, names: list[str], args, method: str) -> dict:
     import torch
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
@@ -77,10 +79,14 @@ def build_once(path: str, names: list[str], args, fast: bool) -> dict:
     backbone = AutoModel.from_pretrained(path, dtype=getattr(torch, args.dtype))
     load_seconds = time.perf_counter() - start
     config = lora_config(args, backbone.config.num_hidden_layers)
+    threads = torch.get_num_threads()
+    if method == "loop-1thread":  # the loop with the fast path's one-intra-op-thread setting, to separate the effects
+        torch.set_num_threads(1)
     torch.manual_seed(0)
     wall, cpu = time.perf_counter(), time.process_time()
-    model = wrap_with_adapters(backbone, names, config, fast=fast)
+    model = wrap_with_adapters(backbone, names, config, fast=method == "fast")
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    torch.set_num_threads(threads)
     table = [(n, tuple(p.shape), str(p.dtype), p.requires_grad) for n, p in model.named_parameters()]
     # a fingerprint of the adapter values (same seed -> both methods must give the same initial weights)
     with torch.no_grad():
@@ -103,6 +109,8 @@ def main() -> None:
     parser.add_argument("--top-layers", type=int, default=0, help="LoRA only in the top N layers (0: all)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--with-loop-1thread", action="store_true",
+                        help="also time PEFT's loop on one intra-op thread (what part of the gain is threading)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -118,13 +126,15 @@ def main() -> None:
     for layout in args.layouts.split(","):
         num_categories, num_capabilities = (int(x) for x in layout.lower().split("x"))
         names = adapter_names(num_categories, num_capabilities)
-        runs = {"loop": [], "fast": []}
+        methods = ["loop", "fast"] + (["loop-1thread"] if args.with_loop_1thread else [])
+        runs = {method: [] for method in methods}
         for repeat in range(args.repeats):
-            order = ("loop", "fast") if repeat % 2 == 0 else ("fast", "loop")  # alternate: no warm-up bias
+            order = methods if repeat % 2 == 0 else methods[::-1]  # alternate: no warm-up bias
             for method in order:
-                runs[method].append(build_once(path, names, args, fast=method == "fast"))
-        same = all(a["table"] == b["table"] for a in runs["loop"] for b in runs["fast"])
-        same_values = all(a["fingerprint"] == b["fingerprint"] for a in runs["loop"] for b in runs["fast"])
+                runs[method].append(build_once(path, names, args, method))
+        others = [run for method in methods if method != "fast" for run in runs[method]]
+        same = all(a["table"] == b["table"] for a in others for b in runs["fast"])
+        same_values = all(a["fingerprint"] == b["fingerprint"] for a in others for b in runs["fast"])
         row = {"layout": layout, "adapters": len(names), "adapter_parameters": runs["fast"][0]["adapter_parameters"],
                "load_s": statistics.median(r["load"] for r in runs["fast"] + runs["loop"]),
                "same_parameters": same, "same_initial_values": same_values}
@@ -135,7 +145,7 @@ def main() -> None:
         row["speedup_wall"] = row["loop_wall_s"] / row["fast_wall_s"]
         row["speedup_cpu"] = row["loop_cpu_s"] / row["fast_cpu_s"]
         rows.append(row)
-        print(f"  {layout}: loop {row['loop_wall_all_s']} s, fast {row['fast_wall_all_s']} s", flush=True)
+        print(f"  {layout}: " + ", ".join(f"{m} {row[f'{m}_wall_all_s']} s" for m in methods), flush=True)
 
     header = (f"{'layout':>7} {'adapters':>8} {'LoRA params':>12} {'load s':>7} {'PEFT loop s':>12} "
               f"{'fast s':>8} {'speedup':>8} {'loop CPU s':>11} {'fast CPU s':>11} {'same model':>11}")
@@ -146,6 +156,9 @@ def main() -> None:
         print(f"{row['layout']:>7} {row['adapters']:>8} {row['adapter_parameters']:>12,} {row['load_s']:>7.2f} "
               f"{row['loop_wall_s']:>12.2f} {row['fast_wall_s']:>8.2f} {row['speedup_wall']:>7.1f}x "
               f"{row['loop_cpu_s']:>11.2f} {row['fast_cpu_s']:>11.2f} {same:>11}")
+    if args.with_loop_1thread:
+        print("PEFT loop on one intra-op thread (s): "
+              + ", ".join(f"{row['layout']} {row['loop-1thread_wall_s']:.2f}" for row in rows))
     if args.json:
         tmp = f"{args.json}.tmp{os.getpid()}"
         with open(tmp, "w") as handle:
