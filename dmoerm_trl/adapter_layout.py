@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import copy
 import inspect
-import warnings
 
 from torch import nn
 from transformers import PreTrainedModel
 
+from .adapter_injection import wrap_with_adapters
 from .backbone import detect_lora_target_modules
 from .configuration_dmoerm import slugify
 from .training_stages import ROUTER_ADAPTER
@@ -93,15 +93,10 @@ class AdapterLayoutMixin:
 
     def _wrap_with_adapters(self, backbone: PreTrainedModel, names: list[str], lora_config):
         """``backbone`` as a PeftModel carrying the adapters ``names``; the plain backbone when there are none."""
-        from peft import get_peft_model
-
         if not names:
             return backbone
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            peft_backbone = get_peft_model(backbone, lora_config, adapter_name=names[0])
-            for name in names[1:]:
-                peft_backbone.add_adapter(name, lora_config)
+        # The same PeftModel as get_peft_model + an add_adapter loop, in one pass (docs/adapter_injection.md).
+        peft_backbone = wrap_with_adapters(backbone, names, lora_config)
         # PEFT's config records the base path so each adapter folder loads on its own.
         for peft_config in peft_backbone.peft_config.values():
             peft_config.base_model_name_or_path = self.config.base_model_name_or_path
