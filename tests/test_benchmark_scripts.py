@@ -12,6 +12,8 @@ import pytest
 from dmoerm_trl.testing_utils import make_tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
+# Subprocesses importing torch + transformers (~50 s in all); no TRL involved, so one TRL line in CI runs them.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
