@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from trainer_helpers import quick_args
+from trainer_helpers import train_one_category
 
 from dmoerm_trl.commands.train import main as train_main
 
@@ -18,12 +18,8 @@ def test_full_phase1_fine_tunes_the_category_copy_and_experts_build_on_it(tmp_pa
     import dmoerm_trl  # noqa: F401
 
     output_dir = tmp_path / "run"
-    extra = ("--task_mode", "full", "--categories_to_train", "objective_qa", "--num_train_epochs", "1",
-             "--aggregator_num_train_epochs", "2", "--train_baseline", "false", "--task_learning_rate", "1e-3")
-    assert train_main(quick_args(output_dir, *extra)) == 0
-    stages = json.loads((output_dir / "pipeline_state.json").read_text())["stages"]
-    for name in ("router", "task/objective_qa", "capability/objective_qa/correctness", "aggregator/objective_qa"):
-        assert stages[name]["status"] == "done", (name, stages[name])
+    extra = ("--task_mode", "full", "--task_learning_rate", "1e-3")
+    cli_args = train_one_category(output_dir, "objective_qa", "correctness", *extra)
 
     # Phase 1 trained every weight of objective_qa's copy: its stage file holds the whole base + the task head
     task_weights = load_file(output_dir / "stages" / "task__objective_qa" / "final.safetensors")
@@ -51,7 +47,7 @@ def test_full_phase1_fine_tunes_the_category_copy_and_experts_build_on_it(tmp_pa
     assert len(rewards) == 1 and isinstance(rewards[0]["reward"], float)
 
     # A rerun loads the finished stages (full copy included) and trains nothing
-    assert train_main(quick_args(output_dir, *extra)) == 0
+    assert train_main(cli_args) == 0
     assert json.loads((output_dir / "training_summary.json").read_text())["ran_this_time"] == []
     again = load_file(output_dir / "category_bases" / "objective_qa" / "model.safetensors")
     assert torch.equal(again[key], trained[key])

@@ -32,6 +32,23 @@ def quick_args(output_dir, *extra: str) -> list[str]:
     ]
 
 
+def train_one_category(output_dir, category: str, capability: str, *extra: str) -> list[str]:
+    """Run the pipeline in-process (router + one category's three phases, no baseline), check each stage
+    finished, and return the CLI args used (to rerun the same job)."""
+    import json
+
+    from dmoerm_trl.commands.train import main as train_main
+
+    args = ("--categories_to_train", category, "--num_train_epochs", "1", "--aggregator_num_train_epochs", "2",
+            "--train_baseline", "false", *extra)
+    cli_args = quick_args(output_dir, *args)
+    assert train_main(cli_args) == 0
+    stages = json.loads((Path(output_dir) / "pipeline_state.json").read_text())["stages"]
+    for name in ("router", f"task/{category}", f"capability/{category}/{capability}", f"aggregator/{category}"):
+        assert stages[name]["status"] == "done", (name, stages[name])
+    return cli_args
+
+
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update({"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
