@@ -27,21 +27,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from peft.tuners.tuners_utils import BaseTunerLayer
-    from transformers import AutoModelForSequenceClassification
+    from scoring_speed import build_models  # benchmarks/ is on sys.path when this script runs
 
-    from dmoerm_trl import DMoERMForSequenceClassification
-    from dmoerm_trl.testing_utils import randomize_adapters
-
-    if args.backbone is None:
-        from dmoerm_trl.assets import prepare_smollm2
-
-        args.backbone = prepare_smollm2()
-    torch.manual_seed(0)
-    categories = {f"category_{c}": [f"capability_{k}" for k in range(5)] for c in range(5)}
-    model = DMoERMForSequenceClassification.from_backbone(args.backbone, categories).eval()
-    randomize_adapters(model, std=0.01)
-    single = AutoModelForSequenceClassification.from_pretrained(args.backbone, num_labels=1).eval()
-    single.config.pad_token_id = single.config.pad_token_id or 0
+    _, _, model, single = build_models(args.backbone, 5, 5)
     ids = torch.randint(10, 1000, (args.batch, args.length))
     mask = torch.ones_like(ids)
     pos = mask.cumsum(-1) - 1

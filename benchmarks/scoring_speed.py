@@ -68,6 +68,27 @@ def paper_loop(model, input_ids, attention_mask) -> torch.Tensor:
     return torch.cat(rewards)
 
 
+def build_models(backbone: str | None, num_categories: int, num_capabilities: int):
+    """``(backbone path, categories, DMoERM, single RM)`` on the same backbone (default: the offline SmolLM2-135M);
+    the DMoERM's adapters are randomized so routing spreads rows over categories and experts differ."""
+    from transformers import AutoModelForSequenceClassification
+
+    from dmoerm_trl import DMoERMForSequenceClassification
+    from dmoerm_trl.testing_utils import randomize_adapters
+
+    if backbone is None:
+        from dmoerm_trl.assets import prepare_smollm2
+
+        backbone = prepare_smollm2()
+    torch.manual_seed(0)
+    categories = {f"category_{c}": [f"capability_{k}" for k in range(num_capabilities)] for c in range(num_categories)}
+    model = DMoERMForSequenceClassification.from_backbone(backbone, categories).eval()
+    randomize_adapters(model, std=0.01)
+    single = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1).eval()
+    single.config.pad_token_id = single.config.pad_token_id or 0
+    return backbone, categories, model, single
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default=None, help="default: offline SmolLM2-135M-Instruct")
@@ -81,19 +102,10 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    from transformers import AutoModelForSequenceClassification
-
     from dmoerm_trl import DMoERMForSequenceClassification
     from dmoerm_trl.testing_utils import randomize_adapters
 
-    if args.backbone is None:
-        from dmoerm_trl.assets import prepare_smollm2
-
-        args.backbone = prepare_smollm2()
-    torch.manual_seed(0)
-    categories = {f"category_{c}": [f"capability_{k}" for k in range(args.capabilities)] for c in range(args.categories)}
-    model = DMoERMForSequenceClassification.from_backbone(args.backbone, categories).eval()
-    randomize_adapters(model, std=0.01)  # routing spreads rows over categories, experts differ
+    args.backbone, categories, model, single = build_models(args.backbone, args.categories, args.capabilities)
     num_layers = model.backbone.get_base_model().config.num_hidden_layers
     auto = min(num_layers - 1, max(1, round(0.75 * num_layers)))
     trunks = sorted({auto if t.strip() == "auto" else int(t) for t in args.trunk_layers.split(",")})
@@ -104,8 +116,6 @@ def main() -> None:
             args.backbone, categories, trunk_layers=trunk
         ).eval()
         randomize_adapters(trunk_models[trunk], std=0.01)
-    single = AutoModelForSequenceClassification.from_pretrained(args.backbone, num_labels=1).eval()
-    single.config.pad_token_id = single.config.pad_token_id or 0
     vocab = model.backbone.get_base_model().config.vocab_size
     input_ids = torch.randint(10, min(1000, vocab), (args.batch, args.length))
     attention_mask = torch.ones_like(input_ids)
@@ -182,7 +192,8 @@ def main() -> None:
         print(line)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"single": t_single, "bound": bound, "bound_from_single": bound_from_single, **results, "paper_loop": t_paper, "batch": args.batch,
+            json.dump({"single": t_single, "bound": bound, "bound_from_single": bound_from_single, **results,
+                       "paper_loop": t_paper, "batch": args.batch,
                        "trunks": {str(t): v for t, v in trunk_results.items()}, "num_layers": num_layers,
                        "length": args.length, "load_before": load_before, "load_after": load_after,
                        "started": started}, handle, indent=2)
