@@ -16,9 +16,24 @@ split against an unsplit forward when the model is built and refuses backbones w
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 
 import torch
 from torch import nn
+
+# One lock per backbone: while one thread runs a window, another thread's call on the same backbone must not
+# swap the layer list under it (different models never wait for each other).
+_WINDOW_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WINDOW_LOCKS_GUARD = threading.Lock()
+
+
+def _window_lock(base: nn.Module) -> threading.RLock:
+    with _WINDOW_LOCKS_GUARD:
+        lock = _WINDOW_LOCKS.get(base)
+        if lock is None:
+            lock = _WINDOW_LOCKS[base] = threading.RLock()
+        return lock
 
 
 def _base(backbone) -> nn.Module:
@@ -67,8 +82,16 @@ def validate_trunk_layers(backbone, trunk_layers: int, task_mode: str) -> tuple[
 @contextlib.contextmanager
 def layer_window(backbone, start: int, stop: int | None = None, hidden_in: torch.Tensor | None = None):
     """Run only ``layers[start:stop]`` in the calls made inside the block; ``hidden_in`` replaces the first of them's
-    input hidden states. Yields a dict whose ``"hidden"`` holds the last window layer's output after the call."""
-    parent, attribute, layers = decoder_layers(backbone)
+    input hidden states. Yields a dict whose ``"hidden"`` holds the last window layer's output after the call.
+    Thread-safe: calls on one backbone from several threads take turns (each holds the window for its whole call)."""
+    with _window_lock(_base(backbone)):
+        parent, attribute, layers = decoder_layers(backbone)  # under the lock: no other thread's window is in place
+        with _layer_window_unlocked(parent, attribute, layers, start, stop, hidden_in) as captured:
+            yield captured
+
+
+@contextlib.contextmanager
+def _layer_window_unlocked(parent, attribute, layers, start, stop, hidden_in):
     window = layers[start:stop]
     captured: dict[str, torch.Tensor] = {}
     handles = []

@@ -13,6 +13,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, LlamaCon
 
 from dmoerm_trl import DMoERMConfig, DMoERMForSequenceClassification
 from dmoerm_trl.testing_utils import make_tiny_bert, make_tiny_llama, randomize_adapters
+from dmoerm_trl.trunk import decoder_layers
 
 CATEGORIES = {"objective_qa": ["correctness", "logic", "depth"], "chitchat": ["empathy", "fluency"]}
 TEXTS = [
@@ -222,3 +223,37 @@ def test_config_round_trip_keeps_trunk_layers():
     config = DMoERMConfig(categories=CATEGORIES, trunk_layers=3)
     assert DMoERMConfig.from_dict(config.to_dict()).trunk_layers == 3
     assert DMoERMConfig(categories=CATEGORIES).trunk_layers == 0
+
+
+def test_two_threads_scoring_one_model_get_the_single_thread_results(llama4_path, tokenizer):
+    # Each trunk/branch call swaps the backbone's layer list for a slice of it; without the per-backbone lock in
+    # layer_window, a second thread's swap would make the first thread's call run the wrong layers.
+    import threading
+
+    model = build(llama4_path)
+    batches = [batch_of(tokenizer, TEXTS[:3]), batch_of(tokenizer, TEXTS[1:], side="right")]
+    with torch.no_grad():
+        expected = [model(**batch).logits for batch in batches]
+    results: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    errors: list[BaseException] = []
+
+    def score(worker: int) -> None:
+        try:
+            with torch.no_grad():
+                for _ in range(15):
+                    results[worker].append(model(**batches[worker]).logits)
+        except BaseException as error:  # noqa: BLE001 (reported below)
+            errors.append(error)
+
+    threads = [threading.Thread(target=score, args=(worker,)) for worker in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for worker in (0, 1):
+        assert len(results[worker]) == 15
+        for logits in results[worker]:
+            torch.testing.assert_close(logits, expected[worker], rtol=0, atol=0)
+    _, _, layers = decoder_layers(model.backbone)
+    assert len(layers) == 4  # the full layer list is back
