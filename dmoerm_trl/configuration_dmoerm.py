@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
-ROUTER_MODES = ("lora", "linear")
+ROUTER_MODES = ("lora", "linear", "trunk")
 POOLING_MODES = ("last", "first")
 ROUTER_POOLING_MODES = ("last", "first", "mean")
 EXPERT_BATCHING_MODES = ("auto", "mixed", "sequential")
@@ -116,7 +116,9 @@ class DMoERMConfig(PretrainedConfig):
             Width of the aggregator MLP `Linear(k*H, A) -> PReLU -> Linear(A, 1)`. Defaults to the backbone's H.
         router_mode (`str`, defaults to `"lora"`):
             `"lora"`: the router is its own LoRA adapter on the base plus a linear head (one extra backbone pass).
-            `"linear"`: a linear head on the frozen base's features (cheapest, weaker).
+            `"linear"`: a linear head on the frozen base's features (one extra pass without adapters, weaker).
+            `"trunk"`: a linear head on the shared trunk's output (needs `trunk_layers > 0`): routing costs no
+            extra layer pass at all, since the trunk runs anyway for the experts.
         pooling (`str`, *optional*):
             Which token's hidden state represents a sequence: `"last"` (last non-pad token; decoders) or `"first"`
             (the `[CLS]` token; encoders). Default: detected from the backbone.
@@ -222,6 +224,11 @@ class DMoERMConfig(PretrainedConfig):
             raise ValueError(
                 "trunk_layers > 0 needs task_mode='lora': with task_mode='full' each category fine-tunes its whole base "
                 "copy, so there is no frozen trunk to share; use trunk_layers=0"
+            )
+        if router_mode == "trunk" and not trunk_layers:
+            raise ValueError(
+                "router_mode='trunk' reads the shared trunk's output, so it needs trunk_layers > 0 (e.g. the bottom "
+                "three quarters of the layers); without a trunk use router_mode='lora' or 'linear'"
             )
         self.trunk_layers = trunk_layers
         self.hidden_size = hidden_size

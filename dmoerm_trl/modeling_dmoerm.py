@@ -24,6 +24,7 @@ import contextlib
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
@@ -335,12 +336,24 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             1,
         )
 
-    def _route(self, input_ids, attention_mask, position_ids, trunk=None) -> torch.Tensor:
+    def _router_features(self, input_ids, attention_mask, position_ids, trunk=None) -> torch.Tensor:
+        """``(N, H)``: what the router head reads. ``router_mode="lora"``: the pooled output of the router adapter;
+        ``"linear"``: of the plain base; ``"trunk"``: the pooled shared-trunk output, no layer pass of its own."""
+        if self.config.router_mode == "trunk":
+            if trunk is None:
+                trunk = self._trunk(input_ids, attention_mask, position_ids)
+            pooled = self._pool(trunk, attention_mask, self.config.router_pooling)
+            # A middle layer's hidden state has not been through the backbone's final norm (and can carry a few
+            # huge outlier dimensions): a parameter-free layer norm puts the head's input on one scale.
+            return F.layer_norm(pooled, pooled.shape[-1:])
         adapter = ROUTER_ADAPTER if self.config.router_mode == "lora" else "__base__"
-        pooled = self._encode(
+        return self._encode(
             input_ids, attention_mask, position_ids, adapter_names=[adapter] * input_ids.shape[0],
             pooling=self.config.router_pooling, trunk=trunk,
         )
+
+    def _route(self, input_ids, attention_mask, position_ids, trunk=None) -> torch.Tensor:
+        pooled = self._router_features(input_ids, attention_mask, position_ids, trunk)
         return self.router_head(self._head_input(pooled, self.router_head))
 
     def _category_ids(self, categories, batch_size: int, device) -> torch.Tensor:

@@ -30,7 +30,8 @@ class TrainingStagesMixin:
     ) -> list[str]:
         """Select what ``forward`` computes and which parameters train; returns the trainable parameter names.
 
-        ``"router"``: router adapter (``router_mode="lora"``) + router head, ``logits`` = router logits ``(B, C)``.
+        ``"router"``: router adapter (``router_mode="lora"``) + router head, or the head alone (``"linear"``,
+        ``"trunk"``); ``logits`` = router logits ``(B, C)``.
         ``"task"``: the category's task adapter + task head, ``logits`` ``(B, 1)`` (phase 1); with
         ``task_mode="full"`` every weight of the category's base copy + task head (a full fine-tune, as in the paper).
         ``"capability"``: one expert adapter + its value head, ``logits`` ``(B, 1)`` (phase 2).
@@ -125,11 +126,10 @@ class TrainingStagesMixin:
 
         backbone = self.backbone_for(category)
         pooling = self.config.router_pooling if stage == "router" else None
-        if stage == "router" and self.config.router_mode == "linear":
-            # The base stays frozen: only the head learns, so the features need no graph.
+        if stage == "router" and self.config.router_mode != "lora":
+            # "linear" / "trunk": the base stays frozen and only the head learns, so the features need no graph.
             with torch.no_grad(), self._backbone_eval():
-                pooled = self._encode(input_ids, attention_mask, position_ids, ["__base__"] * batch_size,
-                                      pooling=pooling)
+                pooled = self._router_features(input_ids, attention_mask, position_ids)
         elif self._stage_adapter is None:
             # task_mode="full", phase 1: the category's own base copy, fully trained, its expert adapters switched
             # off by set_training_stage.

@@ -74,7 +74,8 @@ class DMoERMModelArguments:
         aggregator_hidden_size (`int`, *optional*):
             Width of each aggregator MLP (default: the backbone's hidden size, as in the paper).
         router_mode (`str`, defaults to `"lora"`):
-            `"lora"` (own adapter + head) or `"linear"` (a head on frozen base features; cheaper, weaker).
+            `"lora"` (own adapter + head), `"linear"` (a head on frozen base features; cheaper, weaker) or `"trunk"`
+            (a head on the shared trunk's output; needs `trunk_layers > 0`; routing then costs no extra pass).
         pooling (`str`, *optional*):
             `"last"` or `"first"` token; detected from the backbone when not given.
         router_pooling (`str`, *optional*):
@@ -123,8 +124,9 @@ class DMoERMModelArguments:
     )
     router_mode: str = field(
         default="lora",
-        metadata={"help": "'lora': router adapter + head; 'linear': head on frozen base features.",
-                  "choices": ["lora", "linear"]},
+        metadata={"help": "'lora': router adapter + head; 'linear': head on frozen base features; 'trunk': head on "
+                  "the shared trunk's output (needs trunk_layers > 0; no extra pass).",
+                  "choices": ["lora", "linear", "trunk"]},
     )
     pooling: str | None = field(
         default=None, metadata={"help": "'last' or 'first' token pooling; detected from the backbone if unset."}
@@ -162,6 +164,11 @@ class DMoERMModelArguments:
             )
         if self.model_name_or_path is not None and self.tiny_backbone is not None:
             raise ValueError("set either model_name_or_path or tiny_backbone, not both")
+        if self.router_mode == "trunk" and not self.trunk_layers:
+            raise ValueError(
+                "router_mode: trunk reads the shared trunk's output and needs trunk_layers > 0 (e.g. --trunk_layers 22 "
+                "on a 30-layer backbone); without a trunk use router_mode: lora or linear"
+            )
 
 
 @dataclass
