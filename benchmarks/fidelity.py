@@ -59,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-flip", type=float, default=0.1, help="Rate at which judge verdicts are flipped.")
     p.add_argument("--epochs", type=float, default=None, help="Epochs of every stage and RM (default 2).")
     p.add_argument("--learning-rate", type=float, default=None, help="LoRA learning rate of every stage and RM (5e-3).")
-    p.add_argument("--router-mode", default=None, choices=["linear", "lora"],
-                   help="DMoERM router: 'lora' (default; an adapter + head) or 'linear' (a head on the frozen backbone).")
+    p.add_argument("--router-mode", default=None, choices=["linear", "lora", "trunk"],
+                   help="DMoERM router: 'lora' (default; an adapter + head), 'linear' (a head on the frozen backbone) "
+                   "or 'trunk' (a head on the shared trunk's output; needs --trunk-layers).")
+    p.add_argument("--router-pooling", default=None, choices=["last", "first", "mean"],
+                   help="Router pooling (default: the backbone's pooling, 'last' for SmolLM2).")
     p.add_argument("--router-epochs", type=float, default=None, help="Epochs of the router stage (default 0.5: 100%% on validation).")
     p.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default 8).")
     p.add_argument("--trunk-layers", type=int, default=0,
@@ -162,7 +165,7 @@ def train_dmoerm(args, backbone, paths, labels_path, categories_yaml, run_dir: P
     model_args = DMoERMModelArguments(model_name_or_path=backbone, categories=str(categories_yaml),
                                       lora_r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
                                       lora_target_modules=_target_modules(args), router_mode=args.router_mode,
-                                      trunk_layers=args.trunk_layers)
+                                      router_pooling=args.router_pooling, trunk_layers=args.trunk_layers)
     data_args = DMoERMDataArguments(dataset_path=str(paths["train"]), capability_labels_path=str(labels_path),
                                     validation_split_ratio=0.15, min_capability_labels=8)
     training_args = _training_config(args, run_dir, args.seed)

@@ -9,6 +9,8 @@
 - ``dmoerm, trunk L``: the same with a shared trunk (``trunk_layers=L``: adapters only above the bottom L of N
   layers, which run once per sequence); its own bound is ``(L + (1 + k)(N - L)) / N`` x single RM, and the table
   also gives it against the full-depth bound above (a different model: LoRA in fewer layers).
+- ``dmoerm, trunk L, trunk router``: the same with ``router_mode="trunk"`` (the router head reads the trunk's output,
+  so routing costs no layer pass): its own bound is ``(L + k(N - L)) / ((1 + k) N)`` x the full bound.
 - ``paper loop``: a faithful re-implementation of the reference code's inference (quanshr/DMoERM-v1: ``main.py``
   ``DMoERM.forward``, ``router/modeling.py`` ``Router.route``, ``innermoe/modeling.py`` phase-3 ``forward``): one
   sample at a time (batch size 1, each sample tokenized alone: no padding, no fixed max length), the router, then
@@ -28,7 +30,8 @@ before and after is printed with the table.
 
 Flags: ``--backbone PATH`` (default: the offline SmolLM2-135M-Instruct copy), ``--categories``, ``--capabilities``,
 ``--batch``, ``--length``, ``--repeats``, ``--skip-paper-loop``, ``--trunk-layers`` (comma list; ``auto`` = 3/4 of the
-layers; default ``0,auto``), ``--json PATH`` (also write the numbers).
+layers; default ``0,auto``), ``--no-trunk-router`` (skip the trunk-router rows), ``--json PATH`` (also write the
+numbers).
 """
 
 from __future__ import annotations
@@ -99,6 +102,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-paper-loop", action="store_true")
     parser.add_argument("--trunk-layers", default="0,auto", help="comma list of trunk_layers; auto = 3/4 of the layers")
+    parser.add_argument("--no-trunk-router", action="store_true", help="skip the router_mode='trunk' rows")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -109,13 +113,16 @@ def main() -> None:
     num_layers = model.backbone.get_base_model().config.num_hidden_layers
     auto = min(num_layers - 1, max(1, round(0.75 * num_layers)))
     trunks = sorted({auto if t.strip() == "auto" else int(t) for t in args.trunk_layers.split(",")})
-    trunk_models = {}
+    trunk_models = {}  # (L, router mode) -> model
     for trunk in (t for t in trunks if t):
-        torch.manual_seed(0)
-        trunk_models[trunk] = DMoERMForSequenceClassification.from_backbone(
-            args.backbone, categories, trunk_layers=trunk
-        ).eval()
-        randomize_adapters(trunk_models[trunk], std=0.01)
+        for router_mode in ("lora",) if args.no_trunk_router else ("lora", "trunk"):
+            torch.manual_seed(0)
+            trunk_models[trunk, router_mode] = m = DMoERMForSequenceClassification.from_backbone(
+                args.backbone, categories, trunk_layers=trunk, router_mode=router_mode
+            ).eval()
+            randomize_adapters(m, std=0.01)
+            if router_mode == "trunk":  # spread the rows over the categories, as the randomized router adapter does
+                torch.nn.init.normal_(m.router_head.weight, std=1.0)
     vocab = model.backbone.get_base_model().config.vocab_size
     input_ids = torch.randint(10, min(1000, vocab), (args.batch, args.length))
     attention_mask = torch.ones_like(input_ids)
@@ -142,8 +149,12 @@ def main() -> None:
         routed = outputs["last"].category_ids
         model.config.expert_batching = "auto"
         trunk_results = {
-            trunk: timed(lambda m=m: m(input_ids=input_ids, attention_mask=attention_mask), args.repeats)
-            for trunk, m in trunk_models.items()
+            key: timed(lambda m=m: m(input_ids=input_ids, attention_mask=attention_mask), args.repeats)
+            for key, m in trunk_models.items()
+        }
+        trunk_routed = {
+            key: len(m(input_ids=input_ids, attention_mask=attention_mask).category_ids.unique())
+            for key, m in trunk_models.items()
         }
     t_paper = None
     if not args.skip_paper_loop:
@@ -173,19 +184,26 @@ def main() -> None:
     for mode, seconds in results.items():
         print(row(f"dmoerm ({mode})", seconds))
     k = args.capabilities
-    for trunk, seconds in trunk_results.items():
-        share = (trunk + (1 + k) * (num_layers - trunk)) / ((1 + k) * num_layers)
-        print(row(f"dmoerm, trunk {trunk} of {num_layers} layers (sequential; its bound = {share:.2f}x the full)",
-                  seconds))
+
+    def own_share(trunk, router_mode):  # the trunk variant's own bound, as a fraction of the full-depth bound
+        branches = k if router_mode == "trunk" else 1 + k
+        return (trunk + branches * (num_layers - trunk)) / ((1 + k) * num_layers)
+
+    def trunk_name(trunk, router_mode):
+        return f"trunk {trunk}" + (", trunk router" if router_mode == "trunk" else "")
+
+    for (trunk, router_mode), seconds in trunk_results.items():
+        print(row(f"dmoerm, {trunk_name(trunk, router_mode)} of {num_layers} layers (sequential; its bound = "
+                  f"{own_share(trunk, router_mode):.2f}x the full; rows routed to "
+                  f"{trunk_routed[trunk, router_mode]} categories)", seconds))
     if t_paper is not None:
         print(row("paper loop (per sample, per expert)", t_paper))
         print(f"\nbatched dmoerm is {t_paper[0] / best[0]:.2f}x (wall) / {t_paper[1] / best[1]:.2f}x (CPU) faster "
               "than the paper loop (goal >= 20x, a GPU figure; on CPU the loop's batch-size-1 waste is small)")
     print(f"dmoerm best / bound: {best[0] / bound[0]:.2f}x (wall) / {best[1] / bound[1]:.2f}x (CPU) (goal <= 1.1x)")
-    for trunk, seconds in trunk_results.items():
-        share = (trunk + (1 + k) * (num_layers - trunk)) / ((1 + k) * num_layers)
-        own = tuple(share * b for b in bound)
-        line = (f"dmoerm trunk {trunk}: {seconds[0] / own[0]:.2f}x (wall) / {seconds[1] / own[1]:.2f}x (CPU) of its own "
+    for (trunk, router_mode), seconds in trunk_results.items():
+        own = tuple(own_share(trunk, router_mode) * b for b in bound)
+        line = (f"dmoerm {trunk_name(trunk, router_mode)}: {seconds[0] / own[0]:.2f}x (wall) / {seconds[1] / own[1]:.2f}x (CPU) of its own "
                 f"bound; {seconds[0] / bound[0]:.2f}x (wall) of the full-depth bound")
         if t_paper is not None:
             line += f"; {t_paper[0] / seconds[0]:.2f}x (wall) / {t_paper[1] / seconds[1]:.2f}x (CPU) faster than the paper loop"
@@ -194,7 +212,9 @@ def main() -> None:
         with open(args.json, "w") as handle:
             json.dump({"single": t_single, "bound": bound, "bound_from_single": bound_from_single, **results,
                        "paper_loop": t_paper, "batch": args.batch,
-                       "trunks": {str(t): v for t, v in trunk_results.items()}, "num_layers": num_layers,
+                       "trunks": {str(t): v for (t, mode), v in trunk_results.items() if mode == "lora"},
+                       "trunk_router": {str(t): v for (t, mode), v in trunk_results.items() if mode == "trunk"},
+                       "num_layers": num_layers,
                        "length": args.length, "load_before": load_before, "load_after": load_after,
                        "started": started}, handle, indent=2)
 

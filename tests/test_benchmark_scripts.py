@@ -38,6 +38,8 @@ def test_scoring_speed_with_trunk_rows(llama4, tmp_path):
     numbers = json.loads((tmp_path / "s.json").read_text())
     assert set(numbers["trunks"]) == {"1", "3"} and numbers["num_layers"] == 4
     assert all(wall > 0 for wall, _ in numbers["trunks"].values())
+    assert "dmoerm, trunk 3, trunk router of 4 layers" in out  # router_mode="trunk" rows: bound (3 + 2 x 1) / 12
+    assert "its bound = 0.42x the full" in out and set(numbers["trunk_router"]) == {"1", "3"}
 
 
 def test_memory_params_with_a_trunk(llama4, tmp_path):
