@@ -37,7 +37,6 @@ def tokenizer(llama4_path):
 
 
 def build(path, trunk_layers=3, **kwargs):
-    kwargs.setdefault("router_pooling", "mean")
     model = DMoERMForSequenceClassification.from_backbone(
         path, CATEGORIES, trunk_layers=trunk_layers, router_mode="trunk", **kwargs
     )
@@ -69,6 +68,12 @@ def reference_router_logits(model, path, batch, trunk_layers, pooling):
 def test_trunk_router_needs_a_trunk():
     with pytest.raises(ValueError, match="router_mode='trunk'.*trunk_layers > 0"):
         DMoERMConfig(categories=CATEGORIES, router_mode="trunk", trunk_layers=0)
+
+
+def test_trunk_router_pools_the_token_mean_by_default():
+    assert DMoERMConfig(categories=CATEGORIES, router_mode="trunk", trunk_layers=1).router_pooling == "mean"
+    assert DMoERMConfig(categories=CATEGORIES, router_mode="trunk", trunk_layers=1, router_pooling="last").router_pooling == "last"
+    assert DMoERMConfig(categories=CATEGORIES, router_mode="lora", trunk_layers=1).router_pooling is None
 
 
 def test_training_config_refuses_a_trunk_router_without_a_trunk():

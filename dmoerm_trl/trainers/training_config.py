@@ -79,7 +79,8 @@ class DMoERMModelArguments:
         pooling (`str`, *optional*):
             `"last"` or `"first"` token; detected from the backbone when not given.
         router_pooling (`str`, *optional*):
-            `"last"`, `"first"` or `"mean"` for the router only (default: the same as `pooling`).
+            `"last"`, `"first"` or `"mean"` for the router only (default: the same as `pooling`; `"mean"` with
+            `router_mode: trunk`).
         task_mode (`str`, defaults to `"lora"`):
             Phase 1: `"lora"` (a task adapter per category on the one shared base) or `"full"` (the paper's layout:
             one full copy of the base per category, all its weights fine-tuned; memory and saved files grow with
@@ -133,8 +134,8 @@ class DMoERMModelArguments:
     )
     router_pooling: str | None = field(
         default=None,
-        metadata={"help": "Router pooling: 'last', 'first' or 'mean' (default: same as pooling); 'mean' trains "
-                  "more easily on small or shallow backbones.", "choices": [None, "last", "first", "mean"]},
+        metadata={"help": "Router pooling: 'last', 'first' or 'mean' (default: same as pooling; 'mean' with "
+                  "router_mode trunk); 'mean' trains more easily on small or shallow backbones.", "choices": [None, "last", "first", "mean"]},
     )
     task_mode: str = field(
         default="lora",

@@ -41,13 +41,13 @@ def test_pipeline_with_the_router_on_the_trunk(tmp_path, one_thread):
 
     output_dir = tmp_path / "run"
     train_one_category(output_dir, "chitchat", "empathy_ability", "--trunk_layers", "2", "--tiny_backbone_num_layers",
-                       "3", "--router_mode", "trunk", "--router_pooling", "mean")
+                       "3", "--router_mode", "trunk")
     # The router stage trained the head alone: no LoRA weights, no router adapter folder
     router = load_file(output_dir / "stages" / "router" / "final.safetensors")
     assert router and all(name.startswith("router_head.") for name in router), sorted(router)[:5]
     assert not (output_dir / "adapters" / "router").exists()
     model = AutoModelForSequenceClassification.from_pretrained(output_dir).eval()
-    assert (model.config.router_mode, model.config.trunk_layers) == ("trunk", 2)
+    assert (model.config.router_mode, model.config.trunk_layers, model.config.router_pooling) == ("trunk", 2, "mean")
     torch.testing.assert_close(model.router_head.weight, router["router_head.weight"], rtol=0, atol=0)
     state = json.loads((output_dir / "pipeline_state.json").read_text())["stages"]["router"]
     assert state["status"] == "done"
