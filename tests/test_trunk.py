@@ -286,9 +286,12 @@ def test_trunk_router_needs_a_trunk():
 
 
 def test_trunk_router_pools_the_token_mean_by_default():
-    assert DMoERMConfig(categories=CATEGORIES, router_mode="trunk", trunk_layers=1).router_pooling == "mean"
-    assert DMoERMConfig(categories=CATEGORIES, router_mode="trunk", trunk_layers=1, router_pooling="last").router_pooling == "last"
-    assert DMoERMConfig(categories=CATEGORIES, router_mode="lora", trunk_layers=1).router_pooling is None
+    def router_pooling(**kwargs):
+        return DMoERMConfig(categories=CATEGORIES, trunk_layers=1, **kwargs).router_pooling
+
+    assert router_pooling(router_mode="trunk") == "mean"
+    assert router_pooling(router_mode="trunk", router_pooling="last") == "last"
+    assert router_pooling(router_mode="lora") is None
 
 
 def test_training_config_refuses_a_trunk_router_without_a_trunk():
