@@ -8,6 +8,11 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 
 ROUTER_MODES = ("lora", "linear", "trunk")
+ROUTER_DESCRIPTIONS = {  # for model cards and `dmoerm info`
+    "lora": "its own LoRA adapter + a linear head",
+    "linear": "a linear head on the frozen base",
+    "trunk": "a linear head on the shared trunk's output, no layer pass of its own",
+}
 POOLING_MODES = ("last", "first")
 ROUTER_POOLING_MODES = ("last", "first", "mean")
 EXPERT_BATCHING_MODES = ("auto", "mixed", "sequential")
