@@ -95,19 +95,27 @@ def test_two_process_zero3_fine_tunes_a_whole_category_copy(tmp_path):
 @pytest.mark.deepspeed
 def test_two_process_zero3_trains_above_a_shared_trunk(tmp_path):
     """trunk_layers > 0 under ZeRO-3 + bf16: the split forward (layer list swapped per call) trains with partitioned
-    parameters, and only adapters above the trunk exist and move."""
+    parameters, and only adapters above the trunk exist and move; the router on the trunk (router_mode="trunk")
+    trains its head alone."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     import dmoerm_trl  # noqa: F401
 
     output_dir = tmp_path / "run"
-    result = launch("deepspeed_zero3_cpu.yaml", output_dir, "--stages", "task", "--categories_to_train", "chitchat",
-                    "--trunk_layers", "1", "--bf16", "true", "--dtype", "bfloat16", "--num_train_epochs", "1")
+    result = launch("deepspeed_zero3_cpu.yaml", output_dir, "--stages", "router,task", "--categories_to_train",
+                    "chitchat", "--trunk_layers", "1", "--router_mode", "trunk", "--bf16", "true", "--dtype", "bfloat16",
+                    "--num_train_epochs", "1")
     assert result.returncode == 0, result.stderr[-4000:]
-    assert json.loads((output_dir / "pipeline_state.json").read_text())["stages"]["task/chitchat"]["status"] == "done"
+    stages = json.loads((output_dir / "pipeline_state.json").read_text())["stages"]
+    assert stages["task/chitchat"]["status"] == "done" and stages["router"]["status"] == "done"
+    # The head learned under ZeRO-3 (an untrained head, logits ~0, gives ln 3 = 1.10 over 3 categories)
+    assert stages["router"]["metrics"]["eval_loss"] < 1.05 and stages["router"]["metrics"]["eval_accuracy"] > 0.4
+    router = load_file(str(output_dir / "stages" / "router" / "final.safetensors"))
+    assert sorted(router) == ["router_head.bias", "router_head.weight"]
     weights = load_file(str(output_dir / "stages" / "task__chitchat" / "final.safetensors"))
     lora_b = [name for name in weights if "lora_B" in name]
     assert lora_b and all(".layers.1." in name and weights[name].abs().sum() > 0 for name in lora_b)
     model = AutoModelForSequenceClassification.from_pretrained(output_dir, dtype=torch.float32)
-    assert model.config.trunk_layers == 1
+    assert model.config.trunk_layers == 1 and model.config.router_mode == "trunk"
+    torch.testing.assert_close(model.router_head.weight, router["router_head.weight"].float(), rtol=0, atol=0)
