@@ -42,6 +42,14 @@ def test_scoring_speed_with_trunk_rows(llama4, tmp_path):
     assert "its bound = 0.42x the full" in out and set(numbers["trunk_router"]) == {"1", "3"}
 
 
+def test_scoring_speed_in_bfloat16(llama4, tmp_path):
+    out = run("scoring_speed.py", "--backbone", llama4, "--categories", "2", "--capabilities", "2", "--batch", "4",
+              "--length", "8", "--repeats", "1", "--trunk-layers", "0", "--dtype", "bfloat16",
+              "--json", str(tmp_path / "s.json"))
+    assert "; bfloat16;" in out and "faster than the paper loop" in out  # the loop's rewards matched in bf16 too
+    assert json.loads((tmp_path / "s.json").read_text())["dtype"] == "bfloat16"
+
+
 def test_memory_params_with_a_trunk(llama4, tmp_path):
     out = run("memory_params.py", "--backbone", llama4, "--layouts", "dmoerm,dmoerm-1", "--categories", "2",
               "--capabilities", "2", "--batch", "2", "--length", "8", "--lora-r", "4", "--trunk-layers", "2",
