@@ -207,8 +207,8 @@ def main() -> None:
     print(f"dmoerm best / bound: {best[0] / bound[0]:.2f}x (wall) / {best[1] / bound[1]:.2f}x (CPU) (goal <= 1.1x)")
     for (trunk, router_mode), seconds in trunk_results.items():
         own = tuple(own_share(trunk, router_mode) * b for b in bound)
-        line = (f"dmoerm {trunk_name(trunk, router_mode)}: {seconds[0] / own[0]:.2f}x (wall) / {seconds[1] / own[1]:.2f}x (CPU) of its own "
-                f"bound; {seconds[0] / bound[0]:.2f}x (wall) of the full-depth bound")
+        line = (f"dmoerm {trunk_name(trunk, router_mode)}: {seconds[0] / own[0]:.2f}x (wall) / "
+                f"{seconds[1] / own[1]:.2f}x (CPU) of its own bound; {seconds[0] / bound[0]:.2f}x (wall) of the full-depth bound")
         if t_paper is not None:
             line += f"; {t_paper[0] / seconds[0]:.2f}x (wall) / {t_paper[1] / seconds[1]:.2f}x (CPU) faster than the paper loop"
         print(line)
@@ -218,9 +218,8 @@ def main() -> None:
                        "paper_loop": t_paper, "batch": args.batch,
                        "trunks": {str(t): v for (t, mode), v in trunk_results.items() if mode == "lora"},
                        "trunk_router": {str(t): v for (t, mode), v in trunk_results.items() if mode == "trunk"},
-                       "num_layers": num_layers,
-                       "length": args.length, "dtype": args.dtype, "load_before": load_before, "load_after": load_after,
-                       "started": started}, handle, indent=2)
+                       "num_layers": num_layers, "length": args.length, "dtype": args.dtype,
+                       "load_before": load_before, "load_after": load_after, "started": started}, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def build_model_card(model, save_base: bool = False) -> str:
         "",
         f"- Base model: `{base}` ({config.backbone_config.get('model_type', '?') if config.backbone_config else '?'}, "
         f"hidden size {config.hidden_size}, pooling `{config.pooling}`)",
-        f"- Router: `{config.router_mode}` ({ROUTER_DESCRIPTIONS.get(config.router_mode, '?')}); LoRA r={config.lora_r}, alpha={config.lora_alpha}, "
+        f"- Router: `{config.router_mode}` ({ROUTER_DESCRIPTIONS.get(config.router_mode, '?')}); "
+        f"LoRA r={config.lora_r}, alpha={config.lora_alpha}, "
         f"dropout={config.lora_dropout}, targets {config.lora_target_modules}"
         + (f", above a shared trunk of {config.trunk_layers} adapter-free layers" if config.trunk_layers else ""),
         f"- Phase 1: {phase1}",

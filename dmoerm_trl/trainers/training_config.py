@@ -135,7 +135,8 @@ class DMoERMModelArguments:
     router_pooling: str | None = field(
         default=None,
         metadata={"help": "Router pooling: 'last', 'first' or 'mean' (default: same as pooling; 'mean' with "
-                  "router_mode trunk); 'mean' trains more easily on small or shallow backbones.", "choices": [None, "last", "first", "mean"]},
+                  "router_mode trunk); 'mean' trains more easily on small or shallow backbones.",
+                  "choices": [None, "last", "first", "mean"]},
     )
     task_mode: str = field(
         default="lora",
@@ -167,8 +168,8 @@ class DMoERMModelArguments:
             raise ValueError("set either model_name_or_path or tiny_backbone, not both")
         if self.router_mode == "trunk" and not self.trunk_layers:
             raise ValueError(
-                "router_mode: trunk reads the shared trunk's output and needs trunk_layers > 0 (e.g. --trunk_layers 22 "
-                "on a 30-layer backbone); without a trunk use router_mode: lora or linear"
+                "router_mode: trunk reads the shared trunk's output and needs trunk_layers > 0 (e.g. --trunk_layers "
+                "22 on a 30-layer backbone); without a trunk use router_mode: lora or linear"
             )
 
 

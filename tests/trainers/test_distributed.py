@@ -104,8 +104,8 @@ def test_two_process_zero3_trains_above_a_shared_trunk(tmp_path):
 
     output_dir = tmp_path / "run"
     result = launch("deepspeed_zero3_cpu.yaml", output_dir, "--stages", "router,task", "--categories_to_train",
-                    "chitchat", "--trunk_layers", "1", "--router_mode", "trunk", "--bf16", "true", "--dtype", "bfloat16",
-                    "--num_train_epochs", "1")
+                    "chitchat", "--trunk_layers", "1", "--router_mode", "trunk", "--bf16", "true", "--dtype",
+                    "bfloat16", "--num_train_epochs", "1")
     assert result.returncode == 0, result.stderr[-4000:]
     stages = json.loads((output_dir / "pipeline_state.json").read_text())["stages"]
     assert stages["task/chitchat"]["status"] == "done" and stages["router"]["status"] == "done"
