@@ -6,6 +6,8 @@ for one call): the full backbone forward with the very same weights, where the b
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -229,8 +231,6 @@ def test_config_round_trip_keeps_trunk_layers():
 def test_two_threads_scoring_one_model_get_the_single_thread_results(llama4_path, tokenizer):
     # Each trunk/branch call swaps the backbone's layer list for a slice of it; without the per-backbone lock in
     # layer_window, a second thread's swap would make the first thread's call run the wrong layers.
-    import threading
-
     model = build(llama4_path)
     batches = [batch_of(tokenizer, TEXTS[:3]), batch_of(tokenizer, TEXTS[1:], side="right")]
     with torch.no_grad():
