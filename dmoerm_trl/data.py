@@ -433,6 +433,7 @@ def load_preference_pairs(
     lower_rank_is_better: bool = True,
     skip_invalid: bool = False,
     report: LoadReport | None = None,
+    keep_columns: Sequence[str] = (),
 ):
     """Read preference data into a ``datasets.Dataset`` of pairs (see the module docstring for the columns).
 
@@ -448,6 +449,9 @@ def load_preference_pairs(
             scores where higher is better. Equal ranks produce no pair.
         skip_invalid: skip malformed records (counted in ``report`` and logged) instead of raising.
         report: a :class:`LoadReport` to fill with counts.
+        keep_columns: record fields to carry into string columns of the same name (e.g. RewardBench's ``id`` and
+            ``subset`` for ``dmoerm eval``), each value as JSON text so its type survives (``7`` -> ``'7'``,
+            ``"7"`` -> ``'"7"'``); a missing field gives ``""``. A ranked record's pairs share the record's value.
 
     Raises:
         DataValidationError: a malformed record (file, record and field named), unless ``skip_invalid``.
@@ -502,6 +506,9 @@ def load_preference_pairs(
         if not pairs:
             report.records_without_pairs += 1
         for pair in pairs:
+            for name in keep_columns:
+                value = record.get(name)
+                pair[f"_keep_{name}"] = "" if value is None else json.dumps(value, ensure_ascii=False)
             with_capability = with_capability or "capability" in pair
             base_id = _content_hash(pair) + (f":{pair['capability']}" if "capability" in pair else "")
             seen_ids[base_id] += 1
@@ -523,6 +530,11 @@ def load_preference_pairs(
         logger.info("%d candidate pair(s) had equal ranks and produced no pair.", report.tied_pairs)
     features = pair_features(with_capability)
     columns = {name: [row[name] for row in rows] for name in features}
+    for name in keep_columns:
+        if name in columns:
+            raise ValueError(f"keep_columns: {name!r} is already a column of the pairs ({', '.join(features)})")
+        features[name] = features["pair_id"]
+        columns[name] = [row[f"_keep_{name}"] for row in rows]
     return Dataset.from_dict(columns, features=features)
 
 

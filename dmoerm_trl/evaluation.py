@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from .evaluation_report import plot_report, report_markdown, write_report  # noqa: F401  (re-exported)
+from .evaluation_stats import accuracy_entry, add_intervals, summarize_pairs
 
-NO_CATEGORY = "(none)"
+logger = logging.getLogger(__name__)
 
 
 def pairwise_accuracy(
@@ -38,8 +40,10 @@ def pairwise_accuracy(
 ) -> dict[str, Any]:
     """Share of pairs where the chosen response gets the higher reward, overall and per category.
 
-    Returns ``{"overall": {...}, "per_category": {category: {...}}}`` with ``accuracy``, ``correct``, ``total`` and
-    ``reward_ties`` (pairs with equal rewards, counted as wrong). Rows with category ``""`` count in the overall only.
+    Returns ``{"overall": {...}, "per_category": {category: {...}}}`` with ``accuracy``, ``correct``, ``total``,
+    ``ci95`` (the 95% Wilson interval) and ``reward_ties`` (pairs with equal rewards, counted as wrong). Rows with
+    category ``""`` count in the overall only (``dmoerm eval`` reports them in a row of their own: see
+    :func:`dmoerm_trl.evaluation_stats.summarize_pairs`).
     """
     if len(chosen_rewards) != len(rejected_rewards):
         raise ValueError(f"{len(chosen_rewards)} chosen rewards but {len(rejected_rewards)} rejected rewards")
@@ -57,9 +61,7 @@ def pairwise_accuracy(
             totals[key][2] += chosen == rejected
 
     def entry(values):
-        correct, total, ties = values
-        return {"accuracy": correct / total if total else None, "correct": correct, "total": total,
-                "reward_ties": ties}
+        return accuracy_entry(*values)
 
     overall = entry(totals.pop("__overall__", [0, 0, 0]))
     return {"overall": overall, "per_category": {key: entry(value) for key, value in sorted(totals.items())}}
@@ -189,16 +191,17 @@ def prepare_pairs(pairs, tokenizer, max_length: int | None, what: str, counts: d
 
 
 def _model_categories(pairs, model) -> list[str]:
-    """Each pair's category as a model category name ("" when unknown/none)."""
+    """Each pair's category as a model category name where it resolves to one (the paper's names and aliases), else
+    the label as it is ("" when none): a category the model lacks keeps its name, to be reported in its own row."""
     from .data import load_category_spec
 
     names = model.config.categories if _is_dmoerm(model) else None
     paper = load_category_spec("paper")
     resolved = []
     for category in pairs["category"]:
-        if names is not None and category not in names:
-            key = paper.resolve(category) if category else None
-            category = key if key in names else ""
+        if names is not None and category and category not in names:
+            key = paper.resolve(category)
+            category = key if key in names else category
         resolved.append(category)
     return resolved
 
@@ -277,16 +280,29 @@ def evaluate_reward_models(
     split: str | None = None,
     splits_file: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a saved DMoERM (and optionally a baseline RM) on human-ranked data; returns the report dict.
+    """Evaluate a saved DMoERM (and optionally a baseline RM) on preference data; returns the report dict.
+
+    The data may be mtmc-rlhf ranked lists or TRL pairs, with or without ``category``, and RewardBench's schema
+    (``prompt``, ``chosen``, ``rejected``, ``subset``, ``id``): ``id`` and ``subset`` are kept. The report has, per
+    model (``"dmoerm"`` or ``"model"``, and ``"baseline"``), the accuracy overall, per labelled category (pairs with a
+    category the DMoERM lacks or with none in rows of their own), per routed category, per subset and per RewardBench
+    section (see :func:`dmoerm_trl.evaluation_stats.summarize_pairs`), every accuracy with a 95% Wilson interval
+    (``ci95``); ``"router"``, ``"experts"`` (with ``labels_path``) and ``"examples"``, one row per pair (written to
+    ``eval_examples.jsonl`` by :func:`write_report`).
 
     ``split`` (``"validation"``, ``"task"`` or ``"aggregator"``) keeps only the pairs a training run put in that split
     (read from ``splits_file``, default ``<model_path>/splits.json``): e.g. the held-out validation pairs.
+
+    Example:
+        >>> report = evaluate_reward_models("runs/tiny", "rewardbench_sample.jsonl")  # doctest: +SKIP
+        >>> report["dmoerm"]["sections"]["Chat"]["accuracy"], report["dmoerm"]["sections"]["Chat"]["ci95"]  # doctest: +SKIP
     """
     from .data import LoadReport, load_capability_labels, load_preference_pairs
+    from .evaluation_stats import INTERVAL_METHOD
 
     load_report = LoadReport()
     pairs = load_preference_pairs(data, lower_rank_is_better=lower_rank_is_better, skip_invalid=skip_invalid,
-                                  report=load_report)
+                                  report=load_report, keep_columns=("id", "subset"))
     if split is not None:
         pairs = _select_split(pairs, split, splits_file or os.path.join(model_path, "splits.json"))
     if not len(pairs):
@@ -300,11 +316,22 @@ def evaluate_reward_models(
     pairs = prepare_pairs(pairs, tokenizer, max_length, "pairs", counts)
     report: dict[str, Any] = {
         "model": str(model_path), "data": str(data), "baseline_model": str(baseline_path) if baseline_path else None,
-        "num_pairs": len(pairs), "counts": counts, "split": split,
+        "num_pairs": len(pairs), "counts": counts, "split": split, "interval_method": INTERVAL_METHOD,
     }
-    report["dmoerm" if _is_dmoerm(model) else "model"], _ = evaluate_pair_accuracy(
-        model, tokenizer, pairs, batch_size, desc="Scoring pairs (model)")
-    if _is_dmoerm(model):
+    dmoerm = _is_dmoerm(model)
+    model_categories = model.config.category_names if dmoerm else None
+    capabilities = model.config.categories if dmoerm else {}
+    subsets = [_json_text(value) or "" for value in pairs["subset"]]
+    _, scores = evaluate_pair_accuracy(model, tokenizer, pairs, batch_size, desc="Scoring pairs (model)")
+    n = len(pairs)
+    routes = _pair_routes(scores, model_categories, n) if dmoerm else None
+    report["dmoerm" if dmoerm else "model"] = summarize_pairs(
+        scores["rewards"][:n], scores["rewards"][n:], list(pairs["category"]), subsets=subsets,
+        routed=[route for route, _, _ in routes] if routes else None, model_categories=model_categories)
+    columns = {name: pairs[name] for name in ("id", "subset", "category", "pair_id")}
+    examples = [_example_row({name: values[i] for name, values in columns.items()}, scores, i, n,
+                             routes[i] if routes else None, capabilities) for i in range(n)]
+    if dmoerm:
         report["router"] = evaluate_router(model, tokenizer, pairs, batch_size)
         if labels_path is not None:
             labels = load_capability_labels(labels_path, skip_invalid=skip_invalid)
@@ -323,9 +350,67 @@ def evaluate_reward_models(
             baseline_pairs = prepare_pairs(
                 pairs.remove_columns(["prompt_ids", "chosen_ids", "rejected_ids"]), baseline_tokenizer,
                 getattr(baseline.config, "max_position_embeddings", None), "baseline_pairs", counts)
-        report["baseline"], _ = evaluate_pair_accuracy(
+        _, baseline_scores = evaluate_pair_accuracy(
             baseline, baseline_tokenizer, baseline_pairs, batch_size, desc="Scoring pairs (baseline)")
+        m = len(baseline_pairs)
+        row_of = {pair_id: i for i, pair_id in enumerate(pairs["pair_id"])}
+        rows = [row_of[pair_id] for pair_id in baseline_pairs["pair_id"]]
+        # The same rows as the DMoERM's (its categories, its routing), so the two columns of a table line up.
+        report["baseline"] = summarize_pairs(
+            baseline_scores["rewards"][:m], baseline_scores["rewards"][m:], [columns["category"][i] for i in rows],
+            subsets=[subsets[i] for i in rows], routed=[routes[i][0] for i in rows] if routes else None,
+            model_categories=model_categories)
+        for example in examples:
+            example.update(baseline_chosen_reward=None, baseline_rejected_reward=None, baseline_correct=None)
+        for j, i in enumerate(rows):
+            chosen, rejected = baseline_scores["rewards"][j], baseline_scores["rewards"][m + j]
+            examples[i].update(baseline_chosen_reward=_finite(chosen), baseline_rejected_reward=_finite(rejected),
+                               baseline_correct=chosen > rejected)
+    add_intervals({key: report[key] for key in ("router", "experts") if key in report})
+    report["examples"] = examples
     return report
+
+
+def _json_text(value: str):
+    """A value kept by ``load_preference_pairs(keep_columns=...)`` (JSON text, "" when missing)."""
+    return json.loads(value) if value else None
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _pair_routes(scores: dict[str, Any], names: list[str], n: int) -> list[tuple[str, str, str]]:
+    """Per pair ``(row, chosen's category, rejected's category)``; ``row`` is the shared routed category, or
+    :data:`~dmoerm_trl.evaluation_stats.SPLIT_ROUTING` when the two responses were routed to different categories."""
+    from .evaluation_stats import SPLIT_ROUTING
+
+    routes = []
+    for i in range(n):
+        chosen, rejected = names[scores["category_ids"][i]], names[scores["category_ids"][n + i]]
+        routes.append((chosen if chosen == rejected else SPLIT_ROUTING, chosen, rejected))
+    return routes
+
+
+def _example_row(pair: dict[str, Any], scores: dict[str, Any], i: int, n: int, route, capabilities) -> dict[str, Any]:
+    """One line of ``eval_examples.jsonl``: ``id`` (the data's own, else ``pair_id``), ``pair_id``, ``subset``,
+    ``category``, the routed categories, both rewards, ``correct`` and the per-capability rewards (DMoERM)."""
+    chosen, rejected = scores["rewards"][i], scores["rewards"][n + i]
+    identifier = _json_text(pair["id"])
+    row: dict[str, Any] = {
+        "id": pair["pair_id"] if identifier is None else identifier, "pair_id": pair["pair_id"],
+        "subset": _json_text(pair["subset"]), "category": pair["category"] or None,
+    }
+    if route is not None:
+        row["routed_category"], row["routed_category_rejected"] = route[1], route[2]
+    row.update(chosen_reward=_finite(chosen), rejected_reward=_finite(rejected), correct=chosen > rejected)
+    if route is not None:
+        for side, index, category in (("chosen", i, route[1]), ("rejected", n + i, route[2])):
+            values = scores["capability_rewards"][index]
+            row[f"{side}_capability_rewards"] = {
+                capability: _finite(values[j]) if j < len(values) else None
+                for j, capability in enumerate(capabilities.get(category, []))}
+    return row
 
 
 def _select_split(pairs, split: str, splits_file):
@@ -339,97 +424,3 @@ def _select_split(pairs, split: str, splits_file):
     if not keep:
         raise ValueError(f"none of the pairs of the data is in the {split!r} split of {splits_file}: other data?")
     return pairs.select(keep)
-
-
-# ------------------------------------------------------------------------------------------------------ output
-def _fmt(value) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else ("-" if value is None else str(value))
-
-
-def report_markdown(report: dict[str, Any]) -> str:
-    """The report as markdown tables: pairwise accuracy per category (model vs baseline), router, experts."""
-    main_key = "dmoerm" if "dmoerm" in report else "model"
-    main, baseline = report[main_key], report.get("baseline")
-    where = report["data"] + (f", {report['split']} split" if report.get("split") else "")
-    title = (f"## Pairwise accuracy on {where} ({report['num_pairs']} pairs; tied human ranks in the file, excluded: "
-             f"{report['counts'].get('human_ties_excluded', 0)})")
-    lines = [title, ""]
-    header = f"| category | pairs | {'DMoERM' if main_key == 'dmoerm' else 'model'} |" + (" baseline |" if baseline else "")
-    lines += [header, "|---|---:|---:|" + ("---:|" if baseline else "")]
-    categories = sorted(set(main["per_category"]) | set((baseline or {}).get("per_category", {})))
-    for category in [*categories, "overall"]:
-        ours = main["overall"] if category == "overall" else main["per_category"].get(category, {})
-        row = f"| {'**overall**' if category == 'overall' else category} | {ours.get('total', 0)} | " \
-              f"{_fmt(ours.get('accuracy'))} |"
-        if baseline:
-            theirs = baseline["overall"] if category == "overall" else baseline["per_category"].get(category, {})
-            row += f" {_fmt(theirs.get('accuracy'))} |"
-        lines.append(row)
-    if "router" in report and report["router"].get("prompt"):
-        lines += ["", "## Router accuracy", "", "| input | accuracy | sequences |", "|---|---:|---:|"]
-        for view, name in (("prompt", "prompt only"), ("full", "prompt + response")):
-            lines.append(f"| {name} | {_fmt(report['router'][view]['accuracy'])} | {report['router'][view]['total']} |")
-    if report.get("experts", {}).get("per_expert"):
-        lines += ["", "## Expert accuracy on capability labels", "", "| category | capability | accuracy | labels |",
-                  "|---|---|---:|---:|"]
-        for category, caps in sorted(report["experts"]["per_expert"].items()):
-            for capability, entry in caps.items():
-                lines.append(f"| {category} | {capability} | {_fmt(entry['accuracy'])} | {entry['total']} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_report(report: dict[str, Any], path: str | os.PathLike) -> None:
-    """A bar chart of pairwise accuracy per category and overall (model vs baseline) as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    main_key = "dmoerm" if "dmoerm" in report else "model"
-    main, baseline = report[main_key], report.get("baseline")
-    categories = sorted(set(main["per_category"]) | set((baseline or {}).get("per_category", {}))) + ["overall"]
-
-    def values(result):
-        return [(result["overall"] if c == "overall" else result["per_category"].get(c, {})).get("accuracy") or 0.0
-                for c in categories]
-
-    width = 0.38 if baseline else 0.6
-    positions = list(range(len(categories)))
-    figure, axis = plt.subplots(figsize=(max(5.0, 1.3 * len(categories) + 2), 3.6))
-    offset = -width / 2 if baseline else 0.0
-    axis.bar([p + offset for p in positions], values(main), width, label="DMoERM" if main_key == "dmoerm" else "model")
-    if baseline:
-        axis.bar([p + width / 2 for p in positions], values(baseline), width, label="baseline RM")
-    axis.set_xticks(positions, categories, rotation=20, ha="right")
-    axis.set_ylim(0, 1)
-    axis.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-    axis.set_ylabel("pairwise accuracy")
-    axis.set_title("Agreement with human preference ranks")
-    axis.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def write_report(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, str]:
-    """Write ``eval_results.json``, ``eval_results.md`` and ``eval_results.png`` (atomically); return their paths."""
-    from .trainers.checkpointing import atomic_write_json
-
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": output_dir / "eval_results.json", "markdown": output_dir / "eval_results.md",
-             "png": output_dir / "eval_results.png"}
-    atomic_write_json(paths["json"], report)
-    tmp = paths["markdown"].with_name(".eval_results.md.tmp")
-    tmp.write_text(report_markdown(report), encoding="utf-8")
-    os.replace(tmp, paths["markdown"])
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        logger.warning("matplotlib is not installed (pip install 'dmoerm-trl[plots]'): no PNG chart written")
-        paths.pop("png")
-    else:
-        tmp_png = paths["png"].with_name(".eval_results.tmp.png")
-        plot_report(report, tmp_png)
-        os.replace(tmp_png, paths["png"])
-    return {key: str(value) for key, value in paths.items()}

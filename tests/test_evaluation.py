@@ -11,6 +11,7 @@ from transformers import LlamaConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from dmoerm_trl.evaluation import evaluate_pair_accuracy, evaluate_reward_models, pairwise_accuracy, write_report
+from dmoerm_trl.evaluation_stats import wilson_interval
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CATEGORIES = {
@@ -23,9 +24,13 @@ CATEGORIES = {
 def test_pairwise_accuracy_per_category_and_overall():
     result = pairwise_accuracy([3.0, 1.0, 2.0, 5.0, 0.0], [1.0, 2.0, 2.0, 4.0, -1.0],
                                ["qa", "qa", "chat", "chat", ""])
-    assert result["overall"] == {"accuracy": 3 / 5, "correct": 3, "total": 5, "reward_ties": 1}
+    overall = result["overall"]
+    assert {k: overall[k] for k in ("accuracy", "correct", "total", "reward_ties")} == {
+        "accuracy": 3 / 5, "correct": 3, "total": 5, "reward_ties": 1}
+    assert overall["ci95"] == pytest.approx(wilson_interval(3, 5))
     assert result["per_category"]["qa"]["accuracy"] == 0.5
-    assert result["per_category"]["chat"] == {"accuracy": 0.5, "correct": 1, "total": 2, "reward_ties": 1}
+    chat = result["per_category"]["chat"]
+    assert (chat["accuracy"], chat["correct"], chat["total"], chat["reward_ties"]) == (0.5, 1, 2, 1)
     assert "" not in result["per_category"]  # uncategorised pairs count in the overall only
     with pytest.raises(ValueError, match="2 chosen rewards but 1 rejected"):
         pairwise_accuracy([1.0, 2.0], [0.0])
