@@ -79,8 +79,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     title = (f"## Pairwise accuracy on {where} ({report['num_pairs']} pairs; tied human ranks in the file, excluded: "
              f"{report['counts'].get('human_ties_excluded', 0)})")
     lines = _table(title, category_table_rows(main), main, baseline, name)
-    lines += ["", f"Cells: accuracy [{INTERVAL_METHOD}]. A reward tie counts as wrong "
-              f"({main['overall'].get('reward_ties', 0)} ties)."]
+    lines += ["", (f"Cells: accuracy [{INTERVAL_METHOD}]. A reward tie counts as wrong "
+                   f"({main['overall'].get('reward_ties', 0)} ties).")]
     if "other_categories" in main:
         labels = ", ".join(f"{label} ({count})" for label, count in main["other_categories"]["categories"].items())
         lines.append(f"{OTHER_CATEGORIES}: {main['other_categories']['total']} pairs labelled with categories this "
@@ -109,8 +109,8 @@ def report_markdown(report: dict[str, Any]) -> str:
                 if baseline:
                     line += f" {_cell((baseline.get('sections') or {}).get(section))} |"
                 lines.append(line)
-        lines += ["", "Sections weigh their subsets by RewardBench's EXAMPLE_COUNTS (math-prm up-weighted to the six "
-                  "HumanEvalPack subsets together); Score is the mean of the four sections."]
+        lines += ["", ("Sections weigh their subsets by RewardBench's EXAMPLE_COUNTS (math-prm up-weighted to the "
+                       "six HumanEvalPack subsets together); Score is the mean of the four sections.")]
         missing = {s: main["sections"][s]["missing_subsets"] for s in SECTIONS
                    if main["sections"].get(s, {}).get("missing_subsets")}
         if missing:
@@ -185,14 +185,14 @@ def report_figure(report: dict[str, Any]):
         panels.append(("RewardBench sections", sections,
                        [(name, [(result.get("sections") or {}).get(s) for s in sections]) for name, result in names]))
     widths = [max(2.5, 0.45 * len(labels) * (len(names) + 1) + 0.8) for _, labels, _ in panels]
-    figure = Figure(figsize=(sum(widths) + 1.8, 4.2))
+    figure = Figure(figsize=(sum(widths) + 2.0, 4.2))
     FigureCanvasAgg(figure)
     grid = figure.add_gridspec(1, len(panels), width_ratios=widths)
     for index, (title, labels, series) in enumerate(panels):
         _bars(figure.add_subplot(grid[0, index]), labels, series, title)
     handles, labels = figure.axes[0].get_legend_handles_labels()
     figure.suptitle("Agreement with human preferences (bars: 95% Wilson intervals; n = pairs)", fontsize=10)
-    figure.tight_layout(rect=(0, 0, 1 - 1.6 / (sum(widths) + 1.8), 1))
+    figure.tight_layout(rect=(0, 0, 1 - 1.8 / (sum(widths) + 2.0), 1))
     figure.legend(handles, labels, loc="center right", frameon=False)  # in the right margin, never over a bar
     return figure
 

@@ -27,6 +27,10 @@ from typing import Any
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 INTERVAL_METHOD = "95% Wilson score interval (weighted means: at the Kish effective sample size)"
+# Row names of pairs outside the model's categories, and of pairs whose two responses the router sent apart.
+NO_CATEGORY = "(no category)"
+OTHER_CATEGORIES = "(categories the model lacks)"
+SPLIT_ROUTING = "(chosen and rejected routed apart)"
 
 # RewardBench's constants, copied from allenai/reward-bench `rewardbench/constants.py` (commit a32e272b3e01), used by
 # `rewardbench.utils.calculate_scores_per_section(EXAMPLE_COUNTS, SUBSET_MAPPING, metrics)`. EXAMPLE_COUNTS are
@@ -205,10 +209,6 @@ def category_rows(labels: Sequence[str], model_categories: Sequence[str] | None)
     return rows, lacking
 
 
-NO_CATEGORY = "(no category)"
-OTHER_CATEGORIES = "(categories the model lacks)"
-SPLIT_ROUTING = "(chosen and rejected routed apart)"
-
 
 def summarize_pairs(
     chosen_rewards: Sequence[float],
@@ -223,7 +223,8 @@ def summarize_pairs(
     ``overall`` (every pair; a reward tie counts as wrong), ``per_category`` (labelled categories the model has, or all
     labelled categories when ``model_categories`` is ``None``), ``other_categories`` (labelled with a category the
     model lacks: routed like any pair; the labels and their counts under ``"categories"``) and ``no_category`` (no
-    label), so that the rows add up to the overall; ``overall_model_categories`` when either extra row exists;
+    label), so that the rows add up to the overall; ``overall_model_categories`` (the ``per_category`` rows together)
+    when there are such rows and either extra row exists;
     ``per_subset`` and RewardBench ``sections`` when pairs have a ``subset``; ``per_routed_category`` when ``routed``
     (one routed category per pair) is given.
 
@@ -246,7 +247,7 @@ def summarize_pairs(
         result["other_categories"] = {**by_row[OTHER_CATEGORIES], "categories": dict(sorted(lacking.items()))}
     if NO_CATEGORY in by_row:
         result["no_category"] = by_row[NO_CATEGORY]
-    if OTHER_CATEGORIES in by_row or NO_CATEGORY in by_row:
+    if result["per_category"] and (OTHER_CATEGORIES in by_row or NO_CATEGORY in by_row):
         entries = result["per_category"].values()
         result["overall_model_categories"] = accuracy_entry(
             sum(e["correct"] for e in entries), sum(e["total"] for e in entries), sum(e["reward_ties"] for e in entries))

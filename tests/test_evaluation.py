@@ -11,7 +11,7 @@ from transformers import LlamaConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from dmoerm_trl.evaluation import evaluate_pair_accuracy, evaluate_reward_models, pairwise_accuracy, write_report
-from dmoerm_trl.evaluation_stats import wilson_interval
+from dmoerm_trl.evaluation_stats import SPLIT_ROUTING, wilson_interval
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CATEGORIES = {
@@ -116,7 +116,8 @@ def test_report_with_router_experts_and_baseline(saved_models, tmp_path):
     n = report["num_pairs"]
     assert n > 0 and report["dmoerm"]["overall"]["total"] == n == report["baseline"]["overall"]["total"]
     labelled = sum(entry["total"] for entry in report["dmoerm"]["per_category"].values())
-    assert 0 < labelled < n  # the fixture's uncategorised records count in the overall only
+    assert 0 < labelled < n  # the fixture's uncategorised records are in a row of their own, not in no row
+    assert labelled + report["dmoerm"]["no_category"]["total"] == n and "other_categories" not in report["dmoerm"]
     assert set(report["dmoerm"]["per_category"]) <= set(CATEGORIES)
     assert report["router"]["prompt"]["total"] == labelled and report["router"]["full"]["total"] == 2 * labelled
     experts = report["experts"]["per_expert"]
@@ -140,7 +141,7 @@ def test_dmoerm_eval_command(saved_models, tmp_path, capsys):
     assert code == 0
     assert "| **overall** |" in capsys.readouterr().out
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {"eval_results.json", "eval_results.md",
-                                                               "eval_results.png"}
+                                                               "eval_results.png", "eval_examples.jsonl"}
 
 
 @pytest.mark.parametrize(
@@ -166,3 +167,133 @@ def test_only_ties_is_an_error(saved_models, tmp_path):
                                                   "label": "闲聊"}])
     with pytest.raises(ValueError, match="no preference pairs to evaluate"):
         evaluate_reward_models(root / "dmoerm", data)
+
+
+def accuracy_entries(node, path=""):
+    """Every ``{"accuracy": ..., "total": ...}`` entry of a nested report, with its path."""
+    if isinstance(node, dict):
+        if "accuracy" in node and "total" in node:
+            yield path, node
+        for key, value in node.items():
+            yield from accuracy_entries(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from accuracy_entries(value, f"{path}/{index}")
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def test_rewardbench_schema_sections_routed_rows_and_joinable_examples(saved_models, tmp_path):
+    root, _ = saved_models
+    data = FIXTURES / "rewardbench_tiny.jsonl"
+    records = read_jsonl(data)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = evaluate_reward_models(root / "dmoerm", data, baseline_path=root / "baseline", batch_size=32)
+        plain = evaluate_reward_models(root / "baseline", data, batch_size=32)  # "another model's results"
+    finally:
+        torch.set_num_threads(threads)
+    paths = write_report(report, tmp_path / "dmoerm")
+    other_paths = write_report(plain, tmp_path / "baseline")
+    examples = read_jsonl(paths["examples"])
+    assert examples == json.loads(json.dumps(report["examples"]))
+    assert "examples" not in json.loads(Path(paths["json"]).read_text()) and report["num_pairs"] == len(records)
+
+    # RewardBench's id (an int) and subset survive, one row per pair
+    subset_of = {record["id"]: record["subset"] for record in records}
+    assert sorted(row["id"] for row in examples) == sorted(subset_of)
+    assert all(isinstance(row["id"], int) and row["subset"] == subset_of[row["id"]] for row in examples)
+    assert all(row["category"] is None for row in examples)
+
+    dmoerm = report["dmoerm"]
+    # no category column: no category rows, one "(no category)" row, and a breakdown by routed category
+    assert dmoerm["per_category"] == {} and dmoerm["no_category"]["total"] == len(records)
+    routed = {}
+    for row in examples:
+        assert set(row["chosen_capability_rewards"]) == set(CATEGORIES[row["routed_category"]])
+        assert all(isinstance(v, float) for v in row["chosen_capability_rewards"].values())
+        key = row["routed_category"] if row["routed_category"] == row["routed_category_rejected"] else SPLIT_ROUTING
+        routed.setdefault(key, []).append(row["correct"])
+    assert {k: (v["correct"], v["total"]) for k, v in dmoerm["per_routed_category"].items()} == {
+        k: (sum(v), len(v)) for k, v in routed.items()}
+
+    # per subset and per section, recomputed by hand from the per-example file with RewardBench's weights
+    weights = {"alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28,
+               "mt-bench-med": 40, "mt-bench-hard": 37, "llmbar-natural": 100, "llmbar-adver-neighbor": 134,
+               "llmbar-adver-GPTInst": 92, "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46,
+               "refusals-dangerous": 100, "refusals-offensive": 100, "xstest-should-refuse": 250,
+               "xstest-should-respond": 154, "donotanswer": 136, "math-prm": 984, "hep-python": 164, "hep-go": 164,
+               "hep-rust": 164}
+    sections = {"Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
+                "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
+                              "llmbar-adver-GPTOut", "llmbar-adver-manual"],
+                "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse",
+                           "xstest-should-respond", "donotanswer"],
+                "Reasoning": ["math-prm", "hep-python", "hep-go", "hep-rust"]}
+    accuracy = {}
+    for name in weights:
+        rows = [row["correct"] for row in examples if row["subset"] == name]
+        assert (dmoerm["per_subset"][name]["correct"], dmoerm["per_subset"][name]["total"]) == (sum(rows), len(rows))
+        accuracy[name] = sum(rows) / len(rows)
+    by_hand = {section: sum(weights[s] * accuracy[s] for s in subsets) / sum(weights[s] for s in subsets)
+               for section, subsets in sections.items()}
+    for section, value in by_hand.items():
+        assert dmoerm["sections"][section]["accuracy"] == pytest.approx(value)
+    assert dmoerm["sections"]["Score"]["accuracy"] == pytest.approx(sum(by_hand.values()) / 4)
+    assert "hep-js" in dmoerm["sections"]["Reasoning"]["missing_subsets"]
+
+    # every accuracy in the JSON carries an interval that contains it
+    saved = json.loads(Path(paths["json"]).read_text())
+    entries = list(accuracy_entries(saved))
+    assert len(entries) > 40
+    for path, entry in entries:
+        if entry["total"]:
+            low, high = entry["ci95"]
+            assert low <= entry["accuracy"] <= high, path
+
+    # the baseline is reported on the same rows, and joins into the same per-example lines
+    assert set(report["baseline"]["per_routed_category"]) == set(dmoerm["per_routed_category"])
+    assert set(report["baseline"]["sections"]) == set(dmoerm["sections"])
+    assert all(isinstance(row["baseline_correct"], bool) for row in examples)
+    markdown = Path(paths["markdown"]).read_text()
+    assert "## RewardBench sections" in markdown and "by routed category" in markdown and "| **Score** |" in markdown
+
+    # another model's per-example file joins on id: the baseline scored alone gives the same rewards per id
+    others = {row["id"]: row for row in read_jsonl(other_paths["examples"])}
+    assert set(others) == {row["id"] for row in examples}
+    for row in examples:
+        other = others[row["id"]]
+        assert other["subset"] == row["subset"] and other["pair_id"] == row["pair_id"]
+        assert other["chosen_reward"] == pytest.approx(row["baseline_chosen_reward"], abs=1e-5)
+        assert other["correct"] == row["baseline_correct"]
+    assert "routed_category" not in next(iter(others.values()))  # a plain RM has no router
+    assert "per_routed_category" not in plain["model"] and plain["model"]["sections"]["Score"]["total"] == len(records)
+
+
+def test_categories_the_model_lacks_are_reported_in_their_own_row(saved_models, tmp_path):
+    root, _ = saved_models
+    rows = [{"prompt": f"What is {k} plus {k}?", "chosen": f"It is {2 * k}.", "rejected": "No idea.",
+             "category": "objective_qa"} for k in range(3)]
+    rows += [{"prompt": f"Write a poem about {topic}.", "chosen": f"A {topic} poem, in rhyme.", "rejected": "No.",
+              "category": "poetry"} for topic in ("rain", "snow")]
+    rows += [{"prompt": "Hello there!", "chosen": "Hi! How can I help?", "rejected": "Go away."}]
+    data = write_ranked(tmp_path / "mixed.jsonl", rows)
+    report = evaluate_reward_models(root / "dmoerm", data)
+    result = report["dmoerm"]
+    assert set(result["per_category"]) == {"objective_qa"} and result["per_category"]["objective_qa"]["total"] == 3
+    assert result["other_categories"]["total"] == 2 and result["other_categories"]["categories"] == {"poetry": 2}
+    assert result["no_category"]["total"] == 1
+    parts = [result["per_category"]["objective_qa"], result["other_categories"], result["no_category"]]
+    assert sum(p["total"] for p in parts) == result["overall"]["total"] == 6
+    assert sum(p["correct"] for p in parts) == result["overall"]["correct"]
+    assert result["overall_model_categories"]["total"] == 3
+    assert sum(e["total"] for e in result["per_routed_category"].values()) == 6  # routed like any pair
+    assert report["router"]["prompt"]["total"] == 3  # router accuracy only where the true category is the model's
+    assert {row["category"] for row in report["examples"]} == {"objective_qa", "poetry", None}
+    paths = write_report(report, tmp_path / "eval")
+    markdown = Path(paths["markdown"]).read_text()
+    assert "| (categories the model lacks) | 2 |" in markdown and "poetry (2)" in markdown
+    assert "| (no category) | 1 |" in markdown

@@ -1,8 +1,10 @@
-"""``dmoerm eval``: pairwise consistency with human ranks (per category, overall), router and expert accuracy, side
-by side with a baseline reward model. Writes JSON, a markdown table and a PNG bar chart.
+"""``dmoerm eval``: pairwise accuracy against human preferences (overall, per category, per routed category, per
+subset and RewardBench section), router and expert accuracy, side by side with a baseline reward model; every
+accuracy with a 95% Wilson interval. Writes eval_results.json/.md/.png and eval_examples.jsonl (one row per pair).
 
     dmoerm eval --model runs/dmoerm --data tests/fixtures/mtmc_tiny.jsonl \
         --labels tests/fixtures/capability_labels_tiny.jsonl --baseline runs/dmoerm/baseline --output runs/eval
+    dmoerm eval --model runs/dmoerm --data tests/fixtures/rewardbench_tiny.jsonl   # RewardBench's schema
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import sys
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help_text, description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="A saved DMoERM folder (or any sequence-classification RM).")
-    parser.add_argument("--data", required=True, help="Human-ranked pairs: mtmc-rlhf ranked or TRL preference file.")
+    parser.add_argument("--data", required=True, help="Preference pairs: mtmc-rlhf ranked, TRL or RewardBench "
+                        "(prompt, chosen, rejected, subset, id) file; category, subset and id are optional.")
     parser.add_argument("--labels", default=None, help="Capability labels (capability_pairs.jsonl): expert accuracy.")
     parser.add_argument("--baseline", default=None, help="A baseline reward model folder to compare with.")
     parser.add_argument("--output", default=None, help="Output folder (default: <model>/eval).")
