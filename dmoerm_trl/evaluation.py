@@ -321,7 +321,7 @@ def evaluate_reward_models(
     dmoerm = _is_dmoerm(model)
     model_categories = model.config.category_names if dmoerm else None
     capabilities = model.config.categories if dmoerm else {}
-    subsets = [_json_text(value) or "" for value in pairs["subset"]]
+    subsets = ["" if _json_text(value) is None else str(_json_text(value)) for value in pairs["subset"]]
     _, scores = evaluate_pair_accuracy(model, tokenizer, pairs, batch_size, desc="Scoring pairs (model)")
     n = len(pairs)
     routes = _pair_routes(scores, model_categories, n) if dmoerm else None

@@ -297,3 +297,17 @@ def test_categories_the_model_lacks_are_reported_in_their_own_row(saved_models, 
     markdown = Path(paths["markdown"]).read_text()
     assert "| (categories the model lacks) | 2 |" in markdown and "poetry (2)" in markdown
     assert "| (no category) | 1 |" in markdown
+
+
+def test_load_preference_pairs_keeps_id_and_subset_with_their_types(tmp_path):
+    from dmoerm_trl.data import load_preference_pairs
+
+    rows = [{"prompt": "a", "chosen": "b", "rejected": "c", "subset": "hep-go", "id": 7},
+            {"prompt": "a", "chosen": "b2", "rejected": "c", "subset": "hep-go", "id": "7"},
+            {"prompt": "a", "chosen": "b3", "rejected": "c"}]
+    pairs = load_preference_pairs(write_ranked(tmp_path / "rb.jsonl", rows), keep_columns=("id", "subset"))
+    assert [json.loads(v) if v else None for v in pairs["id"]] == [7, "7", None]  # 7 and "7" stay distinct
+    assert pairs["subset"] == ['"hep-go"', '"hep-go"', ""]
+    assert "id" not in load_preference_pairs(tmp_path / "rb.jsonl").column_names  # opt-in: training data unchanged
+    with pytest.raises(ValueError, match="already a column"):
+        load_preference_pairs(tmp_path / "rb.jsonl", keep_columns=("category",))
