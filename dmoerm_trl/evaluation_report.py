@@ -37,7 +37,13 @@ def _cell(entry: dict[str, Any] | None) -> str:
 
 
 def category_table_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
-    """``(label, key)`` of the per-category rows in display order; ``key`` addresses :func:`_entry`."""
+    """``(label, key)`` of the per-category rows in display order; ``key`` addresses :func:`_entry`.
+
+    Example:
+        >>> from dmoerm_trl.evaluation_stats import summarize_pairs
+        >>> [label for label, _ in category_table_rows(summarize_pairs([1, 0], [0, 1], ["qa", ""]))]
+        ['qa', '(no category)', 'overall, model categories', 'overall']
+    """
     rows = [(category, f"per_category/{category}") for category in result.get("per_category", {})]
     if "other_categories" in result:
         rows.append((OTHER_CATEGORIES, "other_categories"))
@@ -198,14 +204,31 @@ def report_figure(report: dict[str, Any]):
 
 
 def plot_report(report: dict[str, Any], path: str | os.PathLike) -> None:
-    """Save :func:`report_figure` as a PNG (no pyplot, no change of matplotlib's backend)."""
+    """Save :func:`report_figure` as a PNG (no pyplot, no change of matplotlib's backend).
+
+    Example:
+        >>> from dmoerm_trl.evaluation_stats import summarize_pairs
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "chart.png")
+        >>> plot_report({"model": summarize_pairs([1.0], [0.0], ["qa"])}, path); os.path.getsize(path) > 1000
+        True
+    """
     report_figure(report).savefig(path, dpi=120, format="png")
 
 
 # ------------------------------------------------------------------------------------------------------ files
 def write_report(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, str]:
     """Write ``eval_results.json`` (the report without its examples), ``eval_results.md``, ``eval_results.png`` and
-    ``eval_examples.jsonl`` (one row per pair, joinable by ``id``/``pair_id``), each atomically; return their paths."""
+    ``eval_examples.jsonl`` (one row per pair, joinable by ``id``/``pair_id``), each atomically; return their paths.
+
+    Example:
+        >>> import tempfile
+        >>> from dmoerm_trl.evaluation_stats import summarize_pairs
+        >>> report = {"data": "d.jsonl", "num_pairs": 1, "counts": {}, "examples": [{"id": 1, "correct": True}],
+        ...           "model": summarize_pairs([1.0], [0.0], ["qa"])}
+        >>> sorted(write_report(report, tempfile.mkdtemp()))
+        ['examples', 'json', 'markdown', 'png']
+    """
     from .data import write_jsonl_atomic
     from .serialization import atomic_write_text
     from .trainers.checkpointing import atomic_write_json

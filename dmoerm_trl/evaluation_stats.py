@@ -152,6 +152,12 @@ def rewardbench_sections(per_subset: Mapping[str, Mapping[str, Any]]) -> dict[st
     mean of the accuracies of its subsets that are present, weighted by :data:`REWARDBENCH_EXAMPLE_COUNTS`; sections
     without any subset in the data are absent. ``"Score"`` is the leaderboard's unweighted mean of the four sections,
     only when all four are present. Subsets outside the mapping are listed under ``"unmapped_subsets"``.
+
+    Example:
+        >>> sections = rewardbench_sections({"alpacaeval-easy": {"correct": 1, "total": 1},
+        ...                                  "mt-bench-med": {"correct": 0, "total": 2}})
+        >>> round(sections["Chat"]["accuracy"], 4), sections["Chat"]["total"], "Score" in sections  # 100 / (100 + 40)
+        (0.7143, 3, False)
     """
     result: dict[str, Any] = {}
     present = {name for name, entry in per_subset.items() if entry.get("total")}
@@ -175,7 +181,13 @@ def rewardbench_sections(per_subset: Mapping[str, Mapping[str, Any]]) -> dict[st
 
 def add_intervals(node: Any) -> None:
     """Give every accuracy entry (a dict with ``accuracy`` and ``total``) in a nested report a ``ci95`` (in place).
-    ``correct`` is taken from the entry, else recovered as ``round(accuracy * total)``."""
+    ``correct`` is taken from the entry, else recovered as ``round(accuracy * total)``.
+
+    Example:
+        >>> router = {"prompt": {"accuracy": 0.5, "total": 4}}
+        >>> add_intervals(router); [round(x, 3) for x in router["prompt"]["ci95"]]
+        [0.15, 0.85]
+    """
     if isinstance(node, dict):
         accuracy, total = node.get("accuracy"), node.get("total")
         if isinstance(accuracy, float | int) and isinstance(total, int) and total > 0 and "ci95" not in node:
