@@ -366,9 +366,27 @@ def evaluate_reward_models(
             chosen, rejected = baseline_scores["rewards"][j], baseline_scores["rewards"][m + j]
             examples[i].update(baseline_chosen_reward=_finite(chosen), baseline_rejected_reward=_finite(rejected),
                                baseline_correct=chosen > rejected)
+        report["comparison"] = _compare_with_baseline(examples, columns["category"], model_categories)
     add_intervals({key: report[key] for key in ("router", "experts") if key in report})
     report["examples"] = examples
     return report
+
+
+def _compare_with_baseline(examples, categories, model_categories) -> dict[str, Any]:
+    """The model against the baseline on the pairs both scored (paired: McNemar, Agresti-Min interval), overall and
+    per row of the category table."""
+    from .evaluation_stats import category_rows, paired_comparison
+
+    shared = [i for i, row in enumerate(examples) if row["baseline_correct"] is not None]
+    rows, _ = category_rows([categories[i] for i in shared], model_categories)
+    ours, theirs = [examples[i]["correct"] for i in shared], [examples[i]["baseline_correct"] for i in shared]
+    per_row = {}
+    for row in sorted(set(rows), key=lambda r: (r.startswith("("), r)):  # "(no category)" etc. after categories
+        keep = [j for j, r in enumerate(rows) if r == row]
+        per_row[row] = paired_comparison([ours[j] for j in keep], [theirs[j] for j in keep])
+    return {"overall": paired_comparison(ours, theirs), "per_category": per_row,
+            "method": "difference = model - baseline accuracy on the same pairs; 95% Agresti-Min interval; "
+                      "exact two-sided McNemar p-value"}
 
 
 def _json_text(value: str):

@@ -124,6 +124,19 @@ def report_markdown(report: dict[str, Any]) -> str:
                          + "; ".join(f"{s}: {', '.join(m)}" for s, m in missing.items()) + ".")
         if main["sections"].get("unmapped_subsets"):
             lines.append("Subsets in no RewardBench section: " + ", ".join(main["sections"]["unmapped_subsets"]) + ".")
+    comparison = report.get("comparison")
+    if comparison:
+        lines += ["", f"## {name} minus baseline on the same pairs (paired)", "",
+                  f"| row | pairs | only {name} right | only baseline right | difference [95% CI] | McNemar p |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for label, entry in [*comparison["per_category"].items(), ("overall", comparison["overall"])]:
+            if entry["pairs"]:
+                shown = "**overall**" if label == "overall" else label
+                lines.append(f"| {shown} | {entry['pairs']} | {entry['only_first_right']} | "
+                             f"{entry['only_second_right']} | {entry['difference']:+.3f} [{entry['ci95'][0]:+.3f}, "
+                             f"{entry['ci95'][1]:+.3f}] | {entry['mcnemar_p']:.3g} |")
+        lines += ["", ("Only the pairs where exactly one model is right tell them apart; interval: Agresti-Min "
+                       "for matched proportions; p: exact two-sided McNemar test.")]
     router = report.get("router") or {}
     if router.get("prompt"):
         lines += ["", "## Router accuracy", "", "| input | accuracy | sequences |", "|---|---:|---:|"]

@@ -258,8 +258,16 @@ def test_rewardbench_schema_sections_routed_rows_and_joinable_examples(saved_mod
     assert set(report["baseline"]["per_routed_category"]) == set(dmoerm["per_routed_category"])
     assert set(report["baseline"]["sections"]) == set(dmoerm["sections"])
     assert all(isinstance(row["baseline_correct"], bool) for row in examples)
+    comparison = report["comparison"]["overall"]
+    only_dmoerm = sum(row["correct"] and not row["baseline_correct"] for row in examples)
+    only_baseline = sum(row["baseline_correct"] and not row["correct"] for row in examples)
+    assert (comparison["only_first_right"], comparison["only_second_right"]) == (only_dmoerm, only_baseline)
+    assert comparison["difference"] == pytest.approx(
+        dmoerm["overall"]["accuracy"] - report["baseline"]["overall"]["accuracy"])
+    assert report["comparison"]["per_category"]["(no category)"]["pairs"] == len(records)
     markdown = Path(paths["markdown"]).read_text()
     assert "## RewardBench sections" in markdown and "by routed category" in markdown and "| **Score** |" in markdown
+    assert "DMoERM minus baseline on the same pairs" in markdown
 
     # another model's per-example file joins on id: the baseline scored alone gives the same rewards per id
     others = {row["id"]: row for row in read_jsonl(other_paths["examples"])}

@@ -181,3 +181,22 @@ def test_plotting_leaves_matplotlib_backend_alone(tmp_path):
     finally:
         matplotlib.use(before)
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paired_comparison_against_a_hand_computation():
+    from dmoerm_trl.evaluation_stats import paired_comparison
+
+    first = [1] * 8 + [0] * 2 + [1] * 5 + [0] * 3
+    second = [0] * 8 + [1] * 2 + [1] * 5 + [0] * 3
+    result = paired_comparison(first, second)
+    assert (result["only_first_right"], result["only_second_right"], result["pairs"]) == (8, 2, 18)
+    assert result["difference"] == pytest.approx(6 / 18)
+    # exact McNemar: 2 * P(X <= 2), X ~ Binomial(10, 1/2) = 2 * (1 + 10 + 45) / 1024
+    assert result["mcnemar_p"] == pytest.approx(112 / 1024)
+    # Agresti-Min: cells + 1/2 -> 8.5 and 2.5 of 20; Wald interval on that table
+    centre, half = 6 / 20, 1.959963984540054 * math.sqrt(11 - 36 / 20) / 20
+    assert result["ci95"] == pytest.approx([centre - half, centre + half])
+    same = paired_comparison([1, 0, 1], [1, 0, 1])
+    assert same["difference"] == 0 and same["mcnemar_p"] == 1.0 and same["ci95"][0] < 0 < same["ci95"][1]
+    with pytest.raises(ValueError, match="same pairs"):
+        paired_comparison([1], [1, 0])
