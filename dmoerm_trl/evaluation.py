@@ -295,7 +295,8 @@ def evaluate_reward_models(
 
     Example:
         >>> report = evaluate_reward_models("runs/tiny", "rewardbench_sample.jsonl")  # doctest: +SKIP
-        >>> report["dmoerm"]["sections"]["Chat"]["accuracy"], report["dmoerm"]["sections"]["Chat"]["ci95"]  # doctest: +SKIP
+        >>> chat = report["dmoerm"]["sections"]["Chat"]  # doctest: +SKIP
+        >>> chat["accuracy"], chat["ci95"], report["dmoerm"]["per_routed_category"]  # doctest: +SKIP
     """
     from .data import LoadReport, load_capability_labels, load_preference_pairs
     from .evaluation_stats import INTERVAL_METHOD

@@ -117,7 +117,8 @@ def breakdown(correct: Sequence[bool], groups: Sequence[str], ties: Sequence[boo
         counts[group][0] += bool(is_correct)
         counts[group][1] += 1
         counts[group][2] += bool(ties[index]) if ties is not None else 0
-    return {group: accuracy_entry(k, n, t if ties is not None else None) for group, (k, n, t) in sorted(counts.items())}
+    with_ties = ties is not None
+    return {group: accuracy_entry(k, n, t if with_ties else None) for group, (k, n, t) in sorted(counts.items())}
 
 
 def weighted_accuracy(entries: Mapping[str, Mapping[str, Any]], weights: Mapping[str, float]) -> dict[str, Any]:
@@ -242,13 +243,16 @@ def summarize_pairs(
 
     Example:
         >>> result = summarize_pairs([2.0, 0.0, 1.0], [1.0, 1.0, 0.0], ["qa", "poetry", ""], model_categories=["qa"])
-        >>> result["per_category"]["qa"]["correct"], result["other_categories"]["categories"], result["overall"]["total"]
-        (1, {'poetry': 1}, 3)
+        >>> result["per_category"]["qa"]["correct"], result["other_categories"]["categories"]
+        (1, {'poetry': 1})
+        >>> result["overall"]["total"], result["no_category"]["total"]
+        (3, 1)
     """
     chosen = [float(x) for x in chosen_rewards]
     rejected = [float(x) for x in rejected_rewards]
     if not len(chosen) == len(rejected) == len(categories):
-        raise ValueError(f"{len(chosen)} chosen rewards, {len(rejected)} rejected rewards, {len(categories)} categories")
+        raise ValueError(
+            f"{len(chosen)} chosen rewards, {len(rejected)} rejected rewards, {len(categories)} categories")
     correct = [c > r for c, r in zip(chosen, rejected)]
     ties = [c == r for c, r in zip(chosen, rejected)]
     result: dict[str, Any] = {"overall": accuracy_entry(sum(correct), len(correct), sum(ties))}
@@ -262,7 +266,8 @@ def summarize_pairs(
     if result["per_category"] and (OTHER_CATEGORIES in by_row or NO_CATEGORY in by_row):
         entries = result["per_category"].values()
         result["overall_model_categories"] = accuracy_entry(
-            sum(e["correct"] for e in entries), sum(e["total"] for e in entries), sum(e["reward_ties"] for e in entries))
+            sum(e["correct"] for e in entries), sum(e["total"] for e in entries),
+            sum(e["reward_ties"] for e in entries))
     if subsets is not None and any(subsets):
         result["per_subset"] = breakdown(correct, [s or "(no subset)" for s in subsets], ties)
         sections = rewardbench_sections(result["per_subset"])
