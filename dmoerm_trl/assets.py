@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from .utils.io import atomic_path, atomic_write_text
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIRNAME = "SmolLM2-135M-Instruct"
@@ -53,9 +53,7 @@ def _drop_quantization_config(config_path: Path) -> None:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     if "quantization_config" in config:
         del config["quantization_config"]
-        tmp = config_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(config, indent=2), encoding="utf-8")
-        os.replace(tmp, config_path)
+        atomic_write_text(config_path, json.dumps(config, indent=2))
 
 
 def prepare_smollm2(cache_dir: str | os.PathLike | None = None, progress: bool = True) -> str:
@@ -96,14 +94,7 @@ def prepare_smollm2(cache_dir: str | os.PathLike | None = None, progress: bool =
         vocab = tokenizer.get_vocab()
         tokenizer.pad_token = "<|endoftext|>" if "<|endoftext|>" in vocab else tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    tmp = Path(tempfile.mkdtemp(dir=target, prefix=f".{SMOLLM2_DIRNAME}."))
-    try:
+    with atomic_path(folder, directory=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return str(folder)

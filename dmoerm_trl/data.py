@@ -577,25 +577,16 @@ def load_capability_labels(source, *, categories=None, skip_invalid: bool = Fals
 
 
 def write_jsonl_atomic(rows: Iterable[Mapping], path: str | os.PathLike) -> int:
-    """Write rows as JSON Lines atomically (tmp file + fsync + ``os.replace``). Returns the number of rows.
+    """Write rows as JSON Lines atomically (:func:`dmoerm_trl.utils.io.atomic_write_jsonl`). Returns the row count.
 
     Example:
         >>> import tempfile, os
         >>> write_jsonl_atomic([{"a": 1}], os.path.join(tempfile.mkdtemp(), "x.jsonl"))
         1
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    count = 0
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(dict(row), ensure_ascii=False) + "\n")
-            count += 1
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return count
+    from .utils.io import atomic_write_jsonl
+
+    return atomic_write_jsonl(path, rows)
 
 
 _PAPER_SPEC = load_category_spec("paper")

@@ -243,8 +243,7 @@ def write_report(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[
         ['examples', 'json', 'markdown', 'png']
     """
     from .data import write_jsonl_atomic
-    from .serialization import atomic_write_text
-    from .trainers.checkpointing import atomic_write_json
+    from .utils.io import atomic_path, atomic_write_json, atomic_write_text
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -265,10 +264,6 @@ def write_report(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[
         logger.warning("matplotlib is not installed (pip install 'dmoerm-trl[plots]'): no PNG chart written")
         paths.pop("png")
     else:
-        tmp_png = paths["png"].with_name(f".eval_results.{os.getpid()}.tmp.png")
-        try:
+        with atomic_path(paths["png"], suffix=".tmp.png") as tmp_png:
             plot_report(summary, tmp_png)
-            os.replace(tmp_png, paths["png"])
-        finally:
-            tmp_png.unlink(missing_ok=True)
     return {key: str(value) for key, value in paths.items()}

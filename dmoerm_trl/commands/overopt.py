@@ -24,11 +24,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import os
     import sys
     from pathlib import Path
 
     from ..rl.overoptimization import CSV_NAME, format_fits_table, plot_overoptimization, read_records_csv
+    from ..utils.io import atomic_write_text
 
     path = Path(args.path)
     try:
@@ -41,8 +41,6 @@ def run(args: argparse.Namespace) -> int:
     fits = plot_overoptimization(records, output, title=args.title)
     print(format_fits_table(fits))
     fits_path = output.with_name(output.stem + "_fits.json")
-    tmp = fits_path.with_name(fits_path.name + ".tmp")
-    tmp.write_text(json.dumps([f.summary() for f in fits], indent=2))
-    os.replace(tmp, fits_path)
+    atomic_write_text(fits_path, json.dumps([f.summary() for f in fits], indent=2))
     print(f"dmoerm overopt: wrote {output} and {fits_path} from {path if path.is_file() else path / CSV_NAME}")
     return 0

@@ -20,10 +20,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from ..utils.io import atomic_path, atomic_write_text
 
 __all__ = ["DemoConfig", "DemoSizes", "prepare_reward_backbone", "run_demo"]
 
@@ -127,12 +128,9 @@ def prepare_reward_backbone(smollm2_path: str, num_layers: int, cache_dir: str |
     if [k for k in missing if "lm_head" not in k]:
         raise RuntimeError(f"cutting {smollm2_path}: weights missing for {missing[:5]}")
     model.tie_weights()
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(smollm2_path).save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    with atomic_path(folder, directory=True) as tmp:
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(smollm2_path).save_pretrained(tmp)
     return str(folder)
 
 
@@ -143,9 +141,7 @@ def _write_categories(world, categories: dict[str, list[str]], path: Path) -> No
 
     spec = dataclasses.replace(world.category_spec(), categories=categories)
     text = "# The demo's category set: the synthetic world's categories, first capabilities (dmoerm demo).\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text + yaml.safe_dump(spec.to_yaml_dict(), allow_unicode=True, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text + yaml.safe_dump(spec.to_yaml_dict(), allow_unicode=True, sort_keys=False))
 
 
 def _subsample_labels(source: Path, target: Path, limit: int, seed: int) -> dict[str, int]:

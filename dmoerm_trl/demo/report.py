@@ -7,8 +7,9 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from ..utils.io import atomic_path, atomic_write_json, atomic_write_text
 
 
 def _pct(value) -> str:
@@ -65,10 +66,9 @@ def plot_accuracy(metrics: dict, path: Path) -> None:
     axis.set_title("Agreement with the gold preference on the clean held-out test split")
     axis.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    figure.savefig(tmp, dpi=120)
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        figure.savefig(tmp, dpi=120)
     plt.close(figure)
-    os.replace(tmp, path)
 
 
 def _accuracy_rows(table: dict) -> list[str]:
@@ -185,13 +185,9 @@ def render_markdown(metrics: dict) -> str:
 
 
 def write_report(metrics: dict, out: Path) -> dict[str, str]:
-    from ..trainers.checkpointing import atomic_write_json
-
     paths = {"report": out / "report.md", "metrics": out / "metrics.json", "accuracy_png": out / "accuracy.png",
              "overoptimization_png": out / "overoptimization.png"}
     plot_accuracy(metrics, paths["accuracy_png"])
     atomic_write_json(paths["metrics"], json.loads(json.dumps(metrics, default=str)))
-    tmp = paths["report"].with_name(".report.md.tmp")
-    tmp.write_text(render_markdown(metrics), encoding="utf-8")
-    os.replace(tmp, paths["report"])
+    atomic_write_text(paths["report"], render_markdown(metrics))
     return {k: str(v) for k, v in paths.items()}

@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -33,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..category_sets import CategorySpec, load_category_spec
+from ..utils.io import atomic_write_json
 from .cache import LabelCache
 from .config import LabelingConfig
 from .judge_client import BudgetExhausted, CallStats, JudgeClient, JudgeError, RequestTooLong, redact
@@ -326,15 +326,6 @@ class CapabilityLabeler:
         }
 
 
-def _write_json_atomic(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, ensure_ascii=False, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def run_labeling(config: LabelingConfig, *, api_key: str | None = None) -> LabelingResult:
     """Read ``config.data``, label it, write ``capability_pairs.jsonl`` and ``summary.json`` into ``config.output``.
 
@@ -359,5 +350,5 @@ def run_labeling(config: LabelingConfig, *, api_key: str | None = None) -> Label
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(result.labels, output / LABELS_FILE)
-    _write_json_atomic(result.summary, output / SUMMARY_FILE)
+    atomic_write_json(output / SUMMARY_FILE, result.summary)
     return result

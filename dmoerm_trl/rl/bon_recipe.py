@@ -10,10 +10,11 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..utils.io import atomic_write_text
 
 
 @dataclass
@@ -73,13 +74,6 @@ class BestOfNArguments:
             raise ValueError(
                 f"ns asks for best-of-{max(self.ns)} but only n={self.n} samples per prompt are drawn; raise n"
             )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_best_of_n(args: BestOfNArguments) -> dict:
@@ -157,15 +151,15 @@ def run_best_of_n(args: BestOfNArguments) -> dict:
         )
         summary["records"] = result.records
         summary["fits"] = [f.summary() for f in fits]
-        _atomic_write(output_dir / "overoptimization_fits.json", json.dumps(summary["fits"], indent=2))
+        atomic_write_text(output_dir / "overoptimization_fits.json", json.dumps(summary["fits"], indent=2))
     else:
         out = sampler(prompts, top_k=args.top_k)
         lines = [
             json.dumps({"prompt": p, "completions": c, "scores": s, "reward": first_name}, ensure_ascii=False)
             for p, c, s in zip(out.prompts, out.completions, out.scores)
         ]
-        _atomic_write(output_dir / "best_of_n.jsonl", "\n".join(lines) + "\n")
+        atomic_write_text(output_dir / "best_of_n.jsonl", "\n".join(lines) + "\n")
         summary["mean_best_score"] = sum(s[0] for s in out.scores) / len(out.scores)
     summary["wall_time_s"] = round(time.time() - start, 2)
-    _atomic_write(output_dir / "run_summary.json", json.dumps(summary, indent=2, default=str))
+    atomic_write_text(output_dir / "run_summary.json", json.dumps(summary, indent=2, default=str))
     return summary

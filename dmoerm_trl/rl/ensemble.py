@@ -40,6 +40,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, Pretrai
 from transformers.utils import ModelOutput
 
 from ..reward_contract import BroadcastRewardScore, SequenceRewardView
+from ..utils.io import apply_umask, atomic_write_text
 from .checks import check_reward_logits, check_reward_model_ready
 from .scoring import eval_mode
 
@@ -270,11 +271,10 @@ class RewardEnsemble(PreTrainedModel):
             member.save_pretrained(member_folder)
             if self.tokenizers is not None:
                 self.tokenizers[i].save_pretrained(member_folder)
+            apply_umask(member_folder)  # save_pretrained writes safetensors files 0o600
         self.config.num_members = len(self.members)
         # config.json last and atomically: a folder with a config.json is a complete ensemble.
-        tmp = folder / "config.json.tmp"
-        tmp.write_text(self.config.to_json_string())
-        os.replace(tmp, folder / "config.json")
+        atomic_write_text(folder / "config.json", self.config.to_json_string())
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs) -> RewardEnsemble:

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, TrainerCallback
 
+from ..utils.io import atomic_write_text
 from .best_of_n import _as_scorer
 from .checks import check_prompt_lengths, max_positions
 from .overoptimization import CSV_NAME, fit_records, plot_overoptimization, read_records_csv, write_records_csv
@@ -329,9 +330,8 @@ class GoldRewardCallback(TrainerCallback):
             except ImportError as err:  # no matplotlib: keep the CSV and the fits, report the missing plot
                 logger.warning("%s; overoptimization.png not written", err)
                 self.fits = fit_records(self.records)
-            tmp = output_dir / "overoptimization_fits.json.tmp"
-            tmp.write_text(json.dumps([f.summary() for f in self.fits], indent=2))
-            os.replace(tmp, output_dir / "overoptimization_fits.json")
+            fits = json.dumps([f.summary() for f in self.fits], indent=2)
+            atomic_write_text(output_dir / "overoptimization_fits.json", fits)
 
 
 def _is_peft(model: nn.Module) -> bool:

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils.io import atomic_path
+
 CSV_COLUMNS = ("source", "proxy", "n", "step", "kl", "sqrt_kl", "proxy_reward", "gold_reward", "num_samples")
 CSV_NAME = "overoptimization.csv"
 FORMS = {"bon": "d(a - b d)", "rl": "d(a - b log d)"}
@@ -127,14 +129,11 @@ def fit_gao(sqrt_kl: Sequence[float], reward: Sequence[float], form: str) -> Gao
 def write_records_csv(records: Iterable[dict], path: str | os.PathLike) -> Path:
     """Write records (dicts with :data:`CSV_COLUMNS`) to ``path`` atomically (tmp file + ``os.replace``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for record in records:
             writer.writerow({k: ("" if record.get(k) is None else record.get(k)) for k in CSV_COLUMNS})
-    os.replace(tmp, path)
     return path
 
 
@@ -277,10 +276,9 @@ def plot_overoptimization(
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    figure.savefig(tmp, dpi=120)
+    with atomic_path(path, suffix=".tmp" + path.suffix) as tmp:
+        figure.savefig(tmp, dpi=120)
     plt.close(figure)
-    os.replace(tmp, path)
     return fits
 
 

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..utils.io import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 
@@ -369,7 +371,5 @@ def write_summary(training_args, trainer, algorithm: str, start: float, callback
     if trainer.accelerator.is_main_process:
         path = Path(training_args.output_dir) / "run_summary.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2, default=str))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(summary, indent=2, default=str))
     return summary

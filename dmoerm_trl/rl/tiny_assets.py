@@ -20,6 +20,8 @@ import os
 import sys
 from pathlib import Path
 
+from ..utils.io import atomic_write_text
+
 TINY_RL_CATEGORIES = {"objective_qa": ["correctness", "logic"], "chitchat": ["empathy", "fluency"]}
 
 _TOPICS = [
@@ -120,12 +122,9 @@ def make_tiny_rl_assets(
         paths["dmoerm"] = str(root / "dmoerm")
 
     prompts_file = root / "prompts.jsonl"
-    tmp = prompts_file.with_name(prompts_file.name + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.writelines(json.dumps({"prompt": prompt}) + "\n" for prompt in tiny_prompts(num_prompts))
-    os.replace(tmp, prompts_file)
+    atomic_write_text(prompts_file, "".join(json.dumps({"prompt": p}) + "\n" for p in tiny_prompts(num_prompts)))
     paths["prompts"] = str(prompts_file)
-    (root / "assets.json").write_text(json.dumps(paths, indent=2))
+    atomic_write_text(root / "assets.json", json.dumps(paths, indent=2))
     return paths
 
 

@@ -202,18 +202,10 @@ def generate_dataset(config: SyntheticDataConfig | None = None, **overrides) -> 
     return SyntheticDataset(config, world, train, test, summary)
 
 
-def _write_text_atomic(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def write_dataset(dataset: SyntheticDataset, output_dir: str | os.PathLike) -> dict[str, str]:
     """Write the files of the module docstring into ``output_dir`` (each atomically); returns their paths."""
     from ..data import write_jsonl_atomic
+    from ..utils.io import atomic_write_text
 
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -221,14 +213,14 @@ def write_dataset(dataset: SyntheticDataset, output_dir: str | os.PathLike) -> d
     write_jsonl_atomic(dataset.train, paths["train"])
     write_jsonl_atomic(dataset.test, paths["test"])
     write_jsonl_atomic(dataset.heldout_prompts(), paths["heldout_prompts"])
-    _write_text_atomic(dataset.world.category_yaml(), Path(paths["categories"]))
+    atomic_write_text(paths["categories"], dataset.world.category_yaml())
     world_info = {
         "description": "Synthetic ground-truth preference world of dmoerm-trl (docs/fidelity.md).",
         "files": {name: FILES[name] for name in FILES},
         "category_definitions": dataset.world.describe(),
         **dataset.summary,
     }
-    _write_text_atomic(json.dumps(world_info, ensure_ascii=False, indent=2) + "\n", Path(paths["world"]))
+    atomic_write_text(paths["world"], json.dumps(world_info, ensure_ascii=False, indent=2) + "\n")
     return paths
 
 

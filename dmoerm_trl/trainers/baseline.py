@@ -20,6 +20,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from ..utils.io import apply_umask, replace_path
 from .checkpointing import atomic_write_json, last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def train_baseline_reward_model(
         tokenizer.save_pretrained(tmp)
     if is_main:
         atomic_write_json(tmp / "baseline_metrics.json", metrics)
-        shutil.rmtree(output_dir, ignore_errors=True)
-        tmp.rename(output_dir)
+        replace_path(tmp, output_dir)
+        apply_umask(output_dir)  # save_pretrained's safetensors files are 0o600
     PartialState().wait_for_everyone()
     return metrics

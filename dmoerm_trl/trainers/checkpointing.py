@@ -24,51 +24,18 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
+
+# The package's one atomic-write helper, under the names the trainers import from here.
+from ..utils.io import atomic_save_safetensors as atomic_save_tensors
+from ..utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
 STAGE_WEIGHTS_NAME = "model.safetensors"  # = transformers' SAFE_WEIGHTS_NAME, so the Trainer finds the checkpoint
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to a temporary file in the same folder, fsync it, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False, default=str)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None):
-    """Save tensors as safetensors through a temporary file + ``os.replace``."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_tensors_into(model: torch.nn.Module, path: str | os.PathLike, expected: list[str] | None = None) -> list[str]:

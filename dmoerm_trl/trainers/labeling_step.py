@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..utils.io import atomic_write_text
 from .preference_data import TrainingDataError
 
 logger = logging.getLogger(__name__)
@@ -46,9 +47,7 @@ def label_capabilities(label_config: str, dataset_path: str, spec, output_dir, l
     aliases = {PAPER_CATEGORY_NAMES_ZH[key]: key for key in spec.categories if key in PAPER_CATEGORY_NAMES_ZH}
     spec = replace(spec, aliases={**aliases, **spec.aliases})
     categories_file = output_dir / "categories.yaml"
-    tmp = categories_file.with_name(".categories.yaml.tmp")
-    tmp.write_text(yaml.safe_dump(spec.to_yaml_dict(), allow_unicode=True, sort_keys=False), encoding="utf-8")
-    tmp.replace(categories_file)
+    atomic_write_text(categories_file, yaml.safe_dump(spec.to_yaml_dict(), allow_unicode=True, sort_keys=False))
     options = {**options, "data": dataset_path, "output": str(output_dir / "labels"),
                "categories": str(categories_file), "lower_rank_is_better": lower_rank_is_better}
     try:

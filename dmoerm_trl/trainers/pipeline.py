@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..utils.io import atomic_path, replace_path
 from .checkpointing import atomic_save_tensors, atomic_write_json, last_complete_checkpoint, load_tensors_into
 from .pipeline_data import SPLITS_FILE, PipelineDataMixin
 from .preference_data import (
@@ -129,16 +130,13 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
         if self.is_main and not (path / "config.json").exists():
             from .. import testing_utils
 
-            tmp = path.with_name(".backbone-tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
             size = {"hidden_size": self.model_args.tiny_backbone_hidden_size}
-            with without_zero3_init():  # built on the main process only: no collective partitioning
+            # built on the main process only: no collective partitioning
+            with without_zero3_init(), atomic_path(path, directory=True) as tmp:
                 if self.model_args.tiny_backbone == "bert":
                     testing_utils.make_tiny_bert(tmp, num_layers=self.model_args.tiny_backbone_num_layers, **size)
                 else:
                     testing_utils.make_tiny_llama(tmp, num_layers=self.model_args.tiny_backbone_num_layers, **size)
-            shutil.rmtree(path, ignore_errors=True)
-            tmp.rename(path)
         self._barrier()
         return str(path)
 
@@ -346,15 +344,7 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
             model.save_pretrained(tmp, save_base=self.model_args.save_base_model)
             self.tokenizer.save_pretrained(tmp)
             for entry in sorted(tmp.iterdir()):
-                target = self.output_dir / entry.name
-                if entry.is_dir() and target.exists():
-                    old = self.output_dir / f".old-{entry.name}"
-                    shutil.rmtree(old, ignore_errors=True)
-                    target.rename(old)
-                    entry.rename(target)
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    entry.replace(target)
+                replace_path(entry, self.output_dir / entry.name)
             shutil.rmtree(tmp, ignore_errors=True)
         self.state["exported_after"] = sorted(
             n for n, i in self.state["stages"].items() if i["status"] == "done" and n not in ("baseline", "label")
