@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -152,9 +153,40 @@ def _iter_source_files(source: str | os.PathLike) -> list[Path]:
     return [path]
 
 
+def _decode(raw: bytes) -> str:
+    """UTF-8 text (a leading BOM dropped); bytes that are not UTF-8 become lone surrogates (``surrogateescape``), so
+    the record holding them is reported, or skipped, by :func:`_invalid_text_field` instead of failing the file."""
+    return raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+
+
+def _invalid_text_field(value: Any, name: str = "") -> tuple[str, str] | None:
+    """``(field, problem)`` of the first string in ``value`` that is not valid Unicode text, else ``None``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")  # fails exactly on surrogates, at C speed
+            return None
+        except UnicodeEncodeError as err:
+            char = value[err.start]
+            undecodable = "\udc80" <= char <= "\udcff"  # a byte that surrogateescape kept
+            what = f"byte 0x{ord(char) - 0xDC00:02x}" if undecodable else f"lone surrogate \\u{ord(char):04x}"
+            return name or "<record>", f"not UTF-8 text ({what} at character {err.start + 1})"
+    if isinstance(value, Mapping):
+        items = ((f"{name}.{key}" if name else str(key), item) for key, item in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{name}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for item_name, item in items:
+        found = _invalid_text_field(item, item_name)
+        if found:
+            return found
+    return None
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            line = _decode(raw)
             if not line.strip():
                 continue
             location = f"line {line_number}"
@@ -174,7 +206,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
-    text = path.read_text(encoding="utf-8")
+    text = _decode(path.read_bytes())
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -331,8 +363,9 @@ def _mtmc_pairs(check: _RecordChecker, record: Mapping, spec, lower_rank_is_bett
     if len(ranks) != len(responses):
         check.fail("rank", f"has {len(ranks)} ranks for {len(responses)} responses", "give one rank per response")
     for index, rank in enumerate(ranks):
-        if isinstance(rank, bool) or not isinstance(rank, (int, float)) or rank != int(rank):
-            check.fail(f"rank[{index}]", f"expected an integer, got {rank!r}", "use integer ranks")
+        is_number = isinstance(rank, (int, float)) and not isinstance(rank, bool)
+        if not is_number or not math.isfinite(rank) or rank != int(rank):
+            check.fail(f"rank[{index}]", f"expected an integer, got {rank!r}", "use integer ranks (NaN is no rank)")
     category = _resolve_category(check, record.get("label"), "label", spec, strict=spec is not None)
 
     prompt = []
@@ -486,6 +519,10 @@ def load_preference_pairs(
                 raise record
             if not isinstance(record, Mapping):
                 check.fail(None, f"expected a JSON object, got {type(record).__name__}", "store one object per record")
+            invalid_text = _invalid_text_field(record)
+            if invalid_text:
+                check.fail(*invalid_text, "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or skip such "
+                           "records (--skip-invalid)")
             record_format = format if format != "auto" else _detect_format(record)
             if record_format is None:
                 check.fail(
