@@ -5,7 +5,8 @@
     dmoerm train --help            # every flag (model, data and training arguments)
 
 Rerunning the same command resumes: finished stages are skipped, an interrupted stage continues from its last
-checkpoint. Under ``accelerate launch`` use ``recipes/train_dmoerm.py`` (the same code).
+checkpoint. A rerun with settings that would change the result (other than logging, threads, stage selection ...)
+is refused with the changed keys; ``--restart true`` deletes the old results and starts over. Under ``accelerate launch`` use ``recipes/train_dmoerm.py`` (the same code).
 """
 
 from __future__ import annotations

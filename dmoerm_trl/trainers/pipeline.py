@@ -13,8 +13,10 @@ Everything goes into one folder, which ``DMoERMForSequenceClassification.from_pr
       backbone/                 the tiny test backbone, with tiny_backbone: ...
 
 Resuming: rerunning the same command skips finished stages (``pipeline_state.json``) and resumes an unfinished
-stage from its newest complete checkpoint (a checkpoint interrupted by ``kill -9`` is discarded). Every file of the
-pipeline is written to a temporary name and renamed into place.
+stage from its newest complete checkpoint (a checkpoint interrupted by ``kill -9`` is discarded), early-stopping
+count included. A rerun whose settings differ from ``run_config.json`` in a key that can change the result is
+refused (``run_config.py``; ``--restart true`` starts over). Every file of the pipeline is written to a temporary
+name and renamed into place.
 
 Each stage gets a model with the finished stages' tensors loaded: under DDP/DeepSpeed a fresh one built from the
 backbone (a model that went through a DDP wrapper or a DeepSpeed engine is not reusable), in one plain process the
@@ -40,12 +42,13 @@ from typing import Any
 
 from ..utils.io import atomic_path, replace_path
 from .checkpointing import atomic_save_tensors, atomic_write_json, last_complete_checkpoint, load_tensors_into
-from .pipeline_data import SPLITS_FILE, PipelineDataMixin
+from .pipeline_data import PipelineDataMixin
 from .preference_data import (
     DataReport,
     TrainingDataError,
     select_capability_labels,
 )
+from .run_config import RUN_CONFIG_FILE, build_run_config, check_rerun, delete_results
 from .stage import Stage, without_zero3_init
 
 logger = logging.getLogger(__name__)
@@ -98,21 +101,17 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
 
     # ---------------------------------------------------------------------------------------------- setup
     def _prepare_output_dir(self) -> None:
+        # run_config.json always describes what is in the folder: a rerun with result-changing settings is refused
+        # (trainers/run_config.py); --restart deletes the old results first.
+        run_config = build_run_config(self.model_args, self.data_args, self.args)
         if self.args.restart and self.is_main and self.output_dir.exists():
-            logger.warning("restart: deleting the finished stages and checkpoints in %s", self.output_dir)
-            shutil.rmtree(self.stages_dir, ignore_errors=True)
-            for name in (STATE_FILE, SPLITS_FILE, SUMMARY_FILE):
-                (self.output_dir / name).unlink(missing_ok=True)
+            logger.warning("restart: deleting the finished stages, checkpoints and model in %s", self.output_dir)
+            delete_results(self.output_dir)
+        elif not self.args.restart and check_rerun(self.output_dir, run_config, self._read_state()) and self.is_main:
+            delete_results(self.output_dir)  # nothing trained yet: only stale leftovers (e.g. a tiny backbone)
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(
-                self.output_dir / "run_config.json",
-                {
-                    "model_args": dataclasses.asdict(self.model_args),
-                    "data_args": dataclasses.asdict(self.data_args),
-                    "training_args": self.args.to_json_dict(),
-                },
-            )
+            atomic_write_json(self.output_dir / RUN_CONFIG_FILE, run_config)
         self._barrier()
         self.state = self._read_state()
 
@@ -245,6 +244,9 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
             "max_length": self.max_length,
             "restart": False,
             "push_to_hub": False,  # a stage is part of a model; `dmoerm push` uploads the finished DMoERM
+            # A resumed stage continues its early-stopping count (kept in the checkpoint's trainer_state.json with
+            # the best metric), so it stops at the same epoch as an uninterrupted one.
+            "restore_callback_states_from_checkpoint": True,
         }
         if not has_validation:
             overrides.update(eval_strategy="no", load_best_model_at_end=False, metric_for_best_model=None)
