@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import time
 
+from ..utils.io import apply_umask
 from .checks import check_reward_model_ready
 
 
@@ -120,4 +121,6 @@ def run_grpo(script_args, training_args, algorithm: str = "grpo") -> dict:
     )
     trainer.train()
     trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        apply_umask(training_args.output_dir)  # safetensors writes the policy's weights 0o600
     return write_summary(training_args, trainer, algorithm, start, callbacks)

@@ -22,6 +22,7 @@ import importlib.util
 import logging
 import time
 
+from ..utils.io import apply_umask
 from .checks import check_reward_model_ready, check_reward_model_vocab, check_tokenizers_match
 
 logger = logging.getLogger(__name__)
@@ -201,4 +202,5 @@ def save_ppo_policy(trainer, output_dir: str) -> None:
         policy = accelerator.unwrap_model(trainer.model).policy
         policy.save_pretrained(output_dir)
         trainer.processing_class.save_pretrained(output_dir)
+        apply_umask(output_dir)  # safetensors writes the policy's weights 0o600
     accelerator.wait_for_everyone()

@@ -100,6 +100,8 @@ def test_grpo_and_rloo_commands(tmp_path, rl_assets, capsys):
     assert summary["global_step"] == 2 and "rewards/dmoerm/mean" in summary["last_log"]
     assert "rewards/length_penalty/mean" in summary["last_log"]
     assert [int(r["step"]) for r in read_csv(out / "overoptimization.csv")] == [0, 2]
+    (tmp_path / "probe").touch()  # the policy's weights get the permissions of any new file (umask), not 0o600
+    assert (out / "model.safetensors").stat().st_mode == (tmp_path / "probe").stat().st_mode
     out = tmp_path / "rloo"
     code = dmoerm(
         [
