@@ -122,5 +122,5 @@ def run_grpo(script_args, training_args, algorithm: str = "grpo") -> dict:
     trainer.train()
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
-        apply_umask(training_args.output_dir)  # safetensors writes the policy's weights 0o600
+        apply_umask(training_args.output_dir, "*.safetensors")  # safetensors writes the policy's weights 0o600
     return write_summary(training_args, trainer, algorithm, start, callbacks)

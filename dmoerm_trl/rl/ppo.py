@@ -202,5 +202,5 @@ def save_ppo_policy(trainer, output_dir: str) -> None:
         policy = accelerator.unwrap_model(trainer.model).policy
         policy.save_pretrained(output_dir)
         trainer.processing_class.save_pretrained(output_dir)
-        apply_umask(output_dir)  # safetensors writes the policy's weights 0o600
+        apply_umask(output_dir, "*.safetensors")  # safetensors writes the policy's weights 0o600
     accelerator.wait_for_everyone()

@@ -97,11 +97,13 @@ def _set_modes(folder: Path, folder_mode: int) -> None:
                 os.chmod(entry, folder_mode if executable else file_mode)
 
 
-def apply_umask(path: str | os.PathLike) -> None:
+def apply_umask(path: str | os.PathLike, pattern: str | None = None) -> None:
     """Give a file or folder (recursively) the permissions a new one gets under the current umask.
 
     For folders written by code that ignores the umask and cannot write through :func:`atomic_path`, e.g.
-    ``safetensors.torch.save_file`` (always ``0o600``) inside ``save_pretrained`` called on every process.
+    ``safetensors.torch.save_file`` (always ``0o600``) inside ``save_pretrained`` called on every process. With
+    ``pattern``, only the entries of the folder ``path`` that match it (``Path.glob``), e.g. ``"*.safetensors"`` for
+    a folder that may also hold files of the user's.
 
     Example:
         >>> import os, stat, tempfile
@@ -113,15 +115,16 @@ def apply_umask(path: str | os.PathLike) -> None:
         '0o644'
     """
     path = Path(path)
-    probe = _reserve(path, directory=True, suffix=".umask")
+    probe = _reserve(path / "probe" if pattern else path, directory=True, suffix=".umask")
     try:
         folder_mode = stat.S_IMODE(os.stat(probe).st_mode)
     finally:
         os.rmdir(probe)
-    if path.is_dir():
-        _set_modes(path, folder_mode)
-    else:
-        os.chmod(path, folder_mode if os.stat(path).st_mode & stat.S_IXUSR else folder_mode & 0o666)
+    for entry in sorted(path.glob(pattern)) if pattern else [path]:
+        if entry.is_dir():
+            _set_modes(entry, folder_mode)
+        elif not entry.is_symlink():
+            os.chmod(entry, folder_mode if os.stat(entry).st_mode & stat.S_IXUSR else folder_mode & 0o666)
 
 
 def replace_path(source: str | os.PathLike, target: str | os.PathLike) -> None:

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dmoerm_trl.utils.io import (
+    apply_umask,
     atomic_path,
     atomic_save_safetensors,
     atomic_write_json,
@@ -189,3 +190,19 @@ def test_views_and_shared_storage_are_saved_as_separate_tensors(tmp_path):
     for name, tensor in tensors.items():
         assert torch.equal(loaded[name], tensor), name
     assert weight.data_ptr() == tensors["full"].data_ptr()  # the caller's tensors are not touched
+
+
+def test_apply_umask_fixes_a_folder_or_only_the_matching_files(tmp_path, umask):
+    umask(0o022)
+    folder = tmp_path / "policy"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("model.safetensors", "private.txt", "sub/weights.bin"):
+        os.close(os.open(folder / name, os.O_CREAT | os.O_WRONLY, 0o600))
+    apply_umask(folder, "*.safetensors")  # the user's other files keep their permissions
+    assert mode(folder / "model.safetensors") == 0o644 and mode(folder / "private.txt") == 0o600
+    assert mode(folder / "sub" / "weights.bin") == 0o600
+    umask(0o027)
+    apply_umask(folder)
+    assert {mode(p) for p in folder.rglob("*") if p.is_file()} == {0o640}
+    assert mode(folder) == mode(folder / "sub") == 0o750
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]  # no probe left behind
