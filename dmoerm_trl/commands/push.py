@@ -69,15 +69,6 @@ def collect_metrics(metrics_file: str | None, metric_args: list[str]) -> dict:
     return metrics
 
 
-def reader_base(model) -> str | None:
-    """The hub id a reader downloads the model's base from, or ``None`` when the base is a local folder."""
-    from pathlib import Path
-
-    from ..base_reference import reference_for_reader, reference_for_save
-
-    return reference_for_reader(reference_for_save(model.config.base_model_name_or_path, None, Path.cwd(), False)[0])
-
-
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
@@ -90,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         import dmoerm_trl  # noqa: F401  (registers DMoERM with the Auto classes)
+        from dmoerm_trl.base_reference import reference_for_reader
 
         config = AutoConfig.from_pretrained(model_dir)
         if config.model_type != "dmoerm":
@@ -97,13 +89,13 @@ def run(args: argparse.Namespace) -> int:
                 f"{model_dir} holds a {config.model_type!r} model; `dmoerm push` uploads DMoERM models (adapters, "
                 "heads and a model card). Use model.push_to_hub() for other models"
             )
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-        base_hub_id = reader_base(model)
+        base_hub_id = reference_for_reader(config.base_model_name_or_path)  # checked before loading anything
         if base_hub_id is None and not args.save_base:
             raise ValueError(
-                f"the base model of {model_dir} is a local folder ({model.config.base_model_name_or_path}), which a "
+                f"the base model of {model_dir} is a local folder ({config.base_model_name_or_path}), which a "
                 f"reader of {args.repo_id} cannot download; add --save-base to upload it with the model (base/)"
             )
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
         has_tokenizer = any((model_dir / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
         tokenizer = AutoTokenizer.from_pretrained(model_dir) if has_tokenizer and not args.no_tokenizer else None
         commit = model.push_to_hub(
