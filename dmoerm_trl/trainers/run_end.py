@@ -61,8 +61,8 @@ def final_metrics(stages: dict) -> dict[str, float]:
 
 
 def log_final_metrics(args, callbacks, metrics: dict[str, float], is_main: bool) -> None:
-    """Send the final evaluation to the ``report_to`` trackers and the run's callbacks (their ``on_log``), as a
-    Trainer's last log line would be; the trackers are then closed (``on_train_end``)."""
+    """Send the final evaluation (as ``eval_final/<name>``) to the ``report_to`` trackers (opened with
+    ``on_train_begin``, closed with ``on_train_end``, as a Trainer does) and to the run's callbacks (``on_log``)."""
     if not metrics:
         return
     from transformers.integrations import get_reporting_integration_callbacks
@@ -71,7 +71,10 @@ def log_final_metrics(args, callbacks, metrics: dict[str, float], is_main: bool)
     trackers = [tracker() for tracker in get_reporting_integration_callbacks(args.report_to)]
     state = TrainerState(is_world_process_zero=is_main, is_local_process_zero=is_main)
     control = TrainerControl()
-    logs = {f"final/{name}": value for name, value in metrics.items()}
+    # "eval_" names: trackers file them under eval/ (transformers' rewrite_logs), e.g. eval/final/validation_accuracy
+    logs = {f"eval_final/{name}": value for name, value in metrics.items()}
+    for tracker in trackers:  # opens the tracker's run / log folder (TensorBoard: <output_dir>/runs/...)
+        tracker.on_train_begin(args, state, control)
     for callback in [*trackers, *callbacks]:
         callback.on_log(args, state, control, logs=logs)
     for tracker in trackers:
