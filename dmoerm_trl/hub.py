@@ -27,9 +27,10 @@ def card_metrics(metrics: dict | None) -> dict[str, float]:
     for key, value in (metrics or {}).items():
         if isinstance(value, dict):
             flat.update({f"{key}/{name}": number for name, number in card_metrics(value).items()})
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not str(key).endswith(_BOOKKEEPING_SUFFIXES):
-                flat[str(key)] = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and not str(key).endswith(
+            _BOOKKEEPING_SUFFIXES
+        ):
+            flat[str(key)] = value
     return flat
 
 
@@ -94,9 +95,12 @@ def build_model_card(model, save_base: bool = False, base_model: str | None = No
     lines = [
         "# DMoERM reward model",
         "",
-        "A double-layer mixture-of-experts reward model ([DMoERM, arXiv 2403.01197](https://arxiv.org/abs/2403.01197))"
-        " built with [dmoerm-trl](https://github.com/dmoerm-trl/dmoerm-trl): a router sends each conversation to its"
-        " task category; the category's LoRA capability experts score it and an MLP combines them into one reward.",
+        (
+            "A double-layer mixture-of-experts reward model"
+            " ([DMoERM, arXiv 2403.01197](https://arxiv.org/abs/2403.01197)) built with"
+            " [dmoerm-trl](https://github.com/dmoerm-trl/dmoerm-trl): a router sends each conversation to its task"
+            " category; the category's LoRA capability experts score it and an MLP combines them into one reward."
+        ),
         "",
         f"- Base model: {where} ({model_type}, hidden size {config.hidden_size}, pooling `{config.pooling}`)",
         f"- Router: `{config.router_mode}` ({ROUTER_DESCRIPTIONS.get(config.router_mode, '?')}); "
@@ -104,8 +108,8 @@ def build_model_card(model, save_base: bool = False, base_model: str | None = No
         f"dropout={config.lora_dropout}, targets {config.lora_target_modules}"
         + (f", above a shared trunk of {config.trunk_layers} adapter-free layers" if config.trunk_layers else ""),
         f"- Phase 1: {phase1}",
-        f"- Parameters: base {counts['base']:,} ({base_kind}), adapters {counts['adapters']:,}, "
-        f"heads {counts['heads']:,}",
+        f"- Parameters: base {counts['base']:,} ({base_kind}), adapters {counts['adapters']:,}, heads "
+        + f"{counts['heads']:,}",
         "",
         "## Categories and capabilities",
         "",

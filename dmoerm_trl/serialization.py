@@ -164,9 +164,9 @@ def load_dmoerm(cls, name_or_path, config, base_model_name_or_path, kwargs: dict
     repo_kwargs = {k: kwargs[k] for k in _REPO_KWARGS if kwargs.get(k) is not None}
     base_kwargs = {k: kwargs[k] for k in BACKBONE_KWARGS if kwargs.get(k) is not None}
     # transformers' Auto classes fold attn_implementation= into the config they pass: hand it on to the backbone.
-    if "attn_implementation" not in base_kwargs and isinstance(config, DMoERMConfig):
-        if config._attn_implementation_internal is not None:
-            base_kwargs["attn_implementation"] = config._attn_implementation_internal
+    folded = config._attn_implementation_internal if isinstance(config, DMoERMConfig) else None
+    if folded is not None and "attn_implementation" not in base_kwargs:
+        base_kwargs["attn_implementation"] = folded
     folder = _resolve_folder(name_or_path, repo_kwargs)
     if not (folder / HEADS_FILE).exists():
         raise FileNotFoundError(

@@ -59,7 +59,9 @@ def test_loading_options_that_cannot_be_honoured_are_refused(saved, tiny_llama_p
     with pytest.raises(ValueError, match=r"from_backbone got keyword arguments it cannot honour: \['colour'\]"):
         DMoERMForSequenceClassification.from_backbone(tiny_llama_path, tiny_categories, colour="blue")
     with pytest.raises(ValueError, match="quantization_config= is not supported"):
-        DMoERMForSequenceClassification.from_backbone(tiny_llama_path, tiny_categories, quantization_config=quantization)
+        DMoERMForSequenceClassification.from_backbone(
+            tiny_llama_path, tiny_categories, quantization_config=quantization
+        )
     with pytest.raises(ValueError, match="trust_remote_code=True is refused"):
         DMoERMForSequenceClassification.from_backbone(tiny_llama_path, tiny_categories, trust_remote_code=True)
     loaded = AutoModel.from_pretrained(tiny_llama_path)
@@ -170,9 +172,9 @@ def test_push_of_a_local_base_model_needs_the_base(tmp_path, tiny_llama_path, ti
 
 def test_dmoerm_push_says_what_the_reader_needs(tmp_path, tiny_llama_path, tiny_tokenizer, tiny_categories,
                                                 monkeypatch, capsys):
-    from dmoerm_trl.cli import main
-
     from huggingface_hub import constants
+
+    from dmoerm_trl.cli import main
 
     model, cache = _hub_cache_model(tmp_path, tiny_llama_path, tiny_tokenizer, tiny_categories)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # this machine's hub cache holds the base

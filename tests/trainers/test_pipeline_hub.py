@@ -64,11 +64,11 @@ def test_push_to_hub_at_the_end_and_final_metrics_to_the_trackers(tmp_path, monk
     monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
     monkeypatch.setattr(HfApi, "create_commit", fake_create_commit)
 
-    class Recorder(TrainerCallback):
-        logs: list = []
+    recorded = []
 
+    class Recorder(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
-            self.logs.append(dict(logs or {}))
+            recorded.append(dict(logs or {}))
 
     import dmoerm_trl.trainers.pipeline as pipeline_module
 
@@ -102,7 +102,7 @@ def test_push_to_hub_at_the_end_and_final_metrics_to_the_trackers(tmp_path, monk
     scalars = _tensorboard_scalars(run / "runs")  # the run's own log folder (stages log under stages/)
     assert scalars["eval/final/validation_accuracy"] == pytest.approx(expected)
     assert scalars["eval/final/router/eval_accuracy"] == pytest.approx(stages["router"]["metrics"]["eval_accuracy"])
-    final = [logs for logs in Recorder.logs if "eval_final/validation_accuracy" in logs]
+    final = [logs for logs in recorded if "eval_final/validation_accuracy" in logs]
     assert len(final) == 1 and not any("runtime" in key for key in final[0])
     card = (uploaded / "README.md").read_text()
     assert "| validation_accuracy |" in card and "eval_runtime" not in card
