@@ -87,6 +87,8 @@ def reference_for_save(
 
 def reference_for_reader(base: str | None) -> str | None:
     """The hub id a reader of an uploaded model downloads the base from, or ``None`` when the base is local."""
+    if base and hub_id_from_cache_path(base) is not None:
+        return hub_id_from_cache_path(base)[0]  # a hub cache snapshot (folders saved before hub ids were stored)
     if not base or is_relative_reference(base) or _looks_local(base) or os.path.exists(os.path.expanduser(base)):
         return None
     return base
@@ -115,6 +117,9 @@ def resolve_base(folder: Path, config, override: str | None) -> tuple[str, str |
             )
         return str(local), None
     if _looks_local(reference) or os.path.exists(os.path.expanduser(reference)):
+        cached = hub_id_from_cache_path(reference)
+        if cached is not None and not Path(reference).is_dir():
+            return cached  # an older folder's path into another machine's hub cache: the same commit by hub id
         if not (Path(reference).expanduser() / "config.json").is_file():
             nearby = folder / Path(reference).name
             hint = f" (a folder {nearby} exists: pass base_model_name_or_path={str(nearby)!r})" if (

@@ -117,6 +117,21 @@ def test_a_folder_of_the_previous_format_still_loads(tmp_path, tiny_llama_path, 
     torch.testing.assert_close(_scores(reloaded, tiny_tokenizer)[0], _scores(model, tiny_tokenizer)[0], rtol=0, atol=0)
 
 
+def test_a_previous_format_folder_on_a_hub_cache_base_loads_elsewhere(
+    tmp_path, tiny_llama_path, tiny_tokenizer, tiny_categories
+):
+    cache = tmp_path / "hub-cache"
+    snapshot = cache / "models--me--tiny-base" / "snapshots" / SNAPSHOT
+    shutil.copytree(tiny_llama_path, snapshot)
+    model = _build(snapshot, tiny_categories, tiny_tokenizer)
+    model.save_pretrained(tmp_path / "old")
+    # Saved on another machine, whose hub cache lived elsewhere: the absolute path does not exist here.
+    elsewhere = f"/home/someone/.cache/huggingface/hub/models--me--tiny-base/snapshots/{SNAPSHOT}"
+    _to_previous_format(tmp_path / "old", elsewhere)
+    reloaded = DMoERMForSequenceClassification.from_pretrained(tmp_path / "old", cache_dir=str(cache))
+    torch.testing.assert_close(_scores(reloaded, tiny_tokenizer)[0], _scores(model, tiny_tokenizer)[0], rtol=0, atol=0)
+
+
 def test_a_moved_folder_of_the_previous_format_names_its_missing_base(folder_with_inner_base, tmp_path):
     run, _ = folder_with_inner_base
     _to_previous_format(run, str((run / "backbone").resolve()))  # the old pipeline wrote this absolute path
