@@ -48,6 +48,26 @@ def hub_id_from_cache_path(path) -> tuple[str, str] | None:
     return parts[-3][len("models--"):].replace("--", "/"), parts[-1]
 
 
+def pinned_revision(repo_id: str, revision: str | None = None, cache_dir=None) -> str | None:
+    """The commit a hub id (at ``revision``, default main) resolved to in the local hub cache, or ``revision``.
+
+    Stored with a model built on a hub id, so that a reader loads the base its adapters were trained on even if the
+    base repo changes later.
+
+    Example:
+        >>> pinned_revision("no-such-org/no-such-model") is None
+        True
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        path = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir, revision=revision)
+    except Exception:  # a malformed id or cache: nothing to pin, the id alone is kept
+        return revision
+    cached = hub_id_from_cache_path(Path(path).parent) if isinstance(path, str) else None
+    return cached[1] if cached is not None else revision
+
+
 def is_relative_reference(reference: str | None) -> bool:
     """True for a base named relative to the model folder (``./backbone``); hub ids never start with a dot."""
     return isinstance(reference, str) and reference.startswith(("./", ".\\"))

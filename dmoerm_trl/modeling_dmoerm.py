@@ -30,6 +30,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from .adapter_layout import AdapterLayoutMixin
 from .backbone import BACKBONE_KWARGS, HUB_KWARGS, check_load_kwargs, detect_pooling, load_pretrained_backbone
+from .base_reference import pinned_revision
 from .configuration_dmoerm import DMoERMConfig
 from .modeling_outputs import DMoERMOutput
 from .reward_contract import BroadcastRewardScore, SequenceRewardView
@@ -167,6 +168,9 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             check_load_kwargs(backbone_kwargs, "from_backbone", BACKBONE_KWARGS + HUB_KWARGS)
             base_path = str(backbone)
             base = load_pretrained_backbone(base_path, **backbone_kwargs)
+            base_revision = None if os.path.isdir(base_path) else pinned_revision(
+                base_path, backbone_kwargs.get("revision"), backbone_kwargs.get("cache_dir")
+            )
         elif isinstance(backbone, PreTrainedModel):
             if backbone_kwargs:
                 raise ValueError(
@@ -174,7 +178,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
                     "pass them when you load it (AutoModel.from_pretrained(..., attn_implementation=...)), or pass "
                     "the backbone's hub id/path instead"
                 )
-            base_path = backbone.name_or_path or None
+            base_path, base_revision = backbone.name_or_path or None, None
             inner = getattr(backbone, backbone.base_model_prefix, None)
             base = inner if isinstance(inner, PreTrainedModel) else backbone
         else:
@@ -193,7 +197,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
         config = DMoERMConfig(
             categories=categories,
             base_model_name_or_path=base_path,
-            base_model_revision=backbone_kwargs.get("revision") if base_path == str(backbone) else None,
+            base_model_revision=base_revision,
             backbone_config=backbone_config,
             lora_r=lora_r,
             lora_alpha=lora_alpha,

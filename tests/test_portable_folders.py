@@ -96,6 +96,12 @@ def test_a_hub_cache_base_is_saved_as_its_hub_id(tmp_path, tiny_llama_path, tiny
     torch.testing.assert_close(_scores(reloaded, tiny_tokenizer)[0], _scores(model, tiny_tokenizer)[0], rtol=0, atol=0)
     with pytest.raises(MissingBaseModelError, match="could not load its base model 'me/tiny-base'"):
         DMoERMForSequenceClassification.from_pretrained(tmp_path / "m", cache_dir=str(tmp_path / "empty-cache"))
+    # Built on the hub id itself: the commit it resolved to is pinned, so a later change of the base repo cannot
+    # silently change the rewards.
+    (cache / "models--me--tiny-base" / "refs").mkdir()
+    (cache / "models--me--tiny-base" / "refs" / "main").write_text(SNAPSHOT)
+    by_id = DMoERMForSequenceClassification.from_backbone("me/tiny-base", tiny_categories, cache_dir=str(cache))
+    assert (by_id.config.base_model_name_or_path, by_id.config.base_model_revision) == ("me/tiny-base", SNAPSHOT)
 
 
 def _to_previous_format(folder: Path, absolute_base: str) -> None:
