@@ -76,7 +76,7 @@ def check_load_kwargs(kwargs: dict, where: str, allowed: tuple[str, ...]) -> Non
     unknown = sorted(k for k in asked if k not in allowed and k != "trust_remote_code")
     if unknown:
         raise ValueError(
-            f"{where} got keyword arguments it cannot honour: {unknown}; it accepts {', '.join(allowed)}"
+            f"{where} got keyword arguments it cannot honour: {unknown}; it accepts {', '.join(allowed) or 'none'}"
         )
 
 

@@ -62,7 +62,7 @@ def pinned_revision(repo_id: str, revision: str | None = None, cache_dir=None) -
 
     try:
         path = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir, revision=revision)
-    except Exception:  # a malformed id or cache: nothing to pin, the id alone is kept
+    except (ValueError, OSError):  # a malformed id or cache: nothing to pin, the id alone is kept
         return revision
     cached = hub_id_from_cache_path(Path(path).parent) if isinstance(path, str) else None
     return cached[1] if cached is not None else revision

@@ -172,12 +172,8 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
                 base_path, backbone_kwargs.get("revision"), backbone_kwargs.get("cache_dir")
             )
         elif isinstance(backbone, PreTrainedModel):
-            if backbone_kwargs:
-                raise ValueError(
-                    f"from_backbone got loading options {sorted(backbone_kwargs)} with an already loaded backbone; "
-                    "pass them when you load it (AutoModel.from_pretrained(..., attn_implementation=...)), or pass "
-                    "the backbone's hub id/path instead"
-                )
+            check_load_kwargs(backbone_kwargs, "from_backbone with an already loaded backbone (pass options when you "
+                              "load it, e.g. AutoModel.from_pretrained(..., attn_implementation=...))", ())
             base_path, base_revision = backbone.name_or_path or None, None
             inner = getattr(backbone, backbone.base_model_prefix, None)
             base = inner if isinstance(inner, PreTrainedModel) else backbone
@@ -554,15 +550,12 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
         """Save config, one standard PEFT folder per adapter (``adapters/<name>/``), the heads and a model card.
 
         ``config.json`` names the base so that the folder can move (hub id, ``./path`` inside the folder, else an
-        absolute path: see ``base_reference.py``); ``save_base=True`` also writes the base to ``base/``.
-        ``final_directory``: where a folder written to a staging folder first will end up. The heads file records
-        the ordered category and capability names, checked at load. ``state_dict`` (e.g. gathered by ZeRO-3) is
-        used instead of this model's own when given; ``safe_serialization``/``max_shard_size`` are accepted for
-        Trainer compatibility (files are always safetensors).
+        absolute path: docs/hub.md); ``save_base=True`` also writes the base to ``base/``. ``final_directory``: where
+        a folder written to a staging folder first will end up. ``state_dict`` (e.g. gathered by ZeRO-3) replaces
+        this model's own; ``safe_serialization``/``max_shard_size`` are accepted (files are always safetensors).
 
         Example:
             >>> model.save_pretrained("runs/my-dmoerm")  # doctest: +SKIP
-            >>> AutoModelForSequenceClassification.from_pretrained("runs/my-dmoerm")  # doctest: +SKIP
         """
         from .serialization import save_dmoerm
 
