@@ -61,6 +61,11 @@ def test_a_moved_folder_loads_and_scores_the_same(folder_with_inner_base, tmp_pa
     moved_logits, moved_categories = _scores(reloaded, tiny_tokenizer)
     torch.testing.assert_close(moved_logits, logits, rtol=0, atol=0)
     assert moved_categories.tolist() == categories.tolist()
+    # Tools that take the tokenizer from the base find it in the moved folder (not from the working directory).
+    from dmoerm_trl.evaluation import load_reward_model
+
+    _, tokenizer = load_reward_model(moved, device="cpu")
+    assert tokenizer.get_vocab() == tiny_tokenizer.get_vocab()
     # Saved again in place, the folder still names its base relative to itself.
     reloaded.save_pretrained(moved)
     assert _config(moved)["base_model_name_or_path"] == "./backbone"
