@@ -68,7 +68,7 @@ def check_load_kwargs(kwargs: dict, where: str, allowed: tuple[str, ...]) -> Non
             f"{where}: {quantized[0]}= is not supported: a DMoERM trains and runs LoRA adapters on a plain backbone "
             "(quantized bases are not wired in); load it in bf16 instead (dtype=torch.bfloat16) to halve the memory"
         )
-    if asked.get("trust_remote_code"):
+    if asked.get("trust_remote_code") and "trust_remote_code" not in allowed:
         raise ValueError(
             f"{where}: trust_remote_code=True is refused: dmoerm-trl never runs code downloaded with a model; "
             "DMoERM itself needs none (import dmoerm_trl registers it)"

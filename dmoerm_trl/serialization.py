@@ -145,9 +145,10 @@ def _resolve_folder(name_or_path, hub_kwargs: dict) -> Path:
 
 
 # from_pretrained's own options: the DMoERM folder's hub options, the backbone's loading options, and what
-# transformers' Auto classes pass along (adapter_kwargs: their PEFT lookup, unused here; subfolder: "").
+# transformers' Auto classes and TRL pass along (adapter_kwargs: their PEFT lookup, unused here; subfolder: "";
+# trust_remote_code: TRL's GRPO passes the policy's; unused: no downloaded code runs, the backbone loads without it).
 _REPO_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
-_AUTO_KWARGS = ("adapter_kwargs", "subfolder", "num_labels")
+_AUTO_KWARGS = ("adapter_kwargs", "subfolder", "num_labels", "trust_remote_code")
 
 
 def load_dmoerm(cls, name_or_path, config, base_model_name_or_path, kwargs: dict):

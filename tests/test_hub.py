@@ -67,9 +67,10 @@ def test_loading_options_that_cannot_be_honoured_are_refused(saved, tiny_llama_p
     loaded = AutoModel.from_pretrained(tiny_llama_path)
     with pytest.raises(ValueError, match="already loaded backbone"):
         DMoERMForSequenceClassification.from_backbone(loaded, tiny_categories, attn_implementation="eager")
-    # What TRL and pipelines pass still works: a dtype, device_map=None, quantization_config=None.
+    # What TRL and pipelines pass still works: a dtype, device_map=None, quantization_config=None, and GRPO's
+    # trust_remote_code (the policy's setting; nothing downloaded runs for a DMoERM, the backbone loads without it).
     model = AutoModelForSequenceClassification.from_pretrained(
-        saved, dtype=torch.bfloat16, device_map=None, quantization_config=None
+        saved, dtype=torch.bfloat16, device_map=None, quantization_config=None, trust_remote_code=True
     )
     assert model.router_head.weight.dtype == torch.bfloat16
 
