@@ -195,3 +195,16 @@ def test_dmoerm_push_says_what_the_reader_needs(tmp_path, tiny_llama_path, tiny_
     assert main(["push", str(tmp_path / "local-base"), "me/b", "--save-base"]) == 0
     assert "base/model.safetensors" in commits[1][2]
     assert "the base model was uploaded with it" in capsys.readouterr().out
+
+
+def test_text_classification_pipeline_still_loads_a_folder(saved, tiny_tokenizer):
+    """transformers' pipeline passes its own loading options (_from_pipeline, dtype, ...): none may be refused."""
+    from transformers import pipeline
+
+    tiny_tokenizer.save_pretrained(saved)
+    scorer = pipeline("text-classification", model=str(saved), function_to_apply="none", dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(saved)
+    batch = tiny_tokenizer(TEXTS[:1], return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**batch).logits[0, 0].item()
+    assert scorer(TEXTS[:1])[0]["score"] == pytest.approx(expected, abs=1e-5)
