@@ -42,6 +42,44 @@ def detect_lora_target_modules(backbone: nn.Module, requested: list[str] | None 
     )
 
 
+# Keyword arguments that reach the backbone's ``AutoModel.from_pretrained`` and are honoured there.
+BACKBONE_KWARGS = ("dtype", "torch_dtype", "device_map", "attn_implementation", "low_cpu_mem_usage")
+HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies", "subfolder")
+_QUANTIZATION_KWARGS = ("quantization_config", "load_in_8bit", "load_in_4bit")
+
+
+def check_load_kwargs(kwargs: dict, where: str, allowed: tuple[str, ...]) -> None:
+    """Refuse, with one clear message, keyword arguments a DMoERM loader cannot honour (instead of ignoring them).
+
+    ``None``/``False`` values of refused arguments are accepted (they ask for nothing); names starting with ``_``
+    are transformers' internal plumbing (``_from_auto``, ``_from_pipeline``) and are ignored.
+
+    Example:
+        >>> check_load_kwargs({"dtype": "auto"}, "from_backbone", BACKBONE_KWARGS + HUB_KWARGS)
+        >>> check_load_kwargs({"quantisation": 4}, "from_backbone", ("dtype",))
+        Traceback (most recent call last):
+        ...
+        ValueError: from_backbone got keyword arguments it cannot honour: ['quantisation']; it accepts dtype
+    """
+    asked = {k: v for k, v in kwargs.items() if not k.startswith("_") and v is not None and v is not False}
+    quantized = [k for k in _QUANTIZATION_KWARGS if k in asked]
+    if quantized:
+        raise ValueError(
+            f"{where}: {quantized[0]}= is not supported: a DMoERM trains and runs LoRA adapters on a plain backbone "
+            "(quantized bases are not wired in); load it in bf16 instead (dtype=torch.bfloat16) to halve the memory"
+        )
+    if asked.get("trust_remote_code") and "trust_remote_code" not in allowed:
+        raise ValueError(
+            f"{where}: trust_remote_code=True is refused: dmoerm-trl never runs code downloaded with a model; "
+            "DMoERM itself needs none (import dmoerm_trl registers it)"
+        )
+    unknown = sorted(k for k in asked if k not in allowed and k != "trust_remote_code")
+    if unknown:
+        raise ValueError(
+            f"{where} got keyword arguments it cannot honour: {unknown}; it accepts {', '.join(allowed) or 'none'}"
+        )
+
+
 def load_pretrained_backbone(name_or_path, **kwargs) -> PreTrainedModel:
     """``AutoModel.from_pretrained`` that refuses to hand back randomly initialised backbone weights.
 

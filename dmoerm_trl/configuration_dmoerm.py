@@ -107,8 +107,14 @@ class DMoERMConfig(PretrainedConfig):
             Category name -> ordered capability names. The order defines the category ids (router classes) and the
             columns of `capability_rewards`.
         base_model_name_or_path (`str`, *optional*):
-            Hub id or local path of the backbone's pretrained weights. `from_pretrained` loads the base from here
-            unless the base was saved inside the model folder (`save_pretrained(..., save_base=True)`).
+            Where the backbone's pretrained weights come from. In a saved `config.json`: a hub id (also when the base
+            was loaded from a Hugging Face cache snapshot), a path relative to the model folder starting with `./`
+            (a base inside the folder, e.g. `./backbone`), or, only when it is neither, an absolute local path (the
+            folder then loads on this machine only). `from_pretrained` loads the base from here unless the base was
+            saved inside the model folder (`save_pretrained(..., save_base=True)`, `base/`). See
+            `dmoerm_trl/base_reference.py`.
+        base_model_revision (`str`, *optional*):
+            The hub commit (or branch/tag) of the base, when known; used when the base is loaded by hub id.
         backbone_config (`dict`, *optional*):
             The backbone's own config (`PretrainedConfig.to_dict()`), so the architecture can be built without
             network access and parameters counted without loading weights.
@@ -169,6 +175,7 @@ class DMoERMConfig(PretrainedConfig):
         self,
         categories: dict[str, list[str]] | None = None,
         base_model_name_or_path: str | None = None,
+        base_model_revision: str | None = None,
         backbone_config: dict | None = None,
         lora_r: int = 32,
         lora_alpha: int = 32,
@@ -197,6 +204,7 @@ class DMoERMConfig(PretrainedConfig):
         self.categories = categories
         self.category_order = list(categories)
         self.base_model_name_or_path = base_model_name_or_path
+        self.base_model_revision = base_model_revision
         self.backbone_config = backbone_config
         self.lora_r = lora_r
         self.lora_alpha = lora_alpha

@@ -91,7 +91,7 @@ def load_reward_model(path: str | os.PathLike, device: str | None = None):
         model = AutoModelForSequenceClassification.from_pretrained(path)
         tokenizer_source = path
         if not os.path.exists(os.path.join(path, "tokenizer_config.json")) and config.model_type == "dmoerm":
-            tokenizer_source = config.base_model_name_or_path
+            tokenizer_source = model.config.base_model_name_or_path  # resolved at load (./backbone -> a real path)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -29,7 +29,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from .adapter_layout import AdapterLayoutMixin
-from .backbone import detect_pooling, load_pretrained_backbone
+from .backbone import BACKBONE_KWARGS, HUB_KWARGS, check_load_kwargs, detect_pooling, load_pretrained_backbone
+from .base_reference import pinned_revision
 from .configuration_dmoerm import DMoERMConfig
 from .modeling_outputs import DMoERMOutput
 from .reward_contract import BroadcastRewardScore, SequenceRewardView
@@ -141,8 +142,10 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
 
         Args:
             backbone: a hub id or local path (loaded with ``AutoModel.from_pretrained(backbone, **backbone_kwargs)``,
-                e.g. ``dtype=torch.bfloat16``), or an already loaded ``PreTrainedModel`` (a ``*ForCausalLM`` is
-                unwrapped to its base model). Decoders (Llama, Qwen2, ...) and encoders (BERT, ...) work.
+                e.g. ``dtype=torch.bfloat16``, ``attn_implementation="eager"``, ``revision=``), or an already loaded
+                ``PreTrainedModel`` (a ``*ForCausalLM`` is unwrapped to its base model). Decoders (Llama, Qwen2, ...)
+                and encoders (BERT, ...) work. Options it cannot honour (``quantization_config``, unknown names) are
+                refused with a ``ValueError``.
             categories: ``{category: [capability, ...]}``; one task adapter per category, one expert per capability.
             tokenizer: optional; checked for a pad token, whose id is stored in the config.
             lora_r, lora_alpha, lora_dropout, lora_target_modules, aggregator_hidden_size, router_mode, pooling,
@@ -162,10 +165,16 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
                 "merge_and_unload() if the base should include them)"
             )
         if isinstance(backbone, (str, os.PathLike)):
+            check_load_kwargs(backbone_kwargs, "from_backbone", BACKBONE_KWARGS + HUB_KWARGS)
             base_path = str(backbone)
             base = load_pretrained_backbone(base_path, **backbone_kwargs)
+            base_revision = None if os.path.isdir(base_path) else pinned_revision(
+                base_path, backbone_kwargs.get("revision"), backbone_kwargs.get("cache_dir")
+            )
         elif isinstance(backbone, PreTrainedModel):
-            base_path = backbone.name_or_path or None
+            check_load_kwargs(backbone_kwargs, "from_backbone with an already loaded backbone (pass options when you "
+                              "load it, e.g. AutoModel.from_pretrained(..., attn_implementation=...))", ())
+            base_path, base_revision = backbone.name_or_path or None, None
             inner = getattr(backbone, backbone.base_model_prefix, None)
             base = inner if isinstance(inner, PreTrainedModel) else backbone
         else:
@@ -184,6 +193,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
         config = DMoERMConfig(
             categories=categories,
             base_model_name_or_path=base_path,
+            base_model_revision=base_revision,
             backbone_config=backbone_config,
             lora_r=lora_r,
             lora_alpha=lora_alpha,
@@ -201,6 +211,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             pad_token_id=pad_token_id,
         )
         model = cls(config, backbone=base)
+        model.config._attn_implementation = base.config._attn_implementation  # report what the backbone runs
         # Heads follow the backbone's device and dtype.
         parameter = next(base.parameters())
         model.to(device=parameter.device, dtype=parameter.dtype)
@@ -533,15 +544,18 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
         save_base: bool = False,
         is_main_process: bool = True,
         push_to_hub: bool = False,
+        final_directory: str | os.PathLike | None = None,
         **kwargs,
     ) -> None:
         """Save config, one standard PEFT folder per adapter (``adapters/<name>/``), the heads and a model card.
 
-        The base weights are referenced by ``config.base_model_name_or_path``; ``save_base=True`` also writes them
-        to ``base/`` (needed when the backbone has no path it can be reloaded from). ``state_dict`` (e.g. gathered
-        by DeepSpeed ZeRO-3) is used instead of this model's own when given. Other keyword arguments
-        (``safe_serialization``, ``max_shard_size``) are accepted for Trainer compatibility; files are always
-        safetensors.
+        ``config.json`` names the base so that the folder can move (hub id, ``./path`` inside the folder, else an
+        absolute path: docs/hub.md); ``save_base=True`` also writes the base to ``base/``. ``final_directory``: where
+        a folder written to a staging folder first will end up. ``state_dict`` (e.g. gathered by ZeRO-3) replaces
+        this model's own; ``safe_serialization``/``max_shard_size`` are accepted (files are always safetensors).
+
+        Example:
+            >>> model.save_pretrained("runs/my-dmoerm")  # doctest: +SKIP
         """
         from .serialization import save_dmoerm
 
@@ -549,7 +563,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             raise ValueError("use model.push_to_hub(repo_id) to upload")
         if not is_main_process:
             return
-        save_dmoerm(self, save_directory, state_dict=state_dict, save_base=save_base)
+        save_dmoerm(self, save_directory, state_dict=state_dict, save_base=save_base, final_directory=final_directory)
 
     @classmethod
     def from_pretrained(
@@ -560,9 +574,12 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
         base_model_name_or_path: str | None = None,
         **kwargs,
     ) -> DMoERMForSequenceClassification:
-        """Load a saved DMoERM (local folder or hub repo): the base from ``base/`` or its recorded id/path, then the
-        adapters and heads. ``dtype=``/``device_map=`` and hub options (``revision``, ``token``, ``cache_dir``,
-        ``local_files_only``) are passed on; ``base_model_name_or_path=`` overrides where the base comes from.
+        """Load a saved DMoERM (local folder or hub repo): the base from ``base/`` or its recorded hub id / path
+        (relative to the folder or absolute; a missing base is a clear ``FileNotFoundError`` naming it and the fix),
+        then the adapters and heads. ``dtype=``, ``device_map=``, ``attn_implementation=``, ``low_cpu_mem_usage=``
+        reach the backbone; hub options (``revision``, ``token``, ``cache_dir``, ``local_files_only``) apply to this
+        repo (the base loads at its own recorded revision); ``base_model_name_or_path=`` overrides where the base
+        comes from. Options it cannot honour (``quantization_config``, unknown names) are refused (``ValueError``).
 
         Example:
             >>> import dmoerm_trl

@@ -46,9 +46,22 @@ def _sub_state(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, to
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def save_dmoerm(model, save_directory, state_dict=None, save_base: bool = False) -> None:
+HEADS_FILE = "dmoerm_heads.safetensors"
+CATEGORIES_METADATA = "dmoerm_categories"
+
+
+def categories_metadata(config) -> str:
+    """The ordered ``[[category, [capability, ...]], ...]`` a heads file was saved with (its safetensors metadata):
+    the order sets the router's classes and the order of the aggregator's inputs."""
+    return json.dumps([[category, list(caps)] for category, caps in config.categories.items()])
+
+
+def save_dmoerm(model, save_directory, state_dict=None, save_base: bool = False, final_directory=None) -> None:
+    import copy
+
     from peft import get_peft_model_state_dict
 
+    from .base_reference import reference_for_reader, reference_for_save
     from .hub import build_model_card
 
     folder = Path(save_directory)
@@ -59,18 +72,29 @@ def save_dmoerm(model, save_directory, state_dict=None, save_base: bool = False)
             "the backbone was not loaded from a hub id or path, so a saved model could not find it again; "
             "save with save_pretrained(path, save_base=True)"
         )
+    saved_config = copy.deepcopy(config)
+    saved_config.base_model_name_or_path, saved_config.base_model_revision = reference_for_save(
+        config.base_model_name_or_path, getattr(config, "base_model_revision", None), final_directory or folder,
+        warn=not save_base,
+    )
+    if saved_config.base_model_name_or_path is None and save_base:
+        saved_config.base_model_name_or_path = "./base"
+    hub_base = reference_for_reader(saved_config.base_model_name_or_path)
     state_dict = state_dict if state_dict is not None else model.state_dict()
     heads = {k: v for k, v in state_dict.items() if not k.startswith(BACKBONE_PREFIXES)}
     backbone_state = _sub_state(state_dict, "backbone.")
-    atomic_save_safetensors(heads, folder / "dmoerm_heads.safetensors")
+    metadata = {"format": "pt", CATEGORIES_METADATA: categories_metadata(config)}
+    atomic_save_safetensors(heads, folder / HEADS_FILE, metadata=metadata)
 
     for name in model.all_adapter_names():
         prefix, owner = model.adapter_owner(name)
         adapter_state = get_peft_model_state_dict(owner, state_dict=_sub_state(state_dict, prefix), adapter_name=name)
         adapter_dir = folder / "adapters" / name
         atomic_save_safetensors(adapter_state, adapter_dir / ADAPTER_WEIGHTS)
-        peft_config = owner.peft_config[name]
-        peft_config.base_model_name_or_path = config.base_model_name_or_path
+        peft_config = copy.copy(owner.peft_config[name])
+        # PEFT reads this as a hub id or a path from the working directory: the hub id when there is one.
+        peft_config.base_model_name_or_path = hub_base or config.base_model_name_or_path
+        peft_config.revision = saved_config.base_model_revision if hub_base else None
         atomic_write_text(adapter_dir / "adapter_config.json", json.dumps(peft_config.to_dict(), indent=2, default=list))
 
     if model.full_task_mode:
@@ -83,8 +107,8 @@ def save_dmoerm(model, save_directory, state_dict=None, save_base: bool = False)
         atomic_write_text(base_dir / "config.json", config.get_backbone_config().to_json_string())
     if model.model_card_metrics:
         atomic_write_text(folder / "eval_results.json", json.dumps(model.model_card_metrics, indent=2))
-    atomic_write_text(folder / "config.json", config.to_json_string())
-    atomic_write_text(folder / "README.md", build_model_card(model, save_base=save_base))
+    atomic_write_text(folder / "config.json", saved_config.to_json_string())
+    atomic_write_text(folder / "README.md", build_model_card(model, save_base=save_base, base_model=hub_base).content)
 
 
 def _resolve_folder(name_or_path, hub_kwargs: dict) -> Path:
@@ -95,36 +119,54 @@ def _resolve_folder(name_or_path, hub_kwargs: dict) -> Path:
     return Path(snapshot_download(str(name_or_path), **hub_kwargs))
 
 
-_HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
-_BASE_KWARGS = ("dtype", "torch_dtype", "device_map", "attn_implementation", "low_cpu_mem_usage")
+# from_pretrained's own options: the DMoERM folder's hub options, the backbone's loading options, and what
+# transformers' Auto classes and TRL pass along (adapter_kwargs: their PEFT lookup, unused here; subfolder: "";
+# trust_remote_code: TRL's GRPO passes the policy's; unused: no downloaded code runs, the backbone loads without it).
+_REPO_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
+_AUTO_KWARGS = ("adapter_kwargs", "subfolder", "num_labels", "trust_remote_code")
 
 
 def load_dmoerm(cls, name_or_path, config, base_model_name_or_path, kwargs: dict):
-    from .backbone import load_pretrained_backbone
+    from .backbone import BACKBONE_KWARGS, check_load_kwargs, load_pretrained_backbone
+    from .base_reference import MissingBaseModelError, is_relative_reference, resolve_base
     from .configuration_dmoerm import DMoERMConfig
 
+    check_load_kwargs(kwargs, "from_pretrained", BACKBONE_KWARGS + _REPO_KWARGS + _AUTO_KWARGS)
     num_labels = kwargs.pop("num_labels", 1)
     if num_labels != 1:
         raise ValueError(f"a DMoERM is a reward model with one output; got num_labels={num_labels}")
-    hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
-    base_kwargs = {k: kwargs[k] for k in _BASE_KWARGS if k in kwargs}
-    base_kwargs.update({k: v for k, v in hub_kwargs.items() if k in ("revision", "token", "cache_dir", "local_files_only")})
-    folder = _resolve_folder(name_or_path, hub_kwargs)
-    if not (folder / "dmoerm_heads.safetensors").exists():
+    if kwargs.get("subfolder"):
+        raise ValueError("from_pretrained: subfolder= is not supported; pass the DMoERM folder itself")
+    repo_kwargs = {k: kwargs[k] for k in _REPO_KWARGS if kwargs.get(k) is not None}
+    base_kwargs = {k: kwargs[k] for k in BACKBONE_KWARGS if kwargs.get(k) is not None}
+    # transformers' Auto classes fold attn_implementation= into the config they pass: hand it on to the backbone.
+    folded = config._attn_implementation_internal if isinstance(config, DMoERMConfig) else None
+    if folded is not None and "attn_implementation" not in base_kwargs:
+        base_kwargs["attn_implementation"] = folded
+    folder = _resolve_folder(name_or_path, repo_kwargs)
+    if not (folder / HEADS_FILE).exists():
         raise FileNotFoundError(
-            f"{folder} is not a saved DMoERM (no dmoerm_heads.safetensors); save one with model.save_pretrained()"
+            f"{folder} is not a saved DMoERM (no {HEADS_FILE}); save one with model.save_pretrained()"
         )
     if not isinstance(config, DMoERMConfig):
         config = DMoERMConfig.from_pretrained(folder)
-    if (folder / "base").is_dir():
-        base_source = folder / "base"
-        base_kwargs = {k: v for k, v in base_kwargs.items() if k not in ("revision", "token", "cache_dir")}
-    else:
-        base_source = base_model_name_or_path or config.base_model_name_or_path
-        if base_source is None:
-            raise ValueError(f"{folder} has no base/ folder and its config names no base model; pass base_model_name_or_path=")
-    base = load_pretrained_backbone(base_source, **base_kwargs)
+    base_source, base_revision = resolve_base(folder, config, base_model_name_or_path)
+    if not Path(base_source).is_dir():  # by hub id: the repo's credentials and cache, the base's own revision
+        base_kwargs.update({k: v for k, v in repo_kwargs.items() if k in ("token", "cache_dir", "local_files_only")})
+        if base_revision:
+            base_kwargs["revision"] = base_revision
+    try:
+        base = load_pretrained_backbone(base_source, **base_kwargs)
+    except OSError as err:
+        raise MissingBaseModelError(
+            f"{folder}: could not load its base model {base_source!r} ({str(err).splitlines()[0]}). Fix: make the "
+            "hub id reachable (network, login, cache), or pass base_model_name_or_path=<folder of the base>"
+        ) from err
+    if is_relative_reference(config.base_model_name_or_path):
+        config.base_model_name_or_path = base_source  # this model's base, wherever the model is saved next
+        config.base_model_revision = None
     model = cls(config, backbone=base)
+    model.config._attn_implementation = base.config._attn_implementation
     parameter = next(base.parameters())
     model.to(device=parameter.device, dtype=parameter.dtype)
     load_dmoerm_weights(model, folder)
@@ -134,18 +176,49 @@ def load_dmoerm(cls, name_or_path, config, base_model_name_or_path, kwargs: dict
     return model
 
 
+def check_categories_metadata(config, path: Path) -> None:
+    """Refuse heads saved for another order (or set) of categories and capabilities than ``config`` lists.
+
+    The order of ``categories`` sets the router's classes and the order of each aggregator's inputs, so an edited
+    order in ``config.json`` would change rewards and routing without any error. Heads files saved before this
+    check (no metadata) load as before; other metadata keys and extra tensors are not this check's business.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        saved = (handle.metadata() or {}).get(CATEGORIES_METADATA)
+    if saved is None:
+        return
+    saved_order = [(category, list(caps)) for category, caps in json.loads(saved)]
+    config_order = [(category, list(caps)) for category, caps in config.categories.items()]
+    if saved_order == config_order:
+        return
+    as_sets = {c: sorted(caps) for c, caps in saved_order} == {c: sorted(caps) for c, caps in config_order}
+    what = (
+        "lists the same categories and capabilities in another order; the order sets the router's classes and the "
+        "aggregator's inputs, so restore the saved order in config.json (categories and category_order)"
+        if as_sets
+        else "lists other categories or capabilities; load the config.json saved with these heads"
+    )
+    raise ValueError(
+        f"{path.parent}/config.json does not match {path.name}: the heads were saved for {dict(saved_order)}, "
+        f"config.json {what} (it has {dict(config_order)})"
+    )
+
+
 def load_dmoerm_weights(model, folder) -> None:
     from peft import set_peft_model_state_dict
 
     folder = Path(folder)
-    heads = load_file(folder / "dmoerm_heads.safetensors")
+    check_categories_metadata(model.config, folder / HEADS_FILE)
+    heads = load_file(folder / HEADS_FILE)
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(BACKBONE_PREFIXES)}
     missing = sorted(set(own) - set(heads))
     unexpected = sorted(set(heads) - set(own))
     reshaped = sorted(k for k in set(own) & set(heads) if own[k].shape != heads[k].shape)
     if missing or unexpected or reshaped:
         raise ValueError(
-            f"{folder}/dmoerm_heads.safetensors does not match this model's categories and capabilities "
+            f"{folder}/{HEADS_FILE} does not match this model's categories and capabilities "
             f"(missing {missing[:4]}, unexpected {unexpected[:4]}, other shape {reshaped[:4]}); "
             "was it saved from another config?"
         )

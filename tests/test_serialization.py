@@ -127,17 +127,18 @@ def test_push_to_hub_uploads_exactly_the_model_files(model_and_batch, tmp_path, 
 
     monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
     monkeypatch.setattr(HfApi, "create_commit", fake_create_commit)
-    result = model.push_to_hub("me/dmoerm", metrics={"pairwise_accuracy": 0.71}, private=True)
+    # The base is a local folder: uploaded with the model (a reader could not get it otherwise, tests/test_hub.py).
+    result = model.push_to_hub("me/dmoerm", metrics={"pairwise_accuracy": 0.71}, private=True, save_base=True)
     assert calls["create_repo"][0] == "me/dmoerm" and calls["create_repo"][1]["private"] is True
     assert calls["create_commit"][0] == "me/dmoerm" and "commit" in str(result)
     expected = {"config.json", "dmoerm_heads.safetensors", "README.md", "eval_results.json"} | {
         f"adapters/{name}/{f}" for name in model.all_adapter_names()
         for f in ("adapter_config.json", "adapter_model.safetensors")
-    }
+    } | {"base/config.json", "base/model.safetensors"}
     assert file_set(uploaded) == expected
     card = (uploaded / "README.md").read_text()
     assert "objective_qa" in card and "correctness, logic, depth" in card and "0.7100" in card
-    assert model.config.base_model_name_or_path in card
+    assert "saved in this repository (`base/`)" in card
     reloaded = AutoModelForSequenceClassification.from_pretrained(uploaded)
     torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits, rtol=0, atol=0)
     assert reloaded.model_card_metrics == {"pairwise_accuracy": 0.71}

@@ -4,6 +4,10 @@ evaluation metrics, to the Hugging Face Hub.
     dmoerm push runs/my-dmoerm me/my-dmoerm --metrics runs/my-dmoerm/eval_metrics.json --private
     dmoerm push runs/my-dmoerm me/my-dmoerm --metric pairwise_accuracy=0.71 --metric bon_gold_gain=0.12
 
+A reader needs the base model too: when the model names its base by hub id (built on a hub id, or on a hub cache
+snapshot), the reader's ``from_pretrained`` downloads it from there; a model on a local base is refused unless
+``--save-base`` uploads the base with it (``base/``).
+
 Authentication is huggingface_hub's (``HF_TOKEN`` or ``huggingface-cli login``); no token is written anywhere.
 """
 
@@ -19,7 +23,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--metrics", default=None, help="a JSON file of evaluation metrics (numbers are kept)")
     parser.add_argument("--metric", action="append", default=[], help="one metric as name=value (repeatable)")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument("--save-base", action="store_true", help="upload the base model weights too (base/)")
+    parser.add_argument(
+        "--save-base", action="store_true",
+        help="upload the base model weights too (base/); needed when the base is a local folder, not a hub id",
+    )
     parser.add_argument("--no-tokenizer", action="store_true", help="do not upload the tokenizer files")
     parser.add_argument("--commit-message", default=None)
     parser.add_argument("--revision", default=None, help="branch to push to")
@@ -64,7 +71,6 @@ def collect_metrics(metrics_file: str | None, metric_args: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     import sys
-    import tempfile
     from pathlib import Path
 
     try:
@@ -75,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         import dmoerm_trl  # noqa: F401  (registers DMoERM with the Auto classes)
+        from dmoerm_trl.base_reference import reference_for_reader
 
         config = AutoConfig.from_pretrained(model_dir)
         if config.model_type != "dmoerm":
@@ -82,36 +89,33 @@ def run(args: argparse.Namespace) -> int:
                 f"{model_dir} holds a {config.model_type!r} model; `dmoerm push` uploads DMoERM models (adapters, "
                 "heads and a model card). Use model.push_to_hub() for other models"
             )
+        base_hub_id = reference_for_reader(config.base_model_name_or_path)  # checked before loading anything
+        if base_hub_id is None and not args.save_base:
+            raise ValueError(
+                f"the base model of {model_dir} is a local folder ({config.base_model_name_or_path}), which a "
+                f"reader of {args.repo_id} cannot download; add --save-base to upload it with the model (base/)"
+            )
         model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        has_tokenizer = any((model_dir / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
+        tokenizer = AutoTokenizer.from_pretrained(model_dir) if has_tokenizer and not args.no_tokenizer else None
+        commit = model.push_to_hub(
+            args.repo_id,
+            save_base=args.save_base,
+            metrics=metrics or None,
+            commit_message=args.commit_message,
+            private=args.private or None,
+            revision=args.revision,
+            create_pr=args.create_pr,
+            tokenizer=tokenizer,
+        )
     except (ValueError, FileNotFoundError) as err:
         print(f"dmoerm push: error: {err}", file=sys.stderr)
         return 2
-    commit = model.push_to_hub(
-        args.repo_id,
-        save_base=args.save_base,
-        metrics=metrics or None,
-        commit_message=args.commit_message,
-        private=args.private or None,
-        revision=args.revision,
-        create_pr=args.create_pr,
-    )
     print(f"dmoerm push: uploaded {model_dir} to {args.repo_id}: {commit}")
-    has_tokenizer = any((model_dir / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
-    if has_tokenizer and not args.no_tokenizer:
-        from huggingface_hub import CommitOperationAdd, HfApi
-
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        with tempfile.TemporaryDirectory() as folder:
-            tokenizer.save_pretrained(folder)
-            operations = [
-                CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in sorted(Path(folder).iterdir())
-            ]
-            HfApi().create_commit(
-                repo_id=args.repo_id,
-                operations=operations,
-                commit_message="Upload tokenizer",
-                revision=args.revision,
-                create_pr=args.create_pr,
-            )
-        print(f"dmoerm push: uploaded the tokenizer ({len(operations)} files)")
+    if args.save_base:
+        print("dmoerm push: the base model was uploaded with it (base/)")
+    else:
+        print(f"dmoerm push: readers need the base model {base_hub_id}: from_pretrained downloads it from the Hub")
+    if tokenizer is not None:
+        print("dmoerm push: the tokenizer was uploaded in the same commit")
     return 0

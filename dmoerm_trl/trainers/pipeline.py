@@ -49,6 +49,7 @@ from .preference_data import (
     select_capability_labels,
 )
 from .run_config import RUN_CONFIG_FILE, build_run_config, check_rerun, delete_results
+from .run_end import check_push_settings, final_metrics, log_final_metrics, push_trained_model
 from .stage import Stage, without_zero3_init
 
 logger = logging.getLogger(__name__)
@@ -337,13 +338,12 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
     def _export(self) -> None:
         model = self._build_model()
         model.set_training_stage(None)
-        model.model_card_metrics = {
-            name: info["metrics"] for name, info in self.state["stages"].items() if info.get("metrics")
-        }
+        model.model_card_metrics = final_metrics(self.state["stages"])
         if self.is_main:
             tmp = self.output_dir / ".export-tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp, save_base=self.model_args.save_base_model)
+            # final_directory: a base inside the run folder (tiny_backbone) is named relative to it (./backbone)
+            model.save_pretrained(tmp, save_base=self.model_args.save_base_model, final_directory=self.output_dir)
             self.tokenizer.save_pretrained(tmp)
             for entry in sorted(tmp.iterdir()):
                 replace_path(entry, self.output_dir / entry.name)
@@ -372,6 +372,7 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
     def run(self) -> dict[str, Any]:
         """Run every stage that is not finished; export the model; return the summary (also saved as JSON)."""
         start = time.perf_counter()
+        check_push_settings(self.model_args, self.args)  # before any training: refused now, not after hours
         if self.args.torch_num_threads:
             import torch
 
@@ -415,7 +416,19 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
                           if i["status"] == "done" and n not in ("baseline", "label"))
         if finished and finished != sorted(self.state.get("exported_after", [])):
             self._export()
+        self._finish(finished)
         return self._summary(time.perf_counter() - start)
+
+    def _finish(self, finished: list[str]) -> None:
+        """The final evaluation to the trackers (when stages ran this time); push_to_hub: true uploads the model
+        once per exported state (a rerun that changed nothing does not push again)."""
+        if self.ran_stages:
+            log_final_metrics(self.args, self.callbacks, final_metrics(self.state["stages"]), self.is_main)
+        if self.args.push_to_hub and finished and self.state.get("pushed_after") != finished:
+            if self.is_main:
+                commit = push_trained_model(self.output_dir, self.model_args, self.args, self.tokenizer)
+                self.state["pushed_after"], self.state["pushed_commit"] = finished, commit
+            self._write_state()
 
     def _run_baseline(self, stage: Stage) -> None:
         from .baseline import train_baseline_reward_model

@@ -291,6 +291,11 @@ class DMoERMTrainingConfig(RewardConfig):
             plus its score head (`True`) or all weights (`False`).
         restart (`bool`, defaults to `False`):
             Ignore finished stages and checkpoints in `output_dir` and start over (they are deleted first).
+        push_to_hub (`bool`, defaults to `False`), hub_model_id, hub_private_repo, hub_token, hub_revision:
+            At the end of the run, upload the trained DMoERM (model card, adapters, heads, tokenizer; one commit) to
+            `hub_model_id` (default: the output folder's name). Refused before training when a reader could not get
+            the base: set `save_base_model: true` or use a hub id as `model_name_or_path`. The stages themselves
+            never push.
         torch_num_threads (`int`, *optional*):
             `torch.set_num_threads` for the run. Tiny models on CPU train several times faster with 1 thread
             (thread start-up costs more than their matrix products), especially on a busy machine.

@@ -230,12 +230,13 @@ def test_push_uploads_adapters_card_with_metrics_and_tokenizer(tmp_path, rl_asse
     metrics.write_text(
         json.dumps({"eval": {"pairwise_accuracy": 0.71, "note": "text is dropped"}, "bon_gold_gain": 0.05})
     )
-    code = dmoerm(
-        ["push", rl_assets["dmoerm"], "me/tiny-dmoerm", "--metrics", str(metrics), "--metric", "kl_at_peak=1.5"]
-    )
-    assert code == 0
-    (repo, _, model_files), (_, message, tokenizer_files) = commits
-    assert repo == "me/tiny-dmoerm" and message == "Upload tokenizer"
+    # The tiny base is a local folder: refused unless --save-base uploads it (tests/test_hub.py has the hub-id case).
+    command = ["push", rl_assets["dmoerm"], "me/tiny-dmoerm", "--metrics", str(metrics), "--metric", "kl_at_peak=1.5"]
+    assert dmoerm(command) == 2 and "--save-base" in capsys.readouterr().err and not commits
+    assert dmoerm([*command, "--save-base"]) == 0
+    [(repo, _, model_files)] = commits  # model, base and tokenizer in one commit
+    tokenizer_files = model_files
+    assert repo == "me/tiny-dmoerm" and "base/model.safetensors" in model_files
     assert "config.json" in model_files and "README.md" in model_files
     adapters = [p for p in model_files if p.startswith("adapters/") and p.endswith("adapter_model.safetensors")]
     assert len(adapters) >= 6  # router + task + capability experts of both categories
