@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -48,6 +49,15 @@ def run(args: argparse.Namespace) -> int:
         f"{args.model}/base" if model.config.base_model_name_or_path is None else model.config.base_model_name_or_path
     )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    for result in model.compute_rewards(conversations, tokenizer, batch_size=args.batch_size):
+    results = model.compute_rewards(conversations, tokenizer, batch_size=args.batch_size)
+    for result in results:
         print(json.dumps(result, ensure_ascii=False))
+    truncated = sum(result["truncated"] for result in results)
+    if truncated:  # the per-line flag says which; this says how many (docs/rl.md, "Over-long conversations")
+        print(
+            f"dmoerm score: {truncated} of {len(results)} conversations were longer than "
+            f"{model.config.max_position_embeddings} tokens: scored on their end (oldest prompt tokens dropped, "
+            "response kept); see `truncated` per line",
+            file=sys.stderr,
+        )
     return 0
