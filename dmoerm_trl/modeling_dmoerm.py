@@ -585,8 +585,10 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             >>> from transformers import AutoModelForSequenceClassification
             >>> model = AutoModelForSequenceClassification.from_pretrained("./my-dmoerm")  # doctest: +SKIP
         """
+        from .paths import require_model
         from .serialization import load_dmoerm
 
+        require_model(str(pretrained_model_name_or_path), "pretrained_model_name_or_path")
         return load_dmoerm(cls, pretrained_model_name_or_path, config, base_model_name_or_path, kwargs)
 
     def load_dmoerm_weights(self, folder: str | os.PathLike) -> None:

@@ -7,6 +7,35 @@ import torch
 from .truncation import encode_keep_end, warn_truncated
 
 
+def check_conversation(conversation, where: str):
+    """``conversation`` if it is a non-empty text or a non-empty list of ``{"role", "content"}`` messages, else a
+    ``ValueError`` naming ``where`` (a file line or a list index) and what is wrong.
+
+    Example:
+        >>> check_conversation("Q: 2+2? A: 4", "conversation 0")
+        'Q: 2+2? A: 4'
+    """
+    if isinstance(conversation, str):
+        if not conversation.strip():
+            raise ValueError(f"{where}: the text is empty; give the conversation to score")
+        return conversation
+    if not isinstance(conversation, list):
+        raise ValueError(
+            f"{where}: a conversation must be a string (`text`) or a list of messages (`messages`), got "
+            f"{type(conversation).__name__} {conversation!r:.40}"
+        )
+    if not conversation:
+        raise ValueError(f"{where}: `messages` is empty; give at least the user turn and the response")
+    for index, message in enumerate(conversation):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or "content" not in message:
+            raise ValueError(f"{where}: message {index} must be {{\"role\": str, \"content\": str}}, got {message!r:.60}")
+        if not isinstance(message["content"], str):
+            raise ValueError(
+                f"{where}: message {index} `content` must be a string, got {type(message['content']).__name__}"
+            )
+    return conversation
+
+
 @torch.no_grad()
 def score_conversations(model, conversations, tokenizer, batch_size: int = 16, max_length: int | None = None):
     """A list of ``{reward, category, router_prob, capabilities, truncated}`` dicts, one per text or conversation.
@@ -24,6 +53,9 @@ def score_conversations(model, conversations, tokenizer, batch_size: int = 16, m
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token first")
+    if isinstance(conversations, (str, dict)):
+        raise ValueError("conversations must be a list (of texts or of message lists); wrap a single one in [...]")
+    conversations = [check_conversation(c, f"conversation {i}") for i, c in enumerate(conversations)]
     texts = [c if isinstance(c, str) else tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
     max_length = max_length or model.config.max_position_embeddings
     encoded, truncated = encode_keep_end(tokenizer, texts, max_length, add_special_tokens=model.config.pooling == "first")
