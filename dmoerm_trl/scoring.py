@@ -28,7 +28,9 @@ def check_conversation(conversation, where: str):
         raise ValueError(f"{where}: `messages` is empty; give at least the user turn and the response")
     for index, message in enumerate(conversation):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str) or "content" not in message:
-            raise ValueError(f"{where}: message {index} must be {{\"role\": str, \"content\": str}}, got {message!r:.60}")
+            raise ValueError(
+                f"{where}: message {index} must be {{\"role\": str, \"content\": str}}, got {message!r:.60}"
+            )
         if not isinstance(message["content"], str):
             raise ValueError(
                 f"{where}: message {index} `content` must be a string, got {type(message['content']).__name__}"
@@ -58,7 +60,8 @@ def score_conversations(model, conversations, tokenizer, batch_size: int = 16, m
     conversations = [check_conversation(c, f"conversation {i}") for i, c in enumerate(conversations)]
     texts = [c if isinstance(c, str) else tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
     max_length = max_length or model.config.max_position_embeddings
-    encoded, truncated = encode_keep_end(tokenizer, texts, max_length, add_special_tokens=model.config.pooling == "first")
+    add_special_tokens = model.config.pooling == "first"
+    encoded, truncated = encode_keep_end(tokenizer, texts, max_length, add_special_tokens=add_special_tokens)
     warn_truncated("compute_rewards", sum(truncated), len(texts), max_length)
     device = next(model.parameters()).device
     was_training = model.training
@@ -66,8 +69,8 @@ def score_conversations(model, conversations, tokenizer, batch_size: int = 16, m
     results = []
     try:
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer.pad({"input_ids": encoded[start : start + batch_size]}, padding=True, return_tensors="pt")
-            batch = batch.to(device)
+            chunk = {"input_ids": encoded[start : start + batch_size]}
+            batch = tokenizer.pad(chunk, padding=True, return_tensors="pt").to(device)
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             for i in range(len(batch["input_ids"])):
                 category = model.config.category_names[int(out.category_ids[i])]

@@ -5,7 +5,8 @@ than ``max_length`` tokens loses its *oldest* tokens (left truncation): the firs
 user turn's end, the assistant opener and the whole response stay. The special tokens the tokenizer adds at the start
 (``[CLS]``, ``<s>``) are kept in front; the ones at the end (``[SEP]``, EOS) are kept with the end. Every truncated
 conversation is flagged (``truncated: true`` in ``compute_rewards``/``dmoerm score`` output) and counted (a warning
-in the log, the summary line of ``dmoerm score``, ``counts`` in ``dmoerm eval``'s report, ``RewardScorer.num_truncated``).
+in the log, the summary line of ``dmoerm score``, ``counts`` in ``dmoerm eval``'s report,
+``RewardScorer.num_truncated``).
 
 The user's tokenizer is never modified (its ``truncation_side`` stays what it was): texts are tokenized in full and
 the ids are cut here.

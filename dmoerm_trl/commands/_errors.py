@@ -26,11 +26,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     import yaml
     from safetensors import SafetensorError
 
-    from ..rl.ppo import PPOUnavailableError
-
     # ValueError covers DataValidationError, TrainingDataError, TemplateError, JSON and UnicodeDecodeError;
     # OSError covers missing/unreadable files, "is a directory", and transformers' "not a valid model identifier".
-    return (ValueError, OSError, yaml.YAMLError, SafetensorError, PPOUnavailableError)
+    errors = (ValueError, OSError, yaml.YAMLError, SafetensorError)
+    ppo = sys.modules.get("dmoerm_trl.rl.ppo")  # only raised once loaded; importing dmoerm_trl.rl costs seconds
+    return errors + ((ppo.PPOUnavailableError,) if ppo is not None else ())
 
 
 def one_line(err: BaseException) -> str:
@@ -86,4 +86,15 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """argparse ``type=`` for a TCP port (0: any free port)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0-65535 (0: any free port), got {value}")
     return value

@@ -2,7 +2,8 @@
 
 Flags mirror :class:`dmoerm_trl.labeling.config.LabelingConfig`; ``--config FILE.yaml`` sets any of them (flags
 given on the command line win). Exit codes: 0 complete, 2 user error (bad option, config, data, template or output
-path: one line naming it), 1 stopped (the endpoint refused, e.g. a wrong API key), 3 incomplete (budget reached or requests failed after every retry: rerun to continue from the cache).
+path: one line naming it), 1 stopped (the endpoint refused, e.g. a wrong API key), 3 incomplete (budget reached or
+requests failed after every retry: rerun to continue from the cache).
 
 Example:
     $ export OPENAI_API_KEY=...            # never written anywhere
@@ -61,7 +62,9 @@ def _config_from_args(args):
         with open(require_input_file(args.config, "--config"), encoding="utf-8") as handle:
             loaded = yaml.safe_load(handle) or {}
         if not isinstance(loaded, dict):
-            raise ValueError(f"--config {args.config}: must be a YAML mapping of option: value, got {type(loaded).__name__}")
+            raise ValueError(
+                f"--config {args.config}: must be a YAML mapping of option: value, got {type(loaded).__name__}"
+            )
         if "api_key" in loaded:
             raise ValueError(f"{args.config}: do not store API keys in config files; use --api-key-env.")
         known = {f.name for f in dataclasses.fields(LabelingConfig)}

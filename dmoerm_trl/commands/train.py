@@ -37,7 +37,6 @@ def build_parser():
     from trl import TrlParser
 
     from ..trainers.training_config import DMoERMDataArguments, DMoERMModelArguments, DMoERMTrainingConfig
-
     from ._errors import one_line_parser_errors
 
     return one_line_parser_errors(TrlParser(
@@ -91,7 +90,7 @@ def run_pipeline(argv: list[str] | None, command: str, configure=None) -> int:
     try:
         model_args, data_args, training_args = parse_config(argv)
     except user_errors() as err:
-        print(f"{command}: error in the configuration: {one_line(err)}", file=sys.stderr)
+        print(f"{command}: error: bad configuration: {one_line(err)}", file=sys.stderr)
         return 2
     from ..trainers.pipeline import DMoERMTrainingPipeline
 
