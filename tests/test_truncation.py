@@ -124,3 +124,22 @@ def test_eval_prepare_pairs_truncates_left_and_counts(tiny_tokenizer):
     full = tiny_tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": "yes"}], tokenize=True,
                                               return_dict=True)["input_ids"]
     assert prepared[0]["chosen_ids"] == list(full[-64:])
+
+
+def test_grpo_style_call_keeps_each_rows_end(model_and_tokenizer):
+    # TRL GRPO/RLOO re-tokenize the texts (right padding, no special tokens, no truncation) and call the model under
+    # inference_mode, left in training mode: over-long rows keep their ends, short rows are untouched.
+    model, tokenizer = model_and_tokenizer
+    texts = [tokenizer.apply_chat_template(c, tokenize=False)
+             for c in (conversation("The answer is yes."), conversation("The answer is no."), conversation("Hi", "Hi"))]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+    assert batch["input_ids"].shape[1] > model.config.max_position_embeddings
+    model.train()
+    try:
+        with torch.inference_mode():
+            rewards = model(**batch).logits[:, 0].tolist()
+    finally:
+        model.eval()
+    expected = [r["reward"] for r in model.compute_rewards(texts, tokenizer)]
+    assert rewards == pytest.approx(expected, abs=1e-5)
+    assert rewards[0] != pytest.approx(rewards[1], abs=1e-7)
