@@ -161,6 +161,9 @@ CLI_CASES = {
         lambda f: ["eval", "--model", f.model, "--data", MTMC, "--batch-size", "0"],
         "--batch-size: must be at least 1",
     ),
+    "eval-max-length-negative": (
+        lambda f: ["eval", "--model", f.model, "--data", MTMC, "--max-length", "-5"], "--max-length: must be at least 1",
+    ),
     # dmoerm label
     "label-output-is-a-file": (
         lambda f: ["label", "--data", MTMC, "--model", "judge", "--output", f.good], "--output",

@@ -24,7 +24,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--baseline", default=None, help="A baseline reward model folder to compare with.")
     parser.add_argument("--output", default=None, help="Output folder (default: <model>/eval).")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="Sequences per forward pass.")
-    parser.add_argument("--max-length", type=int, default=None,
+    parser.add_argument("--max-length", type=positive_int, default=None,
                         help="Keep the last N tokens of longer conversations (counted).")
     parser.add_argument("--higher-rank-is-better", action="store_true",
                         help="Ranks are scores (higher wins) instead of positions (rank 1 wins).")
