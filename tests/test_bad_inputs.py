@@ -162,7 +162,8 @@ CLI_CASES = {
         "--batch-size: must be at least 1",
     ),
     "eval-max-length-negative": (
-        lambda f: ["eval", "--model", f.model, "--data", MTMC, "--max-length", "-5"], "--max-length: must be at least 1",
+        lambda f: ["eval", "--model", f.model, "--data", MTMC, "--max-length", "-5"],
+        "--max-length: must be at least 1",
     ),
     # dmoerm label
     "label-output-is-a-file": (

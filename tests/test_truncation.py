@@ -130,8 +130,8 @@ def test_grpo_style_call_keeps_each_rows_end(model_and_tokenizer):
     # TRL GRPO/RLOO re-tokenize the texts (right padding, no special tokens, no truncation) and call the model under
     # inference_mode, left in training mode: over-long rows keep their ends, short rows are untouched.
     model, tokenizer = model_and_tokenizer
-    texts = [tokenizer.apply_chat_template(c, tokenize=False)
-             for c in (conversation("The answer is yes."), conversation("The answer is no."), conversation("Hi", "Hi"))]
+    conversations = (conversation("The answer is yes."), conversation("The answer is no."), conversation("Hi", "Hi"))
+    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
     batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
     assert batch["input_ids"].shape[1] > model.config.max_position_embeddings
     model.train()
