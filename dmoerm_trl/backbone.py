@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
@@ -89,6 +91,10 @@ def load_pretrained_backbone(name_or_path, **kwargs) -> PreTrainedModel:
     """
     from transformers.utils import logging as hf_logging
 
+    from .paths import require_model
+
+    if isinstance(name_or_path, (str, os.PathLike)):
+        require_model(str(name_or_path), "backbone")
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report would list lm_head as "unexpected" for every causal LM
     try:

@@ -7,6 +7,9 @@ them. A module registers a subcommand with two functions::
     def add_parser(subparsers) -> argparse.ArgumentParser   # declares the flags
     def run(args: argparse.Namespace) -> int                  # does the work, returns the exit code
 
+A user mistake found anywhere below ``run`` raises a ``ValueError``/``FileNotFoundError`` whose message names the
+file/field/flag and the fix; :func:`main` prints it as one line and returns 2 (see ``commands/_errors.py``).
+
 Example:
     $ dmoerm --help
     $ dmoerm info ./my-dmoerm
@@ -17,6 +20,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from .commands._errors import OneLineArgumentParser, run_command
 
 # name -> (module, one-line help). Add a line here to add a subcommand.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -46,11 +51,11 @@ def _lazy_add_parser(subparsers, name: str, module_name: str, help_text: str) ->
             return
         raise
     parser = module.add_parser(subparsers, name, help_text)
-    parser.set_defaults(_run=module.run)
+    parser.set_defaults(_run=module.run, _prog=f"dmoerm {name}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="dmoerm",
         description="DMoERM: a double-layer mixture-of-experts reward model for TRL (arXiv 2403.01197).",
     )
@@ -66,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    # A user mistake (bad file, value, flag or config) is one line on stderr and exit code 2, never a traceback.
+    return run_command(args._run, args, args._prog)
 
 
 if __name__ == "__main__":

@@ -177,16 +177,24 @@ def _route(model, sequences, pad_token_id: int, batch_size: int, desc: str) -> l
 
 # -------------------------------------------------------------------------------------------------- evaluation
 def prepare_pairs(pairs, tokenizer, max_length: int | None, what: str, counts: dict):
-    """Tokenize preference pairs for scoring; pairs longer than ``max_length`` are dropped and counted in
-    ``counts[f"{what}_longer_than_max_length"]`` (with a warning), never silently."""
+    """Tokenize preference pairs for scoring. A conversation longer than ``max_length`` keeps its end (its oldest
+    prompt tokens go, the response stays: :mod:`dmoerm_trl.truncation`); such pairs are counted in
+    ``counts[f"{what}_truncated_left"]`` (with a warning), never dropped or cut silently."""
     from .trainers.preference_data import tokenize_pairs
+    from .truncation import keep_end, warn_truncated
 
-    before = len(pairs)
-    pairs = tokenize_pairs(pairs, tokenizer, max_length, what)
-    if before - len(pairs):
-        counts[f"{what}_longer_than_max_length"] = before - len(pairs)
-        logger.warning("%s: %d of %d pairs are longer than %s tokens and are not evaluated", what,
-                       before - len(pairs), before, max_length)
+    pairs = tokenize_pairs(pairs, tokenizer, None, what)
+    if max_length is None:
+        return pairs
+    columns = ("prompt_ids", "chosen_ids", "rejected_ids")
+    too_long = [
+        len(chosen) > max_length or len(rejected) > max_length
+        for chosen, rejected in zip(pairs["chosen_ids"], pairs["rejected_ids"])
+    ]
+    if any(too_long):
+        counts[f"{what}_truncated_left"] = sum(too_long)
+        warn_truncated(what, sum(too_long), len(pairs), max_length)
+        pairs = pairs.map(lambda row: {c: keep_end(row[c], max_length) for c in columns}, desc=f"{what}: keep ends")
     return pairs
 
 

@@ -160,8 +160,9 @@ def _bars(axis, labels: list[str], series: list[tuple[str, list[dict | None]]], 
     for index, (name, entries) in enumerate(series):
         offsets = [p + (index - (len(series) - 1) / 2) * width for p in positions]
         values = [(e or {}).get("accuracy") or 0.0 for e in entries]
-        low = [v - ((e or {}).get("ci95") or [v, v])[0] for v, e in zip(values, entries)]
-        high = [((e or {}).get("ci95") or [v, v])[1] - v for v, e in zip(values, entries)]
+        # max(0, .): at 0 correct the interval's lower end comes out 5.6e-17, and matplotlib refuses negative yerr
+        low = [max(0.0, v - ((e or {}).get("ci95") or [v, v])[0]) for v, e in zip(values, entries)]
+        high = [max(0.0, ((e or {}).get("ci95") or [v, v])[1] - v) for v, e in zip(values, entries)]
         axis.bar(offsets, values, width, yerr=[low, high], capsize=3, label=name, error_kw={"linewidth": 0.8})
         for x, value, up, entry in zip(offsets, values, high, entries):
             if entry and entry.get("total"):

@@ -243,11 +243,10 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             raise ValueError("DMoERM needs input_ids (routing and experts work on token ids, not inputs_embeds)")
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
-        limit = self.config.max_position_embeddings
-        if limit is not None and input_ids.shape[1] > limit:
+        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
             raise ValueError(
-                f"the input has {input_ids.shape[1]} tokens but the backbone accepts at most {limit}; truncate it "
-                f"(tokenizer(..., truncation=True, max_length={limit})) or set max_length in your trainer config"
+                f"input_ids has shape {tuple(input_ids.shape)}: DMoERM needs at least one sequence of at least one "
+                "token (tokenize a non-empty text)"
             )
         if attention_mask is None:
             if self.config.pad_token_id is not None:
@@ -255,6 +254,23 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             else:
                 attention_mask = torch.ones_like(input_ids)
         attention_mask = attention_mask.long()
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}"
+            )
+        empty_rows = (attention_mask.sum(-1) == 0).nonzero(as_tuple=True)[0].tolist()
+        if empty_rows:
+            raise ValueError(
+                f"row(s) {empty_rows[:5]} of the batch have no tokens (attention_mask all 0): score non-empty texts"
+            )
+        limit = self.config.max_position_embeddings
+        if limit is not None and input_ids.shape[1] > limit:
+            # Over-long input keeps its end (the response), never its start; counted in the log (docs/rl.md).
+            from .truncation import keep_end_of_batch, warn_truncated
+
+            input_ids, attention_mask, truncated = keep_end_of_batch(input_ids, attention_mask, limit)
+            warn_truncated("DMoERM forward", int(truncated.sum()), input_ids.shape[0], limit)
+            position_ids = None
         if position_ids is None:
             # Positions count real tokens only, so left padding (PPO queries) gives the same rewards as no padding.
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -586,8 +602,10 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             >>> from transformers import AutoModelForSequenceClassification
             >>> model = AutoModelForSequenceClassification.from_pretrained("./my-dmoerm")  # doctest: +SKIP
         """
+        from .paths import require_model
         from .serialization import load_dmoerm
 
+        require_model(str(pretrained_model_name_or_path), "pretrained_model_name_or_path")
         return load_dmoerm(cls, pretrained_model_name_or_path, config, base_model_name_or_path, kwargs)
 
     def load_dmoerm_weights(self, folder: str | os.PathLike) -> None:

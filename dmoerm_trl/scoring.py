@@ -4,36 +4,73 @@ from __future__ import annotations
 
 import torch
 
+from .truncation import encode_keep_end, warn_truncated
+
+
+def check_conversation(conversation, where: str):
+    """``conversation`` if it is a non-empty text or a non-empty list of ``{"role", "content"}`` messages, else a
+    ``ValueError`` naming ``where`` (a file line or a list index) and what is wrong.
+
+    Example:
+        >>> check_conversation("Q: 2+2? A: 4", "conversation 0")
+        'Q: 2+2? A: 4'
+    """
+    if isinstance(conversation, str):
+        if not conversation.strip():
+            raise ValueError(f"{where}: the text is empty; give the conversation to score")
+        return conversation
+    if not isinstance(conversation, list):
+        raise ValueError(
+            f"{where}: a conversation must be a string (`text`) or a list of messages (`messages`), got "
+            f"{type(conversation).__name__} {conversation!r:.40}"
+        )
+    if not conversation:
+        raise ValueError(f"{where}: `messages` is empty; give at least the user turn and the response")
+    for index, message in enumerate(conversation):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or "content" not in message:
+            raise ValueError(
+                f"{where}: message {index} must be {{\"role\": str, \"content\": str}}, got {message!r:.60}"
+            )
+        if not isinstance(message["content"], str):
+            raise ValueError(
+                f"{where}: message {index} `content` must be a string, got {type(message['content']).__name__}"
+            )
+    return conversation
+
 
 @torch.no_grad()
 def score_conversations(model, conversations, tokenizer, batch_size: int = 16, max_length: int | None = None):
-    """A list of ``{reward, category, router_prob, capabilities}`` dicts, one per text or chat conversation.
+    """A list of ``{reward, category, router_prob, capabilities, truncated}`` dicts, one per text or conversation.
 
     Conversations are rendered with the tokenizer's chat template. Encoders (pooling "first") get their special
-    tokens ([CLS] ... [SEP]); decoders get the template's text as is.
+    tokens ([CLS] ... [SEP]); decoders get the template's text as is. A conversation longer than ``max_length``
+    (default: the backbone's limit) keeps its end, so the response is always scored: its oldest tokens are dropped,
+    ``truncated`` is true and the count is logged (see :mod:`dmoerm_trl.truncation`).
 
     Example:
         >>> score_conversations(model, ["Q: 2+2? A: 4"], tokenizer)  # doctest: +SKIP
         [{'reward': 0.31, 'category': 'objective_qa', 'router_prob': 0.88, 'capabilities': {...}}]
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token first")
+    if isinstance(conversations, (str, dict)):
+        raise ValueError("conversations must be a list (of texts or of message lists); wrap a single one in [...]")
+    conversations = [check_conversation(c, f"conversation {i}") for i, c in enumerate(conversations)]
     texts = [c if isinstance(c, str) else tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
     max_length = max_length or model.config.max_position_embeddings
+    add_special_tokens = model.config.pooling == "first"
+    encoded, truncated = encode_keep_end(tokenizer, texts, max_length, add_special_tokens=add_special_tokens)
+    warn_truncated("compute_rewards", sum(truncated), len(texts), max_length)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     results = []
     try:
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(
-                texts[start : start + batch_size],
-                return_tensors="pt",
-                padding=True,
-                truncation=max_length is not None,
-                max_length=max_length,
-                add_special_tokens=model.config.pooling == "first",
-            ).to(device)
+            chunk = {"input_ids": encoded[start : start + batch_size]}
+            batch = tokenizer.pad(chunk, padding=True, return_tensors="pt").to(device)
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             for i in range(len(batch["input_ids"])):
                 category = model.config.category_names[int(out.category_ids[i])]
@@ -46,6 +83,7 @@ def score_conversations(model, conversations, tokenizer, batch_size: int = 16, m
                             capability: float(out.capability_rewards[i, j])
                             for j, capability in enumerate(model.config.categories[category])
                         },
+                        "truncated": truncated[start + i],
                     }
                 )
     finally:

@@ -206,12 +206,24 @@ def check_categories_metadata(config, path: Path) -> None:
     )
 
 
+def read_safetensors(path) -> dict:
+    """``load_file(path)``, with a ``ValueError`` naming the file when it is truncated or corrupt."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(path)
+    except SafetensorError as err:
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({err}): it is truncated or corrupt; copy or save it again"
+        ) from None
+
+
 def load_dmoerm_weights(model, folder) -> None:
     from peft import set_peft_model_state_dict
 
     folder = Path(folder)
+    heads = read_safetensors(folder / HEADS_FILE)  # first: a truncated file is named before its metadata is read
     check_categories_metadata(model.config, folder / HEADS_FILE)
-    heads = load_file(folder / HEADS_FILE)
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(BACKBONE_PREFIXES)}
     missing = sorted(set(own) - set(heads))
     unexpected = sorted(set(heads) - set(own))
@@ -227,7 +239,7 @@ def load_dmoerm_weights(model, folder) -> None:
         path = folder / "adapters" / name / ADAPTER_WEIGHTS
         if not path.exists():
             raise FileNotFoundError(f"adapter {name!r} is missing: {path} does not exist")
-        adapter_state = load_file(path)
+        adapter_state = read_safetensors(path)
         outcome = set_peft_model_state_dict(model.adapter_owner(name)[1], adapter_state, adapter_name=name)
         if outcome.unexpected_keys:
             raise ValueError(f"{path}: unexpected keys {outcome.unexpected_keys[:5]}; saved from another backbone?")
@@ -243,7 +255,7 @@ def load_category_base(peft_backbone, path: Path) -> None:
             f"{path} does not exist: a task_mode='full' DMoERM stores each category's fine-tuned base copy there "
             "(was the folder saved by an older version, or copied without category_bases/?)"
         )
-    saved = load_file(path)
+    saved = read_safetensors(path)
     plain_to_own = {_plain_key(key): key for key in peft_backbone.state_dict() if ".lora_" not in key}
     missing = sorted(set(plain_to_own) - set(saved))
     unexpected = sorted(set(saved) - set(plain_to_own))

@@ -58,8 +58,8 @@ def test_example_then_info_then_score(tiny_llama_path, tmp_path, capsys):
 
 
 def test_info_on_a_folder_that_is_not_a_model(tmp_path, capsys):
-    assert main(["info", str(tmp_path)]) == 1
-    assert "not a saved DMoERM" in capsys.readouterr().out
+    assert main(["info", str(tmp_path)]) == 2
+    assert "not a saved DMoERM" in capsys.readouterr().err
 
 
 def test_score_reports_bad_lines(tmp_path):

@@ -294,10 +294,15 @@ def test_tokenizer_without_pad_token(tiny_llama_path, tiny_categories):
         DMoERMForSequenceClassification.from_backbone(tiny_llama_path, tiny_categories, tokenizer=tokenizer)
 
 
-def test_input_longer_than_the_backbone_allows(llama_model):
-    too_long = torch.ones(1, 257, dtype=torch.long)
-    with pytest.raises(ValueError, match="257 tokens.*at most 256.*truncat"):
-        llama_model(input_ids=too_long)
+def test_input_longer_than_the_backbone_allows_keeps_its_end(llama_model, caplog):
+    # One rule everywhere (dmoerm_trl.truncation): an over-long input keeps its last tokens (the response), logged.
+    too_long = torch.randint(5, 100, (1, 300), generator=torch.Generator().manual_seed(0))
+    llama_model.eval()
+    with torch.no_grad(), caplog.at_level("WARNING"):
+        cut = llama_model(input_ids=too_long).logits
+        end = llama_model(input_ids=too_long[:, -256:]).logits
+    assert torch.allclose(cut, end, atol=1e-5)
+    assert "1 of 1 conversation(s) are longer than 256 tokens" in caplog.text
 
 
 def test_peft_model_backbone_is_refused(tiny_llama_path, tiny_categories):

@@ -25,10 +25,10 @@ def setup_logging() -> None:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input or setup (one message, exit code 2), not a bug."""
-    from ..rl.ppo import PPOUnavailableError
+    """Exceptions that mean bad input or setup (one message, exit code 2), not a bug (the ``dmoerm`` set)."""
+    from ._errors import user_errors as all_user_errors
 
-    return (ValueError, FileNotFoundError, PPOUnavailableError)
+    return all_user_errors()
 
 
 def report(prog: str, summary: dict) -> None:
@@ -45,5 +45,7 @@ def report(prog: str, summary: dict) -> None:
 
 
 def fail(prog: str, err: BaseException) -> int:
-    print(f"{prog}: error: {err}", file=sys.stderr)
+    from ._errors import one_line
+
+    print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
     return 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._errors import one_line_parser_errors
 from ._trl_command import add_forwarding_parser, fail, setup_logging, user_errors
 
 DESCRIPTION = (
@@ -37,7 +38,7 @@ def main(argv: list[str]) -> int:
     setup_logging()
     try:
         parser = TrlParser((BestOfNArguments,), prog="dmoerm bon", description=DESCRIPTION)
-        (args,) = parser.parse_args_and_config(list(argv))
+        (args,) = one_line_parser_errors(parser).parse_args_and_config(list(argv))
         summary = run_best_of_n(args)
     except user_errors() as err:
         return fail("dmoerm bon", err)

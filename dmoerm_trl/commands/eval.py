@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._errors import positive_int, require_output_dir
+
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help_text, description=__doc__.split("\n\n")[0])
@@ -21,8 +23,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--labels", default=None, help="Capability labels (capability_pairs.jsonl): expert accuracy.")
     parser.add_argument("--baseline", default=None, help="A baseline reward model folder to compare with.")
     parser.add_argument("--output", default=None, help="Output folder (default: <model>/eval).")
-    parser.add_argument("--batch-size", type=int, default=16, help="Sequences per forward pass.")
-    parser.add_argument("--max-length", type=int, default=None, help="Skip (count) pairs longer than this.")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="Sequences per forward pass.")
+    parser.add_argument("--max-length", type=positive_int, default=None,
+                        help="Keep the last N tokens of longer conversations (counted).")
     parser.add_argument("--higher-rank-is-better", action="store_true",
                         help="Ranks are scores (higher wins) instead of positions (rank 1 wins).")
     parser.add_argument("--skip-invalid", action="store_true", help="Skip malformed records (counted).")
@@ -41,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    output = args.output or f"{args.model.rstrip('/')}/eval"
+    require_output_dir(output, "--output")  # before the scoring, not after it
     try:
         report = evaluate_reward_models(
             args.model, args.data, labels_path=args.labels, baseline_path=args.baseline, batch_size=args.batch_size,
@@ -50,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
     except (DataValidationError, FileNotFoundError, ValueError) as err:
         print(f"dmoerm eval: error: {err}", file=sys.stderr)
         return 2
-    output = args.output or f"{args.model.rstrip('/')}/eval"
     paths = write_report(report, output)
     print(report_markdown(report))
     print("Wrote " + ", ".join(paths.values()))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from ._errors import require_model, require_output_dir
+
 EXAMPLE_CATEGORIES = {
     "objective_qa": ["correctness", "logic", "depth_of_knowledge"],
     "chitchat": ["empathy", "fluency"],
@@ -46,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         from ..assets import prepare_smollm2
 
         args.backbone = prepare_smollm2()
+    require_model(args.backbone, "--backbone")
+    require_output_dir(args.output, "--output")
     tokenizer = AutoTokenizer.from_pretrained(args.backbone)
     print(f"[1/4] Building a DMoERM on {args.backbone}")
     model = DMoERMForSequenceClassification.from_backbone(args.backbone, EXAMPLE_CATEGORIES, tokenizer=tokenizer)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._errors import one_line_parser_errors
 from ._trl_command import add_forwarding_parser, fail, report, setup_logging, user_errors
 
 DESCRIPTION = (
@@ -42,7 +43,7 @@ def main(argv: list[str], algorithm: str = "grpo") -> int:
         parser = TrlParser(
             (RLScriptArguments, config_class), prog=prog, description=DESCRIPTION.format(name=algorithm.upper())
         )
-        script_args, training_args = parser.parse_args_and_config(list(argv))
+        script_args, training_args = one_line_parser_errors(parser).parse_args_and_config(list(argv))
         summary = run_grpo(script_args, training_args, algorithm=algorithm)
     except user_errors() as err:
         return fail(prog, err)

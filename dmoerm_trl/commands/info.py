@@ -17,15 +17,20 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 
 def _safetensors_numel(path: Path) -> int:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     total = 0
-    with safe_open(str(path), framework="pt") as handle:
-        for key in handle.keys():
-            numel = 1
-            for dim in handle.get_slice(key).get_shape():
-                numel *= dim
-            total += numel
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                numel = 1
+                for dim in handle.get_slice(key).get_shape():
+                    numel *= dim
+                total += numel
+    except SafetensorError as err:
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({err}): it is truncated or corrupt; copy or save it again"
+        ) from None
     return total
 
 
@@ -76,11 +81,7 @@ def describe_saved_model(path: str | Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        info = describe_saved_model(args.path)
-    except FileNotFoundError as err:
-        print(f"error: {err}")
-        return 1
+    info = describe_saved_model(args.path)  # a user error (not a model folder, corrupt file): one line, exit 2
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -1,8 +1,9 @@
 """``dmoerm label``: capability preference labels from an OpenAI-compatible judge (see docs/labeling.md).
 
 Flags mirror :class:`dmoerm_trl.labeling.config.LabelingConfig`; ``--config FILE.yaml`` sets any of them (flags
-given on the command line win). Exit codes: 0 complete, 1 error (bad data, template or endpoint refusal),
-3 incomplete (budget reached or requests failed after every retry: rerun to continue from the cache).
+given on the command line win). Exit codes: 0 complete, 2 user error (bad option, config, data, template or output
+path: one line naming it), 1 stopped (the endpoint refused, e.g. a wrong API key), 3 incomplete (budget reached or
+requests failed after every retry: rerun to continue from the cache).
 
 Example:
     $ export OPENAI_API_KEY=...            # never written anywhere
@@ -18,6 +19,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+
+from ._errors import require_input_file, require_output_dir
 
 
 def _field_type(annotation: str):
@@ -56,8 +59,12 @@ def _config_from_args(args):
     if args.config:
         import yaml
 
-        with open(args.config, encoding="utf-8") as handle:
+        with open(require_input_file(args.config, "--config"), encoding="utf-8") as handle:
             loaded = yaml.safe_load(handle) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(
+                f"--config {args.config}: must be a YAML mapping of option: value, got {type(loaded).__name__}"
+            )
         if "api_key" in loaded:
             raise ValueError(f"{args.config}: do not store API keys in config files; use --api-key-env.")
         known = {f.name for f in dataclasses.fields(LabelingConfig)}
@@ -78,29 +85,21 @@ def _config_from_args(args):
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from ..data import DataValidationError
     from ..labeling.labeler import LABELS_FILE, SUMMARY_FILE, run_labeling
-    from ..labeling.prompts import TemplateError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpx2", "httpcore", "httpcore2"):  # one INFO line per HTTP request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        config = _config_from_args(args)
-    except (ValueError, OSError) as err:
-        print(f"dmoerm label: {err}", file=sys.stderr)
-        return 1
+    # Bad options, files or data raise with a one-line message: `dmoerm` prints it and exits 2 (commands/_errors.py).
+    config = _config_from_args(args)
+    require_output_dir(config.output, "--output")
     if args.api_key:
         print(
             "dmoerm label: note: --api-key is visible in process lists; prefer the environment variable "
             f"{config.api_key_env}.",
             file=sys.stderr,
         )
-    try:
-        result = run_labeling(config, api_key=args.api_key)
-    except (DataValidationError, TemplateError, FileNotFoundError, ValueError) as err:
-        print(f"dmoerm label: {err}", file=sys.stderr)
-        return 1
+    result = run_labeling(config, api_key=args.api_key)
     summary = result.summary
     print(
         f"labels: {summary['labels']} from {summary['pairs']} pairs | calls {summary['calls']} | "

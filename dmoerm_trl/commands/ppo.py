@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._errors import one_line_parser_errors
 from ._trl_command import add_forwarding_parser, fail, report, setup_logging, user_errors
 
 DESCRIPTION = (
@@ -37,7 +38,7 @@ def main(argv: list[str]) -> int:
     try:
         PPOConfig, _ = require_ppo()
         parser = TrlParser((RLScriptArguments, PPOConfig), prog="dmoerm ppo", description=DESCRIPTION)
-        script_args, training_args = parser.parse_args_and_config(list(argv))
+        script_args, training_args = one_line_parser_errors(parser).parse_args_and_config(list(argv))
         summary = run_ppo(script_args, training_args)
     except user_errors() as err:
         return fail("dmoerm ppo", err)

@@ -13,6 +13,8 @@ import argparse
 import signal
 import sys
 
+from ._errors import one_line, port_number, positive_int, require_input_file, require_model
+
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -23,12 +25,16 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     )
     parser.add_argument("--model", required=True, help="Local folder of a causal LM with a chat-template tokenizer.")
     parser.add_argument("--host", default="127.0.0.1", help="Interface to bind (anything but loopback exposes it).")
-    parser.add_argument("--port", type=int, default=8000, help="Port (0: any free port; the chosen one is printed).")
+    parser.add_argument(
+        "--port", type=port_number, default=8000, help="Port (0: any free port; the chosen one is printed)."
+    )
     parser.add_argument(
         "--served-model-name", default=None, help="The model id clients ask for (default: folder name)."
     )
-    parser.add_argument("--max-request-bytes", type=int, default=1_000_000, help="Larger requests get HTTP 413.")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="Cap on max_tokens of any request.")
+    parser.add_argument(
+        "--max-request-bytes", type=positive_int, default=1_000_000, help="Larger requests get HTTP 413."
+    )
+    parser.add_argument("--max-new-tokens", type=positive_int, default=512, help="Cap on max_tokens of any request.")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0.")
     parser.add_argument("--chat-template", default=None, help="A Jinja chat template file, if the tokenizer has none.")
@@ -48,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
             "DMOERM_JUDGE_API_KEY to require a bearer token.",
             file=sys.stderr,
         )
+    require_model(args.model, "--model")
+    if args.chat_template is not None:
+        require_input_file(args.chat_template, "--chat-template")
     try:
         server = start_judge_server(
             args.model,
@@ -63,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
             background=False,
         )
     except (OSError, ValueError) as err:
-        print(f"serve-judge: {err}", file=sys.stderr)
-        return 1
+        print(f"dmoerm serve-judge: error: {one_line(err)}", file=sys.stderr)
+        return 2
     print(f"Serving {server.model_name!r} at {server.base_url} (Ctrl-C to stop)", flush=True)
 
     def stop_on_sigterm(signum, frame):  # process managers (systemd, docker, CI) stop with SIGTERM: exit cleanly

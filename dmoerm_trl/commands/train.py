@@ -38,9 +38,11 @@ def build_parser():
     from trl import TrlParser
 
     from ..trainers.training_config import DMoERMDataArguments, DMoERMModelArguments, DMoERMTrainingConfig
+    from ._errors import one_line_parser_errors
 
-    return TrlParser((DMoERMModelArguments, DMoERMDataArguments, DMoERMTrainingConfig), prog="dmoerm train",
-                     description=DESCRIPTION)
+    return one_line_parser_errors(TrlParser(
+        (DMoERMModelArguments, DMoERMDataArguments, DMoERMTrainingConfig), prog="dmoerm train", description=DESCRIPTION
+    ))
 
 
 def setup_logging() -> None:
@@ -56,12 +58,11 @@ def parse_config(argv: list[str]):
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (printed as one message, exit code 2) rather than a bug."""
-    from ..data import DataValidationError
-    from ..trainers.preference_data import TrainingDataError
+    """Exceptions that mean bad input (printed as one message, exit code 2) rather than a bug (the ``dmoerm`` set:
+    data errors, bad values, missing files, transformers' "not a valid model identifier" for a wrong backbone)."""
+    from ._errors import user_errors as all_user_errors
 
-    # OSError: transformers' "not a local folder and not a valid model identifier" for a wrong backbone path
-    return (TrainingDataError, DataValidationError, OSError, ValueError)
+    return all_user_errors()
 
 
 def print_summary(summary: dict) -> None:
@@ -83,12 +84,14 @@ def print_summary(summary: dict) -> None:
 def run_pipeline(argv: list[str] | None, command: str, configure=None) -> int:
     """Parse the TRL-style config, run the pipeline, print the summary; exit code 2 with a one-line error for bad
     input. ``configure(training_args)`` may adjust the parsed config first (``dmoerm train-baseline``)."""
+    from ._errors import one_line
+
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging()
     try:
         model_args, data_args, training_args = parse_config(argv)
     except user_errors() as err:
-        print(f"{command}: error in the configuration: {err}", file=sys.stderr)
+        print(f"{command}: error: bad configuration: {one_line(err)}", file=sys.stderr)
         return 2
     from ..trainers.pipeline import DMoERMTrainingPipeline
 
@@ -97,7 +100,7 @@ def run_pipeline(argv: list[str] | None, command: str, configure=None) -> int:
     try:
         summary = DMoERMTrainingPipeline(model_args, data_args, training_args).run()
     except user_errors() as err:
-        print(f"{command}: error: {err}", file=sys.stderr)
+        print(f"{command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     if training_args.process_index == 0:
         print_summary(summary)

@@ -128,6 +128,7 @@ class LabelingConfig:
     progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar."})
 
     def __post_init__(self):
+        self._check_types()
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}: use one of {', '.join(MODES)}.")
         if self.language not in LANGUAGES:
@@ -142,6 +143,25 @@ class LabelingConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name}={value}: must be >= 0.")
+
+    def _check_types(self) -> None:
+        # A YAML config can hold anything (`concurrency: lots`): name the option and the expected type.
+        kinds = {"str": str, "int": int, "float": float, "bool": bool}
+        for option in fields(self):
+            value = getattr(self, option.name)
+            optional = option.type.endswith("| None")
+            kind = kinds[option.type.replace("| None", "").strip()]
+            if value is None and optional:
+                continue
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, option.name, float(value))
+                continue
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                flag = "--" + option.name.replace("_", "-")
+                raise ValueError(
+                    f"{option.name}={value!r}: must be {'a' if kind is not int else 'an'} {option.type} "
+                    f"(the `{option.name}:` config key or {flag})."
+                )
 
     @property
     def cache_path(self) -> str:

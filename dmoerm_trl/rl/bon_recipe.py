@@ -160,6 +160,9 @@ def run_best_of_n(args: BestOfNArguments) -> dict:
         ]
         atomic_write_text(output_dir / "best_of_n.jsonl", "\n".join(lines) + "\n")
         summary["mean_best_score"] = sum(s[0] for s in out.scores) / len(out.scores)
+        # texts longer than the reward model accepts were scored on their end (the completion); counted here
+        summary["reward_texts_truncated"] = sampler.scorer.num_truncated
+        summary["reward_texts_scored"] = sampler.scorer.num_scored
     summary["wall_time_s"] = round(time.time() - start, 2)
     atomic_write_text(output_dir / "run_summary.json", json.dumps(summary, indent=2, default=str))
     return summary

@@ -106,6 +106,10 @@ class RLScriptArguments:
 def load_policy_tokenizer(path: str, padding_side: str = "left"):
     from transformers import AutoTokenizer
 
+    from ..paths import require_model
+
+    require_model(path, "policy_model_path")
+
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side=padding_side)
     if tokenizer.pad_token_id is None:
         raise ValueError(
@@ -130,8 +134,11 @@ def load_reward_model(path: str, tokenizer_path: str | None = None):
 
     import dmoerm_trl  # noqa: F401  (registers DMoERM with the Auto classes)
 
+    from ..paths import require_model
     from .checks import check_reward_model_ready, check_tokenizers_match
     from .ensemble import RewardEnsemble, is_saved_ensemble
+
+    require_model(path, "reward model path")
 
     if is_saved_ensemble(path):
         model = RewardEnsemble.from_pretrained(path)

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..truncation import encode_keep_end, warn_truncated
 from .checks import check_reward_logits, check_reward_model_ready, check_reward_values, max_positions
 
 
@@ -98,8 +99,9 @@ class RewardScorer:
         tokenizer: the reward model's tokenizer (not needed for callables, nor for an ensemble built with
             ``tokenizers=``).
         batch_size: texts per forward pass.
-        max_length: longest tokenized text; longer texts raise an error naming the row (default: the model's
-            ``max_position_embeddings``).
+        max_length: longest tokenized text (default: the model's ``max_position_embeddings``); a longer text keeps
+            its last ``max_length`` tokens (the completion survives), is counted in ``num_truncated`` (out of
+            ``num_scored``) and logged.
         append_eos: append EOS to text (non-chat) inputs, as TRL's ``RewardTrainer`` does when training.
         name: used in error messages and CSV columns.
     """
@@ -118,7 +120,11 @@ class RewardScorer:
             reward = reward.reward
         self.reward = reward
         self.tokenizer = tokenizer
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
+        self.num_truncated = 0  # texts longer than max_length, scored on their end
+        self.num_scored = 0
         self.append_eos = append_eos
         self.is_model = isinstance(reward, nn.Module)
         self.member_scorers: list[RewardScorer] | None = None
@@ -184,20 +190,12 @@ class RewardScorer:
             for start in range(0, len(texts), self.batch_size):
                 chunk = list(texts[start : start + self.batch_size])
                 # Chat templates already contain the special tokens; plain text gets them like in RewardTrainer.
-                batch = tokenizer(
-                    chunk,
-                    return_tensors="pt",
-                    padding=True,
-                    padding_side="right",
-                    add_special_tokens=not conversational,
-                )
-                lengths = batch["attention_mask"].sum(-1).tolist()
-                if self.max_length is not None and max(lengths) > self.max_length:
-                    row = start + max(range(len(lengths)), key=lengths.__getitem__)
-                    raise ValueError(
-                        f"text {row} has {max(lengths)} tokens, more than {self.name} accepts ({self.max_length}); "
-                        "shorten prompts or lower max_new_tokens"
-                    )
+                # Over-long texts keep their end (the completion); flagged and counted (dmoerm_trl.truncation).
+                encoded, truncated = encode_keep_end(tokenizer, chunk, self.max_length, not conversational)
+                self.num_truncated += sum(truncated)
+                self.num_scored += len(chunk)
+                warn_truncated(self.name, sum(truncated), len(chunk), self.max_length)
+                batch = tokenizer.pad({"input_ids": encoded}, padding=True, padding_side="right", return_tensors="pt")
                 batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
                 output = model(**batch)
                 logits = output.logits if hasattr(output, "logits") else output

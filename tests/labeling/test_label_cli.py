@@ -69,7 +69,7 @@ def test_malformed_data_gives_the_promised_error_or_a_counted_skip(labeling_data
     bad.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     data = type(labeling_data)(**{**vars(labeling_data), "data": str(bad)})
     with ScriptedJudgeServer(VerdictJudge(labeling_data.scores)) as server:
-        assert main(label_args(data, tmp_path / "out", server)) == 1
+        assert main(label_args(data, tmp_path / "out", server)) == 2
         error = capsys.readouterr().err
         assert f"{bad}, line 2, field 'rank': has 2 ranks for 3 responses" in error and "--skip-invalid" not in error
         assert server.counts["requests"] == 0  # nothing is asked before the data is valid
@@ -98,11 +98,11 @@ def test_config_file_flags_exit_codes_and_template_errors(labeling_data, tmp_pat
         assert json.loads((tmp_path / "a" / "summary.json").read_text(encoding="utf-8"))["cache_hits"] == 4
         bad_template = tmp_path / "t.yaml"
         bad_template.write_text("mode: per_capability\nuser: 'Which is better: {response_1} or {response_2}?'\n")
-        assert main(label_args(labeling_data, tmp_path / "b", server, "--template", str(bad_template))) == 1
+        assert main(label_args(labeling_data, tmp_path / "b", server, "--template", str(bad_template))) == 2
         error = capsys.readouterr().err
         assert str(bad_template) in error and "lacks" in error and "conversation" in error
-        assert main(["label", "--output", str(tmp_path / "c")]) == 1
+        assert main(["label", "--output", str(tmp_path / "c")]) == 2
         assert "Missing required option(s): --data, --model" in capsys.readouterr().err
         config.write_text("api_key: sk-nope\n", encoding="utf-8")
-        assert main(["label", "--config", str(config), "--output", str(tmp_path / "d")]) == 1
+        assert main(["label", "--config", str(config), "--output", str(tmp_path / "d")]) == 2
         assert "do not store API keys in config files" in capsys.readouterr().err

@@ -1,0 +1,100 @@
+"""How every ``dmoerm`` subcommand reports a user mistake: one line on stderr, exit code 2, no traceback.
+
+:func:`dmoerm_trl.cli.main` runs each subcommand through :func:`run_command`, which turns the exceptions in
+:func:`user_errors` (bad files, values, flags, configs) into ``dmoerm <command>: error: <one line>``. The message is
+the exception's own, which names the file, line, field or flag and the fix; code that finds a user mistake raises a
+``ValueError`` (or ``FileNotFoundError``) with such a message and lets it travel up. Anything else is a bug and keeps
+its traceback. ``DMOERM_TRACEBACK=1`` shows the traceback of user errors too (for bug reports).
+
+Example:
+    >>> from dmoerm_trl.commands._errors import one_line
+    >>> one_line(FileNotFoundError(2, "No such file or directory", "data.jsonl"))
+    'data.jsonl: No such file or directory'
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..paths import require_input_file, require_model, require_output_dir  # noqa: F401  (re-exported for commands)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input or setup (one line, exit code 2), not a bug."""
+    import yaml
+    from safetensors import SafetensorError
+
+    # ValueError covers DataValidationError, TrainingDataError, TemplateError, JSON and UnicodeDecodeError;
+    # OSError covers missing/unreadable files, "is a directory", and transformers' "not a valid model identifier".
+    errors = (ValueError, OSError, yaml.YAMLError, SafetensorError)
+    ppo = sys.modules.get("dmoerm_trl.rl.ppo")  # only raised once loaded; importing dmoerm_trl.rl costs seconds
+    return errors + ((ppo.PPOUnavailableError,) if ppo is not None else ())
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (file errors as ``path: reason``)."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    if isinstance(err, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset {err.start}); save it as UTF-8"
+    text = " ".join(str(err).split()) or type(err).__name__
+    try:
+        import yaml
+
+        if isinstance(err, yaml.YAMLError):
+            return f"not valid YAML: {text}"
+    except ImportError:  # pragma: no cover
+        pass
+    return text
+
+
+def run_command(run, args: argparse.Namespace, prog: str) -> int:
+    """``run(args)``; a user error becomes ``<prog>: error: <one line>`` on stderr and exit code 2."""
+    try:
+        return int(run(args) or 0)
+    except user_errors() as err:
+        if os.environ.get("DMOERM_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def one_line_parser_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make ``parser`` (e.g. a ``TrlParser`` with hundreds of flags) report a bad flag in one line, exit code 2."""
+
+    def error(message: str):
+        parser.exit(2, f"{parser.prog}: error: {' '.join(message.split())} (see {parser.prog} --help)\n")
+
+    parser.error = error
+    return parser
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (no usage block); subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts that must be at least 1 (``--batch-size``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """argparse ``type=`` for a TCP port (0: any free port)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0-65535 (0: any free port), got {value}")
+    return value
