@@ -54,6 +54,7 @@ from .category_sets import (  # noqa: F401  (re-exported: the category-set API l
     load_category_set,
     load_category_spec,
 )
+from .dataset_sources import load_dataset_split, parse_category_map  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,9 @@ __all__ = [
     "load_category_spec",
     "load_preference_pairs",
     "load_capability_labels",
+    "load_dataset_split",
     "pair_features",
+    "parse_category_map",
     "write_jsonl_atomic",
 ]
 
@@ -97,6 +100,8 @@ class LoadReport:
     tied_pairs: int = 0  # candidate pairs with equal ranks: no pair (by design, not an error)
     records_without_pairs: int = 0  # valid records with < 2 responses or only ties
     sources: list[str] = field(default_factory=list)
+    uncategorised_pairs: int = 0  # pairs without a category (no column, an empty value, or unmapped by category_map)
+    unmapped_category_values: Counter = field(default_factory=Counter)  # category_column values not in category_map
 
     def add_skip(self, error: DataValidationError) -> None:
         self.skipped_records += 1
@@ -114,6 +119,8 @@ class LoadReport:
             "tied_pairs": self.tied_pairs,
             "records_without_pairs": self.records_without_pairs,
             "sources": list(self.sources),
+            "uncategorised_pairs": self.uncategorised_pairs,
+            "unmapped_category_values": dict(self.unmapped_category_values),
         }
 
 
@@ -467,6 +474,8 @@ def load_preference_pairs(
     skip_invalid: bool = False,
     report: LoadReport | None = None,
     keep_columns: Sequence[str] = (),
+    category_column: str | None = None,
+    category_map: Mapping | str | None = None,
 ):
     """Read preference data into a ``datasets.Dataset`` of pairs (see the module docstring for the columns).
 
@@ -485,6 +494,12 @@ def load_preference_pairs(
         keep_columns: record fields to carry into string columns of the same name (e.g. RewardBench's ``id`` and
             ``subset`` for ``dmoerm eval``), each value as JSON text so its type survives (``7`` -> ``'7'``,
             ``"7"`` -> ``'"7"'``); a missing field gives ``""``. A ranked record's pairs share the record's value.
+        category_column: take each record's category from this column instead of ``category`` (TRL records) or
+            ``label`` (ranked records), e.g. ``"source"``. A record without the column is malformed.
+        category_map: map the values of the category column to categories (keys or aliases of the category set):
+            a mapping, a YAML/JSON file of one, or ``"value=category,value=category"``. Values not in the map give
+            uncategorised pairs (counted in ``report.unmapped_category_values`` and logged), which the training
+            pipeline routes with the trained router (``route_unlabeled``).
 
     Raises:
         DataValidationError: a malformed record (file, record and field named), unless ``skip_invalid``.
@@ -506,6 +521,7 @@ def load_preference_pairs(
         raise ValueError(f"format={format!r}: use 'auto', 'mtmc' or 'trl'.")
     spec = None if categories is None else load_category_spec(categories)
     report = report if report is not None else LoadReport()
+    mapping = None if category_map is None else parse_category_map(category_map)
     rows: list[dict] = []
     seen_ids: Counter = Counter()
     with_capability = False
@@ -524,6 +540,8 @@ def load_preference_pairs(
                 check.fail(*invalid_text, "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or skip such "
                            "records (--skip-invalid)")
             record_format = format if format != "auto" else _detect_format(record)
+            if record_format is not None and (category_column is not None or category_map is not None):
+                record = _take_category(check, record, record_format, category_column, mapping, report)
             if record_format is None:
                 check.fail(
                     None,
@@ -555,6 +573,14 @@ def load_preference_pairs(
         for row in rows:
             row.setdefault("capability", "")
     report.pairs = len(rows)
+    report.uncategorised_pairs = sum(1 for row in rows if not row["category"])
+    if report.unmapped_category_values:
+        logger.warning(
+            "%d record(s) have a %s value that category_map does not map (their pairs are uncategorised): %s",
+            sum(report.unmapped_category_values.values()),
+            category_column or "category",
+            dict(report.unmapped_category_values.most_common(5)),
+        )
     if report.skipped_records:
         logger.warning(
             "Skipped %d invalid record(s) of %d (by field: %s). First: %s",
@@ -573,6 +599,24 @@ def load_preference_pairs(
         features[name] = features["pair_id"]
         columns[name] = [row[f"_keep_{name}"] for row in rows]
     return Dataset.from_dict(columns, features=features)
+
+
+def _take_category(check, record: Mapping, record_format: str, column, mapping, report: LoadReport) -> dict:
+    """The record with its category field (``label`` for ranked records) taken from ``column`` through ``mapping``."""
+    target = "label" if record_format == "mtmc" else "category"
+    column = column or target
+    if column not in record:
+        check.fail(column, "missing (it is the category_column)", f"add '{column}' or set category_column to a column "
+                   "the records have")
+    value = record[column]
+    if mapping is not None:
+        key = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        category = mapping.get(key.strip() if isinstance(key, str) else key)
+        if category is None:
+            report.unmapped_category_values[key] += 1
+            category = ""
+        value = category
+    return {**record, target: value}
 
 
 def load_capability_labels(source, *, categories=None, skip_invalid: bool = False, report: LoadReport | None = None):

@@ -25,10 +25,12 @@ class PipelineDataMixin:
     """Data preparation of [`DMoERMTrainingPipeline`] (uses its state, report, tokenizer and model builder)."""
 
     def _prepare_data(self) -> None:
-        from ..data import LoadReport, load_capability_labels, load_category_spec, load_preference_pairs
+        from ..data import LoadReport, load_capability_labels, load_category_spec
 
-        if not self.data_args.dataset_path:
-            raise TrainingDataError("dataset_path is not set: give the human-ranked preference data to train on")
+        if not self.data_args.dataset_path and not self.data_args.dataset_name:
+            raise TrainingDataError(
+                "neither dataset_path nor dataset_name is set: give the human-ranked preference data to train on"
+            )
         spec = load_category_spec(self.model_args.categories)
         self.categories = {key: list(caps) for key, caps in spec.categories.items()}
         wanted = self.args.categories_to_train
@@ -44,15 +46,19 @@ class PipelineDataMixin:
         self.max_length = min(x for x in (self.args.max_length, limit) if x) if (self.args.max_length or limit) else None
 
         load_report = LoadReport()
-        human = load_preference_pairs(
-            self.data_args.dataset_path,
-            lower_rank_is_better=self.data_args.lower_rank_is_better,
-            skip_invalid=self.data_args.skip_invalid_records,
-            report=load_report,
-        )
+        human = self._load_human_pairs(load_report)
         self.report.counts.update({f"human_{k}": v for k, v in load_report.to_dict().items() if isinstance(v, int)})
         if len(human) == 0:
-            raise TrainingDataError(f"{self.data_args.dataset_path}: no preference pairs (all ties or empty?)")
+            raise TrainingDataError(f"{self._data_name()}: no preference pairs (all ties or empty?)")
+        if not any(human["category"]):
+            column = self.data_args.category_column or "category"
+            raise TrainingDataError(
+                f"{self._data_name()}: none of its {len(human)} pairs has a category (the '{column}' column is "
+                "missing or empty), so the router and the per-category phases have nothing to train on. Fix: add a "
+                "'category' column (or 'label' in ranked records) naming one of "
+                f"{sorted(self.categories)}, or take it from another column with category_column (and category_map "
+                "for its values, e.g. category_column: source, category_map: {gsm8k: objective_qa})"
+            )
         human = resolve_categories(human, spec, self.categories, "human pairs", self.report)
         self.human = tokenize_pairs(human, self.tokenizer, self.max_length, "human pairs", self.report)
         self.labels = None
@@ -85,6 +91,51 @@ class PipelineDataMixin:
             atomic_write_json(self.output_dir / SPLITS_FILE, self.splits)
         self._set_validation_conversations()
 
+    def _data_name(self) -> str:
+        args = self.data_args
+        if args.dataset_path:
+            return args.dataset_path
+        return f"{args.dataset_name} ({args.dataset_config or 'default'}, {args.dataset_train_split})"
+
+    def _load_human_pairs(self, report):
+        """The human pairs from ``dataset_path`` or ``dataset_name``, categories taken as the data arguments say."""
+        from ..data import DataValidationError, load_dataset_split, load_preference_pairs
+
+        args = self.data_args
+        try:
+            source = (
+                load_dataset_split(args.dataset_name, args.dataset_config, args.dataset_train_split)
+                if args.dataset_name
+                else args.dataset_path
+            )
+            return load_preference_pairs(
+                source,
+                lower_rank_is_better=args.lower_rank_is_better,
+                skip_invalid=args.skip_invalid_records,
+                report=report,
+                category_column=args.category_column,
+                category_map=args.category_map,
+            )
+        except DataValidationError:
+            raise
+        except ValueError as err:
+            raise TrainingDataError(str(err)) from None
+
+    def _labeling_source(self) -> str:
+        """What the labeler reads: ``dataset_path`` as is, or (for ``dataset_name`` / a category column or map) the
+        loaded pairs with their categories, written once to ``labels/human_pairs.jsonl``."""
+        from ..data import LoadReport, write_jsonl_atomic
+
+        args = self.data_args
+        if not (args.dataset_name or args.category_column or args.category_map):
+            return args.dataset_path
+        pairs = self._load_human_pairs(LoadReport())
+        path = self.output_dir / "labels" / "human_pairs.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        columns = ("prompt", "chosen", "rejected", "category")
+        write_jsonl_atomic(({name: row[name] for name in columns} for row in pairs if row["category"]), path)
+        return str(path)
+
     def _set_validation_conversations(self) -> None:
         validation_ids = {pid for split in self.splits.values() for pid in split["validation"]}
         self.validation_conversations = {
@@ -107,7 +158,8 @@ class PipelineDataMixin:
             summary = None
             if self.is_main:
                 summary = label_capabilities(
-                    self.data_args.label_config, self.data_args.dataset_path, load_category_spec(self.model_args.categories),
+                    self.data_args.label_config, self._labeling_source(),
+                    load_category_spec(self.model_args.categories),
                     self.output_dir, lower_rank_is_better=self.data_args.lower_rank_is_better,
                 )
             self._barrier()

@@ -181,6 +181,15 @@ class DMoERMDataArguments:
         dataset_path (`str`):
             Human preference data: an mtmc-rlhf ranked file (`src`, `tgt`, `response`, `rank`, `label`), a TRL
             preference file with a `category` column (.jsonl/.json/.parquet), or a directory of them.
+        dataset_name (`str`, *optional*):
+            Instead of `dataset_path`, as in TRL's scripts: a dataset loaded with `datasets.load_dataset` (a hub id,
+            or a local folder of data files), with `dataset_config` and `dataset_train_split` (default `"train"`).
+        category_column (`str`, *optional*):
+            Take each record's category from this column (e.g. `source`) instead of `category` / `label`.
+        category_map (`str` or `dict`, *optional*):
+            Map the category column's values to the model's categories: a mapping (in YAML), a YAML/JSON file of
+            one, or `"value=category,value=category"`. Unmapped values leave the pair uncategorised (counted; routed
+            by the trained router when `route_unlabeled`).
         capability_labels_path (`str`, *optional*):
             Capability preference labels (the `capability_pairs.jsonl` written by `dmoerm label`). Without it,
             phase 2 is skipped (with a warning) and each expert keeps its phase-1 initialisation.
@@ -212,6 +221,19 @@ class DMoERMDataArguments:
     dataset_path: str | None = field(
         default=None,
         metadata={"help": "Human-ranked data: mtmc-rlhf ranked or TRL preference file(s) with a category column."},
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Instead of dataset_path: a datasets.load_dataset name (hub id or local data folder)."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "The dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "The split of dataset_name to train on."})
+    category_column: str | None = field(
+        default=None, metadata={"help": "Take the category from this column (e.g. source) instead of category."}
+    )
+    category_map: str | None = field(
+        default=None,
+        metadata={"help": "Column value -> category: a YAML/JSON file, 'value=category,...', or a mapping (YAML)."},
     )
     capability_labels_path: str | None = field(
         default=None, metadata={"help": "Capability labels (capability_pairs.jsonl from `dmoerm label`)."}
@@ -246,6 +268,15 @@ class DMoERMDataArguments:
     )
 
     def __post_init__(self):
+        if self.dataset_path and self.dataset_name:
+            raise ValueError(
+                f"both dataset_path ({self.dataset_path}) and dataset_name ({self.dataset_name}) are set: give one "
+                "(on the command line, --dataset_path '' clears a path set in the YAML config)"
+            )
+        if self.category_map is not None:
+            from ..data import parse_category_map
+
+            self.category_map = parse_category_map(_parse_mapping_string(self.category_map))
         if not 0.0 <= self.validation_split_ratio < 1.0:
             raise ValueError(f"validation_split_ratio must be in [0, 1), got {self.validation_split_ratio}")
         if not 0.0 < self.task_split_ratio < 1.0:
