@@ -460,6 +460,12 @@ def _trl_pair(check: _RecordChecker, record: Mapping, spec):
     return pair
 
 
+def conversation_key(prompt_messages: list[dict[str, str]]) -> str:
+    """A stable id of a conversation (its prompt messages): pairs of one ranked list share it."""
+    payload = json.dumps(list(prompt_messages), ensure_ascii=False, sort_keys=True)
+    return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:16]
+
+
 def _content_hash(pair: Mapping) -> str:
     payload = json.dumps([pair["prompt"], pair["chosen"], pair["rejected"]], ensure_ascii=False, sort_keys=True)
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:16]

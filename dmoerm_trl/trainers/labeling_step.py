@@ -18,6 +18,8 @@ from .preference_data import TrainingDataError
 
 logger = logging.getLogger(__name__)
 
+CATEGORIES_FILE = "categories.jsonl"
+
 
 def label_capabilities(label_config: str, dataset_path: str, spec, output_dir, lower_rank_is_better: bool = True):
     """Label ``dataset_path`` with the options of ``label_config`` (a YAML of ``dmoerm label`` options) and the
@@ -28,16 +30,9 @@ def label_capabilities(label_config: str, dataset_path: str, spec, output_dir, l
     """
     import yaml
 
-    from ..labeling.config import LabelingConfig
     from ..labeling.labeler import run_labeling
 
     output_dir = Path(output_dir)
-    options = yaml.safe_load(Path(label_config).read_text(encoding="utf-8")) or {}
-    if not isinstance(options, dict) or "api_key" in options:
-        raise TrainingDataError(
-            f"{label_config}: must be a mapping of `dmoerm label` options, without api_key (the key is read from the "
-            "environment variable named by api_key_env)"
-        )
     # The training data is read with the paper's Chinese category names mapped to keys; give the labeler (which
     # reads categories strictly) the same aliases.
     from dataclasses import replace
@@ -48,12 +43,8 @@ def label_capabilities(label_config: str, dataset_path: str, spec, output_dir, l
     spec = replace(spec, aliases={**aliases, **spec.aliases})
     categories_file = output_dir / "categories.yaml"
     atomic_write_text(categories_file, yaml.safe_dump(spec.to_yaml_dict(), allow_unicode=True, sort_keys=False))
-    options = {**options, "data": dataset_path, "output": str(output_dir / "labels"),
-               "categories": str(categories_file), "lower_rank_is_better": lower_rank_is_better}
-    try:
-        config = LabelingConfig(**options)
-    except TypeError as err:
-        raise TrainingDataError(f"{label_config}: {err}") from None
+    config = _labeling_config(label_config, data=dataset_path, output=str(output_dir / "labels"),
+                              categories=str(categories_file), lower_rank_is_better=lower_rank_is_better)
     logger.info("Labeling the capability preferences of %s with the judge %s", config.data, config.model)
     summary = run_labeling(config).summary
     if summary["aborted"] or not summary["complete"]:
@@ -62,3 +53,43 @@ def label_capabilities(label_config: str, dataset_path: str, spec, output_dir, l
             f"labels so far are in {output_dir / 'labels'}. Rerun the same command to continue from the cache."
         )
     return summary
+
+
+def _labeling_config(label_config: str, **fixed):
+    """The :class:`LabelingConfig` of a ``label_config`` YAML, with the pipeline's own values in ``fixed``."""
+    import yaml
+
+    from ..labeling.config import LabelingConfig
+
+    options = yaml.safe_load(Path(label_config).read_text(encoding="utf-8")) or {}
+    if not isinstance(options, dict) or "api_key" in options:
+        raise TrainingDataError(
+            f"{label_config}: must be a mapping of `dmoerm label` options, without api_key (the key is read from the "
+            "environment variable named by api_key_env)"
+        )
+    try:
+        return LabelingConfig(**{**options, **fixed})
+    except (TypeError, ValueError) as err:
+        raise TrainingDataError(f"{label_config}: {err}") from None
+
+
+def categorize_prompts(label_config: str, prompts, spec, output_dir) -> dict:
+    """Ask the judge of ``label_config`` for the category of each distinct prompt (two orders of the category list,
+    kept when both agree; see :mod:`dmoerm_trl.labeling.categorizer`). Writes ``<output_dir>/labels/categories.jsonl``
+    (one row per prompt: key, category or null, both answers, status) and returns the report."""
+    from ..data import write_jsonl_atomic
+    from ..labeling.categorizer import classify_prompts
+
+    labels_dir = Path(output_dir) / "labels"
+    config = _labeling_config(label_config, data="", output=str(labels_dir))
+    logger.info("Classifying %d prompt(s) into %s with the judge %s", len(prompts), list(spec.categories),
+                config.model)
+    result = classify_prompts(config, prompts, spec)
+    write_jsonl_atomic(result.outcomes, labels_dir / CATEGORIES_FILE)
+    report = result.report
+    logger.info(
+        "Judge categories: %d of %d prompts kept (consistency %s; %d inconsistent, %d undecided, %d failed): %s",
+        report["kept"], report["prompts"], report["consistency"], report["inconsistent"], report["undecided"],
+        report["failed"], report["per_category"],
+    )
+    return report

@@ -56,8 +56,9 @@ class PipelineDataMixin:
                 f"{self._data_name()}: none of its {len(human)} pairs has a category (the '{column}' column is "
                 "missing or empty), so the router and the per-category phases have nothing to train on. Fix: add a "
                 "'category' column (or 'label' in ranked records) naming one of "
-                f"{sorted(self.categories)}, or take it from another column with category_column (and category_map "
-                "for its values, e.g. category_column: source, category_map: {gsm8k: objective_qa})"
+                f"{sorted(self.categories)}, take it from another column with category_column (and category_map "
+                "for its values, e.g. category_column: source, category_map: {gsm8k: objective_qa}), or let the "
+                "LLM judge classify the prompts (categorize_with_judge: true with a label_config)"
             )
         human = resolve_categories(human, spec, self.categories, "human pairs", self.report)
         self.human = tokenize_pairs(human, self.tokenizer, self.max_length, "human pairs", self.report)
@@ -97,8 +98,9 @@ class PipelineDataMixin:
             return args.dataset_path
         return f"{args.dataset_name} ({args.dataset_config or 'default'}, {args.dataset_train_split})"
 
-    def _load_human_pairs(self, report):
-        """The human pairs from ``dataset_path`` or ``dataset_name``, categories taken as the data arguments say."""
+    def _load_human_pairs(self, report, with_judge_categories: bool = True):
+        """The human pairs from ``dataset_path`` or ``dataset_name``, categories taken as the data arguments say
+        (and, unless ``with_judge_categories=False``, from the judge's classification where the data has none)."""
         from ..data import DataValidationError, load_dataset_split, load_preference_pairs
 
         args = self.data_args
@@ -108,7 +110,7 @@ class PipelineDataMixin:
                 if args.dataset_name
                 else args.dataset_path
             )
-            return load_preference_pairs(
+            pairs = load_preference_pairs(
                 source,
                 lower_rank_is_better=args.lower_rank_is_better,
                 skip_invalid=args.skip_invalid_records,
@@ -120,6 +122,42 @@ class PipelineDataMixin:
             raise
         except ValueError as err:
             raise TrainingDataError(str(err)) from None
+        judged = self._judge_categories() if with_judge_categories else {}
+        if judged:
+            pairs = pairs.map(
+                lambda row: {"category": row["category"] or judged.get(conversation_key(row["prompt"]), "")},
+                desc="Judge categories",
+            )
+            report.uncategorised_pairs = sum(1 for category in pairs["category"] if not category)
+        return pairs
+
+    def _judge_categories(self) -> dict[str, str]:
+        """conversation key -> category, from the judge's classification (``categorize_with_judge``), if it ran."""
+        from .labeling_step import CATEGORIES_FILE
+
+        path = self.output_dir / "labels" / CATEGORIES_FILE
+        if not self.data_args.categorize_with_judge or not path.exists():
+            return {}
+        rows = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        return {row["key"]: row["category"] for row in rows if row.get("category")}
+
+    def _categorize_with_judge(self) -> None:
+        """Uncategorised pairs: their prompts are classified by the judge (cached, so reruns make no calls)."""
+        from ..data import LoadReport, load_category_spec
+        from .labeling_step import categorize_prompts
+
+        if self.is_main:
+            # every prompt the data leaves uncategorised (answers are cached: a rerun makes no calls)
+            pairs = self._load_human_pairs(LoadReport(), with_judge_categories=False)
+            prompts = [prompt for prompt, category in zip(pairs["prompt"], pairs["category"]) if not category]
+            if prompts:
+                report = categorize_prompts(self.data_args.label_config, prompts,
+                                            load_category_spec(self.model_args.categories), self.output_dir)
+                self.report.counts.update({f"judge_categories_{k}": v for k, v in report.items()
+                                           if isinstance(v, int)})
+                if report["consistency"] is not None:
+                    self.report.counts["judge_categories_consistency_percent"] = round(100 * report["consistency"])
+        self._barrier()
 
     def _labeling_source(self) -> str:
         """What the labeler reads: ``dataset_path`` as is, or (for ``dataset_name`` / a category column or map) the
@@ -127,7 +165,7 @@ class PipelineDataMixin:
         from ..data import LoadReport, write_jsonl_atomic
 
         args = self.data_args
-        if not (args.dataset_name or args.category_column or args.category_map):
+        if not (args.dataset_name or args.category_column or args.category_map or args.categorize_with_judge):
             return args.dataset_path
         pairs = self._load_human_pairs(LoadReport())
         path = self.output_dir / "labels" / "human_pairs.jsonl"
@@ -145,7 +183,10 @@ class PipelineDataMixin:
         }
 
     def _run_labeling(self) -> None:
-        """The optional first step: capability labels from an LLM judge (``label_config``), into ``labels/``."""
+        """The optional first step: categories for uncategorised pairs (``categorize_with_judge``) and capability
+        labels from an LLM judge (``label_config``), into ``labels/``."""
+        if self.data_args.categorize_with_judge:
+            self._categorize_with_judge()
         if not self.data_args.label_config or self.data_args.capability_labels_path:
             return
         from ..data import load_category_spec

@@ -21,11 +21,12 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..data import conversation_key  # noqa: F401  (re-exported: the pipeline and tests import it here)
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +35,6 @@ SPLITS = ("task", "aggregator", "validation")
 
 class TrainingDataError(ValueError):
     """Training cannot go on with this data; the message says what is wrong and how to fix it."""
-
-
-def conversation_key(prompt_messages: list[dict[str, str]]) -> str:
-    """A stable id of a conversation (its prompt messages): pairs of one ranked list share it."""
-    payload = json.dumps(prompt_messages, ensure_ascii=False, sort_keys=True)
-    return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:16]
 
 
 def _ordered(keys, seed: int) -> list[str]:

@@ -190,6 +190,11 @@ class DMoERMDataArguments:
             Map the category column's values to the model's categories: a mapping (in YAML), a YAML/JSON file of
             one, or `"value=category,value=category"`. Unmapped values leave the pair uncategorised (counted; routed
             by the trained router when `route_unlabeled`).
+        categorize_with_judge (`bool`, defaults to `False`):
+            Pairs without a category get one from the LLM judge of `label_config`: each distinct prompt is classified
+            twice, with the category list in two orders, and kept when both answers agree (cached; counts and the
+            consistency in `labels/categories.jsonl` and the training summary). The rest stay uncategorised
+            (`route_unlabeled`).
         capability_labels_path (`str`, *optional*):
             Capability preference labels (the `capability_pairs.jsonl` written by `dmoerm label`). Without it,
             phase 2 is skipped (with a warning) and each expert keeps its phase-1 initialisation.
@@ -235,6 +240,10 @@ class DMoERMDataArguments:
         default=None,
         metadata={"help": "Column value -> category: a YAML/JSON file, 'value=category,...', or a mapping (YAML)."},
     )
+    categorize_with_judge: bool = field(
+        default=False,
+        metadata={"help": "Uncategorised pairs get a category from the judge of label_config (two orders, agreed)."},
+    )
     capability_labels_path: str | None = field(
         default=None, metadata={"help": "Capability labels (capability_pairs.jsonl from `dmoerm label`)."}
     )
@@ -273,6 +282,8 @@ class DMoERMDataArguments:
                 f"both dataset_path ({self.dataset_path}) and dataset_name ({self.dataset_name}) are set: give one "
                 "(on the command line, --dataset_path '' clears a path set in the YAML config)"
             )
+        if self.categorize_with_judge and not self.label_config:
+            raise ValueError("categorize_with_judge needs label_config (the YAML naming the judge endpoint and model)")
         if self.category_map is not None:
             from ..data import parse_category_map
 

@@ -86,3 +86,48 @@ def test_the_labeling_step_reads_the_mapped_categories(tmp_path, one_thread):
     assert human and {row["category"] for row in human} == {"chitchat"}
     labels = [json.loads(line) for line in (labels_dir / "capability_pairs.jsonl").read_text().splitlines()]
     assert labels and {row["category"] for row in labels} == {"chitchat"}
+
+
+def test_categories_from_the_judge_keep_only_order_consistent_answers(tmp_path, one_thread):
+    import re
+
+    import yaml
+
+    from dmoerm_trl.labeling.scripted_judge_server import ScriptedJudgeServer
+
+    readable = {"objective_qa": "objective qa", "chitchat": "chitchat", "roleplay": "roleplay"}
+    truth = {r["src"][-1]: {"客观知识问答": "objective_qa", "闲聊": "chitchat", "角色扮演": "roleplay"}[r["label"]]
+             for r in records() if r["label"]}
+    biased = sorted(truth)[0]  # for this prompt the judge always answers "1": the two orders disagree
+
+    def judge(body):
+        user = body["messages"][-1]["content"]
+        if biased in user:
+            return "1"
+        options = dict(re.findall(r"^(\d+)\. ([a-z ]+)", user, flags=re.MULTILINE))
+        category = next(c for text, c in truth.items() if text in user)
+        return next(number for number, name in options.items() if name.strip() == readable[category])
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", [{**r, "label": ""} for r in records() if r["src"][-1] in truth])
+    with ScriptedJudgeServer(judge) as server:
+        label_config = tmp_path / "label.yaml"
+        label_config.write_text(yaml.safe_dump({"model": "scripted-judge", "base_url": server.base_url,
+                                                "concurrency": 4, "progress": False}))
+        args = ("--dataset_path", str(data), "--capability_labels_path", str(LABELS), "--label_config",
+                str(label_config), "--categorize_with_judge", "true", "--stages", "router", "--num_train_epochs", "1")
+        assert train(tmp_path / "run", *args) == 0
+        calls = server.counts["requests"]
+        assert train(tmp_path / "run", *args) == 0  # the rerun reads the judge's answers from the cache
+        assert server.counts["requests"] == calls
+    conversations = {json.dumps([r["src"], r["tgt"]]) for r in records() if r["src"][-1] in truth}
+    assert calls == 2 * len(conversations)  # two orders per distinct prompt
+    outcomes = [json.loads(line) for line in (tmp_path / "run" / "labels" / "categories.jsonl").read_text()
+                .splitlines()]
+    assert sum(row["status"] == "inconsistent" for row in outcomes) >= 1
+    assert all(row["status"] == "kept" for row in outcomes if row["status"] != "inconsistent")
+    splits = json.loads((tmp_path / "run" / "splits.json").read_text())
+    assert set(splits) == {"objective_qa", "chitchat", "roleplay"}
+    counts = json.loads((tmp_path / "run" / "training_summary.json").read_text())["data"]["counts"]
+    assert counts["judge_categories_inconsistent"] >= 1 and counts["judge_categories_kept"] == len(outcomes) - \
+        counts["judge_categories_inconsistent"]
+    assert 0 < counts["judge_categories_consistency_percent"] < 100
