@@ -87,7 +87,8 @@ def wilson_interval(correct: float, total: float, z: float = Z_95) -> tuple[floa
     denominator = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denominator
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # The interval always contains p: rounding can put centre - half a few ulps above 0 when p is 0 (or below 1).
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def accuracy_entry(correct: int, total: int, reward_ties: int | None = None) -> dict[str, Any]:
