@@ -238,8 +238,8 @@ def evaluate_router(model, tokenizer, pairs, batch_size: int = 16) -> dict[str, 
     result = {}
     opener = model.config.assistant_opener_ids
     if opener:
-        views = [("prompt", [routing_prompt_ids(ids, opener, f"pair {i}") for i, ids in enumerate(pairs["chosen_ids"])],
-                  labels)]
+        prompts = [routing_prompt_ids(ids, opener, f"pair {i}") for i, ids in enumerate(pairs["chosen_ids"])]
+        views = [("prompt", prompts, labels)]
     else:
         views = [
             ("prompt", list(pairs["prompt_ids"]), labels),

@@ -443,7 +443,9 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, RoutingMixin, Training
                 stage, category, input_ids, attention_mask, position_ids, labels, expert_features, prompt_mask
             )
 
-    def _inference_forward(self, input_ids, attention_mask, position_ids, categories, prompt_mask=None) -> DMoERMOutput:
+    def _inference_forward(
+        self, input_ids, attention_mask, position_ids, categories, prompt_mask=None
+    ) -> DMoERMOutput:
         batch_size = input_ids.shape[0]
         router_logits = router_probs = None
         # The shared trunk (trunk_layers > 0) runs once per sequence, for the router and every expert.

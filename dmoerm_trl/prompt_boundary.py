@@ -75,7 +75,7 @@ def assistant_opener_ids(tokenizer) -> list[int]:
         prompt_text = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=False)
         opened_text = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
         full_text = tokenizer.apply_chat_template(full_messages, tokenize=False)
-    except Exception as error:  # noqa: BLE001 - a template that cannot render one user + one assistant turn
+    except Exception as error:  # a template that cannot render one user + one assistant turn
         raise PromptBoundaryError(
             f"the chat template of {type(tokenizer).__name__} cannot render a user turn and an assistant turn "
             f"({type(error).__name__}: {error}), so the end of the prompt cannot be found in token ids"

@@ -72,8 +72,8 @@ class RoutingMixin:
                 f"{self.config.assistant_opener_text!r} (token ids {opener}), so its prompt cannot be told from its "
                 "response and the router (which reads the prompt only) cannot route it. Fix: build the text with the "
                 "tokenizer's chat template (the conversation ending with the assistant response), or pass "
-                "prompt_mask= (1 on prompt tokens) or categories= (bypass the router); in GRPO/RLOO use conversational "
-                "prompts, or reward_funcs=[RewardScorer(model, tokenizer).as_reward_function()] for text prompts"
+                "prompt_mask= (1 on prompt tokens) or categories= (bypass the router); in GRPO/RLOO use "
+                "conversational prompts, or reward_funcs=[RewardScorer(model, tokenizer).as_reward_function()] for text prompts"
             )
         return mask
 

@@ -12,7 +12,8 @@ from dmoerm_trl.testing_utils import make_tiny_tokenizer, randomize_adapters
 
 
 def chat(user: str, assistant: str) -> str:
-    """A one-turn conversation in the tiny tokenizer's ChatML template (the router reads up to the assistant opener)."""
+    """A one-turn conversation in the tiny tokenizer's ChatML template (the router reads up to the assistant
+    opener)."""
     return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n"
 
 
@@ -195,10 +196,8 @@ def test_trl_ppo_get_reward_contract(llama_model, tiny_tokenizer):
     pad = tiny_tokenizer.pad_token_id
     # PPO queries are chat-templated prompts with the generation prompt (the assistant opener) at their end.
     prompts = [[{"role": "user", "content": text}] for text in ("What is 2?", "Tell me about the sea please")]
-    queries = encode(
-        tiny_tokenizer, [tiny_tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts],
-        side="left",
-    )
+    texts = [tiny_tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    queries = encode(tiny_tokenizer, texts, side="left")
     responses = encode(tiny_tokenizer, ["It is 4.<|im_end|>", "Blue"], side="right")
     query_responses = torch.cat([queries["input_ids"], responses["input_ids"]], 1)
     context_length = queries["input_ids"].shape[1]

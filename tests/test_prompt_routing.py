@@ -329,13 +329,15 @@ def test_a_row_without_the_opener_is_an_error_naming_it(tmp_path):
         model(**batch)
     # The fixes the message names: categories= (router bypass) or an explicit prompt_mask=.
     assert model(**batch, categories="chitchat").category_ids.tolist() == [1, 1]
-    prompt_mask = prompt_mask_from_opener(batch["input_ids"], batch["attention_mask"], model.config.assistant_opener_ids)[0]
+    opener = model.config.assistant_opener_ids
+    prompt_mask = prompt_mask_from_opener(batch["input_ids"], batch["attention_mask"], opener)[0]
     prompt_mask[1, :3] = 1  # say the plain text's first 3 tokens are its prompt
     auto = model(**encode(tokenizer, texts[:1], "right"))
     explicit = model(**batch, prompt_mask=prompt_mask)
     torch.testing.assert_close(explicit.router_logits[0], auto.router_logits[0], rtol=1e-5, atol=1e-5)
     prefix = encode(tokenizer, texts[1:], "right")["input_ids"][:, :3]
-    torch.testing.assert_close(explicit.router_logits[1], model.route(prefix, prompt_mask=torch.ones_like(prefix))[0], rtol=1e-5, atol=1e-5)
+    alone = model.route(prefix, prompt_mask=torch.ones_like(prefix))[0]
+    torch.testing.assert_close(explicit.router_logits[1], alone, rtol=1e-5, atol=1e-5)
     with pytest.raises(PromptBoundaryError, match="prompt_mask row 0 marks no real token"):
         model(**batch, prompt_mask=torch.zeros_like(prompt_mask))
 

@@ -15,8 +15,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--tokenizer", default=None, help="tokenizer path (default: the model's base model)")
     parser.add_argument(
         "--input", required=True,
-        help="jsonl file; each line has `messages` (a chat conversation) or `text` (already chat-templated: the router "
-        "reads the prompt, up to the template's assistant opener), and optionally `category` (bypasses the router)",
+        help="jsonl file; each line has `messages` (a chat conversation) or `text` (already chat-templated: the "
+        "router reads the prompt, up to the template's assistant opener), and optionally `category` (bypasses the "
+        "router)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=8, help="conversations per forward pass")
     return parser

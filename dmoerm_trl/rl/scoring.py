@@ -215,7 +215,8 @@ class RewardScorer:
                     # A DMoERM's router reads the prompt only: the first prompt_counts[i] tokens of row i.
                     positions = torch.arange(batch["input_ids"].shape[1]).unsqueeze(0)
                     batch["prompt_mask"] = (positions < torch.tensor(prompt_counts).unsqueeze(1)).long()
-                batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "prompt_mask")}
+                wanted = ("input_ids", "attention_mask", "prompt_mask")
+                batch = {k: v.to(device) for k, v in batch.items() if k in wanted}
                 output = model(**batch)
                 logits = output.logits if hasattr(output, "logits") else output
                 results.append(check_reward_logits(logits, len(chunk), name=self.name).float().cpu())
@@ -242,7 +243,7 @@ def _encode_with_prompt_counts(tokenizer, texts, prompt_lengths, max_length, add
     encoded = tokenizer(list(texts), add_special_tokens=add_special_tokens, return_offsets_mapping=True, verbose=False)
     ids_out, flags, counts = [], [], []
     for ids, offsets, limit in zip(encoded["input_ids"], encoded["offset_mapping"], prompt_lengths):
-        count = next((i for i, (begin, end) in enumerate(offsets) if end > begin and begin >= limit), len(ids))
+        count = next((i for i, (begin, end) in enumerate(offsets) if limit <= begin < end), len(ids))
         too_long = max_length is not None and len(ids) > max_length
         if too_long:
             leading = leading_special_tokens(tokenizer, ids, add_special_tokens)

@@ -260,10 +260,10 @@ class PipelineDataMixin:
                     batch = rows[start : start + 32]
                     # What the router reads at inference: the prompt up to the chat template's assistant opener.
                     opener = model.config.assistant_opener_ids
-                    ids = (
-                        [routing_prompt_ids(x, opener, f"pair {pid}") for x, pid in zip(batch["chosen_ids"], batch["pair_id"])]
-                        if opener else batch["prompt_ids"]
-                    )
+                    ids = batch["prompt_ids"]
+                    if opener:
+                        ids = [routing_prompt_ids(x, opener, f"pair {pid}")
+                               for x, pid in zip(batch["chosen_ids"], batch["pair_id"])]
                     length = max(len(x) for x in ids)
                     input_ids = torch.full((len(ids), length), self.tokenizer.pad_token_id, dtype=torch.long)
                     mask = torch.zeros_like(input_ids)

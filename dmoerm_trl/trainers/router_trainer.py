@@ -74,7 +74,9 @@ def router_examples(pairs, tokenizer, category_names: list[str], max_length: int
         if opener:
             views = [(0, routing_prompt_ids(chosen, opener, f"router data, row {number}"))]
         else:
-            rejected = row["rejected_ids"] if has_ids else tokenize_messages(tokenizer, row["prompt"] + row["rejected"])
+            rejected = (
+                row["rejected_ids"] if has_ids else tokenize_messages(tokenizer, row["prompt"] + row["rejected"])
+            )
             prompt = row["prompt_ids"] if has_ids else tokenize_messages(tokenizer, row["prompt"])
             views = [(0, prompt), (1, chosen), (1, rejected)]
         for view, ids in views:

@@ -133,8 +133,8 @@ def test_router_trainer_learns_the_prompt_as_the_model_routes_it(tmp_path, data,
     before = snapshot(model)
     trainer = RouterTrainer(model, args=stage_args(tmp_path, eval_strategy="no", num_train_epochs=10),
                             train_dataset=train, eval_dataset=validation, processing_class=tiny_tokenizer)
-    # One example per conversation (about 54 here, so 10 epochs for enough steps): its tokens up to the assistant opener, exactly what the router reads when the
-    # model scores any response to it.
+    # One example per conversation (about 54 here, so 10 epochs for enough steps): its tokens up to the assistant
+    # opener, exactly what the router reads when the model scores any response to it.
     examples = trainer.train_dataset
     assert set(examples["view"]) == {0}
     expected = {tuple(routing_prompt_ids(ids, opener)) for ids in train["chosen_ids"]}
@@ -143,15 +143,14 @@ def test_router_trainer_learns_the_prompt_as_the_model_routes_it(tmp_path, data,
     trainer.train()
     assert all(name.startswith("router_head") or ".router." in name for name in changed(model, before))
     metrics = trainer.evaluate()
-    assert metrics["eval_accuracy"] > 0.6 and metrics["eval_accuracy_prompt"] == metrics["eval_accuracy"]  # chance: 1/3
+    assert metrics["eval_accuracy"] > 0.6  # chance: 1/3
+    assert metrics["eval_accuracy_prompt"] == metrics["eval_accuracy"]
     # The trained router routes every full conversation of a validation pair as its prompt example.
     model.eval()
-    batch = RouterCollator(tiny_tokenizer.pad_token_id)(
-        [{"input_ids": ids, "labels": 0, "view": 1} for ids in list(validation["chosen_ids"]) + list(validation["rejected_ids"])]
-    )
-    prompts = RouterCollator(tiny_tokenizer.pad_token_id)(
-        [{"input_ids": routing_prompt_ids(ids, opener), "labels": 0, "view": 0} for ids in list(validation["chosen_ids"])] * 2
-    )
+    conversations = list(validation["chosen_ids"]) + list(validation["rejected_ids"])
+    collate = RouterCollator(tiny_tokenizer.pad_token_id)
+    batch = collate([{"input_ids": ids, "labels": 0, "view": 1} for ids in conversations])
+    prompts = collate([{"input_ids": routing_prompt_ids(ids, opener), "labels": 0, "view": 0} for ids in conversations])
     routed_full = model.route(batch["input_ids"], batch["attention_mask"]).argmax(-1)
     routed_prompt = model.route(prompts["input_ids"], prompts["attention_mask"]).argmax(-1)
     assert routed_full.tolist() == routed_prompt.tolist()
