@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -63,8 +64,9 @@ def test_example_then_info_then_score(tiny_llama_path, tmp_path, capsys):
     assert lines[2]["category"] == "chitchat" and lines[2]["router_prob"] is None
     # Plain text gives the router no prompt boundary: an error naming the line and the fixes.
     conversations.write_text(json.dumps({"text": templated}) + "\n" + json.dumps({"text": "plain text"}) + "\n")
-    with pytest.raises(ValueError, match=r"conversations.jsonl, line 2: the router reads the prompt only.*category"):
-        main(["score", "--model", str(output), "--input", str(conversations), "--tokenizer", tiny_llama_path])
+    assert main(["score", "--model", str(output), "--input", str(conversations), "--tokenizer", tiny_llama_path]) == 2
+    error = capsys.readouterr().err
+    assert re.search(r"conversations.jsonl, line 2: the router reads the prompt only.*category", error)
 
 
 def test_info_on_a_folder_that_is_not_a_model(tmp_path, capsys):
