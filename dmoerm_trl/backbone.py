@@ -115,3 +115,44 @@ def detect_pooling(backbone_config) -> str:
     return "first" if backbone_config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "last"
 
 
+
+
+def backbone_is_causal(backbone) -> bool:
+    """Whether a token's hidden state ignores later tokens (a causal decoder), checked on a few tokens.
+
+    The router pools over prompt tokens inside a pass over prompt + response; that is only response-free when the
+    backbone is causal. Measured (two short forwards, once when the model is built); where the weights are not
+    materialised (meta device, DeepSpeed ZeRO-3 partitions) the model type decides (masked-LM families are
+    bidirectional).
+
+    Example:
+        >>> from dmoerm_trl.testing_utils import make_tiny_llama, make_tiny_bert
+        >>> backbone_is_causal(make_tiny_llama().model), backbone_is_causal(make_tiny_bert())
+        (True, False)
+    """
+    import torch
+
+    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    by_type = base.config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    parameter = next(base.parameters(), None)
+    if parameter is None or parameter.device.type == "meta" or parameter.numel() == 0 or hasattr(parameter, "ds_id"):
+        return by_type
+    vocab = int(getattr(base.config, "vocab_size", 8) or 8)
+    input_ids = (torch.arange(8, device=parameter.device) * 3 % max(vocab - 8, 1) + 1).view(1, -1)
+    other_suffix = input_ids.clone()
+    other_suffix[:, 5:] += 7  # same length (same kernels), other later tokens
+    was_training = base.training
+    base.eval()
+    try:
+        with torch.no_grad():
+            first = base(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).last_hidden_state
+            second = base(input_ids=other_suffix, attention_mask=torch.ones_like(input_ids)).last_hidden_state
+    except Exception:  # noqa: BLE001 - a backbone that cannot run a plain forward here: the model type decides
+        return by_type
+    finally:
+        base.train(was_training)
+    first, second = first[:, :5].float(), second[:, :5].float()
+    scale = first.abs().max().item() or 1.0
+    # A causal backbone gives the same prefix states (0.0 measured on CPU in fp32 and bf16); a bidirectional one
+    # differs by ~1e-3 relative even when tiny and random.
+    return (first - second).abs().max().item() <= 1e-5 * scale

@@ -161,6 +161,14 @@ class DMoERMConfig(PretrainedConfig):
             The longest input the backbone accepts (set automatically when the backbone declares it).
         category_order (`list[str]`, *optional*):
             Set automatically: the order of `categories` (JSON files sort keys; this keeps category ids stable).
+        assistant_opener_ids (`list[int]`, *optional*):
+            The token ids that open an assistant turn in the tokenizer's chat template (set by
+            `from_backbone(..., tokenizer=)` or `model.set_prompt_boundary(tokenizer)`; see `prompt_boundary.py`).
+            The router reads only the prompt: the real tokens up to and including the last occurrence of these ids
+            in each row; a row without them is an error. `None` (built without a tokenizer, or a model saved before
+            prompt-only routing whose folder holds no tokenizer): the router reads the whole text, with a warning.
+        assistant_opener_text (`str`, *optional*):
+            The decoded opener, for messages.
 
     Example:
         >>> from dmoerm_trl import DMoERMConfig
@@ -191,6 +199,8 @@ class DMoERMConfig(PretrainedConfig):
         hidden_size: int | None = None,
         max_position_embeddings: int | None = None,
         category_order: list[str] | None = None,
+        assistant_opener_ids: list[int] | None = None,
+        assistant_opener_text: str | None = None,
         **kwargs,
     ):
         kwargs.setdefault("num_labels", 1)
@@ -250,6 +260,17 @@ class DMoERMConfig(PretrainedConfig):
         self.trunk_layers = trunk_layers
         self.hidden_size = hidden_size
         self.max_position_embeddings = max_position_embeddings
+        if assistant_opener_ids is not None and (
+            isinstance(assistant_opener_ids, (str, bytes))
+            or not assistant_opener_ids
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in assistant_opener_ids)
+        ):
+            raise ValueError(
+                "assistant_opener_ids must be a non-empty list of token ids (set it with "
+                f"model.set_prompt_boundary(tokenizer)), got {assistant_opener_ids!r}"
+            )
+        self.assistant_opener_ids = list(assistant_opener_ids) if assistant_opener_ids is not None else None
+        self.assistant_opener_text = assistant_opener_text
 
     @property
     def category_names(self) -> list[str]:

@@ -224,7 +224,11 @@ def evaluate_pair_accuracy(model, tokenizer, pairs, batch_size: int = 16, desc: 
 
 
 def evaluate_router(model, tokenizer, pairs, batch_size: int = 16) -> dict[str, Any]:
-    """Router accuracy on the prompt alone and on prompt + response (both responses), overall and per category."""
+    """Router accuracy per pair, overall and per category, on what the model routes on: the prompt up to the chat
+    template's assistant-turn opener (responses cannot change it). A model without a recorded prompt boundary
+    (routing on the whole text) is also measured on prompt + response (``"full"``, both responses)."""
+    from .trainers.router_trainer import routing_prompt_ids
+
     names = model.config.category_names
     rows = [i for i, c in enumerate(pairs["category"]) if c in names]
     if not rows:
@@ -232,10 +236,16 @@ def evaluate_router(model, tokenizer, pairs, batch_size: int = 16) -> dict[str, 
     pairs = pairs.select(rows)
     labels = [names.index(c) for c in pairs["category"]]
     result = {}
-    for view, sequences, targets in (
-        ("prompt", list(pairs["prompt_ids"]), labels),
-        ("full", list(pairs["chosen_ids"]) + list(pairs["rejected_ids"]), labels + labels),
-    ):
+    opener = model.config.assistant_opener_ids
+    if opener:
+        prompts = [routing_prompt_ids(ids, opener, f"pair {i}") for i, ids in enumerate(pairs["chosen_ids"])]
+        views = [("prompt", prompts, labels)]
+    else:
+        views = [
+            ("prompt", list(pairs["prompt_ids"]), labels),
+            ("full", list(pairs["chosen_ids"]) + list(pairs["rejected_ids"]), labels + labels),
+        ]
+    for view, sequences, targets in views:
         routed = _route(model, sequences, tokenizer.pad_token_id, batch_size, desc=f"Routing ({view})")
         per_category: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for decision, target in zip(routed, targets):

@@ -99,7 +99,8 @@ def build_model_card(model, save_base: bool = False, base_model: str | None = No
             "A double-layer mixture-of-experts reward model"
             " ([DMoERM, arXiv 2403.01197](https://arxiv.org/abs/2403.01197)) built with"
             " [dmoerm-trl](https://github.com/dmoerm-trl/dmoerm-trl): a router sends each conversation to its task"
-            " category; the category's LoRA capability experts score it and an MLP combines them into one reward."
+            " category (from the prompt alone); the category's LoRA capability experts score it and an MLP combines"
+            " them into one reward."
         ),
         "",
         f"- Base model: {where} ({model_type}, hidden size {config.hidden_size}, pooling `{config.pooling}`)",
@@ -107,6 +108,9 @@ def build_model_card(model, save_base: bool = False, base_model: str | None = No
         f"LoRA r={config.lora_r}, alpha={config.lora_alpha}, "
         f"dropout={config.lora_dropout}, targets {config.lora_target_modules}"
         + (f", above a shared trunk of {config.trunk_layers} adapter-free layers" if config.trunk_layers else ""),
+        "- Routing input: "
+        + (f"the prompt, up to the chat template's last `{config.assistant_opener_text!r}`"
+           if getattr(config, "assistant_opener_ids", None) else "the whole text (no prompt boundary recorded)"),
         f"- Phase 1: {phase1}",
         f"- Parameters: base {counts['base']:,} ({base_kind}), adapters {counts['adapters']:,}, heads "
         + f"{counts['heads']:,}",

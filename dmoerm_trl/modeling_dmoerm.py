@@ -6,7 +6,8 @@ Reading guide (top to bottom):
    ``router`` (router_mode="lora"), per category ``<category>__task`` (phase 1) and ``<category>__<capability>``
    (one capability expert each, phase 2). Heads are plain registered modules: ``router_head`` (H -> C),
    ``task_heads[category]`` and ``value_heads[expert]`` (H -> 1), ``aggregators[category]`` (k*H -> A -> 1).
-2. ``forward`` (inference): route -> group the batch by category -> run each group's k experts (one mixed-adapter
+2. ``forward`` (inference): route on the prompt only (the tokens up to the chat template's last assistant-turn
+   opener, ``prompt_boundary.py``) -> group the batch by category -> run each group's k experts (one mixed-adapter
    pass, or k passes: same numbers) -> value heads give ``capability_rewards``, the aggregator gives ``logits``.
 3. ``set_training_stage`` selects what one forward computes and which parameters train (router, a task adapter,
    one expert, an aggregator), so that each phase is an ordinary Trainer run over one adapter per forward.
@@ -21,21 +22,32 @@ LoRA adapters on that copy, the router stays on the original base (``backbone``)
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from .adapter_layout import AdapterLayoutMixin
-from .backbone import BACKBONE_KWARGS, HUB_KWARGS, check_load_kwargs, detect_pooling, load_pretrained_backbone
+from .backbone import (
+    BACKBONE_KWARGS,
+    HUB_KWARGS,
+    backbone_is_causal,
+    check_load_kwargs,
+    detect_pooling,
+    load_pretrained_backbone,
+)
 from .base_reference import pinned_revision
 from .configuration_dmoerm import DMoERMConfig
 from .modeling_outputs import DMoERMOutput
+from .prompt_boundary import PromptBoundaryError
 from .reward_contract import BroadcastRewardScore, SequenceRewardView
+from .routing import RoutingMixin
 from .training_stages import ROUTER_ADAPTER, STAGES, TrainingStagesMixin  # noqa: F401 (re-exported)
 from .trunk import layer_window
+
+logger = logging.getLogger(__name__)
 
 
 class CapabilityAggregator(nn.Module):
@@ -66,7 +78,7 @@ class DMoERMPreTrainedModel(PreTrainedModel):
                 nn.init.zeros_(module.bias)
 
 
-class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, DMoERMPreTrainedModel):
+class DMoERMForSequenceClassification(AdapterLayoutMixin, RoutingMixin, TrainingStagesMixin, DMoERMPreTrainedModel):
     """Double-layer mixture-of-experts reward model (arXiv 2403.01197) on one shared, frozen backbone.
 
     Example:
@@ -114,6 +126,10 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
         # would re-initialise the backbone and the LoRA B matrices (which must start at zero).
         self.post_init()
         self._attach_backbone(backbone)
+        # Causal decoder: the router pools prompt tokens inside the pass it makes anyway (their states ignore the
+        # response). Bidirectional encoder: the router's pass sees only the prompt (attention restricted).
+        self._causal_backbone = backbone_is_causal(self.backbone)
+        self._warned_whole_text_routing = False
         self._stage: tuple[str | None, str | None, str | None] = (None, None, None)
         self.model_card_metrics: dict = {}
         self.set_training_stage(None)
@@ -147,7 +163,9 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
                 and encoders (BERT, ...) work. Options it cannot honour (``quantization_config``, unknown names) are
                 refused with a ``ValueError``.
             categories: ``{category: [capability, ...]}``; one task adapter per category, one expert per capability.
-            tokenizer: optional; checked for a pad token, whose id is stored in the config.
+            tokenizer: optional; checked for a pad token, whose id is stored in the config, and its chat template's
+                assistant-turn opener is recorded so that the router reads only the prompt (see
+                :meth:`set_prompt_boundary`). Without it the router reads the whole text (with a warning).
             lora_r, lora_alpha, lora_dropout, lora_target_modules, aggregator_hidden_size, router_mode, pooling,
             expert_batching, task_mode, router_pooling, trunk_layers: see [`DMoERMConfig`] (``task_mode="full"``:
             one full base copy per category, fine-tuned in phase 1, as in the paper; memory grows with the number of
@@ -215,6 +233,11 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
         # Heads follow the backbone's device and dtype.
         parameter = next(base.parameters())
         model.to(device=parameter.device, dtype=parameter.dtype)
+        if tokenizer is not None:
+            try:
+                model.set_prompt_boundary(tokenizer)
+            except PromptBoundaryError as error:
+                logger.warning("%s. The router will read the whole text (prompt and response).", error)
         return model
 
     # ------------------------------------------------------------------------------------------ training stages
@@ -314,11 +337,12 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
 
     def _encode(
         self, input_ids, attention_mask, position_ids, adapter_names: list[str] | None = None, backbone=None,
-        pooling: str | None = None, trunk: torch.Tensor | None = None,
+        pooling: str | None = None, trunk: torch.Tensor | None = None, pool_mask: torch.Tensor | None = None,
     ):
         """One backbone pass; returns the pooled hidden state (N, H). ``adapter_names`` picks an adapter per row
-        (``"__base__"``: none); ``backbone`` defaults to the shared one, ``pooling`` to ``config.pooling``. With
-        ``trunk_layers > 0`` only the top layers run, from ``trunk`` (computed here when not given)."""
+        (``"__base__"``: none); ``backbone`` defaults to the shared one, ``pooling`` to ``config.pooling``,
+        ``pool_mask`` (the tokens pooled over) to ``attention_mask``. With ``trunk_layers > 0`` only the top layers
+        run, from ``trunk`` (computed here when not given)."""
         backbone = self.backbone if backbone is None else backbone
         kwargs = self._backbone_kwargs(input_ids, attention_mask, position_ids, adapter_names, backbone)
         if self.config.trunk_layers:
@@ -327,7 +351,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             hidden = self._branch(kwargs, backbone, trunk)
         else:
             hidden = backbone(**kwargs).last_hidden_state
-        return self._pool(hidden, attention_mask, pooling)
+        return self._pool(hidden, attention_mask if pool_mask is None else pool_mask, pooling)
 
     def _head_input(self, features: torch.Tensor, head: nn.Module) -> torch.Tensor:
         weight = next(head.parameters())
@@ -363,26 +387,6 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             1,
         )
 
-    def _router_features(self, input_ids, attention_mask, position_ids, trunk=None) -> torch.Tensor:
-        """``(N, H)``: what the router head reads. ``router_mode="lora"``: the pooled output of the router adapter;
-        ``"linear"``: of the plain base; ``"trunk"``: the pooled shared-trunk output, no layer pass of its own."""
-        if self.config.router_mode == "trunk":
-            if trunk is None:
-                trunk = self._trunk(input_ids, attention_mask, position_ids)
-            pooled = self._pool(trunk, attention_mask, self.config.router_pooling)
-            # A middle layer's hidden state has not been through the backbone's final norm (and can carry a few
-            # huge outlier dimensions): a parameter-free layer norm puts the head's input on one scale.
-            return F.layer_norm(pooled, pooled.shape[-1:])
-        adapter = ROUTER_ADAPTER if self.config.router_mode == "lora" else "__base__"
-        return self._encode(
-            input_ids, attention_mask, position_ids, adapter_names=[adapter] * input_ids.shape[0],
-            pooling=self.config.router_pooling, trunk=trunk,
-        )
-
-    def _route(self, input_ids, attention_mask, position_ids, trunk=None) -> torch.Tensor:
-        pooled = self._router_features(input_ids, attention_mask, position_ids, trunk)
-        return self.router_head(self._head_input(pooled, self.router_head))
-
     def _category_ids(self, categories, batch_size: int, device) -> torch.Tensor:
         if isinstance(categories, torch.Tensor):
             categories = categories.tolist()
@@ -401,6 +405,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
         labels: torch.LongTensor | None = None,
         expert_features: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        prompt_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> DMoERMOutput:
         """Reward of each sequence.
@@ -409,6 +414,9 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
             input_ids, attention_mask: ``(B, T)``; left, right or mixed padding.
             categories: optional category names or ids (one per row, or one for all): bypass the router.
             position_ids: optional; by default counted over real tokens.
+            prompt_mask: optional ``(B, T)``, 1 on the prompt tokens the router reads. By default the prompt ends at
+                the last assistant-turn opener of each row (``config.assistant_opener_ids``); a row without one is
+                an error.
             labels: category ids, only in the router stage (gives ``loss``).
             expert_features: ``(B, k*H)`` cached expert features, only in the aggregator stage.
             **kwargs: accepted and ignored (TRL passes ``use_cache=``, ``margin=``).
@@ -430,18 +438,20 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
                         "model.set_training_stage('router' | 'task' | 'capability' | 'aggregator', ...) to train one "
                         "part, or model.eval() / torch.no_grad() to score"
                     )
-                return self._inference_forward(input_ids, attention_mask, position_ids, categories)
+                return self._inference_forward(input_ids, attention_mask, position_ids, categories, prompt_mask)
             return self._stage_forward(
-                stage, category, input_ids, attention_mask, position_ids, labels, expert_features
+                stage, category, input_ids, attention_mask, position_ids, labels, expert_features, prompt_mask
             )
 
-    def _inference_forward(self, input_ids, attention_mask, position_ids, categories) -> DMoERMOutput:
+    def _inference_forward(
+        self, input_ids, attention_mask, position_ids, categories, prompt_mask=None
+    ) -> DMoERMOutput:
         batch_size = input_ids.shape[0]
         router_logits = router_probs = None
         # The shared trunk (trunk_layers > 0) runs once per sequence, for the router and every expert.
         trunk = self._trunk(input_ids, attention_mask, position_ids) if self.config.trunk_layers else None
         if categories is None:
-            router_logits = self._route(input_ids, attention_mask, position_ids, trunk)
+            router_logits = self._route(input_ids, attention_mask, position_ids, trunk, prompt_mask)
             router_probs = router_logits.float().softmax(-1)
             category_ids = router_probs.argmax(-1)
         else:
@@ -488,17 +498,6 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
                 backbone.train(mode)
 
     @torch.no_grad()
-    def route(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
-        """``(B, C)`` router logits (inference: no grad, no dropout, whatever the training stage).
-
-        Example:
-            >>> categories = model.route(batch["input_ids"], batch["attention_mask"]).argmax(-1)  # doctest: +SKIP
-        """
-        input_ids, attention_mask, position_ids = self._prepare_inputs(input_ids, attention_mask, position_ids)
-        with self._backbone_eval():
-            return self._route(input_ids, attention_mask, position_ids)
-
-    @torch.no_grad()
     def compute_expert_features(self, input_ids, attention_mask=None, category=None, position_ids=None):
         """``(B, k*H)`` concatenated pooled features of the category's frozen experts: the phase-3 feature cache.
 
@@ -528,8 +527,11 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
         finally:
             self.train(was_training)
 
-    def compute_rewards(self, conversations, tokenizer, batch_size: int = 16, max_length: int | None = None):
-        """Score texts or chat conversations: a list of ``{reward, category, router_prob, capabilities}`` dicts.
+    def compute_rewards(
+        self, conversations, tokenizer, batch_size: int = 16, max_length: int | None = None, categories=None
+    ):
+        """Score chat conversations (or chat-templated texts): a list of ``{reward, category, router_prob,
+        capabilities}`` dicts. The category comes from the prompt alone; ``categories=`` bypasses the router.
 
         Example:
             >>> model.compute_rewards([[{"role": "user", "content": "Hi"},  # doctest: +SKIP
@@ -538,7 +540,9 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, TrainingStagesMixin, D
         """
         from .scoring import score_conversations
 
-        return score_conversations(self, conversations, tokenizer, batch_size=batch_size, max_length=max_length)
+        return score_conversations(
+            self, conversations, tokenizer, batch_size=batch_size, max_length=max_length, categories=categories
+        )
 
     # -------------------------------------------------------------------------------------------------- files
     def num_parameters_by_part(self) -> dict[str, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .prompt_boundary import PromptBoundaryError, assistant_opener_ids, prompt_mask_from_opener
 from .truncation import encode_keep_end, warn_truncated
 
 
@@ -39,13 +40,17 @@ def check_conversation(conversation, where: str):
 
 
 @torch.no_grad()
-def score_conversations(model, conversations, tokenizer, batch_size: int = 16, max_length: int | None = None):
+def score_conversations(
+    model, conversations, tokenizer, batch_size: int = 16, max_length: int | None = None, categories=None
+):
     """A list of ``{reward, category, router_prob, capabilities, truncated}`` dicts, one per text or conversation.
 
     Conversations are rendered with the tokenizer's chat template. Encoders (pooling "first") get their special
     tokens ([CLS] ... [SEP]); decoders get the template's text as is. A conversation longer than ``max_length``
     (default: the backbone's limit) keeps its end, so the response is always scored: its oldest tokens are dropped,
-    ``truncated`` is true and the count is logged (see :mod:`dmoerm_trl.truncation`).
+    ``truncated`` is true and the count is logged (see :mod:`dmoerm_trl.truncation`). The router reads the prompt
+    only (up to the template's last assistant-turn opener), so a text string must already be chat-templated;
+    ``categories`` (one name per conversation, or one for all) bypasses the router (``router_prob`` is then ``None``).
 
     Example:
         >>> score_conversations(model, ["Q: 2+2? A: 4"], tokenizer)  # doctest: +SKIP
@@ -63,6 +68,14 @@ def score_conversations(model, conversations, tokenizer, batch_size: int = 16, m
     add_special_tokens = model.config.pooling == "first"
     encoded, truncated = encode_keep_end(tokenizer, texts, max_length, add_special_tokens=add_special_tokens)
     warn_truncated("compute_rewards", sum(truncated), len(texts), max_length)
+    # A model without a recorded prompt boundary (built without a tokenizer, or saved before prompt-only routing)
+    # takes it from the tokenizer given here, when its chat template has one (the config is left as it is).
+    opener = None
+    if not model.config.assistant_opener_ids and getattr(tokenizer, "chat_template", None):
+        try:
+            opener = assistant_opener_ids(tokenizer)
+        except PromptBoundaryError:
+            opener = None
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -71,14 +84,38 @@ def score_conversations(model, conversations, tokenizer, batch_size: int = 16, m
         for start in range(0, len(texts), batch_size):
             chunk = {"input_ids": encoded[start : start + batch_size]}
             batch = tokenizer.pad(chunk, padding=True, return_tensors="pt").to(device)
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            chunk_categories = None
+            if categories is not None:
+                chunk_categories = (
+                    categories if isinstance(categories, (str, int)) else list(categories[start : start + batch_size])
+                )
+            try:
+                prompt_mask = None
+                if opener is not None and chunk_categories is None:
+                    # A row without the opener gets an empty mask, which the model refuses naming the row.
+                    prompt_mask = prompt_mask_from_opener(batch["input_ids"], batch["attention_mask"], opener)[0]
+                out = model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], categories=chunk_categories,
+                    prompt_mask=prompt_mask,
+                )
+            except PromptBoundaryError as error:
+                if error.row is None:
+                    raise
+                raise PromptBoundaryError(
+                    start + error.row,
+                    f"conversation {start + error.row}: the router reads the prompt only, but this text has no "
+                    "assistant-turn opener to end the prompt. Fix: pass it as chat messages ([{'role': 'user', ...}, "
+                    "{'role': 'assistant', ...}]) or as text rendered with the tokenizer's chat template, or give "
+                    "categories= to bypass the router",
+                ) from None
             for i in range(len(batch["input_ids"])):
                 category = model.config.category_names[int(out.category_ids[i])]
+                probs = out.router_probs
                 results.append(
                     {
                         "reward": float(out.logits[i, 0]),
                         "category": category,
-                        "router_prob": float(out.router_probs[i, out.category_ids[i]]),
+                        "router_prob": None if probs is None else float(probs[i, out.category_ids[i]]),
                         "capabilities": {
                             capability: float(out.capability_rewards[i, j])
                             for j, capability in enumerate(model.config.categories[category])

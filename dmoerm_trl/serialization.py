@@ -170,6 +170,8 @@ def load_dmoerm(cls, name_or_path, config, base_model_name_or_path, kwargs: dict
     parameter = next(base.parameters())
     model.to(device=parameter.device, dtype=parameter.dtype)
     load_dmoerm_weights(model, folder)
+    if not config.assistant_opener_ids:
+        _prompt_boundary_from_saved_tokenizer(model, folder)
     if (folder / "eval_results.json").exists():
         model.model_card_metrics = json.loads((folder / "eval_results.json").read_text(encoding="utf-8"))
     model.eval()
@@ -216,6 +218,34 @@ def read_safetensors(path) -> dict:
         raise ValueError(
             f"{path} is not a readable safetensors file ({err}): it is truncated or corrupt; copy or save it again"
         ) from None
+
+
+def _prompt_boundary_from_saved_tokenizer(model, folder: Path) -> None:
+    """A model saved before prompt-only routing (no ``assistant_opener_ids`` in its config): take the prompt boundary
+    from the tokenizer saved in its folder (the training pipeline saves it there). Without one, the router reads the
+    whole text and warns at its first use (see ``DMoERMForSequenceClassification._router_prompt_mask``)."""
+    import logging
+
+    from .prompt_boundary import PromptBoundaryError
+
+    logger = logging.getLogger(__name__)
+    if not any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json")):
+        return
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        opener = model.set_prompt_boundary(tokenizer)
+    except (PromptBoundaryError, OSError, ValueError) as error:
+        logger.warning(
+            "%s: no prompt boundary from its saved tokenizer (%s); the router reads the whole text", folder, error
+        )
+        return
+    logger.info(
+        "%s was saved without a prompt boundary; routing on the prompt up to %r (token ids %s), from its saved "
+        "tokenizer",
+        folder, model.config.assistant_opener_text, opener,
+    )
 
 
 def load_dmoerm_weights(model, folder) -> None:

@@ -20,6 +20,38 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# The chat templates of three model families, verbatim in what they render (SmolLM2-Instruct: ChatML with a default
+# system turn; Llama-3-Instruct; Qwen2.5-Instruct: ChatML with its default system turn, tool branches left out).
+CHAT_TEMPLATES = {
+    "smollm2": (
+        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+        "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+        "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "llama3": (
+        "{% set loop_messages = messages %}{% for message in loop_messages %}"
+        "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim"
+        " + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
+        "{% endfor %}{% if add_generation_prompt %}"
+        "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
+    "qwen2": (
+        "{%- if messages[0]['role'] == 'system' %}"
+        "{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+        "{%- else %}"
+        "{{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}"
+        "{%- endif %}"
+        "{%- for message in messages %}"
+        "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or "
+        "(message.role == 'assistant') %}"
+        "{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}"
+        "{%- endif %}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+    ),
+}
+
 _CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "What is the capital of France? The capital of France is Paris.",
@@ -69,6 +101,35 @@ def make_tiny_tokenizer(path: str | os.PathLike | None = None, pad_token: bool =
         model_max_length=256,
     )
     tokenizer.chat_template = CHATML_TEMPLATE
+    if path is not None:
+        tokenizer.save_pretrained(path)
+    return tokenizer
+
+
+def make_tiny_chat_tokenizer(family: str, path: str | os.PathLike | None = None):
+    """A byte-level BPE tokenizer with the special tokens and chat template of ``family`` (one of
+    :data:`CHAT_TEMPLATES`: ``"smollm2"``, ``"llama3"``, ``"qwen2"``), and a pad token; right padding.
+
+    Example:
+        >>> tokenizer = make_tiny_chat_tokenizer("llama3")
+        >>> tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
+        '<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>'
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    if family not in CHAT_TEMPLATES:
+        raise ValueError(f"family must be one of {sorted(CHAT_TEMPLATES)}, got {family!r}")
+    if family == "llama3":
+        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                    "<pad>"]
+        names = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "unk_token": "<|end_of_text|>"}
+    else:
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+        names = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>"}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_bpe(specials), pad_token="<pad>", padding_side="right", model_max_length=256, **names
+    )
+    tokenizer.chat_template = CHAT_TEMPLATES[family]
     if path is not None:
         tokenizer.save_pretrained(path)
     return tokenizer
@@ -144,7 +205,10 @@ def make_tiny_llama(
     return str(path)
 
 
-def make_tiny_bert(path: str | os.PathLike | None = None, hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
+def make_tiny_bert(
+    path: str | os.PathLike | None = None, hidden_size: int = 32, num_layers: int = 2, seed: int = 0,
+    max_position_embeddings: int = 128,
+):
     """A tiny random BERT encoder (with its WordPiece tokenizer saved beside it). Returns the model or path."""
     import torch
     from transformers import AutoModel, BertConfig
@@ -156,7 +220,7 @@ def make_tiny_bert(path: str | os.PathLike | None = None, hidden_size: int = 32,
         intermediate_size=hidden_size * 2,
         num_hidden_layers=num_layers,
         num_attention_heads=4,
-        max_position_embeddings=128,
+        max_position_embeddings=max_position_embeddings,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)

@@ -114,7 +114,7 @@ class TrainingStagesMixin:
                 self.value_heads[expert].load_state_dict(task_head.state_dict())
 
     def _stage_forward(
-        self, stage, category, input_ids, attention_mask, position_ids, labels, expert_features
+        self, stage, category, input_ids, attention_mask, position_ids, labels, expert_features, prompt_mask=None
     ) -> DMoERMOutput:
         batch_size = input_ids.shape[0]
         if stage == "aggregator":
@@ -125,11 +125,17 @@ class TrainingStagesMixin:
             return DMoERMOutput(logits=logits, category_ids=category_ids)
 
         backbone = self.backbone_for(category)
-        pooling = self.config.router_pooling if stage == "router" else None
+        pooling = pool_mask = None
+        if stage == "router":
+            # The router is trained as it is used: on the prompt tokens only (see _router_features).
+            pooling = self.config.router_pooling
+            pool_mask = self._router_prompt_mask(input_ids, attention_mask, prompt_mask)
+            if not self._causal_backbone:
+                attention_mask = pool_mask
         if stage == "router" and self.config.router_mode != "lora":
             # "linear" / "trunk": the base stays frozen and only the head learns, so the features need no graph.
             with torch.no_grad(), self._backbone_eval():
-                pooled = self._router_features(input_ids, attention_mask, position_ids)
+                pooled = self._router_features(input_ids, attention_mask, position_ids, prompt_mask=pool_mask)
         elif self._stage_adapter is None:
             # task_mode="full", phase 1: the category's own base copy, fully trained, its expert adapters switched
             # off by set_training_stage.
@@ -139,11 +145,13 @@ class TrainingStagesMixin:
             # gradient checkpointing sees a single adapter.
             if backbone.active_adapter != self._stage_adapter:
                 backbone.set_adapter(self._stage_adapter)
-            pooled = self._encode(input_ids, attention_mask, position_ids, backbone=backbone, pooling=pooling)
+            pooled = self._encode(
+                input_ids, attention_mask, position_ids, backbone=backbone, pooling=pooling, pool_mask=pool_mask
+            )
         else:
             pooled = self._encode(
                 input_ids, attention_mask, position_ids, [self._stage_adapter] * batch_size, backbone=backbone,
-                pooling=pooling,
+                pooling=pooling, pool_mask=pool_mask,
             )
 
         if stage == "router":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -34,6 +35,7 @@ def test_example_then_info_then_score(tiny_llama_path, tmp_path, capsys):
     info = capsys.readouterr().out
     assert "objective_qa: correctness, logic, depth_of_knowledge" in info
     assert "(11 adapters)" in info  # 1 router + 3 task + 7 experts
+    assert "routes on:    the prompt (up to the last '<|im_start|>assistant\\n')" in info
     assert main(["info", str(output), "--json"]) == 0
     described = json.loads(capsys.readouterr().out)
     assert len(described["parameters"]["per_adapter"]) == 11
@@ -48,13 +50,23 @@ def test_example_then_info_then_score(tiny_llama_path, tmp_path, capsys):
     assert described["parameters"]["heads"] == counts["heads"]
 
     conversations = tmp_path / "conversations.jsonl"
+    templated = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
     conversations.write_text(
         json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]})
-        + "\n" + json.dumps({"text": "plain text"}) + "\n"
+        + "\n" + json.dumps({"text": templated}) + "\n" + json.dumps({"text": "plain text", "category": "chitchat"})
+        + "\n"
     )
     assert main(["score", "--model", str(output), "--input", str(conversations), "--tokenizer", tiny_llama_path]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    assert len(lines) == 2 and all("reward" in line and "capabilities" in line for line in lines)
+    assert len(lines) == 3 and all("reward" in line and "capabilities" in line for line in lines)
+    # messages, and the same conversation as chat-templated text (batched with other rows: float noise only)
+    assert lines[0]["category"] == lines[1]["category"] and lines[0]["reward"] == pytest.approx(lines[1]["reward"])
+    assert lines[2]["category"] == "chitchat" and lines[2]["router_prob"] is None
+    # Plain text gives the router no prompt boundary: an error naming the line and the fixes.
+    conversations.write_text(json.dumps({"text": templated}) + "\n" + json.dumps({"text": "plain text"}) + "\n")
+    assert main(["score", "--model", str(output), "--input", str(conversations), "--tokenizer", tiny_llama_path]) == 2
+    error = capsys.readouterr().err
+    assert re.search(r"conversations.jsonl, line 2: the router reads the prompt only.*category", error)
 
 
 def test_info_on_a_folder_that_is_not_a_model(tmp_path, capsys):

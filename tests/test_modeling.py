@@ -9,12 +9,20 @@ from transformers import AutoModel, AutoTokenizer
 from dmoerm_trl import DMoERMConfig, DMoERMForSequenceClassification
 from dmoerm_trl.testing_utils import make_tiny_tokenizer, randomize_adapters
 
+
+
+def chat(user: str, assistant: str) -> str:
+    """A one-turn conversation in the tiny tokenizer's ChatML template (the router reads up to the assistant
+    opener)."""
+    return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n"
+
+
 CONVERSATIONS = [
-    "What is the capital of France? The capital of France is Paris.",
-    "How are you today? I am fine, thank you.",
-    "Solve 12 * 7. The answer is 84.",
-    "hi",
-    "Write a short poem about the sea. The sea is blue and deep and wide and calm tonight.",
+    chat("What is the capital of France?", "The capital of France is Paris."),
+    chat("How are you today?", "I am fine, thank you."),
+    chat("Solve 12 * 7.", "The answer is 84."),
+    chat("hi", ""),
+    chat("Write a short poem about the sea.", "The sea is blue and deep and wide and calm tonight."),
 ]
 
 
@@ -186,8 +194,11 @@ def test_trl_ppo_get_reward_contract(llama_model, tiny_tokenizer):
     if not hasattr(utils, "get_reward"):
         pytest.skip("this TRL has no PPO get_reward (PPO lives in trl>=1.10,<1.13)")
     pad = tiny_tokenizer.pad_token_id
-    queries = encode(tiny_tokenizer, ["What is 2?", "Tell me about the sea please"], side="left")
-    responses = encode(tiny_tokenizer, ["It is 4.", "Blue"], side="right")
+    # PPO queries are chat-templated prompts with the generation prompt (the assistant opener) at their end.
+    prompts = [[{"role": "user", "content": text}] for text in ("What is 2?", "Tell me about the sea please")]
+    texts = [tiny_tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    queries = encode(tiny_tokenizer, texts, side="left")
+    responses = encode(tiny_tokenizer, ["It is 4.<|im_end|>", "Blue"], side="right")
     query_responses = torch.cat([queries["input_ids"], responses["input_ids"]], 1)
     context_length = queries["input_ids"].shape[1]
     llama_model.train()  # TRL leaves the reward model in training mode
@@ -221,13 +232,18 @@ def test_bert_encoder_backbone(tiny_bert_path, tiny_bert_tokenizer, tiny_categor
 
 def test_compute_rewards_on_conversations(llama_model, tiny_tokenizer):
     results = llama_model.compute_rewards(
-        [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}], "plain text"],
+        [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}], CONVERSATIONS[0]],
         tiny_tokenizer,
     )
     assert len(results) == 2
     for result in results:
         assert result["category"] in llama_model.config.categories
         assert list(result["capabilities"]) == llama_model.config.categories[result["category"]]
+    # Plain text has no prompt boundary: an error naming the conversation, unless the router is bypassed.
+    with pytest.raises(ValueError, match="conversation 1: the router reads the prompt only.*categories="):
+        llama_model.compute_rewards([CONVERSATIONS[0], "plain text"], tiny_tokenizer)
+    forced = llama_model.compute_rewards([CONVERSATIONS[0], "plain text"], tiny_tokenizer, categories="chitchat")
+    assert [r["category"] for r in forced] == ["chitchat"] * 2 and forced[1]["router_prob"] is None
 
 
 # ------------------------------------------------------------------------------------------------- bad input
@@ -299,8 +315,9 @@ def test_input_longer_than_the_backbone_allows_keeps_its_end(llama_model, caplog
     too_long = torch.randint(5, 100, (1, 300), generator=torch.Generator().manual_seed(0))
     llama_model.eval()
     with torch.no_grad(), caplog.at_level("WARNING"):
-        cut = llama_model(input_ids=too_long).logits
-        end = llama_model(input_ids=too_long[:, -256:]).logits
+        # Random ids hold no chat-template prompt for the router: the category is given.
+        cut = llama_model(input_ids=too_long, categories="chitchat").logits
+        end = llama_model(input_ids=too_long[:, -256:], categories="chitchat").logits
     assert torch.allclose(cut, end, atol=1e-5)
     assert "1 of 1 conversation(s) are longer than 256 tokens" in caplog.text
 
@@ -351,9 +368,11 @@ def test_router_mean_pooling(tiny_llama_path, tiny_tokenizer, tiny_categories, s
     assert model.config.router_pooling == "mean" and model.config.pooling == "last"  # experts keep theirs
     batch = encode(tiny_tokenizer, CONVERSATIONS, side=side)
     logits = model.route(batch["input_ids"], batch["attention_mask"])
+    opener = "<|im_start|>assistant\n"
     with torch.no_grad():
         for i, text in enumerate(CONVERSATIONS):
-            single = encode(tiny_tokenizer, [text])
+            # The mean over the prompt's tokens (up to and including the last assistant opener), computed alone.
+            single = encode(tiny_tokenizer, [text[: text.rindex(opener) + len(opener)]])
             hidden = model.backbone(input_ids=single["input_ids"], attention_mask=single["attention_mask"],
                                     adapter_names=["router"]).last_hidden_state
             torch.testing.assert_close(logits[i], model.router_head(hidden.mean(1))[0], atol=1e-5, rtol=1e-4)

@@ -13,7 +13,12 @@ import dmoerm_trl
 from dmoerm_trl import DMoERMForSequenceClassification
 from dmoerm_trl.testing_utils import make_tiny_llama, randomize_adapters
 
-TEXTS = ["What is the capital of France? Paris.", "How are you today? Fine, thanks.", "hi"]
+# One-turn ChatML conversations (the tiny tokenizer's template): the router reads up to the assistant opener.
+TEXTS = [
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nParis.<|im_end|>\n",
+    "<|im_start|>user\nHow are you today?<|im_end|>\n<|im_start|>assistant\nFine, thanks.<|im_end|>\n",
+    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n",
+]
 
 
 @pytest.fixture

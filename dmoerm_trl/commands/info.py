@@ -64,6 +64,7 @@ def describe_saved_model(path: str | Path) -> dict:
         "backbone_type": (config.backbone_config or {}).get("model_type"),
         "hidden_size": config.hidden_size,
         "router_mode": config.router_mode,
+        "routing_prompt_ends_at": getattr(config, "assistant_opener_text", None),
         "task_mode": task_mode,
         "trunk_layers": getattr(config, "trunk_layers", 0),
         "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
@@ -91,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
     where = "saved in base/" if info["base_saved_in_folder"] else "referenced"
     print(f"  base model:   {info['base_model']} ({info['backbone_type']}, hidden {info['hidden_size']}; {where})")
     print(f"  router:       {info['router_mode']}: {ROUTER_DESCRIPTIONS.get(info['router_mode'], '?')}")
+    opener = info["routing_prompt_ends_at"]
+    print("  routes on:    " + (f"the prompt (up to the last {opener!r})" if opener else
+                                "the whole text (no prompt boundary recorded: set_prompt_boundary(tokenizer))"))
     if info["task_mode"] == "full":
         print(f"  phase 1:      full fine-tuning, one base copy per category ({len(info['categories'])} + 1 bases)")
     lora = info["lora"]

@@ -15,7 +15,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--tokenizer", default=None, help="tokenizer path (default: the model's base model)")
     parser.add_argument(
         "--input", required=True,
-        help="jsonl file; each line has `messages` (a chat conversation) or `text`",
+        help="jsonl file; each line has `messages` (a chat conversation) or `text` (already chat-templated: the "
+        "router reads the prompt, up to the template's assistant opener), and optionally `category` (bypasses the "
+        "router)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=8, help="conversations per forward pass")
     return parser
@@ -23,9 +25,14 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 def read_conversations(path: str) -> list:
     """The ``messages`` or ``text`` of each line of a jsonl file; a bad line raises a ``ValueError`` naming it."""
+    return [conversation for _, conversation, _ in read_records(path)]
+
+
+def read_records(path: str) -> list[tuple[int, object, str | None]]:
+    """``(line number, conversation, category or None)`` per non-empty line; a bad line raises a ``ValueError``."""
     from ..scoring import check_conversation
 
-    conversations = []
+    records = []
     with open(require_input_file(path, "--input"), "rb") as handle:
         for number, raw in enumerate(handle, 1):
             where = f"{path}, line {number}"
@@ -45,8 +52,11 @@ def read_conversations(path: str) -> list:
             if not isinstance(record, dict) or ("messages" not in record and "text" not in record):
                 raise ValueError(f"{where}: needs a `messages` list or a `text` string")
             conversation = record["messages"] if "messages" in record else record["text"]
-            conversations.append(check_conversation(conversation, where))
-    return conversations
+            category = record.get("category")
+            if category is not None and not isinstance(category, str):
+                raise ValueError(f"{where}: `category` must be a category name (a string), got {category!r:.40}")
+            records.append((number, check_conversation(conversation, where), category))
+    return records
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,15 +67,32 @@ def run(args: argparse.Namespace) -> int:
     require_model(args.model, "--model")
     if args.tokenizer is not None:
         require_model(args.tokenizer, "--tokenizer")
-    conversations = read_conversations(args.input)
-    if not conversations:
+    from ..prompt_boundary import PromptBoundaryError
+
+    records = read_records(args.input)
+    if not records:
         raise ValueError(f"--input {args.input} has no conversations (every line is empty)")
     model = DMoERMForSequenceClassification.from_pretrained(args.model)
     tokenizer_source = args.tokenizer or (
         f"{args.model}/base" if model.config.base_model_name_or_path is None else model.config.base_model_name_or_path
     )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    results = model.compute_rewards(conversations, tokenizer, batch_size=args.batch_size)
+    by_index: dict[int, dict] = {}
+    routed = [i for i, record in enumerate(records) if record[2] is None]
+    try:
+        scored = model.compute_rewards([records[i][1] for i in routed], tokenizer, batch_size=args.batch_size)
+    except PromptBoundaryError as error:
+        if error.row is None:
+            raise
+        raise ValueError(
+            f"{args.input}, line {records[routed[error.row]][0]}: {error}".replace(f"conversation {error.row}: ", "")
+            + " (in the file: a `category` field)"
+        ) from None
+    by_index.update(zip(routed, scored))
+    for i, (_, conversation, category) in enumerate(records):
+        if category is not None:  # the record names its category: the router is bypassed
+            by_index[i] = model.compute_rewards([conversation], tokenizer, categories=category)[0]
+    results = [by_index[i] for i in range(len(records))]
     for result in results:
         print(json.dumps(result, ensure_ascii=False))
     truncated = sum(result["truncated"] for result in results)

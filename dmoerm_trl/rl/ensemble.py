@@ -187,7 +187,8 @@ class RewardEnsemble(PreTrainedModel):
     ) -> RewardEnsembleOutput:
         """Ensemble reward of each sequence: ``logits`` ``(B, 1)`` and ``member_rewards`` ``(B, M)``.
 
-        Every member gets the same ``input_ids``; ``**kwargs`` (TRL's ``use_cache=``, ``margin=``) are ignored.
+        Every member gets the same ``input_ids``; ``**kwargs`` (TRL's ``use_cache=``, ``margin=``) are ignored,
+        except ``prompt_mask``, passed on to DMoERM members (their router reads the prompt only).
         """
         if input_ids is None:
             raise ValueError("RewardEnsemble needs input_ids")
@@ -200,6 +201,8 @@ class RewardEnsemble(PreTrainedModel):
                 member_kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
                 if position_ids is not None:
                     member_kwargs["position_ids"] = position_ids
+                if kwargs.get("prompt_mask") is not None and getattr(member.config, "model_type", None) == "dmoerm":
+                    member_kwargs["prompt_mask"] = kwargs["prompt_mask"]
                 output = member(**member_kwargs)
                 member_rewards.append(check_reward_logits(output.logits, batch_size, f"ensemble member {i}"))
             member_rewards = torch.stack([r.float() for r in member_rewards], dim=-1)

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..truncation import encode_keep_end, warn_truncated
+from ..truncation import encode_keep_end, keep_end, leading_special_tokens, warn_truncated
 from .checks import check_reward_logits, check_reward_model_ready, check_reward_values, max_positions
 
 
@@ -176,11 +176,19 @@ class RewardScorer:
             member_rewards = torch.stack([scorer(prompts, completions) for scorer in self.member_scorers], dim=-1)
             return self.reward.combine(member_rewards).float().cpu()
         texts = build_reward_texts(self.tokenizer, prompts, completions, append_eos=self.append_eos)
-        return self.score_texts(texts, conversational=bool(prompts) and is_conversational_prompt(prompts[0]))
+        conversational = bool(prompts) and is_conversational_prompt(prompts[0])
+        # A DMoERM routes on the prompt only: a text prompt's end is known here (a chat template marks it itself).
+        prompt_lengths = None if conversational else [len(prompt) for prompt in prompts]
+        return self.score_texts(texts, conversational=conversational, prompt_lengths=prompt_lengths)
 
     @torch.no_grad()
-    def score_texts(self, texts: Sequence[str], conversational: bool = False) -> torch.Tensor:
-        """Rewards ``(B,)`` for already formatted full texts (chat template applied for conversations)."""
+    def score_texts(
+        self, texts: Sequence[str], conversational: bool = False, prompt_lengths: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """Rewards ``(B,)`` for already formatted full texts (chat template applied for conversations).
+
+        ``prompt_lengths`` (characters of each text that are prompt) tells a DMoERM's router where the prompt of a
+        plain text ends (a fast tokenizer's offsets give the tokens); chat-templated texts do not need it."""
         model, tokenizer = self.reward, self.tokenizer
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id  # as TRL's GRPO/RLOO do for reward models
@@ -191,12 +199,24 @@ class RewardScorer:
                 chunk = list(texts[start : start + self.batch_size])
                 # Chat templates already contain the special tokens; plain text gets them like in RewardTrainer.
                 # Over-long texts keep their end (the completion); flagged and counted (dmoerm_trl.truncation).
-                encoded, truncated = encode_keep_end(tokenizer, chunk, self.max_length, not conversational)
+                prompt_counts = None
+                if prompt_lengths is not None and _routes_on_prompt(model, tokenizer):
+                    limits = prompt_lengths[start : start + self.batch_size]
+                    encoded, truncated, prompt_counts = _encode_with_prompt_counts(
+                        tokenizer, chunk, limits, self.max_length, not conversational
+                    )
+                else:
+                    encoded, truncated = encode_keep_end(tokenizer, chunk, self.max_length, not conversational)
                 self.num_truncated += sum(truncated)
                 self.num_scored += len(chunk)
                 warn_truncated(self.name, sum(truncated), len(chunk), self.max_length)
                 batch = tokenizer.pad({"input_ids": encoded}, padding=True, padding_side="right", return_tensors="pt")
-                batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+                if prompt_counts is not None:
+                    # A DMoERM's router reads the prompt only: the first prompt_counts[i] tokens of row i.
+                    positions = torch.arange(batch["input_ids"].shape[1]).unsqueeze(0)
+                    batch["prompt_mask"] = (positions < torch.tensor(prompt_counts).unsqueeze(1)).long()
+                wanted = ("input_ids", "attention_mask", "prompt_mask")
+                batch = {k: v.to(device) for k, v in batch.items() if k in wanted}
                 output = model(**batch)
                 logits = output.logits if hasattr(output, "logits") else output
                 results.append(check_reward_logits(logits, len(chunk), name=self.name).float().cpu())
@@ -214,6 +234,35 @@ class RewardScorer:
 
         reward_function.__name__ = self.name.replace("/", "_")
         return reward_function
+
+
+def _encode_with_prompt_counts(tokenizer, texts, prompt_lengths, max_length, add_special_tokens):
+    """``(ids, truncated flags, prompt token counts)``: like ``encode_keep_end``, and how many of each row's kept
+    tokens are prompt (the tokens before the first one that starts at or after the prompt's last character; leading
+    special tokens count as prompt). A prompt truncated away entirely counts 0 (the model then names the row)."""
+    encoded = tokenizer(list(texts), add_special_tokens=add_special_tokens, return_offsets_mapping=True, verbose=False)
+    ids_out, flags, counts = [], [], []
+    for ids, offsets, limit in zip(encoded["input_ids"], encoded["offset_mapping"], prompt_lengths):
+        count = next((i for i, (begin, end) in enumerate(offsets) if limit <= begin < end), len(ids))
+        too_long = max_length is not None and len(ids) > max_length
+        if too_long:
+            leading = leading_special_tokens(tokenizer, ids, add_special_tokens)
+            kept = keep_end(ids, max_length, leading)
+            count -= len(ids) - len(kept)
+            count = count if count > leading else 0
+            ids = kept
+        ids_out.append(list(ids))
+        flags.append(too_long)
+        counts.append(max(count, 0))
+    return ids_out, flags, counts
+
+
+def _routes_on_prompt(model: nn.Module, tokenizer) -> bool:
+    """A DMoERM, or an ensemble with one (its router reads the prompt only), scored with a fast tokenizer (which
+    gives character offsets)."""
+    models = [model, *getattr(model, "members", [])]
+    has_dmoerm = any(getattr(getattr(m, "config", None), "model_type", None) == "dmoerm" for m in models)
+    return has_dmoerm and getattr(tokenizer, "is_fast", False)
 
 
 def _model_name(model: nn.Module) -> str:

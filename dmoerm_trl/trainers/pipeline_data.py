@@ -239,6 +239,8 @@ class PipelineDataMixin:
         """Records without a category: routed by the trained router (prompt only), then split like the others."""
         import torch
 
+        from .router_trainer import routing_prompt_ids
+
         unlabeled = [i for i, category in enumerate(self.human["category"]) if not category]
         if not unlabeled:
             return
@@ -256,7 +258,12 @@ class PipelineDataMixin:
             with torch.no_grad():
                 for start in range(0, len(rows), 32):
                     batch = rows[start : start + 32]
+                    # What the router reads at inference: the prompt up to the chat template's assistant opener.
+                    opener = model.config.assistant_opener_ids
                     ids = batch["prompt_ids"]
+                    if opener:
+                        ids = [routing_prompt_ids(x, opener, f"pair {pid}")
+                               for x, pid in zip(batch["chosen_ids"], batch["pair_id"])]
                     length = max(len(x) for x in ids)
                     input_ids = torch.full((len(ids), length), self.tokenizer.pad_token_id, dtype=torch.long)
                     mask = torch.zeros_like(input_ids)

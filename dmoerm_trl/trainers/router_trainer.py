@@ -1,13 +1,14 @@
-"""The router: the outer (sparse) MoE's classifier from a conversation to its task category.
+"""The router: the outer (sparse) MoE's classifier from a conversation's prompt to its task category.
 
-The router is trained on two views of every labelled conversation, so that it routes correctly in both places a
-reward model is used:
+The router reads the prompt only (all turns before the final assistant response), at inference and in training
+alike: each labelled conversation gives one example, its token ids up to and including the chat template's
+assistant-turn opener (``config.assistant_opener_ids``), exactly the tokens the model's router pools over when it
+scores the conversation with a response. Accuracy is ``accuracy`` (= ``accuracy_prompt``), used for best-checkpoint
+selection.
 
-* ``prompt``: the conversation up to the last user turn (what a pipeline that routes before generation sees);
-* ``full``: the conversation with a response (what RewardTrainer pairs, PPO and GRPO give the reward model).
-
-Accuracy is reported for each view (``accuracy_prompt``, ``accuracy_full``) and overall (``accuracy``, used for
-best-checkpoint selection).
+A model without a recorded prompt boundary (built without a tokenizer) routes on the whole text; its router is then
+trained on two views, as before prompt-only routing: the prompt (``accuracy_prompt``) and each full conversation
+(``accuracy_full``).
 
 Example:
     >>> from dmoerm_trl.trainers import RouterTrainer
@@ -21,6 +22,7 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
+from ..prompt_boundary import PromptBoundaryError, prompt_prefix
 from .checkpointing import StageCheckpointMixin
 from .counted_metrics import CountedMetricsMixin
 from .distributed import cast_trainable_parameters_for_deepspeed
@@ -29,12 +31,32 @@ from .preference_data import tokenize_messages
 VIEWS = ("prompt", "full")
 
 
-def router_examples(pairs, tokenizer, category_names: list[str], max_length: int | None = None):
-    """One example per view: the prompt once per conversation, each distinct full conversation once.
+def routing_prompt_ids(conversation_ids, opener: list[int], what: str = "conversation") -> list[int]:
+    """The tokens the router reads of one tokenized conversation: up to and including its last ``opener``.
 
-    ``pairs`` are preference pairs (``prompt``/``chosen``/``rejected``/``category``; token id columns
-    ``prompt_ids``/``chosen_ids``/``rejected_ids`` are used when present). Rows without a category are ignored.
-    Returns a ``datasets.Dataset`` with ``input_ids``, ``labels`` (category index) and ``view`` (0 prompt, 1 full).
+    Example:
+        >>> routing_prompt_ids([5, 1, 2, 7, 1, 2, 8, 9], [1, 2])
+        [5, 1, 2, 7, 1, 2]
+    """
+    prefix = prompt_prefix(list(conversation_ids), opener)
+    if prefix is None:
+        raise PromptBoundaryError(
+            f"{what}: its token ids do not contain the chat template's assistant-turn opener {opener}, so its prompt "
+            "cannot be found; tokenize conversations with the same tokenizer (and chat template) as the model"
+        )
+    return prefix
+
+
+def router_examples(pairs, tokenizer, category_names: list[str], max_length: int | None = None, opener=None):
+    """Router training examples from preference pairs with a ``category``; rows without a category are ignored.
+
+    With ``opener`` (the model's ``config.assistant_opener_ids``): one example per conversation, its prompt as the
+    router reads it (:func:`routing_prompt_ids` of the chosen conversation), view 0. Without: the prompt (view 0)
+    and each distinct full conversation (view 1), for a router that reads the whole text.
+
+    ``pairs`` have ``prompt``/``chosen``/``rejected``/``category``; token id columns ``prompt_ids``/``chosen_ids``/
+    ``rejected_ids`` are used when present. Returns a ``datasets.Dataset`` with ``input_ids``, ``labels`` (category
+    index) and ``view``.
     """
     from datasets import Dataset
 
@@ -42,20 +64,21 @@ def router_examples(pairs, tokenizer, category_names: list[str], max_length: int
     seen: set[tuple] = set()
     rows = {"input_ids": [], "labels": [], "view": []}
     has_ids = "chosen_ids" in pairs.column_names
-    for row in pairs:
+    for number, row in enumerate(pairs):
         category = row["category"]
         if not category:
             continue
         if category not in index:
             raise ValueError(f"router data: category {category!r} is not one of the model's {category_names}")
-        if has_ids:
-            views = [(0, row["prompt_ids"]), (1, row["chosen_ids"]), (1, row["rejected_ids"])]
+        chosen = row["chosen_ids"] if has_ids else tokenize_messages(tokenizer, row["prompt"] + row["chosen"])
+        if opener:
+            views = [(0, routing_prompt_ids(chosen, opener, f"router data, row {number}"))]
         else:
-            views = [
-                (0, tokenize_messages(tokenizer, row["prompt"])),
-                (1, tokenize_messages(tokenizer, row["prompt"] + row["chosen"])),
-                (1, tokenize_messages(tokenizer, row["prompt"] + row["rejected"])),
-            ]
+            rejected = (
+                row["rejected_ids"] if has_ids else tokenize_messages(tokenizer, row["prompt"] + row["rejected"])
+            )
+            prompt = row["prompt_ids"] if has_ids else tokenize_messages(tokenizer, row["prompt"])
+            views = [(0, prompt), (1, chosen), (1, rejected)]
         for view, ids in views:
             key = (view, tuple(ids))
             if key in seen or (max_length is not None and len(ids) > max_length):
@@ -95,7 +118,7 @@ class RouterTrainer(CountedMetricsMixin, StageCheckpointMixin, Trainer):
     Args:
         model: a [`DMoERMForSequenceClassification`].
         args: `TrainingArguments` (e.g. a [`DMoERMTrainingConfig`]).
-        train_dataset / eval_dataset: preference pairs with a ``category`` (turned into both views by
+        train_dataset / eval_dataset: preference pairs with a ``category`` (turned into router examples by
             :func:`router_examples`), or a dataset already in that form (``input_ids``, ``labels``, ``view``).
         processing_class: the tokenizer (needs a pad token and a chat template).
     """
@@ -113,7 +136,7 @@ class RouterTrainer(CountedMetricsMixin, StageCheckpointMixin, Trainer):
         def prepare(dataset):
             if dataset is None or "view" in dataset.column_names:
                 return dataset
-            return router_examples(dataset, processing_class, names, max_length)
+            return router_examples(dataset, processing_class, names, max_length, model.config.assistant_opener_ids)
 
         super().__init__(
             model=model,

@@ -9,7 +9,13 @@ from transformers import AutoModelForSequenceClassification
 from dmoerm_trl.rl import RewardEnsemble, RewardScorer
 from dmoerm_trl.testing_utils import make_tiny_bert
 
-TEXTS = ["What is 2+2? It is 4.", "Tell me a joke. Why did the chicken cross the road?", "hi"]
+# One-turn ChatML conversations (the tiny tokenizer's template; a DMoERM member routes on the prompt).
+TEXTS = [
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\nIt is 4.<|im_end|>\n",
+    "<|im_start|>user\nTell me a joke.<|im_end|>\n"
+    "<|im_start|>assistant\nWhy did the chicken cross the road?<|im_end|>\n",
+    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n",
+]
 
 
 def member_rewards(models, batch):
@@ -56,7 +62,11 @@ def test_ppo_contract_matches_each_member_read_by_trl(proxies, dmoerm, policy_to
     models = [m for m, _ in proxies] + [dmoerm[0]]
     ensemble = RewardEnsemble(models, mode="uwo", uwo_lambda=0.5).train()
     pad = policy_tokenizer.pad_token_id
-    queries = policy_tokenizer(["hello there", "What is the capital of France?"], padding=True, return_tensors="pt")
+    # PPO queries: chat-templated prompts ending with the generation prompt (the DMoERM member routes on them).
+    texts = [policy_tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                  add_generation_prompt=True)
+             for text in ("hello there", "What is the capital of France?")]
+    queries = policy_tokenizer(texts, padding=True, return_tensors="pt")
     responses = torch.tensor([[11, 12, 13, pad, pad], [21, 22, 23, 24, 25]])
     query_responses = torch.cat([queries["input_ids"], responses], dim=1)
     context = queries["input_ids"].shape[1]

@@ -35,15 +35,17 @@ def config(cls, tmp_path, **overrides):
     return cls(**kwargs)
 
 
-def test_grpo_with_dmoerm_rewards_are_the_dmoerm_scores(tmp_path, rl_assets, dmoerm, policy_tokenizer):
+def test_grpo_with_dmoerm_rewards_are_the_dmoerm_scores(tmp_path, rl_assets, dmoerm, policy_tokenizer, prompts):
     model, reward_tokenizer = dmoerm
     policy = AutoModelForCausalLM.from_pretrained(rl_assets["policy"])
     before = {k: v.clone() for k, v in policy.state_dict().items()}
+    # Conversational prompts: TRL renders prompt + completion with the chat template, whose assistant opener tells
+    # the DMoERM's router where the prompt ends.
     trainer = GRPOTrainer(
         model=policy,
         reward_funcs=model,
         args=config(GRPOConfig, tmp_path, learning_rate=1e-3),
-        train_dataset=Dataset.from_dict({"prompt": TEXT_PROMPTS * 2}),
+        train_dataset=Dataset.from_dict({"prompt": prompts[:4] * 2}),
         processing_class=policy_tokenizer,
         reward_processing_classes=reward_tokenizer,
     )
@@ -52,6 +54,10 @@ def test_grpo_with_dmoerm_rewards_are_the_dmoerm_scores(tmp_path, rl_assets, dmo
     assert "rewards/dmoerm/mean" in trainer.state.log_history[0]
     # TRL decoded, re-tokenized and scored the completions with the DMoERM; recompute them ourselves.
     logged_prompts, logged_completions = list(trainer._logs["prompt"]), list(trainer._logs["completion"])
+    # trl 1.16 logs the prompt messages, trl 1.12 their decoded text: map each back to its conversation.
+    by_content = {p[-1]["content"]: p for p in prompts[:4]}
+    logged_prompts = [p if isinstance(p, list) else next(v for k, v in by_content.items() if k in p)
+                      for p in logged_prompts]
     logged_rewards = torch.tensor(list(trainer._logs["rewards"]["dmoerm"]))
     ours = RewardScorer(model, reward_tokenizer, append_eos=False)(logged_prompts, logged_completions)
     torch.testing.assert_close(ours, logged_rewards, rtol=1e-4, atol=1e-5)

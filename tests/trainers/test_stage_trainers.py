@@ -1,5 +1,5 @@
-"""The stage trainers on a tiny DMoERM: what trains, what is saved, resuming, the router's two views, the phase-3
-feature cache."""
+"""The stage trainers on a tiny DMoERM: what trains, what is saved, resuming, the router's prompt-only examples, the
+phase-3 feature cache."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from trainer_helpers import stage_args, tiny_dmoerm, tokenized_data
 from trl import RewardTrainer
 
 from dmoerm_trl.trainers import AggregatorTrainer, CapabilityExpertTrainer, RouterTrainer, TaskTrainer
+from dmoerm_trl.trainers.router_trainer import RouterCollator
 from dmoerm_trl.trainers.checkpointing import last_complete_checkpoint
 
 PAIR_COLUMNS = ["chosen_ids", "rejected_ids"]
@@ -118,22 +119,52 @@ def test_resuming_a_stage_checkpoint_gives_the_uninterrupted_result(tmp_path, da
         torch.testing.assert_close(resumed[name], full[name], rtol=1e-5, atol=1e-6)
 
 
-def test_router_trainer_learns_both_views(tmp_path, data, tiny_llama_path, tiny_tokenizer, one_thread):
+def test_router_trainer_learns_the_prompt_as_the_model_routes_it(tmp_path, data, tiny_llama_path, tiny_tokenizer,
+                                                                  one_thread):
+    from dmoerm_trl.trainers.router_trainer import routing_prompt_ids
+
     pairs, _ = data
     labelled = pairs.filter(lambda r: r["category"] != "")
-    train, validation = labelled.select(range(0, len(labelled), 3)), labelled.select(range(1, len(labelled), 9))
+    held_out = set(range(1, len(labelled), 9))
+    train = labelled.select([i for i in range(len(labelled)) if i not in held_out])
+    validation = labelled.select(sorted(held_out))
     model = tiny_dmoerm(tiny_llama_path, tiny_tokenizer)
+    opener = model.config.assistant_opener_ids
     before = snapshot(model)
-    trainer = RouterTrainer(model, args=stage_args(tmp_path, eval_strategy="epoch", num_train_epochs=2),
+    trainer = RouterTrainer(model, args=stage_args(tmp_path, eval_strategy="no", num_train_epochs=10),
                             train_dataset=train, eval_dataset=validation, processing_class=tiny_tokenizer)
-    views = trainer.train_dataset["view"]
-    assert 0 < sum(views) < len(views)  # both the prompt-only and the full view are trained
+    # One example per conversation (about 54 here, so 10 epochs for enough steps): its tokens up to the assistant
+    # opener, exactly what the router reads when the model scores any response to it.
+    examples = trainer.train_dataset
+    assert set(examples["view"]) == {0}
+    expected = {tuple(routing_prompt_ids(ids, opener)) for ids in train["chosen_ids"]}
+    assert {tuple(ids) for ids in examples["input_ids"]} == expected and len(examples) == len(expected)
+    assert all(list(ids[-len(opener):]) == opener for ids in examples["input_ids"])
     trainer.train()
     assert all(name.startswith("router_head") or ".router." in name for name in changed(model, before))
     metrics = trainer.evaluate()
-    assert metrics["eval_accuracy_prompt"] > 0.6 and metrics["eval_accuracy_full"] > 0.6  # chance: 1/3
-    assert min(metrics["eval_accuracy_prompt"], metrics["eval_accuracy_full"]) <= metrics["eval_accuracy"] <= max(
-        metrics["eval_accuracy_prompt"], metrics["eval_accuracy_full"])
+    assert metrics["eval_accuracy"] > 0.6  # chance: 1/3
+    assert metrics["eval_accuracy_prompt"] == metrics["eval_accuracy"]
+    # The trained router routes every full conversation of a validation pair as its prompt example.
+    model.eval()
+    conversations = list(validation["chosen_ids"]) + list(validation["rejected_ids"])
+    collate = RouterCollator(tiny_tokenizer.pad_token_id)
+    batch = collate([{"input_ids": ids, "labels": 0, "view": 1} for ids in conversations])
+    prompts = collate([{"input_ids": routing_prompt_ids(ids, opener), "labels": 0, "view": 0} for ids in conversations])
+    routed_full = model.route(batch["input_ids"], batch["attention_mask"]).argmax(-1)
+    routed_prompt = model.route(prompts["input_ids"], prompts["attention_mask"]).argmax(-1)
+    assert routed_full.tolist() == routed_prompt.tolist()
+
+
+def test_router_trainer_without_a_prompt_boundary_trains_both_views(tmp_path, data, tiny_llama_path, tiny_tokenizer):
+    pairs, _ = data
+    labelled = pairs.filter(lambda r: r["category"] != "")
+    model = tiny_dmoerm(tiny_llama_path, tiny_tokenizer)
+    model.config.assistant_opener_ids = None  # routes on the whole text (e.g. a template without an opener)
+    trainer = RouterTrainer(model, args=stage_args(tmp_path), train_dataset=labelled.select(range(6)),
+                            processing_class=tiny_tokenizer)
+    views = trainer.train_dataset["view"]
+    assert 0 < sum(views) < len(views)  # both the prompt-only and the full view
 
 
 def test_aggregator_cache_gives_the_uncached_result_and_is_reused(tmp_path, data, tiny_llama_path, tiny_tokenizer,
