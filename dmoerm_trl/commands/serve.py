@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         from ..serving.app import ServeSettings
-        from ..serving.server import run_server
+        from ..serving.server import exposure_warning, run_server
     except ModuleNotFoundError as err:
         print(f"serve: {err.name} is missing; install the server with `pip install 'dmoerm-trl[serve]'`",
               file=sys.stderr)
@@ -72,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"serve: {err}", file=sys.stderr)
         return 2
+    warning = exposure_warning(args.host, settings.api_key)
+    if warning:  # before the (slow) model load, so it is seen at once
+        print(warning, file=sys.stderr, flush=True)
     try:
         engine = RewardEngine.from_pretrained(
             args.model, device=args.device, dtype=args.dtype, max_length=args.max_length, model_id=args.model_id
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_server(
             engine, host=args.host, port=args.port, settings=settings,
-            access_log=args.access_log, max_connections=args.max_connections,
+            access_log=args.access_log, max_connections=args.max_connections, warn=False,
         )
     except OSError as err:
         print(f"serve: {err}", file=sys.stderr)

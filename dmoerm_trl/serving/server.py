@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 import socket
 import sys
+import threading
 
 from .app import ServeSettings, create_app
 
@@ -30,6 +32,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """The warning printed when ``host`` is not a loopback address (None for loopback)."""
+    if is_loopback(host):
+        return None
+    advice = "requests need the bearer token" if api_key else (
+        "anyone who can reach it can use it: set DMOERM_SERVE_API_KEY to require a bearer token"
+    )
+    return f"dmoerm serve: warning: binding {host} exposes the reward model beyond this machine; {advice}."
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -64,17 +76,15 @@ def run_server(
     access_log: bool = False,
     max_connections: int = 1024,
     graceful_timeout_s: float | None = 60.0,
+    warn: bool = True,
 ) -> None:
     """Serve ``engine`` until SIGINT/SIGTERM. Prints ``dmoerm serve: ready at URL`` once requests are accepted."""
     import uvicorn
 
     settings = settings or ServeSettings()
-    if not is_loopback(host):
-        advice = "requests need the bearer token" if settings.api_key else (
-            "anyone who can reach it can use it: set DMOERM_SERVE_API_KEY to require a bearer token"
-        )
-        print(f"dmoerm serve: warning: binding {host} exposes the reward model beyond this machine; {advice}.",
-              file=sys.stderr, flush=True)
+    warning = exposure_warning(host, settings.api_key) if warn else None
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     sock = bind_socket(host, port)
     url = url_of(sock)
 
@@ -93,7 +103,17 @@ def run_server(
         server_header=False,
     )
     server = uvicorn.Server(config)
+    # uvicorn catches SIGINT/SIGTERM, shuts down gracefully, then re-raises the signal to the handler it found; a
+    # handler of ours there makes a drained shutdown end the process with exit code 0 instead of death by signal.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = (
+        {sig: signal.signal(sig, lambda signum, frame: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if in_main_thread
+        else {}
+    )
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
