@@ -10,6 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+import torch
+
 READY = re.compile(r"dmoerm serve: ready at (http://\S+)")
 
 RESPONSES = [
@@ -80,3 +83,24 @@ def chat_texts(tokenizer, prompts, responses=RESPONSES):
             texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
             prompt_texts.append(opener)
     return texts, prompt_texts, conversations
+
+
+def post(url, path, body, headers=None, timeout=120.0):
+    if isinstance(body, bytes):
+        return httpx.post(url + path, content=body, headers={"Content-Type": "application/json", **(headers or {})},
+                          timeout=timeout)
+    return httpx.post(url + path, json=body, headers=headers, timeout=timeout)
+
+
+def metrics(url, headers=None):
+    return httpx.get(url + "/metrics", headers=headers, timeout=60).json()
+
+
+@torch.no_grad()
+def routed_on_prompts(model, tokenizer, texts, prompt_texts):
+    """In process: route each prompt alone, then score the full text under that category (categories= bypass)."""
+    prompt_batch = tokenizer(prompt_texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    categories = model.route(prompt_batch["input_ids"], prompt_batch["attention_mask"]).argmax(-1).tolist()
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], categories=categories)
+    return out.logits[:, 0].tolist(), categories

@@ -12,33 +12,12 @@ import httpx
 import pytest
 import torch
 from conftest import API_KEY
-from serving_helpers import chat_texts
+from serving_helpers import chat_texts, metrics, post, routed_on_prompts
 
 from dmoerm_trl.rl import RemoteReward
 from dmoerm_trl.rl.tiny_assets import tiny_prompts
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-
-def post(url, path, body, headers=None, timeout=120.0):
-    if isinstance(body, bytes):
-        return httpx.post(url + path, content=body, headers={"Content-Type": "application/json", **(headers or {})},
-                          timeout=timeout)
-    return httpx.post(url + path, json=body, headers=headers, timeout=timeout)
-
-
-def metrics(url, headers=None):
-    return httpx.get(url + "/metrics", headers=headers, timeout=60).json()
-
-
-@torch.no_grad()
-def routed_on_prompts(model, tokenizer, texts, prompt_texts):
-    """In process: route each prompt alone, then score the full text under that category (categories= bypass)."""
-    prompt_batch = tokenizer(prompt_texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    categories = model.route(prompt_batch["input_ids"], prompt_batch["attention_mask"]).argmax(-1).tolist()
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], categories=categories)
-    return out.logits[:, 0].tolist(), categories
 
 
 # ------------------------------------------------------------------------------------------- same rewards
