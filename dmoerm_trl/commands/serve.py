@@ -33,6 +33,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                         help="Longest sequence in tokens; longer ones get HTTP 400 (default: the model's limit).")
     parser.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu).")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is far faster on an oversubscribed CPU).")
     parser.add_argument("--model-id", default=None, help="Name reported by /health (default: the folder name).")
     parser.add_argument("--api-key-env", default="DMOERM_SERVE_API_KEY",
                         help="Environment variable holding the bearer token (unset or empty: no token needed).")
@@ -65,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.max_length is not None and args.max_length < 1:
             raise ValueError(f"--max-length must be >= 1, got {args.max_length}")
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         if args.max_connections < 1:
             raise ValueError(f"--max-connections must be >= 1, got {args.max_connections}")
         if not 0 <= args.port <= 65535:
@@ -75,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
     warning = exposure_warning(args.host, settings.api_key)
     if warning:  # before the (slow) model load, so it is seen at once
         print(warning, file=sys.stderr, flush=True)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         engine = RewardEngine.from_pretrained(
             args.model, device=args.device, dtype=args.dtype, max_length=args.max_length, model_id=args.model_id

@@ -69,13 +69,15 @@ def gold_local(serve_assets):
 @pytest.fixture(scope="session")
 def servers(serve_assets, tmp_path_factory):
     """Three servers started together (startup is mostly imports): the DMoERM, the plain RM, and a strict one
-    (bearer token, small limits, a tiny queue and a long batching wait) for the error and back-pressure cases."""
+    (bearer token, small limits, a tiny queue and a long batching wait) for the error and back-pressure cases.
+    One torch thread each: on this shared CPU more threads make every forward pass many times slower."""
     logs = tmp_path_factory.mktemp("serve-logs")
     started = {
-        "dmoerm": ServerProcess(serve_assets["dmoerm"], log_dir=logs, name="dmoerm"),
-        "gold": ServerProcess(serve_assets["gold"], "--max-batch-size", "16", log_dir=logs, name="gold"),
+        "dmoerm": ServerProcess(serve_assets["dmoerm"], "--threads", "1", log_dir=logs, name="dmoerm"),
+        "gold": ServerProcess(serve_assets["gold"], "--threads", "1", "--max-batch-size", "16", log_dir=logs,
+                              name="gold"),
         "strict": ServerProcess(
-            serve_assets["dmoerm"],
+            serve_assets["dmoerm"], "--threads", "1",
             "--max-items-per-request", "8", "--max-queue", "8", "--max-request-bytes", "4000",
             "--max-length", "64", "--max-batch-size", "64", "--max-wait-ms", "3000",
             log_dir=logs, name="strict", env={"DMOERM_SERVE_API_KEY": API_KEY},
