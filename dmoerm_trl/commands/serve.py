@@ -39,6 +39,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--api-key-env", default="DMOERM_SERVE_API_KEY",
                         help="Environment variable holding the bearer token (unset or empty: no token needed).")
     parser.add_argument("--max-connections", type=int, default=1024, help="Open connections beyond it: HTTP 503.")
+    parser.add_argument("--keep-alive", type=float, default=30.0, help="Seconds an idle connection stays open.")
     parser.add_argument("--access-log", action="store_true", help="Log every request line (never headers).")
     return parser
 
@@ -69,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--max-length must be >= 1, got {args.max_length}")
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        if args.keep_alive <= 0:
+            raise ValueError(f"--keep-alive must be > 0 seconds, got {args.keep_alive}")
         if args.max_connections < 1:
             raise ValueError(f"--max-connections must be >= 1, got {args.max_connections}")
         if not 0 <= args.port <= 65535:
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_server(
             engine, host=args.host, port=args.port, settings=settings,
-            access_log=args.access_log, max_connections=args.max_connections, warn=False,
+            access_log=args.access_log, max_connections=args.max_connections, keep_alive_s=args.keep_alive,
+            warn=False,
         )
     except OSError as err:
         print(f"serve: {err}", file=sys.stderr)

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -42,6 +43,7 @@ logger = logging.getLogger("dmoerm_trl.serve")
 __all__ = ["API_KEY_ENV", "ApiError", "ServeSettings", "create_app"]
 
 API_KEY_ENV = "DMOERM_SERVE_API_KEY"
+INLINE_TOKENIZE_BYTES = 64 * 1024  # requests up to this size are tokenized on the event loop
 
 
 @dataclasses.dataclass
@@ -209,7 +211,11 @@ def create_app(engine: RewardEngine, settings: ServeSettings | None = None, on_r
         sort_key=len,  # token length: similar lengths share a batch, so padding stays low
         name="dmoerm-serve",
     )
+    # Small requests are tokenized right on the event loop (a hop to another thread costs more than the work while
+    # the model thread holds the GIL); large ones in a tokenizer thread, so the loop keeps serving. The lock keeps
+    # the two from using the (not thread-safe) tokenizer at once.
     tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dmoerm-serve-tokenizer")
+    tokenizer_lock = threading.Lock()
     expected_auth = f"Bearer {settings.api_key}".encode() if settings.api_key else None
 
     @asynccontextmanager
@@ -270,6 +276,7 @@ def create_app(engine: RewardEngine, settings: ServeSettings | None = None, on_r
                 raise ApiError(413, f"request body exceeds the limit ({limit} bytes, --max-request-bytes)")
         if not body:
             raise ApiError(400, "empty request body; send a JSON object")
+        request.state.body_bytes = len(body)
         try:
             data = json.loads(body)
         except UnicodeDecodeError:
@@ -280,9 +287,15 @@ def create_app(engine: RewardEngine, settings: ServeSettings | None = None, on_r
             raise ApiError(400, f"the body must be a JSON object, got {_type_name(data)}")
         return data
 
-    async def tokenize(function, *args):
+    def locked(function, *args):
+        with tokenizer_lock:
+            return function(*args)
+
+    async def tokenize(request_bytes: int, function, *args):
         try:
-            return await asyncio.get_running_loop().run_in_executor(tokenizer_pool, function, *args)
+            if request_bytes <= INLINE_TOKENIZE_BYTES:
+                return locked(function, *args)
+            return await asyncio.get_running_loop().run_in_executor(tokenizer_pool, locked, function, *args)
         except InputError as err:
             raise ApiError(400, str(err)) from None
         except RuntimeError as err:  # the pool is shut down: the server is stopping
@@ -348,7 +361,7 @@ def create_app(engine: RewardEngine, settings: ServeSettings | None = None, on_r
         prompts = _string_list(data, "prompts", settings, required=False)
         if prompts is not None and len(prompts) != len(queries):
             raise ApiError(400, f"`prompts` has {len(prompts)} items but `query` has {len(queries)}; send one each")
-        items = await tokenize(engine.encode_texts, queries, prompts)
+        items = await tokenize(request.state.body_bytes, engine.encode_texts, queries, prompts)
         results = await score(request, items)
         rewards = [_finite(r["reward"]) for r in results]
         stats.responses[200] += 1
@@ -361,7 +374,7 @@ def create_app(engine: RewardEngine, settings: ServeSettings | None = None, on_r
         data = await read_json(request)
         conversations = _conversations(data, settings)
         categories = _categories(data, len(conversations))
-        items = await tokenize(engine.encode_conversations, conversations, categories)
+        items = await tokenize(request.state.body_bytes, engine.encode_conversations, conversations, categories)
         results = await score(request, items)
         for result in results:
             result["reward"] = _finite(result["reward"])

@@ -76,6 +76,7 @@ def run_server(
     access_log: bool = False,
     max_connections: int = 1024,
     graceful_timeout_s: float | None = 60.0,
+    keep_alive_s: float = 30.0,
     warn: bool = True,
 ) -> None:
     """Serve ``engine`` until SIGINT/SIGTERM. Prints ``dmoerm serve: ready at URL`` once requests are accepted."""
@@ -99,6 +100,9 @@ def run_server(
         access_log=access_log,
         limit_concurrency=max_connections,
         timeout_graceful_shutdown=graceful_timeout_s,
+        # uvicorn's 5 s default lets a busy client lose the race for an idle connection (the server closes it just
+        # as the client reuses it: a lost request); trainers reuse their connections, so keep them longer.
+        timeout_keep_alive=keep_alive_s,
         lifespan="on",
         server_header=False,
     )

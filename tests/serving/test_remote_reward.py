@@ -76,8 +76,8 @@ def test_gold_reward_callback_with_served_gold_and_proxy(tmp_path, servers, serv
     policy = AutoModelForCausalLM.from_pretrained(serve_assets["policy"])
     prompts = tiny_prompts(3)
     reference = AutoModelForCausalLM.from_pretrained(serve_assets["policy"]).eval()
-    kwargs = {"eval_steps": 1, "samples_per_prompt": 2, "generation_config": GEN, "output_dir": tmp_path, "plot": False,
-              "ref_model": reference}
+    kwargs = {"eval_steps": 1, "samples_per_prompt": 2, "generation_config": GEN, "output_dir": tmp_path,
+              "plot": False, "ref_model": reference}
     served = GoldRewardCallback(prompts, gold=RemoteReward(servers["gold"].url),
                                 proxy=RemoteReward(servers["dmoerm"].url, name="served"), **kwargs)
     local = GoldRewardCallback(prompts, gold=gold_local, proxy=dmoerm_local, **kwargs)
