@@ -13,10 +13,11 @@ The same texts give the same rewards as in-process scoring:
   ``[CLS]``/``[SEP]`` of an encoder DMoERM);
 - conversations (``/v1/rewards``): rendered with the tokenizer's chat template, as ``compute_rewards`` and TRL do.
 
-Routing: the model routes each sequence itself, unless the caller gives the category (``categories``) or the
-prompt (``/get_reward``'s ``prompts``): then the router reads the prompt's tokens alone and the model scores the full
-text under that category (the ``categories=`` bypass). For a causal decoder this is the router's view of the prompt
-positions inside the full sequence, which do not depend on the response.
+Routing: the model routes each sequence itself (as in process), unless the caller gives the category
+(``categories``) or the prompt (``/get_reward``'s ``prompts``). With a prompt, the router reads the prompt's tokens
+only: inside the model's own pass (``prompt_mask=``) when the model takes one and the prompt's tokens begin the text;
+otherwise the prompt is routed alone and the full text is scored under its category (the ``categories=`` bypass). For
+a causal decoder both are the router's view of the prompt positions, which do not depend on the response.
 
 Example:
     >>> from dmoerm_trl.serving.engine import RewardEngine                       # doctest: +SKIP
@@ -29,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 from collections.abc import Sequence
@@ -95,6 +97,10 @@ class RewardEngine:
         if max_length is not None and limit is not None and max_length > limit:
             raise ValueError(f"--max-length {max_length} exceeds what the model accepts ({limit})")
         self.max_length = max_length or limit
+        # A model that routes on the prompt inside its pass takes ``prompt_mask=``; one with a recorded chat-template
+        # assistant opener routes on the prompt by itself and refuses texts without that opener.
+        self._takes_prompt_mask = self.is_dmoerm and "prompt_mask" in inspect.signature(model.forward).parameters
+        self.assistant_opener: list[int] = list(getattr(config, "assistant_opener_ids", None) or [])
         path = getattr(config, "_name_or_path", "") or ""
         self.model_id = model_id or os.path.basename(path.rstrip("/")) or type(model).__name__
         try:
@@ -166,7 +172,23 @@ class RewardEngine:
         if prompts is not None and self.is_dmoerm:
             for item, ids in zip(items, self._encode(prompts, "prompts")):
                 item.prompt_ids = ids
+        else:
+            self._check_prompt_boundary(items, "query")
         return items
+
+    def _check_prompt_boundary(self, items: Sequence[ScoreItem], field: str) -> None:
+        """Items the model routes itself must show where their prompt ends (its chat template's assistant opener)."""
+        if not self.assistant_opener:
+            return
+        opener, n = self.assistant_opener, len(self.assistant_opener)
+        for index, item in enumerate(items):
+            ids = item.input_ids
+            if item.category is None and not any(ids[k : k + n] == opener for k in range(len(ids) - n + 1)):
+                raise InputError(
+                    f"{field}[{index}]: the text has no assistant-turn opener "
+                    f"({self.tokenizer.decode(opener)!r}), so the router cannot tell its prompt from its response; "
+                    "render it with the model's chat template, or send `prompts` (or `categories` on /v1/rewards)"
+                )
 
     def render(self, messages: list[dict], where: str) -> str:
         """A conversation's text through the tokenizer's chat template (as ``compute_rewards`` and TRL render it)."""
@@ -188,6 +210,7 @@ class RewardEngine:
         if categories is not None:
             for index, (item, category) in enumerate(zip(items, categories)):
                 item.category = self.check_category(category, f"categories[{index}]")
+        self._check_prompt_boundary(items, "conversations")
         return items
 
     # ------------------------------------------------------------------------------------------- model side
@@ -200,44 +223,70 @@ class RewardEngine:
             attention_mask[row, : len(ids)] = 1
         return input_ids.to(self.device), attention_mask.to(self.device)
 
+    def _route_prompts(self, sequences: Sequence[list[int]]) -> torch.Tensor:
+        """``(N, C)`` router probabilities of prompts given alone (every real token is prompt)."""
+        prompt_ids, prompt_mask = self._pad(sequences)
+        kwargs = {"prompt_mask": prompt_mask} if self._takes_prompt_mask else {}
+        return self.model.route(prompt_ids, prompt_mask, **kwargs).float().softmax(-1)
+
+    def _forward(self, items: Sequence[ScoreItem], categories=None, prompt_lengths=None):
+        input_ids, attention_mask = self._pad([item.input_ids for item in items])
+        kwargs = {}
+        if categories is not None:
+            kwargs["categories"] = categories
+        if prompt_lengths is not None:  # the router reads each row's first prompt_lengths[row] tokens
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            lengths = torch.tensor(prompt_lengths, device=input_ids.device)
+            kwargs["prompt_mask"] = (positions.unsqueeze(0) < lengths.unsqueeze(1)).long()
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
     @torch.no_grad()
     def score_items(self, items: Sequence[ScoreItem]) -> list[dict]:
         """Score a batch: one ``{reward, category, router_prob, capability_rewards}`` dict per item.
 
         For a plain reward model ``category``/``router_prob`` are ``None`` and ``capability_rewards`` is empty.
-        Runs in the batcher's worker thread (one batch at a time).
+        Runs in the batcher's worker thread (one batch at a time). Rows are grouped by how they are routed: by the
+        model itself, on a given prompt (inside the same pass when the model takes ``prompt_mask=`` and the prompt's
+        tokens begin the text, else the prompt is routed alone and the text scored under its category), or with a
+        given category; one forward pass per group.
         """
-        results: list[dict | None] = [None] * len(items)
         if not items:
             return []
         if not self.is_dmoerm:
-            input_ids, attention_mask = self._pad([item.input_ids for item in items])
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            logits = self._forward(items).logits
             return [
                 {"reward": float(value), "category": None, "router_prob": None, "capability_rewards": {}}
                 for value in logits[:, 0].float().tolist()
             ]
+        results: list[dict | None] = [None] * len(items)
         categories: list[str | None] = [item.category for item in items]
         router_probs: list[float | None] = [None] * len(items)
-        to_route = [i for i, item in enumerate(items) if item.category is None and item.prompt_ids is not None]
-        if to_route:  # route on the prompt alone, then score the full text under that category
-            prompt_ids, prompt_mask = self._pad([items[i].prompt_ids for i in to_route])
-            probs = self.model.route(prompt_ids, prompt_mask).float().softmax(-1)
-            for row, i in enumerate(to_route):
+        in_pass, alone, by_model = [], [], []
+        for i, item in enumerate(items):
+            if item.category is not None:
+                continue
+            if item.prompt_ids is None:
+                by_model.append(i)
+            elif self._takes_prompt_mask and item.input_ids[: len(item.prompt_ids)] == item.prompt_ids:
+                in_pass.append(i)
+            else:
+                alone.append(i)
+        if alone:  # route the prompt alone, then score the full text under that category
+            probs = self._route_prompts([items[i].prompt_ids for i in alone])
+            for row, i in enumerate(alone):
                 category_id = int(probs[row].argmax())
                 categories[i] = self.categories[category_id]
                 router_probs[i] = float(probs[row, category_id])
-        routed_by_model = [i for i, category in enumerate(categories) if category is None]
         given = [i for i, category in enumerate(categories) if category is not None]
-        for rows, bypass in ((routed_by_model, False), (given, True)):
+        groups = (
+            (by_model, {}),
+            (in_pass, {"prompt_lengths": [len(items[i].prompt_ids) for i in in_pass]}),
+            (given, {"categories": [categories[i] for i in given]}),
+        )
+        for rows, kwargs in groups:
             if not rows:
                 continue
-            input_ids, attention_mask = self._pad([items[i].input_ids for i in rows])
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                categories=[categories[i] for i in rows] if bypass else None,
-            )
+            out = self._forward([items[i] for i in rows], **kwargs)
             rewards = out.logits[:, 0].float().tolist()
             capability_rewards = out.capability_rewards.float().tolist()
             category_ids = out.category_ids.tolist()

@@ -36,19 +36,24 @@ def test_get_reward_equals_in_process_compute_rewards(servers, dmoerm_local):
 
 def test_get_reward_with_prompts_routes_on_the_prompt(servers, dmoerm_local):
     model, tokenizer = dmoerm_local
+    url = servers["dmoerm"].url
     texts, prompt_texts, _ = chat_texts(tokenizer, tiny_prompts(8))
     expected, prompt_categories = routed_on_prompts(model, tokenizer, texts, prompt_texts)
-    answer = post(servers["dmoerm"].url, "/get_reward", {"query": texts, "prompts": prompt_texts}).json()
+    answer = post(url, "/get_reward", {"query": texts, "prompts": prompt_texts}).json()
     assert answer["rewards"] == pytest.approx(expected, abs=1e-5)
-    # every response to one prompt shares the prompt's category ...
-    per_prompt = len(texts) // 8
+    per_prompt = len(texts) // 8  # every response to one prompt shares the prompt's category
     assert all(len(set(prompt_categories[i : i + per_prompt])) == 1 for i in range(0, len(texts), per_prompt))
-    # ... and the prompts changed something: some full texts route elsewhere, and score differently, without them
-    full_routed = [r["category"] for r in model.compute_rewards(texts, tokenizer)]
-    moved = [i for i, c in enumerate(full_routed) if model.config.category_names[prompt_categories[i]] != c]
-    assert moved, "the tiny router sends every full text where its prompt goes; the test needs a different seed"
-    without = post(servers["dmoerm"].url, "/get_reward", {"query": texts}).json()["rewards"]
-    assert all(abs(without[i] - answer["rewards"][i]) > 1e-6 for i in moved)
+    # The prompt decides: give each text the prompt of a prompt routed elsewhere, and the text is scored under that
+    # category (the spread router sends the tiny prompts to both categories).
+    other = {c: next(i for i, d in enumerate(prompt_categories) if d != c) for c in set(prompt_categories)}
+    assert len(other) == 2
+    swapped = [prompt_texts[other[c]] for c in prompt_categories]
+    moved = post(url, "/get_reward", {"query": texts, "prompts": swapped}).json()["rewards"]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        forced = model(**batch, categories=[1 - c for c in prompt_categories]).logits[:, 0].tolist()
+    assert moved == pytest.approx(forced, abs=1e-5)
+    assert all(abs(a - b) > 1e-6 for a, b in zip(moved, answer["rewards"]))
 
 
 def test_v1_rewards_equals_compute_rewards_and_categories_bypass_the_router(servers, dmoerm_local):
