@@ -72,6 +72,12 @@ class ServerProcess:
         return self.process.returncode
 
 
+def render(tokenizer, user: str, assistant: str = "ok") -> str:
+    """A one-turn chat as text, through the tokenizer's chat template."""
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return tokenizer.apply_chat_template(messages, tokenize=False)
+
+
 def chat_texts(tokenizer, prompts, responses=RESPONSES):
     """(full chat-templated texts, prompt texts with the assistant opener, message lists): every prompt x response."""
     texts, prompt_texts, conversations = [], [], []

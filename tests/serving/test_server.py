@@ -12,7 +12,7 @@ import httpx
 import pytest
 import torch
 from conftest import API_KEY
-from serving_helpers import chat_texts, metrics, post, routed_on_prompts
+from serving_helpers import chat_texts, metrics, post, render, routed_on_prompts
 
 from dmoerm_trl.rl import RemoteReward
 from dmoerm_trl.rl.tiny_assets import tiny_prompts
@@ -24,7 +24,6 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 def test_get_reward_equals_in_process_compute_rewards(servers, dmoerm_local):
     model, tokenizer = dmoerm_local
     texts, _, _ = chat_texts(tokenizer, tiny_prompts(4))
-    texts.append("A plain text, no chat template at all.")
     expected = [r["reward"] for r in model.compute_rewards(texts, tokenizer)]
     answer = post(servers["dmoerm"].url, "/get_reward", {"query": texts}).json()
     assert answer["rewards"] == pytest.approx(expected, abs=1e-5)
@@ -32,6 +31,24 @@ def test_get_reward_equals_in_process_compute_rewards(servers, dmoerm_local):
     assert len(set(answer["rewards"])) > len(texts) // 2  # really per text, not a constant
     reversed_answer = post(servers["dmoerm"].url, "/get_reward", {"query": texts[::-1]}).json()
     assert reversed_answer["rewards"] == pytest.approx(expected[::-1], abs=1e-5)  # request order kept
+
+
+def test_text_without_a_chat_template_is_scored_as_in_process(servers, dmoerm_local):
+    """A DMoERM that records its chat template's assistant opener routes on the prompt and cannot split a plain text:
+    400 naming the item (in process: an error too); one without (the whole text routed) scores it as in process."""
+    model, tokenizer = dmoerm_local
+    texts = ["A plain text, no chat template at all.", "Another one."]
+    response = post(servers["dmoerm"].url, "/get_reward", {"query": texts})
+    if getattr(model.config, "assistant_opener_ids", None):
+        assert response.status_code == 400
+        assert "query[0]: the text has no assistant-turn opener" in response.json()["error"]["message"]
+        with pytest.raises(ValueError):
+            model.compute_rewards(texts, tokenizer)
+        with_prompts = post(servers["dmoerm"].url, "/get_reward", {"query": texts, "prompts": ["A plain", "Another"]})
+        assert with_prompts.status_code == 200  # the prompt given: routed on it
+    else:
+        expected = [r["reward"] for r in model.compute_rewards(texts, tokenizer)]
+        assert response.json()["rewards"] == pytest.approx(expected, abs=1e-5)
 
 
 def test_get_reward_with_prompts_routes_on_the_prompt(servers, dmoerm_local):
@@ -102,14 +119,15 @@ def test_plain_sequence_classification_reward_model(servers, gold_local):
 
 
 # ------------------------------------------------------------------------------------------- health, metrics
-def test_health_and_metrics(servers):
+def test_health_and_metrics(servers, dmoerm_local):
     url = servers["dmoerm"].url
+    texts = [render(dmoerm_local[1], word) for word in ("one", "two", "three")]
     health = httpx.get(url + "/health").json()
     assert health["status"] == "ok" and health["ready"] is True
     assert health["model"] == "dmoerm" and health["categories"] == ["objective_qa", "chitchat"]
     assert health["capabilities"]["chitchat"] == ["empathy", "fluency"] and health["max_length"] == 256
     before = metrics(url)
-    post(url, "/get_reward", {"query": ["one", "two", "three"]})
+    assert post(url, "/get_reward", {"query": texts}).status_code == 200
     post(url, "/get_reward", {"query": 3})
     after = metrics(url)
     batcher_keys = {"requests", "items", "batches", "mean_batch_size", "queue_depth", "errors", "latency_p50_ms",
@@ -190,18 +208,19 @@ def test_unknown_paths_and_methods_and_no_server_errors(servers):
 
 
 # ------------------------------------------------------------------------------------------- the strict server
-def test_bearer_token_and_it_is_never_logged(servers):
+def test_bearer_token_and_it_is_never_logged(servers, dmoerm_local):
     url = servers["strict"].url
+    hi = render(dmoerm_local[1], "hi")
     assert httpx.get(url + "/health").status_code == 200  # probes need no token
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
-        response = post(url, "/get_reward", {"query": ["hi"]}, headers=headers)
+        response = post(url, "/get_reward", {"query": [hi]}, headers=headers)
         assert response.status_code == 401 and "bearer token" in response.json()["error"]["message"]
         assert response.headers["www-authenticate"] == "Bearer"
     assert httpx.get(url + "/metrics").status_code == 401
-    assert post(url, "/get_reward", {"query": ["hi"]}, headers=AUTH).status_code == 200
+    assert post(url, "/get_reward", {"query": [hi]}, headers=AUTH).status_code == 200
     assert API_KEY not in servers["strict"].output()
     with pytest.raises(Exception, match="HTTP 401: missing or wrong bearer token"):
-        RemoteReward(url, api_key="wrong").score_texts(["hi"])  # 4xx: no retry, the server's message
+        RemoteReward(url, api_key="wrong").score_texts([hi])  # 4xx: no retry, the server's message
 
 
 @pytest.mark.parametrize(
@@ -232,27 +251,29 @@ def _wait_for(url, predicate, timeout=60.0):
 def test_queue_full_gives_503_and_remote_reward_retries_through_it(servers, dmoerm_local):
     model, tokenizer = dmoerm_local
     url = servers["strict"].url  # queue of 8 items, batches wait up to 3 s to fill
-    texts = [f"filler text {i}" for i in range(8)]
+    texts = [render(tokenizer, f"filler {i}") for i in range(8)]
+    one_more = render(tokenizer, "one more")
     filler: dict = {}
     thread = threading.Thread(target=lambda: filler.update(r=post(url, "/get_reward", {"query": texts}, AUTH)))
     thread.start()
     _wait_for(url, lambda m: m["batcher"]["queue_depth"] == 8)
-    refused = post(url, "/get_reward", {"query": ["one more"]}, AUTH)
+    refused = post(url, "/get_reward", {"query": [one_more]}, AUTH)
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert "queue is full" in refused.json()["error"]["message"]
     remote = RemoteReward(url, api_key=API_KEY, max_retries=10, backoff=0.2)
-    rewards = remote.score_texts(["one more"])
+    rewards = remote.score_texts([one_more])
     assert remote.retries >= 1  # it met the full queue, waited and got through
-    assert rewards == pytest.approx([model.compute_rewards(["one more"], tokenizer)[0]["reward"]], abs=1e-5)
+    assert rewards == pytest.approx([model.compute_rewards([one_more], tokenizer)[0]["reward"]], abs=1e-5)
     thread.join()
     assert filler["r"].status_code == 200 and len(filler["r"].json()["rewards"]) == 8
 
 
-def test_disconnected_client_items_are_dropped_before_scoring(servers):
+def test_disconnected_client_items_are_dropped_before_scoring(servers, dmoerm_local):
     url = servers["strict"].url
+    texts = [render(dmoerm_local[1], "nobody waits for this"), render(dmoerm_local[1], "nor this")]
     before = metrics(url, AUTH)["batcher"]
     with pytest.raises(httpx.ReadTimeout):
-        post(url, "/get_reward", {"query": ["nobody waits for this", "nor this"]}, AUTH, timeout=0.5)
+        post(url, "/get_reward", {"query": texts}, AUTH, timeout=0.5)
     after = _wait_for(url, lambda m: m["batcher"]["dropped_cancelled"] >= before["dropped_cancelled"] + 2)
     assert after["batcher"]["items"] - before["items"] == 2
     assert after["batcher"]["batches"] == before["batches"]  # nothing was scored for the gone client
@@ -275,7 +296,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits(servers, dmoerm_local):
     """Runs last in this module: it stops the strict server."""
     model, tokenizer = dmoerm_local
     server = servers["strict"]
-    texts = ["first in flight", "second in flight", "third in flight"]
+    texts = [render(tokenizer, f"{n} in flight") for n in ("first", "second", "third")]
     answers: dict = {}
 
     def send(i):
