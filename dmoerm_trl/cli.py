@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "score": ("dmoerm_trl.commands.score", "Score conversations with a saved DMoERM and print per-capability rewards."),
     "example": ("dmoerm_trl.commands.example", "Build a DMoERM on a real pretrained LM, save, reload and score."),
     "label": ("dmoerm_trl.commands.label", "Label capability preferences with an OpenAI-compatible LLM judge."),
+    "serve": ("dmoerm_trl.commands.serve", "Serve a reward model over HTTP (OpenRLHF /get_reward, /v1/rewards)."),
     "serve-judge": ("dmoerm_trl.commands.serve_judge", "Serve a local HF causal LM as an OpenAI-compatible judge."),
     "ppo": ("dmoerm_trl.commands.ppo", "Train a policy with TRL PPO against a DMoERM (or any RM / an ensemble)."),
     "grpo": ("dmoerm_trl.commands.grpo", "Train a policy with TRL GRPO using a DMoERM as reward_funcs."),

@@ -13,6 +13,7 @@ from .ensemble import RewardEnsemble, RewardEnsembleConfig, RewardEnsembleOutput
 from .gold_callback import GoldRewardCallback
 from .overoptimization import GaoFit, bon_kl, fit_gao, fit_records, plot_overoptimization, read_records_csv
 from .ppo import PPO_SUPPORTED_RANGE, PPOUnavailableError, is_ppo_available, require_ppo
+from .remote import RemoteReward, RemoteRewardError
 from .scoring import RewardScorer
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "GaoFit",
     "GoldRewardCallback",
     "PPOUnavailableError",
+    "RemoteReward",
+    "RemoteRewardError",
     "RewardEnsemble",
     "RewardEnsembleConfig",
     "RewardEnsembleOutput",
