@@ -297,7 +297,8 @@ def test_joint_mode_diagnosis_suggests_per_capability_and_the_datas_language(tmp
     from dmoerm_trl.labeling.diagnosis import explain_label_losses, few_labels
 
     data = make_labeling_data(tmp_path, records=2)
-    rows = [json.loads(line) for line in open(data.data, encoding="utf-8")]
+    with open(data.data, encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle]
     for row in rows:  # Chinese conversations
         row["src"] = ["请比较这两个回答的质量。" for _ in row["src"]]
         row["response"] = [f"第{j}个回答。" for j in range(len(row["response"]))]
