@@ -372,6 +372,7 @@ class JudgeHTTPServer(ThreadingHTTPServer):
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._batch_seconds: float | None = None  # moving average of one batch's generation time
+        self._current: list[GenerationItem] = []  # the batch being generated
         self.batch_sizes: list[int] = []  # items per generate_batch call (the last 10,000)
         self.disconnects = 0  # clients that went away while queued or generating
         self.cancelled_in_batch = 0  # items whose client left after their batch was formed
@@ -382,7 +383,11 @@ class JudgeHTTPServer(ThreadingHTTPServer):
 
     def _process(self, items: list[GenerationItem]) -> list[GenerationResult | None]:
         started = time.perf_counter()
-        results = self.judge.generate_batch(items)
+        self._current = items
+        try:
+            results = self.judge.generate_batch(items)
+        finally:
+            self._current = []
         elapsed = time.perf_counter() - started
         with self._lock:
             self.batch_sizes = self.batch_sizes[-9_999:] + [len(items)]
@@ -425,7 +430,9 @@ class JudgeHTTPServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        if self.loop.is_running():  # queued requests fail (503); the batch being generated finishes
+        if self.loop.is_running():  # queued requests fail (503); the batch being generated stops at its next token
+            for item in list(self._current):
+                item.cancelled.set()
             asyncio.run_coroutine_threadsafe(self.batcher.stop(drain=False), self.loop).result(600)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._loop_thread.join(10)

@@ -240,3 +240,21 @@ def test_the_real_labeler_with_its_defaults_gets_batches_and_makes_no_retries(ju
     assert metrics["completed"] == summary["requests"]  # every generated answer was one the labeler used
     assert metrics["max_batch_size_seen"] > 1 and metrics["generate_calls"] < summary["requests"]
     assert metrics["disconnects"] == 0 and metrics["rejected_queue_full"] == 0
+
+
+@pytest.mark.slow
+def test_judge_serving_benchmark_runs_the_real_commands(judge_model_path, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = make_labeling_data(tmp_path, records=2)
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "judge_serving.py"
+    command = [sys.executable, str(script), "--model", judge_model_path, "--data", data.data, "--records", "2"]
+    command += ["--categories", data.categories, "--runs", "sequential,defaults", "--json", str(tmp_path / "r.json")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| sequential | 12 | 13 | 0 | 0 | 0 |" in result.stdout  # 12 requests + the refused JSON-mode probe
+    rows = {row["run"]: row for row in json.loads((tmp_path / "r.json").read_text())}
+    assert rows["sequential"]["mean_batch_size"] == 1.0 and rows["defaults"]["mean_batch_size"] > 1
+    assert rows["defaults"]["timeouts"] == 0 and rows["defaults"]["calls"] == rows["defaults"]["requests"] + 1
