@@ -78,6 +78,7 @@ def run_one(args, run: str, data: str, work: Path) -> dict:
         "requests": summary["requests"],
         "calls": summary["calls"],
         "retries": summary["retries"],
+        "slow_answers": summary["slow_answers"],
         "timeouts": summary["errors_by_kind"].get("timeout", 0),
         "failed": summary["failed_requests"],
         "labels": summary["labels"],
@@ -120,12 +121,13 @@ def main(argv=None) -> None:
     reference = next((r for r in results if r["run"] == "sequential"), None)
     load = os.getloadavg()[0]
     print(f"\nmodel {Path(args.model).name}; {len(records)} records; mode {args.mode}; load average {load:.1f}")
-    print("| run | requests | calls | retries | timeouts | failed | labels | labeling s | generate calls "
-          "| mean batch | lowest concurrency | vs sequential |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| run | requests | calls | retries | timeouts | waited past --timeout | failed | labels | labeling s "
+          "| generate calls | mean batch | lowest concurrency | vs sequential |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         ratio = f"{r['labeling_seconds'] / reference['labeling_seconds']:.2f}x" if reference else "-"
-        print(f"| {r['run']} | {r['requests']} | {r['calls']} | {r['retries']} | {r['timeouts']} | {r['failed']} "
+        print(f"| {r['run']} | {r['requests']} | {r['calls']} | {r['retries']} | {r['timeouts']} "
+              f"| {r['slow_answers']} | {r['failed']} "
               f"| {r['labels']} | {r['labeling_seconds']:.1f} | {r['generate_calls']} | {r['mean_batch_size']} "
               f"| {r['lowest_concurrency']} | {ratio} |")
     print(f"\n`dmoerm label` output of the last run:\n{results[-1]['stdout']}")

@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     summary = result.summary
     print(
         f"labels: {summary['labels']} from {summary['pairs']} pairs | calls {summary['calls']} | "
-        f"cache hits {summary['cache_hits']} | retries {summary['retries']} | failed {summary['failed_requests']} | "
+        f"cache hits {summary['cache_hits']} | retries {summary['retries']} | "
+        f"waited past --timeout {summary['slow_answers']} | failed {summary['failed_requests']} | "
         f"tokens {summary['tokens_in']}+{summary['tokens_out']} | ~${summary['estimated_cost_usd']:.4f} | "
         f"{summary['elapsed_seconds']:.1f}s"
     )

@@ -6,12 +6,14 @@ when the request failed after every retry (such requests are not cached, so the 
 - Retried: 408/409/429, 5xx, timeouts, dropped connections, bodies that are not a chat completion. The delay is
   the server's ``Retry-After`` (or ``retry-after-ms``) when it sends one, else ``backoff_base * 2**attempt`` capped
   at ``backoff_max``, with jitter (half fixed, half random) so that many clients do not retry in lockstep.
-- A slow but healthy server is not turned into a retry storm: every request that timed out is retried with twice
-  its previous timeout (up to ``MAX_TIMEOUT_GROWTH`` times the configured one), so a request is not abandoned again
-  and again after the same wait; and the number of requests in flight adapts (:class:`AdaptiveConcurrency`):
-  halved on a timeout, 429 or 503, grown back by one per window of answers, never above ``concurrency``. (Closing
-  the connection on a timeout is what stops the abandoned copy on ``dmoerm serve-judge`` and vLLM, which stop
-  generating for clients that disconnected.)
+- A slow but healthy server is not turned into a retry storm. ``timeout`` is when the client checks on the
+  server, not when it gives up: with no answer after ``timeout`` seconds it asks ``GET /models``; if the server
+  answers, the request is most likely queued or being computed there, so the client keeps waiting instead of
+  resending a second copy (counted as ``slow_answers``), up to ``MAX_WAIT_FACTOR * timeout`` in all. Only when
+  the server does not answer, or that bound passes, is the request abandoned (a ``timeout``, retried); closing its
+  connection stops the abandoned copy on ``dmoerm serve-judge`` and vLLM, which stop generating for clients that
+  left. The number of requests in flight adapts (:class:`AdaptiveConcurrency`): halved on a timeout, 429 or 503,
+  grown back by about one per window of answers, never above ``concurrency``.
 - Too long for the judge's context (a 400 ``context_length_exceeded``): :class:`RequestTooLong`, counted; the
   run goes on.
 - Not retried: other 4xx (bad key, unknown model, malformed request): :class:`JudgeError` stops the run. A 400
@@ -55,7 +57,7 @@ logger = logging.getLogger(__name__)
 RETRYABLE_STATUS = {408, 409, 429}
 OVERLOAD_STATUS = {429, 503}  # the server says "too much": fewer requests in flight
 MAX_RETRY_AFTER_SECONDS = 600.0
-MAX_TIMEOUT_GROWTH = 8  # a request's timeout doubles after each of its timeouts, up to 8x the configured one
+MAX_WAIT_FACTOR = 8  # a request whose server is up is waited for up to 8 x timeout before it is abandoned
 
 
 class JudgeError(RuntimeError):
@@ -85,6 +87,7 @@ class CallStats:
     cache_hits: int = 0
     shared_answers: int = 0  # identical requests (duplicate pairs) served by one call already in flight
     retries: int = 0
+    slow_answers: int = 0  # requests still unanswered after --timeout while the server was up: waited, not resent
     failed_requests: int = 0  # requests given up after max_retries (not cached: the next run asks again)
     tokens_in: int = 0
     tokens_out: int = 0
@@ -311,10 +314,9 @@ class JudgeClient:
         return cap / 2 + self._rng.uniform(0, cap / 2)
 
     async def _call_with_retries(self, key: str, messages, *, json_mode: bool, max_tokens: int) -> str | None:
-        attempt = timeouts = 0
+        attempt = 0
         while True:
             self._check_budget()
-            timeout = self.timeout * min(2**timeouts, MAX_TIMEOUT_GROWTH)
             try:
                 epoch = await self.concurrency.acquire()
                 overload = answered = False
@@ -322,7 +324,7 @@ class JudgeClient:
                     self._check_budget()
                     self.stats.calls += 1
                     content, usage = await self._call_once(
-                        messages, json_mode=json_mode, max_tokens=max_tokens, timeout=timeout
+                        messages, json_mode=json_mode, max_tokens=max_tokens, timeout=self.timeout
                     )
                     answered = True
                 except _Retryable as err:
@@ -331,7 +333,6 @@ class JudgeClient:
                 finally:
                     await self.concurrency.release(epoch, overload=overload, answered=answered)
             except _Retryable as err:
-                timeouts += err.kind == "timeout"
                 message = redact(str(err), self._secret)
                 self.stats.note_error(err.kind, message)
                 if attempt >= self.max_retries:
@@ -355,6 +356,52 @@ class JudgeClient:
             )
             return content
 
+    async def _post_patiently(self, body: dict, timeout: float):
+        """POST, and when ``timeout`` passes without an answer, keep waiting as long as the server is up.
+
+        Every ``timeout`` seconds without an answer the server is asked for ``GET /models`` (<= 10 s): if it answers
+        (any HTTP status), it is alive and most likely still computing this request, so the request is not
+        abandoned and resent (which would only queue a second copy behind the first); if it does not, the
+        request is abandoned (a timeout, retried). ``MAX_WAIT_FACTOR * timeout`` bounds the whole wait.
+        """
+        # The client's generic POST (same auth, base URL, timeouts and status-error mapping as
+        # chat.completions.create) with the raw JSON answer: measured ~40% less client CPU per request, which
+        # is what limits throughput at high concurrency (benchmarks/labeling.py).
+        hard_limit = timeout * MAX_WAIT_FACTOR
+        request = asyncio.ensure_future(
+            self.client.post("/chat/completions", cast_to=object, body=body, options={"timeout": hard_limit})
+        )
+        try:
+            waited, counted = 0.0, False
+            while True:
+                done, _ = await asyncio.wait({request}, timeout=min(timeout, hard_limit - waited))
+                if done:
+                    return request.result()
+                waited += timeout
+                if waited >= hard_limit:
+                    raise _Retryable("timeout", f"no answer after {waited:g} s", overload=True)
+                if not await self._server_alive(min(10.0, max(1.0, timeout))):
+                    raise _Retryable("timeout", f"no answer after {waited:g} s, and GET /models failed", overload=True)
+                if not counted:
+                    self.stats.slow_answers += 1
+                    counted = True
+                logger.info("No answer after %.0f s; the judge is up, so waiting for it (not resending).", waited)
+        finally:
+            if not request.done():
+                request.cancel()  # closes the connection: serve-judge and vLLM stop generating it
+                await asyncio.gather(request, return_exceptions=True)
+
+    async def _server_alive(self, seconds: float) -> bool:
+        import openai
+
+        try:
+            await self.client.get("/models", cast_to=object, options={"timeout": seconds})
+        except openai.APIConnectionError:  # refused, reset or timed out (APITimeoutError is one)
+            return False
+        except Exception:  # noqa: BLE001 - any HTTP answer (401, 404, a body that is not JSON): it is up
+            return True
+        return True
+
     async def _call_once(
         self, messages, *, json_mode: bool, max_tokens: int, timeout: float
     ) -> tuple[str, tuple[int, int]]:
@@ -371,14 +418,9 @@ class JudgeClient:
         if json_mode:
             body["response_format"] = {"type": "json_object"}
         try:
-            # The client's generic POST (same auth, base URL, timeouts and status-error mapping as
-            # chat.completions.create) with the raw JSON answer: measured ~40% less client CPU per request, which
-            # is what limits throughput at high concurrency (benchmarks/labeling.py).
-            completion = await self.client.post(
-                "/chat/completions", cast_to=object, body=body, options={"timeout": timeout}
-            )
+            completion = await self._post_patiently(body, timeout)
         except openai.APITimeoutError as err:
-            raise _Retryable("timeout", f"{err} (after {timeout:g} s)", overload=True) from None
+            raise _Retryable("timeout", f"{err} (the judge did not answer or went down)", overload=True) from None
         except openai.APIConnectionError as err:
             cause = f" ({type(err.__cause__).__name__})" if err.__cause__ is not None else ""
             raise _Retryable("connection_error", f"{err}{cause}") from None

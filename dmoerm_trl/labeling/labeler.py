@@ -314,6 +314,7 @@ class CapabilityLabeler:
             "cache_hits": stats.cache_hits,
             "shared_answers": stats.shared_answers,
             "retries": stats.retries,
+            "slow_answers": stats.slow_answers,
             "failed_requests": stats.failed_requests,
             "retry_wait_seconds": round(stats.retry_wait_seconds, 3),
             "errors_by_kind": dict(stats.errors_by_kind),

@@ -254,7 +254,7 @@ def test_judge_serving_benchmark_runs_the_real_commands(judge_model_path, tmp_pa
     command += ["--categories", data.categories, "--runs", "sequential,defaults", "--json", str(tmp_path / "r.json")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| sequential | 12 | 13 | 0 | 0 | 0 |" in result.stdout  # 12 requests + the refused JSON-mode probe
+    assert "| sequential | 12 | 13 | 0 | 0 |" in result.stdout  # 12 requests + the refused JSON-mode probe
     rows = {row["run"]: row for row in json.loads((tmp_path / "r.json").read_text())}
     assert rows["sequential"]["mean_batch_size"] == 1.0 and rows["defaults"]["mean_batch_size"] > 1
     assert rows["defaults"]["timeouts"] == 0 and rows["defaults"]["calls"] == rows["defaults"]["requests"] + 1

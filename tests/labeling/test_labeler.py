@@ -56,7 +56,8 @@ def test_faults_give_the_same_labels_as_a_fault_free_run_and_a_rerun_makes_zero_
     judge = VerdictJudge(labeling_data.scores)
     with ScriptedJudgeServer(judge) as server:
         clean = run_labeling(fast_config(labeling_data, tmp_path / "clean", server, mode=mode))
-    with ScriptedJudgeServer(judge, faults=ALL_FAULTS, slow_seconds=1.0) as server:
+    # "slow" answers come after 4.5 s: past the whole wait for a live server (8 x the 0.5 s timeout), so they time out
+    with ScriptedJudgeServer(judge, faults=ALL_FAULTS, slow_seconds=4.5) as server:
         faulty = run_labeling(fast_config(labeling_data, tmp_path / "faulty", server, mode=mode))
         assert set(server.counts) >= {"answered", *FAULT_KINDS} or mode == "joint"
         requests_before = server.counts["requests"]
@@ -226,21 +227,54 @@ def test_concurrency_is_bounded_duplicates_share_calls_and_uncategorized_pairs_a
     assert summary["labels"] == 10 * 3
 
 
-def test_a_server_slower_than_the_timeout_answers_after_one_timeout_not_a_retry_storm(tmp_path):
-    """Every answer takes 0.8 s, the timeout is 0.5 s: each request times out once, then waits twice as long."""
+def test_a_server_slower_than_the_timeout_is_waited_for_not_sent_a_second_copy(tmp_path):
+    """Every answer takes 0.8 s, the timeout is 0.3 s: the server is up (GET /models answers), so no copy is resent."""
     data = make_labeling_data(tmp_path, records=2)  # 6 pairs, 12 joint requests
     with ScriptedJudgeServer(VerdictJudge(data.scores), latency=0.8) as server:
         summary = run_labeling(
-            fast_config(data, tmp_path / "out", server, mode="joint", timeout=0.5, concurrency=8)
+            fast_config(data, tmp_path / "out", server, mode="joint", timeout=0.3, concurrency=8)
         ).summary
+        assert server.counts["requests"] == 12  # one copy of each request reached the server
     assert summary["complete"] and summary["failed_requests"] == 0
-    assert summary["errors_by_kind"] == {"timeout": summary["retries"]}
-    # at most one timeout per request (the old behaviour: max_retries + 1 timeouts each, then failure)
-    assert summary["retries"] <= summary["requests"] == 12
-    assert summary["calls"] == summary["requests"] + summary["retries"]
-    # the timeouts of one window halve the requests in flight once, not once per timeout
-    assert summary["concurrency"]["reductions"] >= 1 and summary["concurrency"]["lowest"] <= 4
-    assert summary["concurrency"]["reductions"] < summary["retries"]
+    assert summary["retries"] == 0 and summary["errors_by_kind"] == {}
+    assert summary["calls"] == summary["requests"] == 12 and summary["slow_answers"] == 12
+    assert summary["concurrency"]["reductions"] == 0  # slow is not overloaded: the batch size stays
+
+
+def test_a_request_to_a_server_that_went_down_is_abandoned_and_retried(tmp_path):
+    """The server accepts the request and then stops answering anything (GET /models too): timeout, then retry."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    held = []
+
+    def accept_and_ignore():
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            held.append(connection)  # never answered
+
+    threading.Thread(target=accept_and_ignore, daemon=True).start()
+    data = make_labeling_data(tmp_path, records=1)
+    server = type("Down", (), {"base_url": f"http://127.0.0.1:{port}/v1"})()
+    try:
+        started = time.monotonic()
+        summary = run_labeling(
+            fast_config(data, tmp_path / "out", server, mode="joint", timeout=0.2, max_retries=1)
+        ).summary
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+    assert summary["failed_requests"] == summary["requests"] == 6 and summary["slow_answers"] == 0
+    assert summary["errors_by_kind"] == {"timeout": 12}  # each request: the first copy and its one retry
+    assert summary["concurrency"]["reductions"] >= 1
+    assert elapsed < 60  # each copy: 0.2 s, then a 1 s liveness check that fails
 
 
 def test_adaptive_concurrency_halves_once_per_window_and_grows_back():
