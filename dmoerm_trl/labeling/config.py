@@ -104,7 +104,7 @@ class LabelingConfig:
         default=60.0,
         metadata={
             "help": "Seconds without an answer before the judge is checked (GET /models): if it is up, keep waiting "
-            "(up to 8x in all); if not, abandon and retry."
+            "(up to 20x in all); if not, abandon and retry."
         },
     )
     max_retries: int = field(

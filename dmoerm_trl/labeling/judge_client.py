@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 RETRYABLE_STATUS = {408, 409, 429}
 OVERLOAD_STATUS = {429, 503}  # the server says "too much": fewer requests in flight
 MAX_RETRY_AFTER_SECONDS = 600.0
-MAX_WAIT_FACTOR = 8  # a request whose server is up is waited for up to 8 x timeout before it is abandoned
+MAX_WAIT_FACTOR = 20  # a request whose server is up is waited for up to 20 x timeout before it is abandoned
 
 
 class JudgeError(RuntimeError):

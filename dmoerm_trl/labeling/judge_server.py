@@ -374,6 +374,7 @@ class JudgeHTTPServer(ThreadingHTTPServer):
         self._batch_seconds: float | None = None  # moving average of one batch's generation time
         self._current: list[GenerationItem] = []  # the batch being generated
         self.batch_sizes: list[int] = []  # items per generate_batch call (the last 10,000)
+        self.batch_seconds: list[float] = []  # seconds per generate_batch call (the last 100)
         self.disconnects = 0  # clients that went away while queued or generating
         self.cancelled_in_batch = 0  # items whose client left after their batch was formed
         self.loop = asyncio.new_event_loop()
@@ -391,6 +392,7 @@ class JudgeHTTPServer(ThreadingHTTPServer):
         elapsed = time.perf_counter() - started
         with self._lock:
             self.batch_sizes = self.batch_sizes[-9_999:] + [len(items)]
+            self.batch_seconds = self.batch_seconds[-99:] + [round(elapsed, 3)]
             self.cancelled_in_batch += sum(item.cancelled.is_set() for item in items)
             self._batch_seconds = elapsed if self._batch_seconds is None else 0.7 * self._batch_seconds + 0.3 * elapsed
         return results
@@ -407,7 +409,7 @@ class JudgeHTTPServer(ThreadingHTTPServer):
     def metrics(self) -> dict:
         """The batcher's counters plus this server's: generate calls, largest batch, disconnects."""
         with self._lock:
-            sizes = list(self.batch_sizes)
+            sizes, seconds = list(self.batch_sizes), list(self.batch_seconds)
         return {
             **self.batcher.metrics(),
             "generate_calls": len(sizes),
@@ -415,6 +417,7 @@ class JudgeHTTPServer(ThreadingHTTPServer):
             "disconnects": self.disconnects,
             "cancelled_in_batch": self.cancelled_in_batch,
             "mean_batch_seconds": round(self._batch_seconds, 3) if self._batch_seconds is not None else None,
+            "recent_batches": [{"size": n, "seconds": t} for n, t in zip(sizes[-len(seconds) :], seconds)],
         }
 
     @property
