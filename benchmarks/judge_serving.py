@@ -61,7 +61,8 @@ def run_one(args, run: str, data: str, work: Path) -> dict:
     if run == "sequential" and args.sequential_sample:
         options["label"] = [*options["label"], "--budget-calls", str(args.sequential_sample)]
     with open(work / f"{run}-server.log", "w") as log:
-        server, base_url = start_server(args.model, args.served_name, options["server"] + args.server_args.split(), log)
+        server_flags = options["server"] + args.server_args.split()
+        server, base_url = start_server(args.model, args.served_name, server_flags, log)
         try:
             output = work / run
             command = [sys.executable, "-m", "dmoerm_trl.cli", "label", "--data", data, "--base-url", base_url]
@@ -107,7 +108,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--shortest", action="store_true", help="The N shortest records with a category instead of the first N."
     )
-    parser.add_argument("--server-args", default="", help="Extra serve-judge flags for every run, e.g. '--dtype bfloat16'.")
+    parser.add_argument(
+        "--server-args", default="", help="Extra serve-judge flags for every run, e.g. '--dtype bfloat16'."
+    )
     parser.add_argument("--mode", default="joint", choices=("joint", "per_capability"))
     parser.add_argument("--categories", default=None, help="Category set for `dmoerm label` (default: paper).")
     parser.add_argument("--runs", default="sequential,defaults", help=f"Comma-separated, of {', '.join(RUNS)}.")

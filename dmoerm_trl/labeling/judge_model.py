@@ -11,7 +11,8 @@ when every row has stopped. An item cancelled before its batch starts is not gen
 Example:
     >>> from dmoerm_trl.labeling.judge_model import JudgeModel
     >>> judge = JudgeModel("path/to/causal-lm")  # doctest: +SKIP
-    >>> items = [judge.prepare([{"role": "user", "content": q}], max_tokens=8) for q in ("1 or 2?", "Hi")]  # doctest: +SKIP
+    >>> questions = ("1 or 2?", "Hi")
+    >>> items = [judge.prepare([{"role": "user", "content": q}], max_tokens=8) for q in questions]  # doctest: +SKIP
     >>> [result.text for result in judge.generate_batch(items)]  # doctest: +SKIP
     ['1', 'Hello!']
 """

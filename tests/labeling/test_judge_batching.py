@@ -137,7 +137,8 @@ def test_a_client_that_disconnects_while_queued_is_never_generated(judge_model_p
     try:
         first = in_thread(post, server, {"model": "tiny-judge", "messages": STORY, "max_tokens": 3})
         assert gate.entered.wait(20)
-        leaving = {"model": "tiny-judge", "messages": [{"role": "user", "content": "I will not wait"}], "max_tokens": 3}
+        leaving = {"model": "tiny-judge", "messages": [{"role": "user", "content": "I will not wait"}]}
+        leaving["max_tokens"] = 3
         data = json.dumps(leaving).encode()
         host, port = server.server_address[:2]
         with socket.create_connection((host, port), timeout=10) as sock:
@@ -193,7 +194,8 @@ def test_negative_or_broken_content_length_gets_400_and_a_stalled_client_times_o
     try:
         for length in (b"-5", b"abc"):
             with socket.create_connection((host, port), timeout=10) as sock:
-                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n")
+                head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + length
+                sock.sendall(head + b"\r\n\r\n")
                 reply = read_until_closed(sock)  # the server closes the connection after its answer
                 assert reply.startswith(b"HTTP/1.1 400") and b"non-negative integer" in reply
         baseline = threading.active_count()
