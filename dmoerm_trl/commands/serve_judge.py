@@ -42,7 +42,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "--max-batch-size", type=positive_int, default=8, help="Requests answered together by one generate call, at most."
     )
     parser.add_argument(
-        "--max-wait-ms", type=float, default=20.0, help="How long the first queued request waits for others to join."
+        "--max-wait-ms",
+        type=float,
+        default=200.0,
+        help="How long the first queued request waits for others to join (a judge's answer takes seconds; "
+        "gathering a full batch is worth a fraction of one).",
     )
     parser.add_argument(
         "--max-queue", type=positive_int, default=64, help="Requests waiting at most; more get HTTP 503 with Retry-After."
