@@ -26,11 +26,19 @@ from pathlib import Path
 
 
 class RequestError(Exception):
-    """A request the server refuses: HTTP status, message, offending parameter, error code."""
+    """A request the server refuses: HTTP status, message, offending parameter, error code, extra headers."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
 
     def body(self) -> dict:
         kind = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large"}.get(

@@ -281,7 +281,7 @@ class _Handler(BaseHTTPRequestHandler):
             item = self.server.judge.prepare(**arguments)
             result = self._generate(item)
         except RequestError as error:
-            return self._fail(error, headers=getattr(error, "headers", None))
+            return self._fail(error, headers=error.headers)
         except Exception as err:  # a bug or the model failing: 500, and the server keeps serving
             logger.exception("Generation failed")
             return self._fail(RequestError(500, f"Generation failed: {type(err).__name__}: {err}"))
@@ -322,9 +322,11 @@ class _Handler(BaseHTTPRequestHandler):
             except concurrent.futures.TimeoutError:
                 pass
             except QueueFull:
-                error = RequestError(503, "The judge is busy: its queue is full. Retry after the Retry-After delay.")
-                error.headers = {"Retry-After": str(server.retry_after_seconds())}
-                raise error from None
+                raise RequestError(
+                    503,
+                    "The judge is busy: its queue is full. Retry after the Retry-After delay.",
+                    headers={"Retry-After": str(server.retry_after_seconds())},
+                ) from None
             except RuntimeError:
                 if not server.batcher.running:  # shutting down
                     raise RequestError(503, "The judge is shutting down.") from None
