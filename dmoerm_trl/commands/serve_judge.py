@@ -39,7 +39,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0.")
     parser.add_argument("--chat-template", default=None, help="A Jinja chat template file, if the tokenizer has none.")
     parser.add_argument(
-        "--max-batch-size", type=positive_int, default=8, help="Requests answered together by one generate call, at most."
+        "--max-batch-size",
+        type=positive_int,
+        default=8,
+        help="Requests answered together by one generate call, at most.",
     )
     parser.add_argument(
         "--max-wait-ms",
@@ -49,7 +52,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "gathering a full batch is worth a fraction of one).",
     )
     parser.add_argument(
-        "--max-queue", type=positive_int, default=64, help="Requests waiting at most; more get HTTP 503 with Retry-After."
+        "--max-queue",
+        type=positive_int,
+        default=64,
+        help="Requests waiting at most; more get HTTP 503 with Retry-After.",
     )
     parser.add_argument(
         "--read-timeout", type=float, default=30.0, help="Seconds a client may stall while sending a request."
