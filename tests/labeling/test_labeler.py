@@ -56,9 +56,9 @@ def test_faults_give_the_same_labels_as_a_fault_free_run_and_a_rerun_makes_zero_
     judge = VerdictJudge(labeling_data.scores)
     with ScriptedJudgeServer(judge) as server:
         clean = run_labeling(fast_config(labeling_data, tmp_path / "clean", server, mode=mode))
-    # "slow" answers come after 4.5 s: past the whole wait for a live server (8 x the 0.5 s timeout), so they time out
+    # "slow" answers come after 4.5 s: past the whole wait for a live server (20 x the 0.2 s timeout): they time out
     with ScriptedJudgeServer(judge, faults=ALL_FAULTS, slow_seconds=4.5) as server:
-        faulty = run_labeling(fast_config(labeling_data, tmp_path / "faulty", server, mode=mode))
+        faulty = run_labeling(fast_config(labeling_data, tmp_path / "faulty", server, mode=mode, timeout=0.2))
         assert set(server.counts) >= {"answered", *FAULT_KINDS} or mode == "joint"
         requests_before = server.counts["requests"]
         rerun = run_labeling(fast_config(labeling_data, tmp_path / "faulty", server, mode=mode))
