@@ -85,6 +85,7 @@ def _config_from_args(args):
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from ..labeling.diagnosis import few_labels
     from ..labeling.labeler import LABELS_FILE, SUMMARY_FILE, run_labeling
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -103,16 +104,18 @@ def run(args: argparse.Namespace) -> int:
     summary = result.summary
     print(
         f"labels: {summary['labels']} from {summary['pairs']} pairs | calls {summary['calls']} | "
-        f"cache hits {summary['cache_hits']} | retries {summary['retries']} | failed {summary['failed_requests']} | "
+        f"cache hits {summary['cache_hits']} | retries {summary['retries']} | "
+        f"waited past --timeout {summary['slow_answers']} | failed {summary['failed_requests']} | "
         f"tokens {summary['tokens_in']}+{summary['tokens_out']} | ~${summary['estimated_cost_usd']:.4f} | "
         f"{summary['elapsed_seconds']:.1f}s"
     )
     for category, capabilities in summary["per_capability"].items():
-        rates = ", ".join(
-            f"{c} {t['consistency_rate'] if t['consistency_rate'] is not None else '-'}"
-            for c, t in capabilities.items()
-        )
-        print(f"  consistency {category}: {rates}")
+        rates = ", ".join(f"{c} {t['labeled']}/{t['pairs']}" for c, t in capabilities.items())
+        print(f"  labeled pairs {category}: {rates}")
+    if few_labels(summary) and summary["why_few_labels"]:
+        print(f"why only {summary['labels']} label(s):")
+        for line in summary["why_few_labels"]:
+            print(f"  - {line}")
     print(f"wrote {config.output}/{LABELS_FILE} and {config.output}/{SUMMARY_FILE}")
     if summary["aborted"]:
         print(f"dmoerm label: stopped: {summary['aborted']}", file=sys.stderr)

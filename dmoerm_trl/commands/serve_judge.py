@@ -38,6 +38,28 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0.")
     parser.add_argument("--chat-template", default=None, help="A Jinja chat template file, if the tokenizer has none.")
+    parser.add_argument(
+        "--max-batch-size",
+        type=positive_int,
+        default=8,
+        help="Requests answered together by one generate call, at most.",
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=200.0,
+        help="How long the first queued request waits for others to join (a judge's answer takes seconds; "
+        "gathering a full batch is worth a fraction of one).",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=positive_int,
+        default=64,
+        help="Requests waiting at most; more get HTTP 503 with Retry-After.",
+    )
+    parser.add_argument(
+        "--read-timeout", type=float, default=30.0, help="Seconds a client may stall while sending a request."
+    )
     parser.add_argument("--verbose", action="store_true", help="Log every request line.")
     return parser
 
@@ -70,11 +92,19 @@ def run(args: argparse.Namespace) -> int:
             chat_template=args.chat_template,
             verbose=args.verbose,
             background=False,
+            max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_wait_ms,
+            max_queue=args.max_queue,
+            read_timeout=args.read_timeout,
         )
     except (OSError, ValueError) as err:
         print(f"dmoerm serve-judge: error: {one_line(err)}", file=sys.stderr)
         return 2
-    print(f"Serving {server.model_name!r} at {server.base_url} (Ctrl-C to stop)", flush=True)
+    print(
+        f"Serving {server.model_name!r} at {server.base_url} (Ctrl-C to stop); batches of up to "
+        f"{args.max_batch_size}, queue {args.max_queue}",
+        flush=True,
+    )
 
     def stop_on_sigterm(signum, frame):  # process managers (systemd, docker, CI) stop with SIGTERM: exit cleanly
         raise KeyboardInterrupt

@@ -100,7 +100,13 @@ class LabelingConfig:
         },
     )
     concurrency: int = field(default=8, metadata={"help": "Requests in flight at most."})
-    timeout: float = field(default=60.0, metadata={"help": "Seconds before a request is abandoned and retried."})
+    timeout: float = field(
+        default=60.0,
+        metadata={
+            "help": "Seconds without an answer before the judge is checked (GET /models): if it is up, keep waiting "
+            "(up to 20x in all); if not, abandon and retry."
+        },
+    )
     max_retries: int = field(
         default=6, metadata={"help": "Retries of a request on 429, 5xx, timeouts, dropped connections, bad bodies."}
     )

@@ -6,6 +6,14 @@ when the request failed after every retry (such requests are not cached, so the 
 - Retried: 408/409/429, 5xx, timeouts, dropped connections, bodies that are not a chat completion. The delay is
   the server's ``Retry-After`` (or ``retry-after-ms``) when it sends one, else ``backoff_base * 2**attempt`` capped
   at ``backoff_max``, with jitter (half fixed, half random) so that many clients do not retry in lockstep.
+- A slow but healthy server is not turned into a retry storm. ``timeout`` is when the client checks on the
+  server, not when it gives up: with no answer after ``timeout`` seconds it asks ``GET /models``; if the server
+  answers, the request is most likely queued or being computed there, so the client keeps waiting instead of
+  resending a second copy (counted as ``slow_answers``), up to ``MAX_WAIT_FACTOR * timeout`` in all. Only when
+  the server does not answer, or that bound passes, is the request abandoned (a ``timeout``, retried); closing its
+  connection stops the abandoned copy on ``dmoerm serve-judge`` and vLLM, which stop generating for clients that
+  left. The number of requests in flight adapts (:class:`AdaptiveConcurrency`): halved on a timeout, 429 or 503,
+  grown back by about one per window of answers, never above ``concurrency``.
 - Too long for the judge's context (a 400 ``context_length_exceeded``): :class:`RequestTooLong`, counted; the
   run goes on.
 - Not retried: other 4xx (bad key, unknown model, malformed request): :class:`JudgeError` stops the run. A 400
@@ -47,7 +55,9 @@ from .cache import LabelCache, request_key
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 429}
+OVERLOAD_STATUS = {429, 503}  # the server says "too much": fewer requests in flight
 MAX_RETRY_AFTER_SECONDS = 600.0
+MAX_WAIT_FACTOR = 20  # a request whose server is up is waited for up to 20 x timeout before it is abandoned
 
 
 class JudgeError(RuntimeError):
@@ -77,6 +87,7 @@ class CallStats:
     cache_hits: int = 0
     shared_answers: int = 0  # identical requests (duplicate pairs) served by one call already in flight
     retries: int = 0
+    slow_answers: int = 0  # requests still unanswered after --timeout while the server was up: waited, not resent
     failed_requests: int = 0  # requests given up after max_retries (not cached: the next run asks again)
     tokens_in: int = 0
     tokens_out: int = 0
@@ -116,9 +127,59 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
 
 
 class _Retryable(Exception):
-    def __init__(self, kind: str, message: str, retry_after: float | None = None):
+    def __init__(self, kind: str, message: str, retry_after: float | None = None, overload: bool = False):
         super().__init__(message)
-        self.kind, self.retry_after = kind, retry_after
+        self.kind, self.retry_after, self.overload = kind, retry_after, overload
+
+
+class AdaptiveConcurrency:
+    """How many requests may be in flight: additive increase, multiplicative decrease (as TCP does).
+
+    Starts at ``maximum``. An overload signal (a timeout, 429 or 503) halves the limit (not below 1), at most once per
+    window: a request that started before the last decrease cannot decrease it again, so 8 requests timing out
+    together halve it once, not 8 times. Each answer to a request of the current window adds ``1 / limit`` (about
+    +1 per window of answers).
+
+    Example:
+        >>> import asyncio
+        >>> async def demo():
+        ...     limit = AdaptiveConcurrency(8)
+        ...     epochs = [await limit.acquire() for _ in range(3)]
+        ...     for epoch in epochs:
+        ...         await limit.release(epoch, overload=True)  # 3 timeouts of one window: one halving
+        ...     return limit.limit, limit.reductions
+        >>> asyncio.run(demo())
+        (4.0, 1)
+    """
+
+    def __init__(self, maximum: int):
+        self.maximum = maximum
+        self.limit = float(maximum)
+        self.lowest = float(maximum)
+        self.reductions = 0
+        self.in_flight = 0
+        self._epoch = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self) -> int:
+        """Wait for a free slot; returns the window (epoch) the request starts in."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.in_flight < int(self.limit))
+            self.in_flight += 1
+            return self._epoch
+
+    async def release(self, epoch: int, *, overload: bool = False, answered: bool = False) -> None:
+        async with self._changed:
+            self.in_flight -= 1
+            if overload and epoch == self._epoch and self.limit > 1:
+                self.limit = max(1.0, self.limit / 2)
+                self.lowest = min(self.lowest, self.limit)
+                self.reductions += 1
+                self._epoch += 1
+                logger.info("The judge is overloaded: at most %d request(s) in flight now.", int(self.limit))
+            elif answered and epoch == self._epoch and self.limit < self.maximum:
+                self.limit = min(float(self.maximum), self.limit + 1 / self.limit)
+            self._changed.notify_all()
 
 
 class JudgeClient:
@@ -154,7 +215,7 @@ class JudgeClient:
         self.stats = stats if stats is not None else CallStats()
         self._secret = secret
         self._rng = rng or random.Random()
-        self._slots = asyncio.Semaphore(concurrency)
+        self.concurrency = AdaptiveConcurrency(concurrency)
         self._json_meta_key = f"json_mode_unsupported:{model}"
         self.budget_exhausted = False
         self._json_probe = asyncio.Lock()
@@ -257,10 +318,20 @@ class JudgeClient:
         while True:
             self._check_budget()
             try:
-                async with self._slots:
+                epoch = await self.concurrency.acquire()
+                overload = answered = False
+                try:
                     self._check_budget()
                     self.stats.calls += 1
-                    content, usage = await self._call_once(messages, json_mode=json_mode, max_tokens=max_tokens)
+                    content, usage = await self._call_once(
+                        messages, json_mode=json_mode, max_tokens=max_tokens, timeout=self.timeout
+                    )
+                    answered = True
+                except _Retryable as err:
+                    overload = err.overload
+                    raise
+                finally:
+                    await self.concurrency.release(epoch, overload=overload, answered=answered)
             except _Retryable as err:
                 message = redact(str(err), self._secret)
                 self.stats.note_error(err.kind, message)
@@ -285,7 +356,55 @@ class JudgeClient:
             )
             return content
 
-    async def _call_once(self, messages, *, json_mode: bool, max_tokens: int) -> tuple[str, tuple[int, int]]:
+    async def _post_patiently(self, body: dict, timeout: float):
+        """POST, and when ``timeout`` passes without an answer, keep waiting as long as the server is up.
+
+        Every ``timeout`` seconds without an answer the server is asked for ``GET /models`` (<= 10 s): if it answers
+        (any HTTP status), it is alive and most likely still computing this request, so the request is not
+        abandoned and resent (which would only queue a second copy behind the first); if it does not, the
+        request is abandoned (a timeout, retried). ``MAX_WAIT_FACTOR * timeout`` bounds the whole wait.
+        """
+        # The client's generic POST (same auth, base URL, timeouts and status-error mapping as
+        # chat.completions.create) with the raw JSON answer: measured ~40% less client CPU per request, which
+        # is what limits throughput at high concurrency (benchmarks/labeling.py).
+        hard_limit = timeout * MAX_WAIT_FACTOR
+        request = asyncio.ensure_future(
+            self.client.post("/chat/completions", cast_to=object, body=body, options={"timeout": hard_limit})
+        )
+        try:
+            waited, counted = 0.0, False
+            while True:
+                done, _ = await asyncio.wait({request}, timeout=min(timeout, hard_limit - waited))
+                if done:
+                    return request.result()
+                waited += timeout
+                if waited >= hard_limit:
+                    raise _Retryable("timeout", f"no answer after {waited:g} s", overload=True)
+                if not await self._server_alive(min(10.0, max(1.0, timeout))):
+                    raise _Retryable("timeout", f"no answer after {waited:g} s, and GET /models failed", overload=True)
+                if not counted:
+                    self.stats.slow_answers += 1
+                    counted = True
+                logger.info("No answer after %.0f s; the judge is up, so waiting for it (not resending).", waited)
+        finally:
+            if not request.done():
+                request.cancel()  # closes the connection: serve-judge and vLLM stop generating it
+                await asyncio.gather(request, return_exceptions=True)
+
+    async def _server_alive(self, seconds: float) -> bool:
+        import openai
+
+        try:
+            await self.client.get("/models", cast_to=object, options={"timeout": seconds})
+        except openai.APIConnectionError:  # refused, reset or timed out (APITimeoutError is one)
+            return False
+        except Exception:  # noqa: BLE001 - any HTTP answer (401, 404, a body that is not JSON): it is up
+            return True
+        return True
+
+    async def _call_once(
+        self, messages, *, json_mode: bool, max_tokens: int, timeout: float
+    ) -> tuple[str, tuple[int, int]]:
         import openai
 
         body = {
@@ -299,14 +418,9 @@ class JudgeClient:
         if json_mode:
             body["response_format"] = {"type": "json_object"}
         try:
-            # The client's generic POST (same auth, base URL, timeouts and status-error mapping as
-            # chat.completions.create) with the raw JSON answer: measured ~40% less client CPU per request, which
-            # is what limits throughput at high concurrency (benchmarks/labeling.py).
-            completion = await self.client.post(
-                "/chat/completions", cast_to=object, body=body, options={"timeout": self.timeout}
-            )
+            completion = await self._post_patiently(body, timeout)
         except openai.APITimeoutError as err:
-            raise _Retryable("timeout", str(err)) from None
+            raise _Retryable("timeout", f"{err} (the judge did not answer or went down)", overload=True) from None
         except openai.APIConnectionError as err:
             cause = f" ({type(err.__cause__).__name__})" if err.__cause__ is not None else ""
             raise _Retryable("connection_error", f"{err}{cause}") from None
@@ -316,7 +430,8 @@ class JudgeClient:
             status = err.status_code
             if status in RETRYABLE_STATUS or status >= 500:
                 kind = "rate_limited" if status == 429 else f"http_{status}"
-                raise _Retryable(kind, str(err), parse_retry_after(err.response.headers)) from None
+                retry_after = parse_retry_after(err.response.headers)
+                raise _Retryable(kind, str(err), retry_after, overload=status in OVERLOAD_STATUS) from None
             text = redact(str(err), self._secret)
             if status == 400 and (
                 getattr(err, "code", None) == "context_length_exceeded"

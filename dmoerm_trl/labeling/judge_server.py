@@ -2,11 +2,25 @@
 labeling (and for testing the ``openai`` client over real HTTP).
 
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (non-streaming; ``temperature`` 0 means greedy),
-``GET /health``. Bound to 127.0.0.1 by default. Requests larger than ``max_request_bytes`` get 413; malformed ones a
-4xx with an OpenAI-style ``{"error": {"message", "type", "param", "code"}}`` body naming the bad parameter.
-``response_format`` (JSON mode) is refused with a 400: a small local model cannot guarantee JSON, and the labeler
-then falls back to lenient parsing by itself. If the environment variable ``DMOERM_JUDGE_API_KEY`` is set, requests
-must carry it as a bearer token. Generation is serialized (one at a time); the model runs under ``torch.no_grad``.
+``GET /health`` (with the batching counters). Bound to 127.0.0.1 by default. Requests larger than
+``max_request_bytes`` get 413; malformed ones a 4xx with an OpenAI-style ``{"error": {"message", "type", "param",
+"code"}}`` body naming the bad parameter. ``response_format`` (JSON mode) is refused with a 400: a small local model
+cannot guarantee JSON, and the labeler then falls back to lenient parsing by itself. If the environment variable
+``DMOERM_JUDGE_API_KEY`` is set, requests must carry it as a bearer token.
+
+Serving concurrent requests:
+
+- **Batching.** Requests that arrive together are answered by one ``generate`` call (left-padded, up to
+  ``max_batch_size``, grouped by prompt length; :class:`dmoerm_trl.serving.batching.DynamicBatcher` collects them,
+  :meth:`JudgeModel.generate_batch` runs them). The next batch fills while one runs.
+- **Back-pressure.** At most ``max_queue`` requests wait; beyond that a request gets 503 with ``Retry-After``
+  (seconds, estimated from the queue and the recent batch time) at once, instead of waiting past its client's
+  timeout.
+- **Disconnects.** A client that goes away (e.g. its timeout fired) while its request waits is dropped from the
+  queue and never generated; one that goes away during generation has its row stopped at the next token.
+- **Slow or broken clients.** Every read has a timeout (``read_timeout``): a client that stalls mid-request is
+  answered 408 or dropped, and an idle keep-alive connection is closed, so no thread is held forever. A missing,
+  negative or non-numeric ``Content-Length`` gets 411/400 and the connection is closed.
 
 Example:
     >>> from dmoerm_trl.labeling.judge_server import start_judge_server
@@ -20,114 +34,34 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import logging
+import math
 import os
+import select
+import socket
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from ..serving.batching import DynamicBatcher, QueueFull
+from .judge_model import GenerationItem, GenerationResult, JudgeModel, RequestError
+
 logger = logging.getLogger(__name__)
 
+__all__ = ["JudgeHTTPServer", "JudgeModel", "RequestError", "parse_chat_request", "start_judge_server"]
+
 DEFAULT_MAX_REQUEST_BYTES = 1_000_000
+DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_MAX_WAIT_MS = 200.0
+DEFAULT_MAX_QUEUE = 64
+DEFAULT_READ_TIMEOUT = 30.0
 API_KEY_ENV = "DMOERM_JUDGE_API_KEY"
-
-
-class RequestError(Exception):
-    """A request the server refuses: HTTP status, message, offending parameter, error code."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    def body(self) -> dict:
-        kind = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large"}.get(
-            self.status, "invalid_request_error" if self.status < 500 else "server_error"
-        )
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
-
-
-class JudgeModel:
-    """A causal LM and its tokenizer, answering chat messages (safetensors weights; no remote code)."""
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        *,
-        dtype: str = "auto",
-        device: str = "cpu",
-        chat_template: str | os.PathLike | None = None,
-        max_new_tokens: int = 512,
-    ):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.path = str(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        if chat_template is not None:
-            self.tokenizer.chat_template = Path(chat_template).read_text(encoding="utf-8")
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"{self.path}: the tokenizer has no chat template. Fix: pass --chat-template FILE.jinja.")
-        torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch_dtype, use_safetensors=True)
-        self.model.to(device).eval()
-        self.device = device
-        self.max_new_tokens = max_new_tokens
-        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
-        eos = self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-        self.pad_id = (
-            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
-        )
-        self._lock = threading.Lock()
-
-    def generate(
-        self,
-        messages: list[dict],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: list[str] | None = None,
-    ) -> tuple[str, int, int, str]:
-        """Returns (text, prompt tokens, completion tokens, finish reason)."""
-        import torch
-
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        input_ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.device)
-        prompt_tokens = int(input_ids.shape[1])
-        if self.context_length is not None:
-            room = self.context_length - prompt_tokens
-            if room <= 0:
-                raise RequestError(
-                    400,
-                    f"The prompt has {prompt_tokens} tokens; this model's context is "
-                    f"{self.context_length}. Shorten the messages.",
-                    "messages",
-                    "context_length_exceeded",
-                )
-            max_tokens = min(max_tokens, room)
-        kwargs = {"max_new_tokens": max_tokens, "pad_token_id": self.pad_id, "eos_token_id": sorted(self.eos_ids)}
-        if temperature > 0:
-            kwargs |= {"do_sample": True, "temperature": temperature, "top_p": top_p}
-        else:
-            kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        with self._lock, torch.no_grad():
-            if seed is not None:
-                torch.manual_seed(seed)
-            output = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
-        new_ids = output[0, prompt_tokens:].tolist()
-        finish = (
-            "stop" if new_ids and new_ids[-1] in self.eos_ids else ("length" if len(new_ids) >= max_tokens else "stop")
-        )
-        answer = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-        for marker in stop or []:
-            if marker and marker in answer:
-                answer, finish = answer[: answer.index(marker)], "stop"
-        return answer, prompt_tokens, len(new_ids), finish
+_DISCONNECT_POLL_SECONDS = 0.05
 
 
 def _text_content(content, index: int) -> str:
@@ -228,23 +162,33 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: JudgeHTTPServer
 
+    def setup(self):
+        self.timeout = self.server.read_timeout  # every read of this connection; None would wait forever
+        super().setup()
+
     def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
         if self.server.verbose:
             logger.info("%s - %s", self.address_string(), format % args)
 
-    def _send_json(self, status: int, payload: dict, close: bool = False) -> None:
+    def _send_json(self, status: int, payload: dict, close: bool = False, headers: dict | None = None) -> None:
         data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if close:
-            self.send_header("Connection", "close")
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError as err:  # the client left before its answer (BrokenPipe, reset): nothing to send it to
             self.close_connection = True
-        self.end_headers()
-        self.wfile.write(data)
+            logger.info("A client went away before its %d answer was sent (%s).", status, type(err).__name__)
 
-    def _fail(self, error: RequestError, close: bool = False) -> None:
-        self._send_json(error.status, error.body(), close=close)
+    def _fail(self, error: RequestError, close: bool = False, headers: dict | None = None) -> None:
+        self._send_json(error.status, error.body(), close=close, headers=headers)
 
     def _authorized(self) -> bool:
         expected = os.environ.get(API_KEY_ENV)
@@ -252,10 +196,18 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         return self.headers.get("Authorization", "") == f"Bearer {expected}"
 
+    def _client_gone(self) -> bool:
+        """True when the client closed (or reset) its connection; pipelined bytes do not count."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
     def do_GET(self):  # noqa: N802 - the stdlib's name
         path = self.path.split("?")[0].rstrip("/")
         if path == "/health":
-            self._send_json(200, {"status": "ok"})
+            self._send_json(200, {"status": "ok", "batching": self.server.metrics()})
         elif path == "/v1/models":
             if not self._authorized():
                 return self._fail(RequestError(401, "Missing or wrong bearer token.", code="invalid_api_key"))
@@ -276,17 +228,21 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._fail(RequestError(404, f"No route GET {path}. Routes: GET /v1/models, POST /v1/chat/completions."))
 
-    def do_POST(self):  # noqa: N802
-        path = self.path.split("?")[0].rstrip("/")
+    def _read_body(self) -> bytes | None:
+        """The request body, or ``None`` after answering why it cannot be read (the connection is then closed)."""
         length_header = self.headers.get("Content-Length")
         if length_header is None:
-            return self._fail(RequestError(411, "Content-Length is required."), close=True)
+            self._fail(RequestError(411, "Content-Length is required."), close=True)
+            return None
         try:
             length = int(length_header)
         except ValueError:
-            return self._fail(RequestError(400, "Content-Length is not a number."), close=True)
+            length = -1
+        if length < 0:
+            self._fail(RequestError(400, "Content-Length must be a non-negative integer."), close=True)
+            return None
         if length > self.server.max_request_bytes:  # refuse before reading the body
-            return self._fail(
+            self._fail(
                 RequestError(
                     413,
                     f"The request has {length} bytes; the limit is "
@@ -294,7 +250,24 @@ class _Handler(BaseHTTPRequestHandler):
                 ),
                 close=True,
             )
-        body = self.rfile.read(length)
+            return None
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            body = b""
+        if len(body) < length:  # the client stalled past the read timeout, or closed mid-body
+            self._fail(
+                RequestError(408, f"The request body did not arrive within {self.server.read_timeout:g} s."),
+                close=True,
+            )
+            return None
+        return body
+
+    def do_POST(self):  # noqa: N802
+        path = self.path.split("?")[0].rstrip("/")
+        body = self._read_body()
+        if body is None:
+            return
         if path != "/v1/chat/completions":
             return self._fail(RequestError(404, f"No route POST {path}. Use POST /v1/chat/completions."))
         if not self._authorized():
@@ -305,12 +278,16 @@ class _Handler(BaseHTTPRequestHandler):
             return self._fail(RequestError(400, f"The body is not valid JSON: {err}."))
         try:
             arguments = parse_chat_request(request, self.server.model_name, self.server.judge.max_new_tokens)
-            text, prompt_tokens, completion_tokens, finish = self.server.judge.generate(**arguments)
+            item = self.server.judge.prepare(**arguments)
+            result = self._generate(item)
         except RequestError as error:
-            return self._fail(error)
+            return self._fail(error, headers=error.headers)
         except Exception as err:  # a bug or the model failing: 500, and the server keeps serving
             logger.exception("Generation failed")
             return self._fail(RequestError(500, f"Generation failed: {type(err).__name__}: {err}"))
+        if result is None:  # the client went away: nobody to answer
+            self.close_connection = True
+            return
         self._send_json(
             200,
             {
@@ -322,21 +299,48 @@ class _Handler(BaseHTTPRequestHandler):
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": text},
+                        "message": {"role": "assistant", "content": result.text},
                         "logprobs": None,
-                        "finish_reason": finish,
+                        "finish_reason": result.finish_reason,
                     }
                 ],
                 "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                    "total_tokens": result.prompt_tokens + result.completion_tokens,
                 },
             },
         )
 
+    def _generate(self, item: GenerationItem) -> GenerationResult | None:
+        """Queue the item with the batcher and wait for its answer, watching the client; ``None`` if it left."""
+        server = self.server
+        future = asyncio.run_coroutine_threadsafe(server.batcher.submit([item]), server.loop)
+        while True:
+            try:
+                return future.result(timeout=_DISCONNECT_POLL_SECONDS)[0]
+            except concurrent.futures.TimeoutError:
+                pass
+            except QueueFull:
+                raise RequestError(
+                    503,
+                    "The judge is busy: its queue is full. Retry after the Retry-After delay.",
+                    headers={"Retry-After": str(server.retry_after_seconds())},
+                ) from None
+            except RuntimeError:
+                if not server.batcher.running:  # shutting down
+                    raise RequestError(503, "The judge is shutting down.") from None
+                raise
+            if self._client_gone():
+                item.cancelled.set()  # stops its row if it is being generated
+                future.cancel()  # drops it from the queue if it is not
+                server.note_disconnect()
+                return None
+
 
 class JudgeHTTPServer(ThreadingHTTPServer):
+    """The HTTP server; its batcher runs on an event loop in a background thread, generation in a worker thread."""
+
     daemon_threads = True
 
     def __init__(
@@ -347,12 +351,76 @@ class JudgeHTTPServer(ThreadingHTTPServer):
         port: int = 8000,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         verbose: bool = False,
+        *,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
     ):
+        if read_timeout <= 0:
+            raise ValueError(f"read_timeout={read_timeout}: must be > 0 seconds.")
+        self.batcher = DynamicBatcher(  # validates the batching options before anything is bound or started
+            self._process,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            sort_key=lambda item: item.prompt_tokens,
+            name="serve-judge",
+        )
         super().__init__((host, port), _Handler)
         self.judge, self.model_name = judge, model_name
-        self.max_request_bytes, self.verbose = max_request_bytes, verbose
+        self.max_request_bytes, self.verbose, self.read_timeout = max_request_bytes, verbose, read_timeout
         self.created = int(time.time())
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._batch_seconds: float | None = None  # moving average of one batch's generation time
+        self._current: list[GenerationItem] = []  # the batch being generated
+        self.batch_sizes: list[int] = []  # items per generate_batch call (the last 10,000)
+        self.batch_seconds: list[float] = []  # seconds per generate_batch call (the last 100)
+        self.disconnects = 0  # clients that went away while queued or generating
+        self.cancelled_in_batch = 0  # items whose client left after their batch was formed
+        self.loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self.loop.run_forever, name="judge-batcher-loop", daemon=True)
+        self._loop_thread.start()
+        asyncio.run_coroutine_threadsafe(self.batcher.start(), self.loop).result(10)
+
+    def _process(self, items: list[GenerationItem]) -> list[GenerationResult | None]:
+        started = time.perf_counter()
+        self._current = items
+        try:
+            results = self.judge.generate_batch(items)
+        finally:
+            self._current = []
+        elapsed = time.perf_counter() - started
+        with self._lock:
+            self.batch_sizes = self.batch_sizes[-9_999:] + [len(items)]
+            self.batch_seconds = self.batch_seconds[-99:] + [round(elapsed, 3)]
+            self.cancelled_in_batch += sum(item.cancelled.is_set() for item in items)
+            self._batch_seconds = elapsed if self._batch_seconds is None else 0.7 * self._batch_seconds + 0.3 * elapsed
+        return results
+
+    def note_disconnect(self) -> None:
+        with self._lock:
+            self.disconnects += 1
+
+    def retry_after_seconds(self) -> int:
+        """How long a refused client should wait: the batches ahead of it times the recent batch time (>= 1 s)."""
+        batches_ahead = math.ceil(self.batcher.metrics()["queue_depth"] / self.batcher.max_batch_size) + 1
+        return max(1, math.ceil(batches_ahead * (self._batch_seconds or 1.0)))
+
+    def metrics(self) -> dict:
+        """The batcher's counters plus this server's: generate calls, largest batch, disconnects."""
+        with self._lock:
+            sizes, seconds = list(self.batch_sizes), list(self.batch_seconds)
+        return {
+            **self.batcher.metrics(),
+            "generate_calls": len(sizes),
+            "max_batch_size_seen": max(sizes, default=0),
+            "disconnects": self.disconnects,
+            "cancelled_in_batch": self.cancelled_in_batch,
+            "mean_batch_seconds": round(self._batch_seconds, 3) if self._batch_seconds is not None else None,
+            "recent_batches": [{"size": n, "seconds": t} for n, t in zip(sizes[-len(seconds) :], seconds)],
+        }
 
     @property
     def base_url(self) -> str:
@@ -364,6 +432,15 @@ class JudgeHTTPServer(ThreadingHTTPServer):
         self._thread = threading.Thread(target=self.serve_forever, name="judge-server", daemon=True)
         self._thread.start()
         return self
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self.loop.is_running():  # queued requests fail (503); the batch being generated stops at its next token
+            for item in list(self._current):
+                item.cancelled.set()
+            asyncio.run_coroutine_threadsafe(self.batcher.stop(drain=False), self.loop).result(600)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._loop_thread.join(10)
 
     def stop(self) -> None:
         self.shutdown()
@@ -385,12 +462,27 @@ def start_judge_server(
     chat_template: str | None = None,
     verbose: bool = False,
     background: bool = True,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
 ):
     """Load the model and serve it; returns the running :class:`JudgeHTTPServer` (``background=True``)."""
     judge = JudgeModel(
         model_path, dtype=dtype, device=device, chat_template=chat_template, max_new_tokens=max_new_tokens
     )
-    server = JudgeHTTPServer(judge, model_name or Path(model_path).name, host, port, max_request_bytes, verbose)
+    server = JudgeHTTPServer(
+        judge,
+        model_name or Path(model_path).name,
+        host,
+        port,
+        max_request_bytes,
+        verbose,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        read_timeout=read_timeout,
+    )
     if background:
         return server.start()
     return server

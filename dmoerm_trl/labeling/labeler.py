@@ -9,7 +9,8 @@ Outputs of :func:`run_labeling` (written atomically into ``config.output``):
     ``capability_pairs.jsonl``: one row per kept label, columns ``prompt``, ``chosen``, ``rejected``, ``category``,
     ``capability``, ``pair_id`` (of the source pair); TRL's ``RewardTrainer`` reads it as is, and
     ``datasets.load_dataset("json", data_files=...)`` or :func:`dmoerm_trl.data.load_capability_labels` load it.
-    ``summary.json``: calls, cache hits, retries, tokens, estimated cost, consistency per capability, elapsed time.
+    ``summary.json``: calls, cache hits, retries, tokens, estimated cost, consistency per capability, elapsed time,
+    and ``why_few_labels``: one line per cause of lost labels, with what to try (:mod:`.diagnosis`).
 
 Example:
     >>> from dmoerm_trl.labeling import LabelingConfig, run_labeling
@@ -35,6 +36,7 @@ from ..category_sets import CategorySpec, load_category_spec
 from ..utils.io import atomic_write_json
 from .cache import LabelCache
 from .config import LabelingConfig
+from .diagnosis import data_language, explain_label_losses
 from .judge_client import BudgetExhausted, CallStats, JudgeClient, JudgeError, RequestTooLong, redact
 from .pricing import resolve_price
 from .prompts import PromptTemplate, load_template, parse_joint_verdict, parse_pairwise_verdict
@@ -175,6 +177,7 @@ class CapabilityLabeler:
             stats=stats,
         )
         outcomes: dict[tuple[int, str, bool], tuple[str, int | None]] = {}
+        undecided_answers: list[dict] = []  # the first answer that named neither response (for the summary)
         abort: list[str] = []
         progress = tqdm(total=total, desc=f"labeling ({config.mode})", unit="req", disable=not config.progress)
 
@@ -198,6 +201,9 @@ class CapabilityLabeler:
                 else:
                     status = "failed" if answer is None else "answered"
                     verdicts = self._verdicts(answer, request) if answer is not None else {}
+                    unclear = [c for c in request.capabilities if verdicts.get(c) is None]
+                    if answer is not None and unclear and not undecided_answers:
+                        undecided_answers.append({"capabilities": unclear, "answer": answer[:400]})
                 for capability in request.capabilities:
                     outcomes[(request.pair_index, capability, request.swapped)] = (status, verdicts.get(capability))
                 progress.update(1)
@@ -225,6 +231,14 @@ class CapabilityLabeler:
             abort[0] if abort else None,
             time.perf_counter() - started,
         )
+        summary["concurrency"] = {
+            "configured": config.concurrency,
+            "lowest": int(judge.concurrency.lowest),
+            "final": int(judge.concurrency.limit),
+            "reductions": judge.concurrency.reductions,
+        }
+        summary["undecided_example"] = undecided_answers[0] if undecided_answers else None
+        summary["why_few_labels"] = explain_label_losses(summary, data_language=data_language(rows))
         return LabelingResult(labels=labels, summary=summary, stats=stats)
 
     def label(self, pairs) -> LabelingResult:
@@ -300,6 +314,7 @@ class CapabilityLabeler:
             "cache_hits": stats.cache_hits,
             "shared_answers": stats.shared_answers,
             "retries": stats.retries,
+            "slow_answers": stats.slow_answers,
             "failed_requests": stats.failed_requests,
             "retry_wait_seconds": round(stats.retry_wait_seconds, 3),
             "errors_by_kind": dict(stats.errors_by_kind),

@@ -106,3 +106,20 @@ def test_config_file_flags_exit_codes_and_template_errors(labeling_data, tmp_pat
         config.write_text("api_key: sk-nope\n", encoding="utf-8")
         assert main(["label", "--config", str(config), "--output", str(tmp_path / "d")]) == 2
         assert "do not store API keys in config files" in capsys.readouterr().err
+
+
+def test_a_run_with_few_labels_prints_why_one_line_per_cause(labeling_data, tmp_path, capsys):
+    judge = VerdictJudge(labeling_data.scores, undecided={"correctness", "logic", "empathy", "fluency"})
+    with ScriptedJudgeServer(judge) as server:
+        assert main(label_args(labeling_data, tmp_path / "out", server)) == 0
+    out = capsys.readouterr().out
+    n_qa, n_chat = labeling_data.pairs["objective_qa"], labeling_data.pairs["chitchat"]
+    assert f"labeled pairs objective_qa: correctness 0/{n_qa}, logic 0/{n_qa}, depth " in out
+    labels = int(out.split("labels: ")[1].split()[0])
+    assert f"why only {labels} label(s):" in out  # depth alone is decided: fewer than half are labels
+    causes = [line for line in out.splitlines() if line.startswith("  - ")]
+    assert len(causes) == 1 and causes[0].startswith(f"  - undecided: {2 * n_qa + 2 * n_chat} of ")
+    assert "e.g. for " in causes[0] and "Try a stronger judge" in causes[0]
+    with ScriptedJudgeServer(VerdictJudge(labeling_data.scores)) as server:  # all labeled: no explanation
+        assert main(label_args(labeling_data, tmp_path / "clean", server)) == 0
+    assert "why only" not in capsys.readouterr().out

@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from labeling_helpers import ZH_NAMES, expected_labels, fast_config, label_set, read_jsonl
+from labeling_helpers import ZH_NAMES, expected_labels, fast_config, label_set, make_labeling_data, read_jsonl
 
 from dmoerm_trl.labeling import run_labeling
 from dmoerm_trl.labeling.scripted_judge_server import FAULT_KINDS, ScriptedJudgeServer, VerdictJudge
@@ -56,8 +56,9 @@ def test_faults_give_the_same_labels_as_a_fault_free_run_and_a_rerun_makes_zero_
     judge = VerdictJudge(labeling_data.scores)
     with ScriptedJudgeServer(judge) as server:
         clean = run_labeling(fast_config(labeling_data, tmp_path / "clean", server, mode=mode))
-    with ScriptedJudgeServer(judge, faults=ALL_FAULTS, slow_seconds=1.0) as server:
-        faulty = run_labeling(fast_config(labeling_data, tmp_path / "faulty", server, mode=mode))
+    # "slow" answers come after 4.5 s: past the whole wait for a live server (20 x the 0.2 s timeout): they time out
+    with ScriptedJudgeServer(judge, faults=ALL_FAULTS, slow_seconds=4.5) as server:
+        faulty = run_labeling(fast_config(labeling_data, tmp_path / "faulty", server, mode=mode, timeout=0.2))
         assert set(server.counts) >= {"answered", *FAULT_KINDS} or mode == "joint"
         requests_before = server.counts["requests"]
         rerun = run_labeling(fast_config(labeling_data, tmp_path / "faulty", server, mode=mode))
@@ -224,3 +225,124 @@ def test_concurrency_is_bounded_duplicates_share_calls_and_uncategorized_pairs_a
     assert summary["requests"] == 10 * 3 * 2 and summary["calls"] == server.counts["requests"] == 6 * 3 * 2
     assert summary["cache_hits"] + summary["shared_answers"] == 4 * 3 * 2
     assert summary["labels"] == 10 * 3
+
+
+def test_a_server_slower_than_the_timeout_is_waited_for_not_sent_a_second_copy(tmp_path):
+    """Every answer takes 0.8 s, the timeout is 0.3 s: the server is up (GET /models answers), so no copy is resent."""
+    data = make_labeling_data(tmp_path, records=2)  # 6 pairs, 12 joint requests
+    with ScriptedJudgeServer(VerdictJudge(data.scores), latency=0.8) as server:
+        summary = run_labeling(
+            fast_config(data, tmp_path / "out", server, mode="joint", timeout=0.3, concurrency=8)
+        ).summary
+        assert server.counts["requests"] == 12  # one copy of each request reached the server
+    assert summary["complete"] and summary["failed_requests"] == 0
+    assert summary["retries"] == 0 and summary["errors_by_kind"] == {}
+    assert summary["calls"] == summary["requests"] == 12 and summary["slow_answers"] == 12
+    assert summary["concurrency"]["reductions"] == 0  # slow is not overloaded: the batch size stays
+
+
+def test_a_request_to_a_server_that_went_down_is_abandoned_and_retried(tmp_path):
+    """The server accepts the request and then stops answering anything (GET /models too): timeout, then retry."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    held = []
+
+    def accept_and_ignore():
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            held.append(connection)  # never answered
+
+    threading.Thread(target=accept_and_ignore, daemon=True).start()
+    data = make_labeling_data(tmp_path, records=1)
+    server = type("Down", (), {"base_url": f"http://127.0.0.1:{port}/v1"})()
+    try:
+        started = time.monotonic()
+        summary = run_labeling(
+            fast_config(data, tmp_path / "out", server, mode="joint", timeout=0.2, max_retries=1)
+        ).summary
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+    assert summary["failed_requests"] == summary["requests"] == 6 and summary["slow_answers"] == 0
+    assert summary["errors_by_kind"] == {"timeout": 12}  # each request: the first copy and its one retry
+    assert summary["concurrency"]["reductions"] >= 1
+    assert elapsed < 60  # each copy: 0.2 s, then a 1 s liveness check that fails
+
+
+def test_adaptive_concurrency_halves_once_per_window_and_grows_back():
+    from dmoerm_trl.labeling.judge_client import AdaptiveConcurrency
+
+    async def scenario():
+        limit = AdaptiveConcurrency(8)
+        first = [await limit.acquire() for _ in range(8)]
+        assert limit.in_flight == 8
+        waiter = asyncio.ensure_future(limit.acquire())  # over the limit: waits
+        await asyncio.sleep(0.01)
+        assert not waiter.done()
+        for epoch in first[:3]:
+            await limit.release(epoch, overload=True)  # three overloads of one window
+        assert (limit.limit, limit.reductions) == (4.0, 1)
+        await asyncio.sleep(0.01)
+        assert not waiter.done()  # 5 in flight, limit 4: still waiting
+        for epoch in first[3:]:
+            await limit.release(epoch, answered=True)
+        assert (await waiter) == 1 and limit.in_flight == 1  # the new window
+        await limit.release(1, overload=True)
+        assert limit.limit == 2.0 and limit.lowest == 2.0
+        for _ in range(20):
+            await limit.release(await limit.acquire(), answered=True)
+        assert 2.0 < limit.limit <= 8.0  # grows back additively, never above the configured maximum
+        for _ in range(200):
+            await limit.release(await limit.acquire(), answered=True)
+        assert limit.limit == 8.0
+
+    asyncio.run(scenario())
+
+
+def test_few_labels_are_explained_one_line_per_cause_with_an_example_and_what_to_try(labeling_data, tmp_path):
+    judge = VerdictJudge(labeling_data.scores, position_biased={"depth"}, undecided={"fluency", "empathy"})
+    with ScriptedJudgeServer(judge) as server:
+        server.forced_faults = ["server_error"] * 3
+        summary = run_labeling(
+            fast_config(labeling_data, tmp_path / "out", server, mode="per_capability", max_retries=2, concurrency=1)
+        ).summary
+    lines = summary["why_few_labels"]
+    assert [line.split(":")[0] for line in lines] == ["undecided", "inconsistent", "failed requests"]
+    n_qa, n_chat = labeling_data.pairs["objective_qa"], labeling_data.pairs["chitchat"]
+    judgements = 3 * n_qa + 2 * n_chat
+    assert lines[0].startswith(f"undecided: {2 * n_chat} of {judgements} judgements")
+    example = summary["undecided_example"]
+    assert example["capabilities"][0] in ("fluency", "empathy") and example["answer"]
+    assert repr(example["answer"]) in lines[0] and "a stronger judge" in lines[0]
+    assert lines[1].startswith(f"inconsistent: {n_qa} of {judgements}") and "position bias" in lines[1]
+    assert "1 request(s) failed after every retry" in lines[2] and "http_500 3" in lines[2]
+    assert "rerun the same command" in lines[2]
+
+
+def test_joint_mode_diagnosis_suggests_per_capability_and_the_datas_language(tmp_path):
+    from dmoerm_trl.labeling.diagnosis import explain_label_losses, few_labels
+
+    data = make_labeling_data(tmp_path, records=2)
+    with open(data.data, encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle]
+    for row in rows:  # Chinese conversations
+        row["src"] = ["请比较这两个回答的质量。" for _ in row["src"]]
+        row["response"] = [f"第{j}个回答。" for j in range(len(row["response"]))]
+    with open(data.data, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    with ScriptedJudgeServer(lambda body: "Both answers are fine.") as server:
+        summary = run_labeling(fast_config(data, tmp_path / "out", server, mode="joint")).summary
+    assert summary["labels"] == 0 and few_labels(summary)
+    (line,) = summary["why_few_labels"]
+    assert line.startswith("undecided: 15 of 15 judgements (100%)")
+    assert "'Both answers are fine.'" in line
+    assert "--mode per_capability" in line and "--language zh (the data is Chinese)" in line
+    assert explain_label_losses({"per_capability": {"c": {"x": {"pairs": 3, "labeled": 3}}}}) == []
