@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from ._errors import positive_int, require_input_file, require_model
+from ._errors import positive_int, require_input_file, require_model, require_output_dir
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -17,15 +18,32 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "--input", required=True,
         help="jsonl file; each line has `messages` (a chat conversation) or `text`",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="conversations per forward pass")
+    parser.add_argument("--batch_size", type=positive_int, default=8, help="conversations per forward pass")
+    parser.add_argument(
+        "--output", default=None,
+        help="also write the rows to this jsonl file (written atomically; stdout still gets them)",
+    )
     return parser
 
 
 def read_conversations(path: str) -> list:
     """The ``messages`` or ``text`` of each line of a jsonl file; a bad line raises a ``ValueError`` naming it."""
+    return read_records(path)[0]
+
+
+def read_records(path: str) -> tuple[list, list]:
+    """``(conversations, ids)`` of a jsonl file: each line's ``messages``/``text`` and its ``id`` (``None`` if absent).
+
+    Example:
+        >>> import json, tempfile
+        >>> with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        ...     _ = f.write(json.dumps({"id": "a1", "text": "hi"}) + "\\n")
+        >>> read_records(f.name)
+        (['hi'], ['a1'])
+    """
     from ..scoring import check_conversation
 
-    conversations = []
+    conversations, ids = [], []
     with open(require_input_file(path, "--input"), "rb") as handle:
         for number, raw in enumerate(handle, 1):
             where = f"{path}, line {number}"
@@ -46,7 +64,8 @@ def read_conversations(path: str) -> list:
                 raise ValueError(f"{where}: needs a `messages` list or a `text` string")
             conversation = record["messages"] if "messages" in record else record["text"]
             conversations.append(check_conversation(conversation, where))
-    return conversations
+            ids.append(record.get("id"))
+    return conversations, ids
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
     require_model(args.model, "--model")
     if args.tokenizer is not None:
         require_model(args.tokenizer, "--tokenizer")
-    conversations = read_conversations(args.input)
+    if args.output is not None:  # checked before the model loads: a bad path fails in a second, not after scoring
+        if Path(args.output).is_dir():
+            raise ValueError(f"--output {args.output} is a folder; pass a file path such as {args.output}/scores.jsonl")
+        require_output_dir(str(Path(args.output).parent), "--output")
+    conversations, ids = read_records(args.input)
     if not conversations:
         raise ValueError(f"--input {args.input} has no conversations (every line is empty)")
     model = DMoERMForSequenceClassification.from_pretrained(args.model)
@@ -66,8 +89,15 @@ def run(args: argparse.Namespace) -> int:
     )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     results = model.compute_rewards(conversations, tokenizer, batch_size=args.batch_size)
-    for result in results:
-        print(json.dumps(result, ensure_ascii=False))
+    rows = [({"id": ids[i]} if ids[i] is not None else {}) | result for i, result in enumerate(results)]
+    for row in rows:
+        print(json.dumps(row, ensure_ascii=False))
+    if args.output is not None:
+        from ..utils.io import atomic_write_jsonl
+
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_jsonl(args.output, rows)
+        print(f"dmoerm score: wrote {len(rows)} rows to {args.output}", file=sys.stderr)
     truncated = sum(result["truncated"] for result in results)
     if truncated:  # the per-line flag says which; this says how many (docs/rl.md, "Over-long conversations")
         print(
