@@ -37,27 +37,54 @@ def _register_models() -> None:
 
 
 _REGISTER = {CONFIG_AUTO: _register_config, MODELING_AUTO: _register_models}
+# Registration imports these libraries' modules, so it waits until none of them is half-imported (e.g. transformers'
+# trainer_utils imports modeling_auto while it loads): it runs at the end of the outermost such import.
+_LIBRARIES = ("transformers", "peft", "trl", "accelerate", "datasets")
+_pending: list[str] = []
+
+
+def _busy(skip: str) -> bool:
+    for name, module in list(sys.modules.items()):
+        if name != skip and name.split(".")[0] in _LIBRARIES:
+            spec = getattr(module, "__spec__", None)
+            if spec is not None and getattr(spec, "_initializing", False):
+                return True
+    return False
+
+
+def _done() -> bool:
+    return not _pending and all(name in sys.modules for name in _REGISTER)
+
+
+def _flush(skip: str = "") -> None:
+    while _pending and not _busy(skip):
+        _REGISTER[_pending.pop(0)]()
 
 
 class _AfterLoad(importlib.abc.Loader):
     def __init__(self, loader, name: str):
         self.loader, self.name = loader, name
 
+    def __getattr__(self, name):  # get_source, get_resource_reader, is_package ... of the real loader
+        return getattr(self.loader, name)
+
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
         self.loader.exec_module(module)
-        sys.modules[self.name] = module  # the registration below imports transformers, which looks it up
-        _REGISTER[self.name]()
+        if self.name in _REGISTER:
+            _pending.append(self.name)
+        if _pending:
+            _flush(skip=self.name)
 
 
 class _Hook(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name not in _REGISTER:
+        if name.split(".")[0] not in _LIBRARIES or _done():
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is not None and spec.loader is not None:
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
             spec.loader = _AfterLoad(spec.loader, name)
         return spec
 
@@ -66,6 +93,7 @@ def install() -> None:
     """Register now for what transformers already loaded; register the rest when it loads."""
     if not any(isinstance(finder, _Hook) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Hook())
-    for name, register in _REGISTER.items():
-        if name in sys.modules:
-            register()
+    for name in _REGISTER:
+        if name in sys.modules and name not in _pending:
+            _pending.append(name)
+    _flush()
