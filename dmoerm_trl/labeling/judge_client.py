@@ -286,7 +286,9 @@ class JudgeClient:
             return content
 
     async def _call_once(self, messages, *, json_mode: bool, max_tokens: int) -> tuple[str, tuple[int, int]]:
-        import openai
+        from ..utils.extras import require_openai
+
+        openai = require_openai()
 
         body = {
             "model": self.model,
