@@ -128,7 +128,10 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     (``--batch_size`` shown in help, ``--batch-size`` accepted too); subcommand parsers inherit it."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", OneSpellingHelpFormatter)
+        formatter = kwargs.get("formatter_class", OneSpellingHelpFormatter)
+        if not issubclass(formatter, OneSpellingHelpFormatter):  # e.g. a command's RawDescriptionHelpFormatter
+            formatter = type(f"OneSpelling{formatter.__name__}", (OneSpellingHelpFormatter, formatter), {})
+        kwargs["formatter_class"] = formatter
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *args, **kwargs):
