@@ -113,15 +113,15 @@ def markdown(results: dict) -> str:
 
 def plot_accuracy(results: dict, path: Path) -> None:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: the global backend is left alone
+        from matplotlib.figure import Figure
     except ImportError:
         return
     names = list(results["accuracy"])
     groups = results["categories"] + ["overall"]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig = Figure(figsize=(10, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     width = 0.8 / len(names)
     for k, name in enumerate(names):
         entry = results["accuracy"][name]
@@ -135,5 +135,4 @@ def plot_accuracy(results: dict, path: Path) -> None:
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     os.replace(tmp, path)

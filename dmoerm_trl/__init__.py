@@ -1,15 +1,32 @@
 """dmoerm-trl: DMoERM (Double-Layer Mixture-of-Experts Reward Model, arXiv 2403.01197) for Hugging Face TRL.
 
 Importing this package registers ``model_type="dmoerm"`` (and the reward ensemble) with ``AutoConfig`` and
-``AutoModelForSequenceClassification``, so saved models load without ``trust_remote_code``. Registration needs
-transformers' model classes, so the import costs what importing transformers costs (a few seconds on a small CPU).
+``AutoModelForSequenceClassification``, so saved models load without ``trust_remote_code``. The import itself is
+light (``dmoerm --help`` needs no torch): the classes below load on first use, and the registration runs when
+transformers' Auto classes load (``dmoerm_trl/_autoregister.py``).
+
+Example:
+    >>> import dmoerm_trl
+    >>> dmoerm_trl.DMoERMConfig.model_type
+    'dmoerm'
 """
 
 __version__ = "0.1.0.dev0"
 
-from .configuration_dmoerm import DMoERMConfig
-from .modeling_dmoerm import CapabilityAggregator, DMoERMForSequenceClassification, DMoERMOutput
-from .rl import BestOfNSampler, GoldRewardCallback, RewardEnsemble, RewardScorer
+from . import _autoregister
+
+_autoregister.install()
+
+_EXPORTS = {
+    "DMoERMConfig": "dmoerm_trl.configuration_dmoerm",
+    "CapabilityAggregator": "dmoerm_trl.modeling_dmoerm",
+    "DMoERMForSequenceClassification": "dmoerm_trl.modeling_dmoerm",
+    "DMoERMOutput": "dmoerm_trl.modeling_dmoerm",
+    "BestOfNSampler": "dmoerm_trl.rl",
+    "GoldRewardCallback": "dmoerm_trl.rl",
+    "RewardEnsemble": "dmoerm_trl.rl",
+    "RewardScorer": "dmoerm_trl.rl",
+}
 
 __all__ = [
     "BestOfNSampler",
@@ -22,3 +39,17 @@ __all__ = [
     "RewardScorer",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dmoerm_trl' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -15,8 +15,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$trl_line" in
-  1.12) venv=".venv"; trl_spec="trl>=1.12,<1.13"; extras="dev,deepspeed,plots,ppo" ;;
-  1.16) venv=".venv-trl116"; trl_spec="trl>=1.16,<1.17"; extras="dev,deepspeed,plots" ;;
+  1.12) venv=".venv"; trl_spec="trl>=1.12,<1.13"; extras="dev,label,deepspeed,plots,ppo" ;;
+  1.16) venv=".venv-trl116"; trl_spec="trl>=1.16,<1.17"; extras="dev,label,deepspeed,plots" ;;
   *) echo "unsupported --trl $trl_line (use 1.12 or 1.16)" >&2; exit 2 ;;
 esac
 

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 
@@ -71,8 +72,74 @@ def one_line_parser_errors(parser: argparse.ArgumentParser) -> argparse.Argument
     return parser
 
 
+def both_spellings(option_strings) -> list[str]:
+    """``--max_length`` and ``--max-length`` for either: every ``dmoerm`` flag takes both spellings, like TRL's.
+
+    >>> both_spellings(["--batch-size", "-b"])
+    ['--batch_size', '--batch-size', '-b']
+    """
+    spelled: list[str] = []
+    for option in option_strings:
+        if option.startswith("--") and ("-" in option[2:] or "_" in option[2:]):
+            variants = ["--" + option[2:].replace("-", "_"), "--" + option[2:].replace("_", "-")]
+        else:
+            variants = [option]
+        spelled += [variant for variant in variants if variant not in spelled]
+    return spelled
+
+
+class OneSpellingHelpFormatter(argparse.HelpFormatter):
+    """Help that shows one spelling per flag (the first, ``--max_length``), not its ``--max-length`` twin."""
+
+    def _format_action_invocation(self, action):
+        if action.option_strings:
+            seen, shown = set(), []
+            for option in action.option_strings:
+                key = option.replace("-", "_")
+                if key not in seen:
+                    seen.add(key)
+                    shown.append(option)
+            action = copy.copy(action)
+            action.option_strings = shown
+        return super()._format_action_invocation(action)
+
+
+class OneSpellingDefaultsHelpFormatter(OneSpellingHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """:class:`OneSpellingHelpFormatter` plus each flag's default (``TrlParser``'s help)."""
+
+
+class BothSpellingsBooleanAction(argparse.BooleanOptionalAction):
+    """``--skip_invalid``/``--no_skip_invalid`` (and the ``-`` spellings); usage shows ``--x_y | --no_x_y``."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.option_strings = both_spellings(self.option_strings)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string in self.option_strings:
+            setattr(namespace, self.dest, not option_string.startswith(("--no-", "--no_")))
+
+    def format_usage(self):
+        return " | ".join(option for option in self.option_strings if "-" not in option[2:])
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line (no usage block); subcommand parsers inherit it."""
+    """An ``ArgumentParser`` whose errors are one line (no usage block) and whose flags take both spellings
+    (``--batch_size`` shown in help, ``--batch-size`` accepted too); subcommand parsers inherit it."""
+
+    def __init__(self, *args, **kwargs):
+        formatter = kwargs.get("formatter_class", OneSpellingHelpFormatter)
+        if not issubclass(formatter, OneSpellingHelpFormatter):  # e.g. a command's RawDescriptionHelpFormatter
+            formatter = type(f"OneSpelling{formatter.__name__}", (OneSpellingHelpFormatter, formatter), {})
+        kwargs["formatter_class"] = formatter
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        if args and all(isinstance(arg, str) and arg.startswith("-") for arg in args):
+            args = tuple(both_spellings(args))
+            if kwargs.get("action") is argparse.BooleanOptionalAction:
+                kwargs["action"] = BothSpellingsBooleanAction
+        return super().add_argument(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")

@@ -1,15 +1,32 @@
-"""Shared plumbing of the TrlParser-based RL commands (``dmoerm ppo``, ``grpo``, ``rloo``, ``bon``): argparse only
-forwards the arguments; ``TrlParser`` parses ``--config FILE`` and ``--flag value`` pairs into the dataclasses."""
+"""One shape for the ``TrlParser`` commands (``train``, ``train-baseline``, ``bon``, ``ppo``, ``grpo``, ``rloo``).
+
+A command module declares its dataclasses and its work function and hands them to :class:`TrlCommand`, which gives
+it the three functions every ``dmoerm`` subcommand has (``add_parser``, ``run``, ``main``): argparse only forwards
+the arguments, ``TrlParser`` parses ``--config FILE`` and ``--flag value`` pairs into the dataclasses (both
+``--max_length`` and ``--max-length`` are accepted, help shows the first), logging is set up once, and a user mistake
+is one line on stderr with exit code 2 (:func:`dmoerm_trl.commands._errors.run_command`).
+
+Example:
+    >>> from dmoerm_trl.commands._trl_command import TrlCommand
+    >>> def work(parsed, prog):  # parsed: one instance per dataclass
+    ...     return 0
+    >>> command = TrlCommand("dmoerm demo-cmd", lambda: (), work, "A command.")
+    >>> command.prog
+    'dmoerm demo-cmd'
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import sys
+from collections.abc import Callable, Sequence
+
+from ._errors import OneSpellingDefaultsHelpFormatter, one_line_parser_errors, run_command
 
 
 def add_forwarding_parser(subparsers, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    """An argparse subparser that forwards every argument (and ``--help``) to the command's ``TrlParser``."""
     # prefix_chars="+" and no -h: every "--flag" (and --help) goes to TrlParser, which knows the dataclass fields.
     parser = subparsers.add_parser(name, help=help_text, description=description, prefix_chars="+", add_help=False)
     parser.add_argument("trl_args", nargs=argparse.REMAINDER, help="--config FILE and/or --flag value pairs")
@@ -17,6 +34,7 @@ def add_forwarding_parser(subparsers, name: str, help_text: str, description: st
 
 
 def setup_logging() -> None:
+    """INFO logs with time and logger name; the chatty HTTP/datasets loggers at WARNING."""
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO
     )
@@ -24,11 +42,49 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input or setup (one message, exit code 2), not a bug (the ``dmoerm`` set)."""
-    from ._errors import user_errors as all_user_errors
+class TrlCommand:
+    """A ``dmoerm`` subcommand whose flags are the fields of ``dataclasses()`` (parsed by ``TrlParser``).
 
-    return all_user_errors()
+    ``dataclasses`` is a function returning the dataclass types (so importing the command stays light: TRL and torch
+    are imported only when it runs); ``work(parsed, prog)`` gets one instance per dataclass and returns the exit code.
+    """
+
+    def __init__(
+        self,
+        prog: str,
+        dataclasses: Callable[[], Sequence[type]],
+        work: Callable[[tuple, str], int | None],
+        description: str,
+    ):
+        self.prog, self.dataclasses, self.work, self.description = prog, dataclasses, work, description
+
+    def add_parser(self, subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+        return add_forwarding_parser(subparsers, name, help_text, self.description)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return self.main(args.trl_args)
+
+    def build_parser(self):
+        """The ``TrlParser`` over the dataclasses (bad flags: one line, exit code 2)."""
+        from trl import TrlParser
+
+        parser = TrlParser(
+            tuple(self.dataclasses()), prog=self.prog, description=self.description,
+            formatter_class=OneSpellingDefaultsHelpFormatter,
+        )
+        return one_line_parser_errors(parser)
+
+    def parse(self, argv: Sequence[str]) -> tuple:
+        """One dataclass instance per type from ``--config``/flags; raises ``ValueError`` on bad values."""
+        return tuple(self.build_parser().parse_args_and_config(list(argv)))
+
+    def main(self, argv: Sequence[str] | None = None) -> int:
+        """Parse ``argv`` (default ``sys.argv[1:]``) and run the work; a user mistake -> one line, exit code 2."""
+        import sys
+
+        argv = list(sys.argv[1:] if argv is None else argv)
+        setup_logging()
+        return run_command(lambda _: self.work(self.parse(argv), self.prog), None, self.prog)
 
 
 def report(prog: str, summary: dict) -> None:
@@ -42,10 +98,3 @@ def report(prog: str, summary: dict) -> None:
         brief["proxy_reward"] = [first["proxy_reward"], last["proxy_reward"]]
         brief["kl"] = [first["kl"], last["kl"]]
     print(f"{prog}: " + json.dumps(brief))
-
-
-def fail(prog: str, err: BaseException) -> int:
-    from ._errors import one_line
-
-    print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
-    return 2

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._errors import one_line_parser_errors
-from ._trl_command import add_forwarding_parser, fail, setup_logging, user_errors
+from ._trl_command import TrlCommand
 
 DESCRIPTION = (
     "Sample n completions per prompt and keep the best by a reward model; with --gold_model_path, estimate for every "
@@ -21,30 +20,25 @@ DESCRIPTION = (
 )
 
 
-def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    return add_forwarding_parser(subparsers, name, help_text, DESCRIPTION)
+def _dataclasses():
+    from ..rl.bon_recipe import BestOfNArguments
+
+    return (BestOfNArguments,)
 
 
-def run(args: argparse.Namespace) -> int:
-    return main(args.trl_args)
-
-
-def main(argv: list[str]) -> int:
-    from trl import TrlParser
-
-    from ..rl.bon_recipe import BestOfNArguments, run_best_of_n
+def _work(parsed, prog: str) -> int:
+    from ..rl.bon_recipe import run_best_of_n
     from ..rl.overoptimization import fit_records, format_fits_table
 
-    setup_logging()
-    try:
-        parser = TrlParser((BestOfNArguments,), prog="dmoerm bon", description=DESCRIPTION)
-        (args,) = one_line_parser_errors(parser).parse_args_and_config(list(argv))
-        summary = run_best_of_n(args)
-    except user_errors() as err:
-        return fail("dmoerm bon", err)
+    (args,) = parsed
+    summary = run_best_of_n(args)
     if summary["mode"] == "evaluate":
         print(format_fits_table(fit_records(summary["records"])))
-        print(f"dmoerm bon: wrote {args.output_dir}/overoptimization.csv and overoptimization.png")
+        print(f"{prog}: wrote {args.output_dir}/overoptimization.csv and overoptimization.png")
     else:
-        print(f"dmoerm bon: mean best score {summary['mean_best_score']:.4f}; wrote {args.output_dir}/best_of_n.jsonl")
+        print(f"{prog}: mean best score {summary['mean_best_score']:.4f}; wrote {args.output_dir}/best_of_n.jsonl")
     return 0
+
+
+COMMAND = TrlCommand("dmoerm bon", _dataclasses, _work, DESCRIPTION)
+add_parser, run, main = COMMAND.add_parser, COMMAND.run, COMMAND.main

@@ -10,10 +10,7 @@ Works with trl 1.12 and 1.16. Under ``accelerate launch`` use ``recipes/grpo.py`
 
 from __future__ import annotations
 
-import argparse
-
-from ._errors import one_line_parser_errors
-from ._trl_command import add_forwarding_parser, fail, report, setup_logging, user_errors
+from ._trl_command import TrlCommand, report
 
 DESCRIPTION = (
     "Train a policy with TRL {name} using a DMoERM (or HF reward model, or an ensemble) as reward_funcs, alone or "
@@ -22,30 +19,25 @@ DESCRIPTION = (
 )
 
 
-def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    return add_forwarding_parser(subparsers, name, help_text, DESCRIPTION.format(name=name.upper()))
+def command(algorithm: str) -> TrlCommand:
+    """The ``dmoerm grpo``/``dmoerm rloo`` command (same script arguments, the algorithm's TRL config)."""
+
+    def dataclasses():
+        from trl import GRPOConfig, RLOOConfig
+
+        from ..rl.recipe_args import RLScriptArguments
+
+        return (RLScriptArguments, GRPOConfig if algorithm == "grpo" else RLOOConfig)
+
+    def work(parsed, prog: str) -> int:
+        from ..rl.grpo import run_grpo
+
+        script_args, training_args = parsed
+        report(prog, run_grpo(script_args, training_args, algorithm=algorithm))
+        return 0
+
+    return TrlCommand(f"dmoerm {algorithm}", dataclasses, work, DESCRIPTION.format(name=algorithm.upper()))
 
 
-def run(args: argparse.Namespace) -> int:
-    return main(args.trl_args)
-
-
-def main(argv: list[str], algorithm: str = "grpo") -> int:
-    from trl import GRPOConfig, RLOOConfig, TrlParser
-
-    from ..rl.grpo import run_grpo
-    from ..rl.recipe_args import RLScriptArguments
-
-    setup_logging()
-    prog = f"dmoerm {algorithm}"
-    config_class = GRPOConfig if algorithm == "grpo" else RLOOConfig
-    try:
-        parser = TrlParser(
-            (RLScriptArguments, config_class), prog=prog, description=DESCRIPTION.format(name=algorithm.upper())
-        )
-        script_args, training_args = one_line_parser_errors(parser).parse_args_and_config(list(argv))
-        summary = run_grpo(script_args, training_args, algorithm=algorithm)
-    except user_errors() as err:
-        return fail(prog, err)
-    report(prog, summary)
-    return 0
+COMMAND = command("grpo")
+add_parser, run, main = COMMAND.add_parser, COMMAND.run, COMMAND.main

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..configuration_dmoerm import ROUTER_DESCRIPTIONS
+
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"DMoERM at {info['path']}")
     where = "saved in base/" if info["base_saved_in_folder"] else "referenced"
     print(f"  base model:   {info['base_model']} ({info['backbone_type']}, hidden {info['hidden_size']}; {where})")
+    from ..configuration_dmoerm import ROUTER_DESCRIPTIONS
+
     print(f"  router:       {info['router_mode']}: {ROUTER_DESCRIPTIONS.get(info['router_mode'], '?')}")
     opener = info["routing_prompt_ends_at"]
     print("  routes on:    " + (f"the prompt (up to the last {opener!r})" if opener else

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._errors import one_line_parser_errors
-from ._trl_command import add_forwarding_parser, fail, report, setup_logging, user_errors
+from ._trl_command import TrlCommand, report
 
 DESCRIPTION = (
     "Train a policy with TRL PPO against a DMoERM (or HF reward model, or several combined into an ensemble); "
@@ -20,27 +19,21 @@ DESCRIPTION = (
 )
 
 
-def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    return add_forwarding_parser(subparsers, name, help_text, DESCRIPTION)
-
-
-def run(args: argparse.Namespace) -> int:
-    return main(args.trl_args)
-
-
-def main(argv: list[str]) -> int:
-    from trl import TrlParser
-
-    from ..rl.ppo import require_ppo, run_ppo
+def _dataclasses():
+    from ..rl.ppo import require_ppo
     from ..rl.recipe_args import RLScriptArguments
 
-    setup_logging()
-    try:
-        PPOConfig, _ = require_ppo()
-        parser = TrlParser((RLScriptArguments, PPOConfig), prog="dmoerm ppo", description=DESCRIPTION)
-        script_args, training_args = one_line_parser_errors(parser).parse_args_and_config(list(argv))
-        summary = run_ppo(script_args, training_args)
-    except user_errors() as err:
-        return fail("dmoerm ppo", err)
-    report("dmoerm ppo", summary)
+    PPOConfig, _ = require_ppo()  # noqa: N806  (PPOUnavailableError on a TRL without PPO: one line, exit code 2)
+    return (RLScriptArguments, PPOConfig)
+
+
+def _work(parsed, prog: str) -> int:
+    from ..rl.ppo import run_ppo
+
+    script_args, training_args = parsed
+    report(prog, run_ppo(script_args, training_args))
     return 0
+
+
+COMMAND = TrlCommand("dmoerm ppo", _dataclasses, _work, DESCRIPTION)
+add_parser, run, main = COMMAND.add_parser, COMMAND.run, COMMAND.main

@@ -8,18 +8,7 @@ Same options as ``dmoerm grpo``. Under ``accelerate launch`` use ``recipes/rloo.
 
 from __future__ import annotations
 
-import argparse
+from .grpo import command
 
-from . import grpo
-
-
-def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    return grpo.add_parser(subparsers, name, help_text)
-
-
-def run(args: argparse.Namespace) -> int:
-    return main(args.trl_args)
-
-
-def main(argv: list[str]) -> int:
-    return grpo.main(argv, algorithm="rloo")
+COMMAND = command("rloo")
+add_parser, run, main = COMMAND.add_parser, COMMAND.run, COMMAND.main

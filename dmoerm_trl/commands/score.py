@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from ._errors import positive_int, require_input_file, require_model
+from ._errors import positive_int, require_input_file, require_model, require_output_dir
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -19,17 +20,30 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "router reads the prompt, up to the template's assistant opener), and optionally `category` (bypasses the "
         "router)",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="conversations per forward pass")
+    parser.add_argument("--batch_size", type=positive_int, default=8, help="conversations per forward pass")
+    parser.add_argument(
+        "--output", default=None,
+        help="also write the rows to this jsonl file (written atomically; stdout still gets them)",
+    )
     return parser
 
 
 def read_conversations(path: str) -> list:
     """The ``messages`` or ``text`` of each line of a jsonl file; a bad line raises a ``ValueError`` naming it."""
-    return [conversation for _, conversation, _ in read_records(path)]
+    return [conversation for _, conversation, _, _ in read_records(path)]
 
 
-def read_records(path: str) -> list[tuple[int, object, str | None]]:
-    """``(line number, conversation, category or None)`` per non-empty line; a bad line raises a ``ValueError``."""
+def read_records(path: str) -> list[tuple[int, object, str | None, object]]:
+    """``(line number, conversation, category or None, id or None)`` per non-empty line of a jsonl file: each line's
+    ``messages``/``text``, its optional ``category`` and ``id``; a bad line raises a ``ValueError`` naming it.
+
+    Example:
+        >>> import json, tempfile
+        >>> with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        ...     _ = f.write(json.dumps({"id": "a1", "text": "hi"}) + "\\n")
+        >>> read_records(f.name)
+        [(1, 'hi', None, 'a1')]
+    """
     from ..scoring import check_conversation
 
     records = []
@@ -55,7 +69,7 @@ def read_records(path: str) -> list[tuple[int, object, str | None]]:
             category = record.get("category")
             if category is not None and not isinstance(category, str):
                 raise ValueError(f"{where}: `category` must be a category name (a string), got {category!r:.40}")
-            records.append((number, check_conversation(conversation, where), category))
+            records.append((number, check_conversation(conversation, where), category, record.get("id")))
     return records
 
 
@@ -69,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
         require_model(args.tokenizer, "--tokenizer")
     from ..prompt_boundary import PromptBoundaryError
 
+    if args.output is not None:  # checked before the model loads: a bad path fails in a second, not after scoring
+        if Path(args.output).is_dir():
+            raise ValueError(f"--output {args.output} is a folder; pass a file path such as {args.output}/scores.jsonl")
+        require_output_dir(str(Path(args.output).parent), "--output")
     records = read_records(args.input)
     if not records:
         raise ValueError(f"--input {args.input} has no conversations (every line is empty)")
@@ -89,12 +107,19 @@ def run(args: argparse.Namespace) -> int:
             + " (in the file: a `category` field)"
         ) from None
     by_index.update(zip(routed, scored))
-    for i, (_, conversation, category) in enumerate(records):
+    for i, (_, conversation, category, _) in enumerate(records):
         if category is not None:  # the record names its category: the router is bypassed
             by_index[i] = model.compute_rewards([conversation], tokenizer, categories=category)[0]
     results = [by_index[i] for i in range(len(records))]
-    for result in results:
-        print(json.dumps(result, ensure_ascii=False))
+    rows = [({"id": records[i][3]} if records[i][3] is not None else {}) | result for i, result in enumerate(results)]
+    for row in rows:
+        print(json.dumps(row, ensure_ascii=False))
+    if args.output is not None:
+        from ..utils.io import atomic_write_jsonl
+
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_jsonl(args.output, rows)
+        print(f"dmoerm score: wrote {len(rows)} rows to {args.output}", file=sys.stderr)
     truncated = sum(result["truncated"] for result in results)
     if truncated:  # the per-line flag says which; this says how many (docs/rl.md, "Over-long conversations")
         print(

@@ -11,10 +11,10 @@ is refused with the changed keys; ``--restart true`` deletes the old results and
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
+
+from ._trl_command import TrlCommand
 
 DESCRIPTION = (
     "Train a DMoERM: router, then per category phase 1 (task adapter), phase 2 (capability experts) and phase 3 "
@@ -23,46 +23,10 @@ DESCRIPTION = (
 )
 
 
-def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    # The subcommand's flags are TrlParser's (hundreds of TrainingArguments); argparse only forwards them.
-    parser = subparsers.add_parser(name, help=help_text, description=DESCRIPTION, prefix_chars="+", add_help=False)
-    parser.add_argument("trl_args", nargs=argparse.REMAINDER, help="--config FILE and/or --flag value pairs")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    return main(args.trl_args)
-
-
-def build_parser():
-    from trl import TrlParser
-
+def _dataclasses():
     from ..trainers.training_config import DMoERMDataArguments, DMoERMModelArguments, DMoERMTrainingConfig
-    from ._errors import one_line_parser_errors
 
-    return one_line_parser_errors(TrlParser(
-        (DMoERMModelArguments, DMoERMDataArguments, DMoERMTrainingConfig), prog="dmoerm train", description=DESCRIPTION
-    ))
-
-
-def setup_logging() -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO)
-    for noisy in ("httpx", "datasets", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def parse_config(argv: list[str]):
-    """``(model_args, data_args, training_args)`` from ``--config``/flags; raises ``ValueError`` on bad values."""
-    return build_parser().parse_args_and_config(list(argv))
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (printed as one message, exit code 2) rather than a bug (the ``dmoerm`` set:
-    data errors, bad values, missing files, transformers' "not a valid model identifier" for a wrong backbone)."""
-    from ._errors import user_errors as all_user_errors
-
-    return all_user_errors()
+    return (DMoERMModelArguments, DMoERMDataArguments, DMoERMTrainingConfig)
 
 
 def print_summary(summary: dict) -> None:
@@ -81,32 +45,29 @@ def print_summary(summary: dict) -> None:
     print(f"wall time: {summary['wall_seconds_this_time']:.1f} s; summary: {summary['output_dir']}/training_summary.json")
 
 
-def run_pipeline(argv: list[str] | None, command: str, configure=None) -> int:
-    """Parse the TRL-style config, run the pipeline, print the summary; exit code 2 with a one-line error for bad
-    input. ``configure(training_args)`` may adjust the parsed config first (``dmoerm train-baseline``)."""
-    from ._errors import one_line
+def pipeline_work(configure=None):
+    """The work of ``dmoerm train``: run the pipeline and print the summary. ``configure(training_args)`` may adjust
+    the parsed config first (``dmoerm train-baseline``)."""
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    setup_logging()
-    try:
-        model_args, data_args, training_args = parse_config(argv)
-    except user_errors() as err:
-        print(f"{command}: error: bad configuration: {one_line(err)}", file=sys.stderr)
-        return 2
-    from ..trainers.pipeline import DMoERMTrainingPipeline
+    def work(parsed, prog: str) -> int:
+        from ..trainers.pipeline import DMoERMTrainingPipeline
 
-    if configure is not None:
-        configure(training_args)
-    try:
+        model_args, data_args, training_args = parsed
+        if configure is not None:
+            configure(training_args)
         summary = DMoERMTrainingPipeline(model_args, data_args, training_args).run()
-    except user_errors() as err:
-        print(f"{command}: error: {one_line(err)}", file=sys.stderr)
-        return 2
-    if training_args.process_index == 0:
-        print_summary(summary)
-        logging.getLogger(__name__).debug(json.dumps(summary, default=str))
-    return 0
+        if training_args.process_index == 0:
+            print_summary(summary)
+            logging.getLogger(__name__).debug(json.dumps(summary, default=str))
+        return 0
+
+    return work
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_pipeline(argv, "dmoerm train")
+COMMAND = TrlCommand("dmoerm train", _dataclasses, pipeline_work(), DESCRIPTION)
+add_parser, run, main, build_parser = COMMAND.add_parser, COMMAND.run, COMMAND.main, COMMAND.build_parser
+
+
+def parse_config(argv: list[str]):
+    """``(model_args, data_args, training_args)`` from ``--config``/flags; raises ``ValueError`` on bad values."""
+    return COMMAND.parse(argv)

@@ -9,21 +9,8 @@ Trains TRL's ``RewardTrainer`` on ``AutoModelForSequenceClassification`` with th
 
 from __future__ import annotations
 
-import argparse
-
-from .train import DESCRIPTION, run_pipeline
-
-
-def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        name, help=help_text, description="Baseline for " + DESCRIPTION, prefix_chars="+", add_help=False
-    )
-    parser.add_argument("trl_args", nargs=argparse.REMAINDER, help="--config FILE and/or --flag value pairs")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    return main(args.trl_args)
+from ._trl_command import TrlCommand
+from .train import DESCRIPTION, _dataclasses, pipeline_work
 
 
 def _baseline_only(training_args) -> None:
@@ -31,5 +18,5 @@ def _baseline_only(training_args) -> None:
     training_args.train_baseline = True
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_pipeline(argv, "dmoerm train-baseline", configure=_baseline_only)
+COMMAND = TrlCommand("dmoerm train-baseline", _dataclasses, pipeline_work(_baseline_only), "Baseline for " + DESCRIPTION)
+add_parser, run, main = COMMAND.add_parser, COMMAND.run, COMMAND.main

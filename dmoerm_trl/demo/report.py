@@ -39,15 +39,15 @@ def headline(metrics: dict) -> dict:
 
 
 def plot_accuracy(metrics: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: the global backend is left alone
+    from matplotlib.figure import Figure
 
     gold = metrics["evaluation"]["gold_test"]
     categories = sorted(gold["dmoerm"]["per_category"])
     groups = ["overall", *categories]
-    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(groups) + 2), 4.2))
+    figure = Figure(figsize=(max(6, 1.6 * len(groups) + 2), 4.2))
+    FigureCanvasAgg(figure)
+    axis = figure.subplots()
     width = 0.38
     for offset, (name, label) in zip((-width / 2, width / 2), (("dmoerm", "DMoERM"), ("baseline", "single RM"))):
         values = [gold[name]["overall"]] + [gold[name]["per_category"].get(c) for c in categories]
@@ -68,7 +68,6 @@ def plot_accuracy(metrics: dict, path: Path) -> None:
     figure.tight_layout()
     with atomic_path(path, suffix=".tmp.png") as tmp:
         figure.savefig(tmp, dpi=120)
-    plt.close(figure)
 
 
 def _accuracy_rows(table: dict) -> list[str]:

@@ -137,7 +137,9 @@ def classify_prompts(config, prompts, spec, *, api_key: str | None = None) -> Ca
     from .judge_client import CallStats, JudgeClient
 
     async def run() -> CategorizationResult:
-        import openai
+        from ..utils.extras import require_openai
+
+        openai = require_openai()
 
         key = api_key if api_key is not None else os.environ.get(config.api_key_env)
         client = openai.AsyncOpenAI(base_url=config.base_url, api_key=key or "no-key-needed", max_retries=0,

@@ -405,7 +405,9 @@ class JudgeClient:
     async def _call_once(
         self, messages, *, json_mode: bool, max_tokens: int, timeout: float
     ) -> tuple[str, tuple[int, int]]:
-        import openai
+        from ..utils.extras import require_openai
+
+        openai = require_openai()
 
         body = {
             "model": self.model,

@@ -137,7 +137,9 @@ class CapabilityLabeler:
 
     async def alabel(self, pairs) -> LabelingResult:
         """Label ``pairs`` (a ``datasets.Dataset`` or a list of pair dicts). See :func:`run_labeling` for outputs."""
-        import openai
+        from ..utils.extras import require_openai
+
+        openai = require_openai()
         from tqdm.auto import tqdm
 
         config = self.config

@@ -231,17 +231,20 @@ def plot_overoptimization(
     except ImportError:
         raise ImportError('plotting needs matplotlib: pip install "dmoerm-trl[plots]"') from None
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure with its own Agg canvas: no pyplot, the user's global backend is left alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     fits = fit_records(records)
     relative = len(fits) > 1 if relative is None else relative
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    figure = Figure(figsize=(12, 4.5) if relative else (7, 4.5))
+    FigureCanvasAgg(figure)
     if relative:
-        figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        axes = figure.subplots(1, 2)
         panels = [(axes[0], "gold_reward", "gold", "o", "-"), (axes[1], "proxy_reward", "proxy_fit", "x", "--")]
     else:
-        figure, axis = plt.subplots(figsize=(7, 4.5))
+        axis = figure.subplots()
         panels = [(axis, "gold_reward", "gold", "o", "-"), (axis, "proxy_reward", "proxy_fit", "x", "--")]
     for i, curve in enumerate(fits):
         color = colors[i % len(colors)]
@@ -278,7 +281,6 @@ def plot_overoptimization(
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix=".tmp" + path.suffix) as tmp:
         figure.savefig(tmp, dpi=120)
-    plt.close(figure)
     return fits
 
 
