@@ -149,9 +149,14 @@ def test_auto_classes_load_a_saved_dmoerm_after_import(tiny_llama_path, tmp_path
 
     # dmoerm score --output: the same rows as stdout, written atomically, ids copied through
     conversations = tmp_path / "in.jsonl"
+    # plain texts have no prompt/response boundary for the router: they name their category
+    from dmoerm_trl import DMoERMConfig
+
+    category = DMoERMConfig.from_pretrained(output).category_names[0]
     conversations.write_text(
         json.dumps({"id": "a-1", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]})
-        + "\n" + json.dumps({"text": "no id here"}) + "\n" + json.dumps({"id": 7, "text": "numeric id"}) + "\n"
+        + "\n" + json.dumps({"text": "no id here", "category": category}) + "\n"
+        + json.dumps({"id": 7, "text": "numeric id", "category": category}) + "\n"
     )
     scores = tmp_path / "out" / "scores.jsonl"
     result = subprocess.run(
