@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bon-samples", type=int, default=None, help="Samples per prompt N (default 16).")
     p.add_argument("--bon-max-new-tokens", type=int, default=None, help="Tokens per sample (default 40).")
     p.add_argument("--skip-bon", action="store_true", help="Skip best-of-n.")
+    p.add_argument("--sample-only", action="store_true",
+                   help="Only generate the data and the policy's best-of-n samples (bon_samples.json), then stop: a "
+                   "later run on the same --output reuses them.")
     p.add_argument("--cross-check", action="store_true",
                    help="Also score DMoERM through dmoerm_trl.evaluation (slower; always on with --fast).")
     p.add_argument("--threads", type=int, default=None, help="torch threads.")
@@ -424,15 +427,8 @@ def router_accuracy(run_dir: Path, test_path, categories_yaml, proxies: dict, ma
             "dmoerm_accuracy_via_evaluation_module": accuracy}
 
 
-def best_of_n(args, policy_path, proxies: dict, world, heldout_path, out: Path) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-    from dmoerm_trl.rl import BestOfNSampler, plot_overoptimization
-    from dmoerm_trl.rl.best_of_n import expected_best_of_n
-    from dmoerm_trl.rl.overoptimization import write_records_csv
-    from dmoerm_trl.synthetic import GoldReward
-
+def bon_prompts(args, heldout_path) -> list:
+    """``--bon-prompts`` held-out prompts, round-robin over the categories."""
     rows = [json.loads(line) for line in Path(heldout_path).read_text(encoding="utf-8").splitlines() if line.strip()]
     by_category: dict[str, list] = {}
     for row in rows:
@@ -441,16 +437,63 @@ def best_of_n(args, policy_path, proxies: dict, world, heldout_path, out: Path) 
     while len(prompts) < args.bon_prompts and any(i < len(v) for v in by_category.values()):
         prompts += [v[i] for v in by_category.values() if i < len(v)][: args.bon_prompts - len(prompts)]
         i += 1
+    return prompts
+
+
+def _policy_sampler(args, policy_path, gold):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from dmoerm_trl.rl import BestOfNSampler
+
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32).eval()
-    gold = GoldReward(world, on_unknown="nan")
     generation = GenerationConfig(max_new_tokens=args.bon_max_new_tokens, do_sample=True, temperature=1.0, top_k=0,
                                   top_p=1.0)
-    sampler = BestOfNSampler(policy, tokenizer, gold, n=args.bon_samples, generation_config=generation,
-                             batch_size=2, reward_batch_size=16, seed=args.seed)
-    result = sampler.evaluate(prompts, gold=gold, n=args.bon_samples, proxies={**proxies, "gold (oracle)": gold})
+    return BestOfNSampler(policy, tokenizer, gold, n=args.bon_samples, generation_config=generation,
+                          batch_size=2, reward_batch_size=16, seed=args.seed)
+
+
+def policy_samples(args, policy_path, prompts: list, out: Path, gold) -> list[list[str]]:
+    """The policy's ``N`` samples per prompt, drawn once and kept in ``bon_samples.json`` (reused while the policy,
+    prompts, N, tokens and seed are the same): every trained model (and every seed) is compared on the same
+    samples, and a rerun skips the sampling, by far the slowest step on CPU."""
+    key = {"policy": str(policy_path), "prompts": prompts, "n": args.bon_samples,
+           "max_new_tokens": args.bon_max_new_tokens, "seed": args.seed}
+    path = out / "bon_samples.json"
+    if path.exists():
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        old = cached.get("key", {})
+        # The prompts are picked round-robin and sampled in order from one seeded stream, so the first k prompts'
+        # samples of a larger run are exactly those a run with k prompts draws.
+        if {**old, "prompts": None} == {**key, "prompts": None} and old.get("prompts", [])[: len(prompts)] == prompts:
+            print(f"reusing the {len(prompts)} x {args.bon_samples} policy samples in {path}", flush=True)
+            return cached["candidates"][: len(prompts)]
+    start = time.perf_counter()
+    candidates = _policy_sampler(args, policy_path, gold).generate(prompts, n=args.bon_samples)
+    seconds = round(time.perf_counter() - start, 1)
+    _write_atomic(path, json.dumps({"key": key, "candidates": candidates, "seconds": seconds,
+                                    "load_average": list(os.getloadavg())}))
+    print(f"sampled {len(prompts)} x {args.bon_samples} in {seconds} s -> {path}", flush=True)
+    return candidates
+
+
+def best_of_n(args, policy_path, proxies: dict, world, heldout_path, out: Path) -> dict:
+    import torch
+
+    from dmoerm_trl.rl import plot_overoptimization
+    from dmoerm_trl.rl.best_of_n import expected_best_of_n
+    from dmoerm_trl.rl.overoptimization import write_records_csv
+    from dmoerm_trl.synthetic import GoldReward
+
+    prompts = bon_prompts(args, heldout_path)
+    gold = GoldReward(world, on_unknown="nan")
+    candidates = policy_samples(args, policy_path, prompts, out, gold)
+    sampler = _policy_sampler(args, policy_path, gold)
+    result = sampler.evaluate(prompts, gold=gold, n=args.bon_samples, proxies={**proxies, "gold (oracle)": gold},
+                              candidates=candidates)
     write_records_csv(result.records, out / "best_of_n.csv")
     fits = plot_overoptimization(result.records, out / "overoptimization.png",
                                  title="Fidelity: best-of-n gold gain vs sqrt(KL), each method as the proxy")
@@ -495,6 +538,12 @@ def main(argv: list[str] | None = None) -> dict:
     backbone, policy = prepare_backbone(args, out)
     world, categories, paths, categories_yaml, agreement, n_train, n_test = make_data(args, out)
     tick("data")
+    if args.sample_only:
+        from dmoerm_trl.synthetic import GoldReward
+
+        policy_samples(args, policy, bon_prompts(args, paths["heldout_prompts"]), out, GoldReward(world, on_unknown="nan"))
+        tick("policy samples")
+        return {"seconds": times}
     labels = label(args, world, paths, categories_yaml, out)
     tick("labels")
     run_dir = out / "run"

@@ -159,6 +159,12 @@ class DMoERMConfig(PretrainedConfig):
             The backbone's hidden size (set automatically; exposed for DeepSpeed ZeRO-3 auto values).
         max_position_embeddings (`int`, *optional*):
             The longest input the backbone accepts (set automatically when the backbone declares it).
+        calibrate_rewards (`bool`, defaults to `True`):
+            Put every category's reward on one scale: the final reward is the aggregator's output standardised by the
+            mean and standard deviation it had on the category's training texts (computed after phase 3 and stored
+            with the aggregator; a model whose aggregators were never calibrated is unaffected). `False` returns the
+            raw aggregator output. The pairwise loss is blind to a constant per category, so without calibration a
+            misrouted response, or a PPO batch that mixes categories, compares arbitrary offsets.
         category_order (`list[str]`, *optional*):
             Set automatically: the order of `categories` (JSON files sort keys; this keeps category ids stable).
         assistant_opener_ids (`list[int]`, *optional*):
@@ -198,6 +204,7 @@ class DMoERMConfig(PretrainedConfig):
         trunk_layers: int = 0,
         hidden_size: int | None = None,
         max_position_embeddings: int | None = None,
+        calibrate_rewards: bool = True,
         category_order: list[str] | None = None,
         assistant_opener_ids: list[int] | None = None,
         assistant_opener_text: str | None = None,
@@ -271,6 +278,9 @@ class DMoERMConfig(PretrainedConfig):
             )
         self.assistant_opener_ids = list(assistant_opener_ids) if assistant_opener_ids is not None else None
         self.assistant_opener_text = assistant_opener_text
+        if not isinstance(calibrate_rewards, bool):
+            raise ValueError(f"calibrate_rewards must be True or False, got {calibrate_rewards!r}")
+        self.calibrate_rewards = calibrate_rewards
 
     @property
     def category_names(self) -> list[str]:

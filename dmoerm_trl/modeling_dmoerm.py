@@ -51,7 +51,30 @@ logger = logging.getLogger(__name__)
 
 
 class CapabilityAggregator(nn.Module):
-    """The inner MoE's combiner: ``Linear(k*H, A) -> PReLU -> Linear(A, 1)`` over concatenated expert features."""
+    """The inner MoE's combiner: ``Linear(k*H, A) -> PReLU -> Linear(A, 1)`` over concatenated expert features.
+
+    Two sets of statistics travel with it (buffers: saved and loaded with the heads; identity until set, which is
+    also what a model saved before they existed loads with):
+
+    - ``feature_mean`` / ``feature_std`` ``(k*H,)``: the MLP reads ``(features - feature_mean) / feature_std``. Phase 3
+      sets them from the category's training texts ([`set_feature_statistics`]): the experts' last hidden states
+      share one dominant direction (norm ~55 against ~3-4 of variation between texts, measured on the demo), which
+      left the MLP barely able to move from its random start.
+    - ``reward_mean`` / ``reward_std`` ``(1,)``: the calibration that puts every category on one scale (after phase
+      3, [`set_reward_calibration`]): the calibrated reward is ``(raw - reward_mean) / reward_std``, mean 0 and std 1
+      on the category's training texts. The pairwise loss cannot see a constant per category, so without it each
+      category's reward has its own arbitrary offset.
+
+    Example:
+        >>> import torch
+        >>> aggregator = CapabilityAggregator(num_experts=2, hidden_size=4, aggregator_hidden_size=8)
+        >>> features = torch.randn(16, 8) * 3 + 50
+        >>> aggregator.set_feature_statistics(features)
+        >>> aggregator.set_reward_calibration(aggregator(features))
+        >>> calibrated = aggregator(features, calibrated=True)
+        >>> round(calibrated.mean().item(), 4) == 0.0, round(calibrated.std().item(), 4)
+        (True, 1.0)
+    """
 
     def __init__(self, num_experts: int, hidden_size: int, aggregator_hidden_size: int):
         super().__init__()
@@ -59,9 +82,47 @@ class CapabilityAggregator(nn.Module):
         self.proj = nn.Linear(num_experts * hidden_size, aggregator_hidden_size)
         self.act = nn.PReLU()
         self.out = nn.Linear(aggregator_hidden_size, 1)
+        self.register_buffer("feature_mean", torch.zeros(num_experts * hidden_size))
+        self.register_buffer("feature_std", torch.ones(num_experts * hidden_size))
+        self.register_buffer("reward_mean", torch.zeros(1))
+        self.register_buffer("reward_std", torch.ones(1))
 
-    def forward(self, expert_features: torch.Tensor) -> torch.Tensor:
-        return self.out(self.act(self.proj(expert_features)))
+    def forward(self, expert_features: torch.Tensor, calibrated: bool = False) -> torch.Tensor:
+        """``(N, 1)`` rewards of ``(N, k*H)`` features; ``calibrated=True`` applies the category's calibration."""
+        normalized = (expert_features - self.feature_mean.to(expert_features.dtype)) / self.feature_std.to(
+            expert_features.dtype
+        )
+        reward = self.out(self.act(self.proj(normalized)))
+        if calibrated:
+            reward = (reward - self.reward_mean.to(reward.dtype)) / self.reward_std.to(reward.dtype)
+        return reward
+
+    @torch.no_grad()
+    def set_feature_statistics(self, features: torch.Tensor, min_std: float = 1e-4) -> None:
+        """Standardise each input dimension by its mean and standard deviation over ``features`` ``(N, k*H)``
+        (dimensions that hardly vary keep their scale: std floored at ``min_std``)."""
+        features = features.detach().double()
+        if features.dim() != 2 or features.shape[1] != self.feature_mean.numel() or features.shape[0] < 2:
+            raise ValueError(
+                f"feature statistics need at least 2 feature rows of size {self.feature_mean.numel()}, got shape "
+                f"{tuple(features.shape)}"
+            )
+        self.feature_mean.copy_(features.mean(0))
+        self.feature_std.copy_(features.std(0).clamp(min=min_std))
+
+    @torch.no_grad()
+    def set_reward_calibration(self, raw_rewards: torch.Tensor, min_std: float = 1e-6) -> None:
+        """Store the mean and standard deviation of uncalibrated rewards (of the category's training texts), so that
+        calibrated rewards of those texts have mean 0 and std 1."""
+        raw_rewards = raw_rewards.detach().double().reshape(-1)
+        if raw_rewards.numel() < 2 or not torch.isfinite(raw_rewards).all():
+            raise ValueError(f"reward calibration needs at least 2 finite rewards, got {raw_rewards.numel()}")
+        self.reward_mean.fill_(raw_rewards.mean().item())
+        self.reward_std.fill_(max(raw_rewards.std().item(), min_std))
+
+    @property
+    def is_calibrated(self) -> bool:
+        return bool(self.reward_mean.item() != 0.0 or self.reward_std.item() != 1.0)
 
 
 class DMoERMPreTrainedModel(PreTrainedModel):
@@ -476,7 +537,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, RoutingMixin, Training
                 [head(features[:, j]) for j, head in enumerate(heads)], -1
             ).to(dtype)
             aggregator = self.aggregators[self._slug(category)]
-            rewards[rows] = aggregator(features.flatten(1)).to(dtype)
+            rewards[rows] = aggregator(features.flatten(1), calibrated=self.config.calibrate_rewards).to(dtype)
         return DMoERMOutput(
             logits=rewards,
             category_ids=category_ids,

@@ -39,6 +39,7 @@ def _base_state_dict(backbone_state: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 BACKBONE_PREFIXES = ("backbone.", "category_backbones.")
+OPTIONAL_AGGREGATOR_BUFFERS = (".feature_mean", ".feature_std", ".reward_mean", ".reward_std")
 CATEGORY_BASES = "category_bases"
 
 
@@ -255,7 +256,8 @@ def load_dmoerm_weights(model, folder) -> None:
     heads = read_safetensors(folder / HEADS_FILE)  # first: a truncated file is named before its metadata is read
     check_categories_metadata(model.config, folder / HEADS_FILE)
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(BACKBONE_PREFIXES)}
-    missing = sorted(set(own) - set(heads))
+    # Models saved before the aggregators stored feature/reward statistics load with the identity ones (as before).
+    missing = sorted(k for k in set(own) - set(heads) if not k.endswith(OPTIONAL_AGGREGATOR_BUFFERS))
     unexpected = sorted(set(heads) - set(own))
     reshaped = sorted(k for k in set(own) & set(heads) if own[k].shape != heads[k].shape)
     if missing or unexpected or reshaped:

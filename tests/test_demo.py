@@ -69,9 +69,24 @@ def test_demo_fast_end_to_end_and_rerun_from_caches(tiny_llama_path, tmp_path):
     assert oracle["gold_gain"] >= 0
     assert metrics["best_of_n"]["summary"]["DMoERM"]["gold_gain"] <= oracle["gold_gain"] + 1e-6
 
+    # The policy samples' routing and the (calibrated) reward scale per category are measured and reported.
+    routing = metrics["best_of_n"]["policy_sample_routing"]
+    prompts, samples = metrics["best_of_n"]["prompts"], metrics["best_of_n"]["samples_per_prompt"]
+    assert routing["samples"] == prompts * samples == sum(c["samples"] for c in routing["per_category"].values())
+    assert 0 <= routing["misrouted"] <= routing["samples"] and routing["calibrated"] is True
+    assert head["policy_sample_misrouting_rate"] == pytest.approx(routing["misrouted"] / routing["samples"], abs=1e-4)
+    # each trained category was calibrated (statistics differ from the identity) after phase 3
+    for info in routing["per_category"].values():
+        assert (info["calibration_mean"], info["calibration_std"]) != (0.0, 1.0)
+    assert metrics["best_of_n"]["summary"]["DMoERM"]["gold_gain_sem"] >= 0
+    samples_file = json.loads((output / "bon_samples.json").read_text())
+    assert len(samples_file["candidates"]) == prompts and samples_file["key"]["n"] == samples
+
     report = (output / "report.md").read_text()
     assert "![accuracy](accuracy.png)" in report and "![overoptimization](overoptimization.png)" in report
     assert f"{100 * head['dmoerm_gold_accuracy']:.1f}%" in report
+    assert "Routing and reward scale on the policy's samples" in report
+    assert f"{100 * routing['misrouting_rate']:.1f}%" in report
 
     # A rerun asks the judge nothing (label cache) and trains nothing (finished stages), with the same results.
     _run_demo(output, tiny_llama_path)
@@ -79,3 +94,5 @@ def test_demo_fast_end_to_end_and_rerun_from_caches(tiny_llama_path, tmp_path):
     assert again["labels"]["calls"] == 0 and again["labels"]["cache_hits"] > 0
     assert again["training"]["ran_this_time"] == []
     assert again["headline"]["dmoerm_gold_accuracy"] == head["dmoerm_gold_accuracy"]
+    # ... and samples nothing: the policy samples are reused, so best-of-n comes out the same
+    assert again["best_of_n"]["summary"] == metrics["best_of_n"]["summary"]

@@ -34,6 +34,10 @@ def headline(metrics: dict) -> dict:
         "bon_gold_gain_dmoerm": bon.get("DMoERM", {}).get("gold_gain"),
         "bon_gold_gain_single_rm": bon.get("single RM", {}).get("gold_gain"),
         "bon_gold_gain_oracle": bon.get("gold (oracle)", {}).get("gold_gain"),
+        "bon_gold_gain_sem_dmoerm": bon.get("DMoERM", {}).get("gold_gain_sem"),
+        "bon_gold_gain_sem_single_rm": bon.get("single RM", {}).get("gold_gain_sem"),
+        "policy_sample_misrouting_rate": (metrics["best_of_n"].get("policy_sample_routing") or {}).get(
+            "misrouting_rate"),
         "wall_seconds": metrics["wall_seconds"],
     }
 
@@ -70,6 +74,29 @@ def plot_accuracy(metrics: dict, path: Path) -> None:
         figure.savefig(tmp, dpi=120)
 
 
+def _pm(value, sem) -> str:
+    return _num(value) if sem is None else f"{_num(value)} ± {sem:.2f}"
+
+
+def _routing_rows(routing: dict | None) -> list[str]:
+    """The policy samples' routing and DMoERM's (calibrated) rewards on them, per category."""
+    if not routing:
+        return []
+    scale = ("calibrated: each category's reward standardised on its training texts" if routing["calibrated"]
+             else "raw aggregator outputs (calibration off)")
+    rows = ["### Routing and reward scale on the policy's samples", "",
+            (f"DMoERM routed **{_pct(routing['misrouting_rate'])}** of the policy's {routing['samples']} samples "
+             f"({routing['misrouted']}) to a category other than their prompt's. Rewards are {scale}; the "
+             "calibration columns are the raw mean and standard deviation on the category's training texts."), "",
+            "| category | samples | misrouted | DMoERM reward on samples, mean ± sd | calibration mean / sd |",
+            "|---|---|---|---|---|"]
+    for category, info in routing["per_category"].items():
+        reward = "-" if info["reward_mean"] is None else f"{info['reward_mean']:+.2f} ± {info['reward_std'] or 0:.2f}"
+        rows.append(f"| {category} | {info['samples']} | {info['misrouted']} | {reward} | "
+                    f"{info['calibration_mean']:+.2f} / {info['calibration_std']:.2f} |")
+    return rows + [""]
+
+
 def _accuracy_rows(table: dict) -> list[str]:
     categories = sorted(set(table["dmoerm"]["per_category"]) | set(table["baseline"]["per_category"]))
     rows = ["| | overall | " + " | ".join(categories) + " |", "|---|---|" + "---|" * len(categories)]
@@ -103,8 +130,12 @@ def render_markdown(metrics: dict) -> str:
         (f"- **Router**: {_pct(head['router_accuracy_prompt'])} of test conversations routed to the right category "
         f"from the prompt alone."),
         (f"- **Best-of-{bon['samples_per_prompt']} with {Path(metrics['models']['policy']).name}** ({bon['prompts']} prompts): gold reward gain over a "
-        f"single sample: DMoERM as the proxy {_num(head['bon_gold_gain_dmoerm'])}, single RM "
-        f"{_num(head['bon_gold_gain_single_rm'])}, the gold itself (ceiling) {_num(head['bon_gold_gain_oracle'])}."),
+        f"single sample (± one standard error over prompts): DMoERM as the proxy "
+        f"{_pm(head['bon_gold_gain_dmoerm'], head.get('bon_gold_gain_sem_dmoerm'))}, single RM "
+        f"{_pm(head['bon_gold_gain_single_rm'], head.get('bon_gold_gain_sem_single_rm'))}, the gold itself (ceiling) "
+        f"{_num(head['bon_gold_gain_oracle'])}."),
+        (f"- **Routing of the policy's samples**: {_pct(head.get('policy_sample_misrouting_rate'))} of the best-of-n "
+         "samples routed to a category other than their prompt's."),
         "",
         ("A small, fast run on a small backbone: read the numbers as a working end-to-end pipeline with a known ground "
         "truth, not as a benchmark (see `docs/demo.md` and `benchmarks/fidelity.py` for the larger comparison)."),
@@ -157,6 +188,7 @@ def render_markdown(metrics: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "sqrt(KL) of best-of-n from the policy: " + ", ".join(
         f"n={n}: {v['sqrt_kl']:.2f}" for n, v in sorted(next(iter(bon["curves"].values())).items())) + ".", ""]
+    lines += _routing_rows(bon.get("policy_sample_routing"))
     if bon["examples"]:
         lines += ["### What the proxies picked", ""]
         for example in bon["examples"]:

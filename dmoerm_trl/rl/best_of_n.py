@@ -313,6 +313,7 @@ class BestOfNSampler:
         ns: Sequence[int] | None = None,
         proxies: Mapping[str, object] | None = None,
         gold_tokenizer=None,
+        candidates: list[list[str]] | None = None,
     ) -> BestOfNEvaluation:
         """Best-of-n overoptimization: ``N = n`` samples per prompt drawn once; for each ``n' <= N`` in ``ns`` the
         expected proxy and gold reward of the best-of-n' choice (unbiased estimator) at KL ``log n' - (n'-1)/n'``.
@@ -324,6 +325,8 @@ class BestOfNSampler:
             ns: the ``n'`` to evaluate (default: powers of two up to ``N``); each must be ``<= N``.
             proxies: several proxies to compare on the same samples, ``{name: reward}`` (default: this sampler's
                 reward).
+            candidates: samples drawn earlier (``generate(prompts, n)``'s output, e.g. cached in a file), ``N`` per
+                prompt: nothing is sampled, so several reward models can be compared on the very same samples.
         """
         num_samples = n or self.n
         ns = list(ns) if ns is not None else None
@@ -339,7 +342,13 @@ class BestOfNSampler:
             else {self.scorer.name: self.scorer}
         )
         prompts = list(prompts)
-        candidates = self.generate(prompts, n=num_samples)
+        if candidates is None:
+            candidates = self.generate(prompts, n=num_samples)
+        elif len(candidates) != len(prompts) or any(len(c) != num_samples for c in candidates):
+            raise ValueError(
+                f"candidates= must hold N={num_samples} samples for each of the {len(prompts)} prompts; got "
+                f"{len(candidates)} lists of lengths {sorted({len(c) for c in candidates})}"
+            )
         cache: dict = {}
         gold_scores = self._score_cached(gold_scorer, prompts, candidates, cache)
         records, proxy_scores = [], {}

@@ -6,6 +6,13 @@
 - ``"wco"`` (worst-case optimization): the minimum;
 - ``"uwo"`` (uncertainty-weighted optimization): mean minus ``uwo_lambda`` times the (population) variance.
 
+Members are trained separately, so each has its own offset and scale (the pairwise loss fixes neither): on the
+fidelity benchmark's samples, WCO equalled the member with the lowest offset on 99.7% of them, and UWO's variance
+penalty measured the offsets, not disagreement. :meth:`RewardEnsemble.standardize` (on reference texts, e.g. the
+members' training texts or policy samples) stores each member's mean and standard deviation in the ensemble's config
+(saved and loaded with it); from then on every mode combines the members' *standardised* rewards (``member_rewards``
+in the outputs stay raw). Without it the members are combined raw, as before.
+
 It is a ``PreTrainedModel`` usable wherever a DMoERM is: ``forward`` returns ``logits`` ``(B, 1)`` (plus
 ``member_rewards`` ``(B, M)``), so it works as a GRPO/RLOO ``reward_funcs`` entry (it has a ``.config``) and in
 best-of-n; it meets TRL PPO's reward contract through :class:`~dmoerm_trl.reward_contract.SequenceRewardView` and
@@ -20,6 +27,7 @@ and score through :class:`~dmoerm_trl.rl.RewardScorer` (best-of-n, the gold call
 Example:
     >>> from dmoerm_trl.rl import RewardEnsemble
     >>> ensemble = RewardEnsemble([rm_a, rm_b, rm_c], mode="uwo", uwo_lambda=0.5)   # doctest: +SKIP
+    >>> ensemble.standardize(reference_prompts, reference_completions, tokenizer)    # doctest: +SKIP
     >>> ensemble(**tokenizer(texts, return_tensors="pt", padding=True)).logits       # doctest: +SKIP
     tensor([[0.12], [-0.40]])
     >>> ensemble.save_pretrained("my-ensemble"); RewardEnsemble.from_pretrained("my-ensemble")  # doctest: +SKIP
@@ -56,6 +64,9 @@ class RewardEnsembleConfig(PretrainedConfig):
         uwo_lambda: the variance penalty of ``"uwo"``.
         num_members: number of member reward models (saved in ``member_0/``, ``member_1/``, ...).
         member_model_types: the members' ``model_type`` (informational).
+        member_means, member_stds: each member's reward mean and standard deviation on reference texts (set by
+            :meth:`RewardEnsemble.standardize`); when set, members are standardised before they are combined.
+        num_reference_texts: how many reference texts the statistics come from (informational).
     """
 
     model_type = "dmoerm_reward_ensemble"
@@ -66,6 +77,9 @@ class RewardEnsembleConfig(PretrainedConfig):
         uwo_lambda: float = 0.5,
         num_members: int = 0,
         member_model_types: list[str] | None = None,
+        member_means: list[float] | None = None,
+        member_stds: list[float] | None = None,
+        num_reference_texts: int = 0,
         **kwargs,
     ):
         if mode not in ENSEMBLE_MODES:
@@ -77,6 +91,13 @@ class RewardEnsembleConfig(PretrainedConfig):
         self.uwo_lambda = float(uwo_lambda)
         self.num_members = num_members
         self.member_model_types = list(member_model_types or [])
+        if (member_means is None) != (member_stds is None):
+            raise ValueError("member_means and member_stds are set together (RewardEnsemble.standardize)")
+        if member_stds is not None and (len(member_stds) != len(member_means) or min(member_stds) <= 0):
+            raise ValueError(f"member_stds must be positive, one per member mean; got {member_stds}")
+        self.member_means = [float(v) for v in member_means] if member_means is not None else None
+        self.member_stds = [float(v) for v in member_stds] if member_stds is not None else None
+        self.num_reference_texts = int(num_reference_texts)
         super().__init__(**kwargs)
 
 
@@ -137,6 +158,8 @@ class RewardEnsemble(PreTrainedModel):
             raise ValueError("a RewardEnsemble needs at least one member reward model")
         for i, member in enumerate(models):
             check_reward_model_ready(member, name=f"ensemble member {i}")
+        if config is not None and config.member_means is not None and len(config.member_means) != len(models):
+            raise ValueError(f"the config standardises {len(config.member_means)} members but {len(models)} are given")
         if tokenizers is not None and len(tokenizers) != len(models):
             raise ValueError(f"{len(tokenizers)} tokenizers for {len(models)} members; pass one tokenizer per member")
         if config is None:
@@ -159,10 +182,59 @@ class RewardEnsemble(PreTrainedModel):
     def mode(self) -> str:
         return self.config.mode
 
+    @property
+    def is_standardized(self) -> bool:
+        return self.config.member_means is not None
+
+    def standardize(self, prompts, completions, tokenizer=None, batch_size: int = 16) -> RewardEnsemble:
+        """Score reference texts with every member and store each member's mean and standard deviation, so that
+        mean / WCO / UWO combine rewards on one scale. Returns the ensemble.
+
+        Args:
+            prompts, completions: the reference texts (as for :class:`~dmoerm_trl.rl.RewardScorer`: one prompt per
+                completion), e.g. the members' training texts or samples of the policy to be optimised.
+            tokenizer: the members' shared tokenizer (not needed when the ensemble was built with ``tokenizers=``).
+
+        Example:
+            >>> ensemble = RewardEnsemble([rm_a, rm_b], mode="wco")  # doctest: +SKIP
+            >>> ensemble.standardize(["What is 2+2?"] * 2, [" 4", " 5"], tokenizer).config.member_means  # doctest: +SKIP
+            [0.31, 2.87]
+        """
+        from .scoring import RewardScorer
+
+        if tokenizer is None and self.tokenizers is None:
+            raise ValueError("standardize() needs tokenizer= (or an ensemble built with tokenizers=[...])")
+        scorers = [
+            RewardScorer(member, tokenizer if tokenizer is not None else self.tokenizers[i], batch_size,
+                         name=f"ensemble member {i}")
+            for i, member in enumerate(self.members)
+        ]
+        return self.set_member_statistics(torch.stack([scorer(prompts, completions) for scorer in scorers], dim=-1))
+
+    def set_member_statistics(self, member_rewards: torch.Tensor, min_std: float = 1e-6) -> RewardEnsemble:
+        """Store each member's mean and standard deviation over ``(N, M)`` raw member rewards (e.g. cached scores
+        of reference texts); see :meth:`standardize`."""
+        member_rewards = torch.as_tensor(member_rewards, dtype=torch.float64)
+        if member_rewards.dim() != 2 or member_rewards.shape[1] != len(self.members) or member_rewards.shape[0] < 2:
+            raise ValueError(
+                f"member statistics need (N >= 2, {len(self.members)}) rewards, got {tuple(member_rewards.shape)}"
+            )
+        if not torch.isfinite(member_rewards).all():
+            raise ValueError("member rewards on the reference texts contain NaN or inf")
+        self.config.member_means = member_rewards.mean(0).tolist()
+        self.config.member_stds = member_rewards.std(0).clamp(min=min_std).tolist()
+        self.config.num_reference_texts = int(member_rewards.shape[0])
+        return self
+
     def combine(self, member_rewards: torch.Tensor) -> torch.Tensor:
-        """``(B, M)`` member rewards -> ``(B,)`` ensemble reward, by ``config.mode``."""
+        """``(B, M)`` member rewards -> ``(B,)`` ensemble reward, by ``config.mode`` (members standardised first when
+        the ensemble has member statistics)."""
         if member_rewards.dim() != 2 or member_rewards.shape[1] != len(self.members):
             raise ValueError(f"member rewards must be (B, {len(self.members)}), got {tuple(member_rewards.shape)}")
+        if self.config.member_means is not None:
+            means = torch.tensor(self.config.member_means, dtype=member_rewards.dtype, device=member_rewards.device)
+            stds = torch.tensor(self.config.member_stds, dtype=member_rewards.dtype, device=member_rewards.device)
+            member_rewards = (member_rewards - means) / stds
         if self.config.mode == "mean":
             return member_rewards.mean(-1)
         if self.config.mode == "wco":

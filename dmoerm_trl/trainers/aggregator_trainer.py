@@ -9,6 +9,20 @@ is recomputed when the pairs or the experts' weights differ from those it was co
 
 With ``cache_expert_features=False`` every step runs the experts again (the reference behaviour, for comparison).
 
+Three things make phase 3 train and its output comparable across categories (docs/training.md, "Phase 3"):
+
+- **Expert-feature standardisation** (``normalize_expert_features=True``): before training, each of the ``k*H``
+  input dimensions is standardised by its mean and standard deviation over the phase-3 training texts (stored in
+  the aggregator, saved with the model). The experts' features share one dominant direction (norm ~55 against ~3-4
+  of variation between texts), which the raw MLP could hardly use.
+- **Checkpoint selection on validation loss**, only when the validation split has at least ``min_validation_pairs``
+  pairs; otherwise a fixed schedule (every epoch, the last weights, no early stopping). Selecting on the accuracy of
+  6-7 validation pairs kept the first of many ties: the saved aggregators were 2-3 optimiser steps from their
+  random start.
+- **Reward calibration** (``calibrate_rewards=True``): after training, the category's raw rewards on its phase-3
+  training texts give a mean and a standard deviation (stored in the aggregator) that the model's inference path
+  uses to standardise the category's reward (``DMoERMConfig.calibrate_rewards``).
+
 Example:
     >>> from dmoerm_trl.trainers import AggregatorTrainer
     >>> trainer = AggregatorTrainer(model, category="chitchat", args=training_args,  # doctest: +SKIP
@@ -19,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from pathlib import Path
@@ -107,6 +122,11 @@ class AggregatorTrainer(CountedMetricsMixin, StageCheckpointMixin, Trainer):
         cache_expert_features: compute the frozen experts' features once (default) or at every step.
         feature_batch_size: batch size of the feature computation.
         feature_cache_path: optional safetensors file to store/reuse the cache (resume without recomputing).
+        normalize_expert_features: standardise the aggregator's input per dimension on the training texts (default).
+        calibrate_rewards: after training, store the mean/std of the category's raw rewards on its training texts,
+            so that the model's reward is on one scale across categories (default).
+        min_validation_pairs: below this many validation pairs, no best-checkpoint selection and no early stopping
+            (a fixed schedule: every epoch, the last weights); from it on, selection on validation loss.
     """
 
     def __init__(
@@ -120,6 +140,9 @@ class AggregatorTrainer(CountedMetricsMixin, StageCheckpointMixin, Trainer):
         cache_expert_features: bool = True,
         feature_batch_size: int = 32,
         feature_cache_path: str | None = None,
+        normalize_expert_features: bool = True,
+        calibrate_rewards: bool = True,
+        min_validation_pairs: int = 32,
         **kwargs,
     ):
         if processing_class is None or processing_class.pad_token_id is None:
@@ -133,17 +156,36 @@ class AggregatorTrainer(CountedMetricsMixin, StageCheckpointMixin, Trainer):
         if eval_dataset is not None and "chosen_ids" not in eval_dataset.column_names:
             eval_dataset = tokenize_pairs(eval_dataset, processing_class, max_length, "validation pairs")
         self.stage_parameter_names = model.set_training_stage("aggregator", category=category)
+        self.aggregator = model.aggregators[model._slug(category)]
+        prefix = f"aggregators.{model._slug(category)}."
+        # The statistics are buffers: saved with the stage's tensors (checkpoints, final.safetensors) and the model.
+        self.stage_parameter_names += [prefix + name for name, _ in self.aggregator.named_buffers()]
+        self.calibrate_rewards = calibrate_rewards
         if cache_expert_features:
             train_dataset, eval_dataset = self._cached_features(
                 model, args, train_dataset, eval_dataset, processing_class.pad_token_id, feature_batch_size,
                 feature_cache_path,
             )
+            self.train_features = torch.cat([train_dataset.chosen, train_dataset.rejected]) if train_dataset else None
             collator = collate_feature_pairs
         else:
+            self.train_features = None
+            if train_dataset is not None and (normalize_expert_features or calibrate_rewards):
+                # One pass for the statistics; training itself still runs the experts at every step.
+                self.train_features = torch.cat(compute_pair_features(
+                    model, train_dataset, category, processing_class.pad_token_id, feature_batch_size,
+                    desc=f"Expert features for the statistics ({category})",
+                ))
             keep = ["chosen_ids", "rejected_ids"]
             train_dataset = train_dataset.select_columns(keep) if train_dataset is not None else None
             eval_dataset = eval_dataset.select_columns(keep) if eval_dataset is not None else None
             collator = DataCollatorForPreference(pad_token_id=processing_class.pad_token_id)
+        if normalize_expert_features and self.train_features is not None and len(self.train_features) >= 2:
+            self.aggregator.set_feature_statistics(self.train_features)
+        else:
+            self.aggregator.feature_mean.zero_()
+            self.aggregator.feature_std.fill_(1.0)
+        args, kwargs["callbacks"] = self._selection(args, eval_dataset, min_validation_pairs, kwargs.get("callbacks"))
         if args is not None:
             cast_trainable_parameters_for_deepspeed(model, args)
         super().__init__(
@@ -158,6 +200,61 @@ class AggregatorTrainer(CountedMetricsMixin, StageCheckpointMixin, Trainer):
         self.can_return_loss = True
         self.label_names = []
         self.reset_counts()
+
+    def _selection(self, args, eval_dataset, min_validation_pairs: int, callbacks):
+        """Best checkpoint on validation LOSS with enough validation pairs; otherwise a fixed schedule."""
+        from transformers import EarlyStoppingCallback
+
+        callbacks = list(callbacks or [])
+        size = len(eval_dataset) if eval_dataset is not None else 0
+        if args is None or not (args.load_best_model_at_end or any(
+                isinstance(c, EarlyStoppingCallback) for c in callbacks)):
+            self.selection = "fixed schedule"
+            return args, callbacks
+        if size >= min_validation_pairs:
+            self.selection = "validation loss"
+            return dataclasses.replace(args, metric_for_best_model="eval_loss", greater_is_better=False), callbacks
+        logger.warning(
+            "aggregator/%s: %d validation pairs (< min_validation_pairs=%d): no best-checkpoint selection and no early "
+            "stopping; phase 3 trains its fixed schedule (%s epochs) and keeps the last weights",
+            self.category, size, min_validation_pairs, args.num_train_epochs,
+        )
+        self.selection = f"fixed schedule ({size} validation pairs < {min_validation_pairs})"
+        args = dataclasses.replace(args, load_best_model_at_end=False, metric_for_best_model=None)
+        return args, [c for c in callbacks if not isinstance(c, EarlyStoppingCallback)]
+
+    def train(self, *args, **kwargs):
+        """Train the aggregator, then calibrate the category's reward on its training texts."""
+        output = super().train(*args, **kwargs)
+        self.calibrate()
+        return output
+
+    @torch.no_grad()
+    def calibrate(self) -> dict[str, float] | None:
+        """Store the mean/std of the category's raw rewards on its phase-3 training texts (identity when
+        ``calibrate_rewards=False``); returns them."""
+        aggregator = self.aggregator
+        if not self.calibrate_rewards or self.train_features is None or len(self.train_features) < 2:
+            aggregator.reward_mean.zero_()
+            aggregator.reward_std.fill_(1.0)
+            return None
+        from contextlib import nullcontext
+
+        from .distributed import deepspeed_zero_stage
+
+        gathered = nullcontext()
+        if self.is_deepspeed_enabled and deepspeed_zero_stage(self.args) == 3:
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(list(aggregator.parameters()))
+        with gathered:
+            weight = aggregator.out.weight
+            raw = torch.cat([aggregator(chunk.to(weight.device, weight.dtype)).float().cpu()
+                             for chunk in self.train_features.split(1024)])
+        aggregator.set_reward_calibration(raw)
+        stats = {"reward_mean": aggregator.reward_mean.item(), "reward_std": aggregator.reward_std.item()}
+        logger.info("aggregator/%s: calibrated on %d training texts: %s", self.category, len(raw), stats)
+        return stats
 
     def _cached_features(self, model, args, train_dataset, eval_dataset, pad_token_id, batch_size, cache_path):
         from contextlib import nullcontext

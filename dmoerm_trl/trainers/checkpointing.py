@@ -47,7 +47,7 @@ def load_tensors_into(model: torch.nn.Module, path: str | os.PathLike, expected:
     from safetensors.torch import load_file
 
     tensors = load_file(str(path))
-    parameters = dict(model.named_parameters())
+    parameters = {**dict(model.named_buffers()), **dict(model.named_parameters())}  # buffers: e.g. statistics
     unknown = [name for name in tensors if name not in parameters]
     if unknown:
         raise ValueError(f"{path}: tensors {unknown[:3]} are not parameters of this model; is it another model's?")

@@ -281,6 +281,8 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
             cache_expert_features=self.args.cache_expert_features,
             feature_batch_size=self.args.feature_batch_size,
             feature_cache_path=str(self.stages_dir / stage.dirname / "features.safetensors"),
+            calibrate_rewards=self.args.calibrate_rewards,
+            min_validation_pairs=self.args.aggregator_min_validation_pairs,
             **common,
         )
 
@@ -338,6 +340,7 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
     def _export(self) -> None:
         model = self._build_model()
         model.set_training_stage(None)
+        model.config.calibrate_rewards = self.args.calibrate_rewards
         model.model_card_metrics = final_metrics(self.state["stages"])
         if self.is_main:
             tmp = self.output_dir / ".export-tmp"

@@ -324,6 +324,14 @@ class DMoERMTrainingConfig(RewardConfig):
             them; later epochs then cost a small fraction of the first. `False` recomputes them every step.
         feature_batch_size (`int`, defaults to `32`):
             Batch size for computing the phase-3 feature cache.
+        aggregator_min_validation_pairs (`int`, defaults to `32`):
+            Phase 3 selects its best checkpoint on validation loss (and stops early) only when the category's
+            validation split has at least this many pairs; with fewer it trains its fixed schedule and keeps the last
+            weights (on a handful of pairs, the "best" epoch is noise).
+        calibrate_rewards (`bool`, defaults to `True`):
+            After phase 3, standardise each category's reward on its training texts (mean 0, std 1; stored with the
+            aggregator), so that all categories share one scale (docs/training.md). `False`: raw aggregator
+            outputs (the saved model's `config.calibrate_rewards` is then `False`).
         train_baseline (`bool`, defaults to `False`):
             Also train the baseline single reward model (TRL RewardTrainer on AutoModelForSequenceClassification,
             same backbone and data) into `<output_dir>/baseline`.
@@ -397,6 +405,16 @@ class DMoERMTrainingConfig(RewardConfig):
         default=True, metadata={"help": "Phase 3: compute frozen expert features once and train the MLP on them."}
     )
     feature_batch_size: int = field(default=32, metadata={"help": "Batch size for the phase-3 feature cache."})
+    aggregator_min_validation_pairs: int = field(
+        default=32,
+        metadata={"help": "Phase 3: fewest validation pairs for best-checkpoint selection on validation loss; below "
+                  "it a fixed schedule (all epochs, last weights)."},
+    )
+    calibrate_rewards: bool = field(
+        default=True,
+        metadata={"help": "Standardise each category's reward on its training texts after phase 3 (one scale for "
+                  "all categories); false: raw aggregator outputs."},
+    )
     train_baseline: bool = field(
         default=False, metadata={"help": "Also train the single-RM baseline into <output_dir>/baseline."}
     )

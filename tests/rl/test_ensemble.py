@@ -130,3 +130,46 @@ def test_bad_ensembles_are_rejected(proxies, dmoerm):
         RewardEnsemble([proxies[0][0], model])
     with pytest.raises(ValueError, match="as_reward_function\\(\\) re-tokenizes"):
         RewardEnsemble([proxies[0][0]]).as_reward_function()
+
+
+def test_standardized_members_make_wco_more_than_the_lowest_offset_member(tmp_path, proxies, prompts):
+    """Two members that differ by an offset of 5 (and a little in their weights): raw, WCO is always the member with
+    the lower offset; standardised on reference texts, it picks per text, and the statistics are saved and loaded."""
+    import copy
+
+    low, tokenizer = proxies[0]
+    high = copy.deepcopy(proxies[1][0])
+    with torch.no_grad():
+        high.score.bias = torch.nn.Parameter(torch.full((1,), 5.0))  # an offset only (the head had no bias)
+    reference_prompts = [p for p in prompts for _ in range(2)]
+    reference_completions = [" Yes, of course.", " No idea, sorry."] * len(prompts)
+    raw = RewardEnsemble([low, high], mode="wco")
+    raw_members = torch.stack([RewardScorer(m, tokenizer)(reference_prompts, reference_completions)
+                               for m in (low, high)], dim=-1)
+    raw_wco = RewardScorer(raw, tokenizer)(reference_prompts, reference_completions)
+    assert (raw_members[:, 1] > raw_members[:, 0]).all()
+    torch.testing.assert_close(raw_wco, raw_members[:, 0])  # WCO = the lowest-offset member on every text
+
+    ensemble = RewardEnsemble([low, high], mode="wco").standardize(reference_prompts, reference_completions, tokenizer)
+    assert ensemble.is_standardized and ensemble.config.num_reference_texts == len(reference_prompts)
+    assert ensemble.config.member_means[1] - ensemble.config.member_means[0] > 4  # the offset was measured
+    standardized = (raw_members.double() - torch.tensor(ensemble.config.member_means)) / torch.tensor(
+        ensemble.config.member_stds)
+    torch.testing.assert_close(standardized.mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-5, rtol=0)
+    wco = RewardScorer(ensemble, tokenizer)(reference_prompts, reference_completions)
+    torch.testing.assert_close(wco.double(), standardized.min(-1).values, atol=1e-5, rtol=1e-5)
+    picks_low = (standardized[:, 0] <= standardized[:, 1]).float().mean()
+    assert 0.1 < picks_low < 0.9, float(picks_low)  # both members decide on some texts
+    # the forward (token ids) combines the same way, and the statistics travel with the saved ensemble
+    batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        members = member_rewards([low, high], batch).double()
+        expected = ((members - torch.tensor(ensemble.config.member_means)) / torch.tensor(
+            ensemble.config.member_stds)).min(-1).values
+        torch.testing.assert_close(ensemble(**batch).logits[:, 0].double(), expected, atol=1e-5, rtol=1e-5)
+    ensemble.save_pretrained(tmp_path / "ens")
+    reloaded = RewardEnsemble.from_pretrained(tmp_path / "ens")
+    assert reloaded.is_standardized and reloaded.config.member_stds == pytest.approx(ensemble.config.member_stds)
+    torch.testing.assert_close(reloaded.combine(raw_members), ensemble.combine(raw_members))
+    with pytest.raises(ValueError, match="member statistics need"):
+        ensemble.set_member_statistics(torch.zeros(1, 2))

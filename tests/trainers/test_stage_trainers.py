@@ -199,6 +199,9 @@ def test_aggregator_cache_gives_the_uncached_result_and_is_reused(tmp_path, data
     assert cached_calls == 0  # features were computed once, before training
     assert plain_calls == 2 * len(train) // 8 + (1 if len(train) % 8 else 0) * 2  # every step recomputes them
     for name in cached_weights:
+        if name not in initial:  # the statistics (buffers): computed from the same features either way
+            torch.testing.assert_close(cached_weights[name], plain_weights[name], atol=1e-3, rtol=1e-3)
+            continue
         # Same training up to float noise (padding differs between the two feature batchings, and Adam amplifies
         # the noise of near-zero gradients a little): the difference is tiny next to what training moved.
         moved = (cached_weights[name] - initial[name]).norm()
