@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -77,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bon-samples", type=int, default=None, help="Samples per prompt N (default 16).")
     p.add_argument("--bon-max-new-tokens", type=int, default=None, help="Tokens per sample (default 40).")
     p.add_argument("--skip-bon", action="store_true", help="Skip best-of-n.")
+    p.add_argument("--dmoerm-seeds", type=int, default=1,
+                   help="Training runs of DMoERM (with its single-RM baseline on the same splits) with seeds --seed, "
+                   "--seed+1, ...: seed i > 0 goes to OUTPUT/run_seed<i> (its own data splits and initialisation), "
+                   "adding rows 'DMoERM (seed i)' and 'single RM (seed i)', so that seed noise shows.")
+    p.add_argument("--train-seed-only", type=int, default=None,
+                   help="Only train seed i's DMoERM + single RM into OUTPUT/run_seed<i>, then stop (run it beside "
+                   "the main run, after the main run's labels exist; the main run waits for it).")
+    p.add_argument("--train-only", action="store_true",
+                   help="Stop after training (a rerun of the command without it reuses every trained model).")
+    p.add_argument("--raw-ensembles", action="store_true",
+                   help="Also report the ensembles over raw (unstandardised) members, as before standardisation.")
     p.add_argument("--sample-only", action="store_true",
                    help="Only generate the data and the policy's best-of-n samples (bon_samples.json), then stop: a "
                    "later run on the same --output reuses them.")
@@ -161,7 +173,7 @@ def _target_modules(args) -> list[str] | None:
     return [m.strip() for m in args.lora_target_modules.split(",") if m.strip()] if args.lora_target_modules else None
 
 
-def train_dmoerm(args, backbone, paths, labels_path, categories_yaml, run_dir: Path) -> dict:
+def train_dmoerm(args, backbone, paths, labels_path, categories_yaml, run_dir: Path, seed: int | None = None) -> dict:
     """(c) DMoERM and (a) the single RM on all data, with the package pipeline (same splits for both)."""
     from dmoerm_trl.trainers import DMoERMDataArguments, DMoERMModelArguments, DMoERMTrainingPipeline
 
@@ -171,7 +183,7 @@ def train_dmoerm(args, backbone, paths, labels_path, categories_yaml, run_dir: P
                                       router_pooling=args.router_pooling, trunk_layers=args.trunk_layers)
     data_args = DMoERMDataArguments(dataset_path=str(paths["train"]), capability_labels_path=str(labels_path),
                                     validation_split_ratio=0.15, min_capability_labels=8)
-    training_args = _training_config(args, run_dir, args.seed)
+    training_args = _training_config(args, run_dir, args.seed if seed is None else seed)
     training_args.train_baseline = True
     summary = DMoERMTrainingPipeline(model_args, data_args, training_args).run()
     return {name: {"status": info.get("status"), "seconds": info.get("train_seconds"),
@@ -241,7 +253,20 @@ class CategoryRoutedReward:
         return out
 
 
-def build_proxies(args, run_dir: Path, world) -> dict:
+def reference_texts(paths, run_dir: Path, limit: int = 128) -> tuple[list, list]:
+    """Prompts and responses (chosen and rejected) of up to ``limit`` training pairs of the single RMs' splits: the
+    reference texts on which each ensemble member is standardised."""
+    from dmoerm_trl.data import load_preference_pairs
+
+    splits = json.loads((run_dir / "splits.json").read_text(encoding="utf-8"))
+    train_ids = {pid for split in splits.values() for part in ("task", "aggregator") for pid in split.get(part, [])}
+    pairs = load_preference_pairs(paths["train"])
+    rows = [i for i, pid in enumerate(pairs["pair_id"]) if pid in train_ids][:limit]
+    prompts = [pairs[i]["prompt"] for i in rows]
+    return prompts + prompts, [pairs[i]["chosen"] for i in rows] + [pairs[i]["rejected"] for i in rows]
+
+
+def build_proxies(args, run_dir: Path, world, paths=None) -> dict:
     """``{method: reward}`` for every method; rewards are (model, tokenizer) pairs or callables."""
     from dmoerm_trl.evaluation import load_reward_model
     from dmoerm_trl.rl import RewardEnsemble, RewardScorer
@@ -255,15 +280,69 @@ def build_proxies(args, run_dir: Path, world) -> dict:
         model, tok = load_reward_model(run_dir / "single_rms" / f"category_{category}")
         per_category[category] = RewardScorer(model, tok, name=f"rm_{category}")
     models = [m for m, _ in members]
-    return {
+    ensembles = {mode: RewardEnsemble(models, mode=mode, uwo_lambda=0.5) for mode in ("mean", "wco", "uwo")}
+    if paths is not None:
+        # Each member standardised on the same reference texts (training texts), so that no member's offset decides.
+        prompts, completions = reference_texts(paths, run_dir)
+        statistics = RewardEnsemble(models, mode="mean").standardize(prompts, completions, tokenizer, batch_size=32)
+        for ensemble in ensembles.values():
+            ensemble.config.member_means = list(statistics.config.member_means)
+            ensemble.config.member_stds = list(statistics.config.member_stds)
+            ensemble.config.num_reference_texts = statistics.config.num_reference_texts
+    proxies = {
         "single RM (all data)": (models[0], tokenizer),
         "single RM per category": CategoryRoutedReward(per_category, world),
         "DMoERM": (dmoerm, dmoerm_tokenizer),
         "DMoERM (true category)": DMoERMWithTrueCategory(dmoerm, dmoerm_tokenizer, world),
-        "ensemble mean": (RewardEnsemble(models, mode="mean"), tokenizer),
-        "ensemble WCO": (RewardEnsemble(models, mode="wco"), tokenizer),
-        "ensemble UWO": (RewardEnsemble(models, mode="uwo", uwo_lambda=0.5), tokenizer),
+        "ensemble mean": (ensembles["mean"], tokenizer),
+        "ensemble WCO": (ensembles["wco"], tokenizer),
+        "ensemble UWO": (ensembles["uwo"], tokenizer),
     }
+    if args.raw_ensembles:
+        proxies["ensemble WCO (raw members)"] = (RewardEnsemble(models, mode="wco"), tokenizer)
+        proxies["ensemble UWO (raw members)"] = (RewardEnsemble(models, mode="uwo", uwo_lambda=0.5), tokenizer)
+    for i in range(1, args.dmoerm_seeds):
+        seed_dir = run_dir.with_name(f"run_seed{i}")
+        proxies[f"DMoERM (seed {i})"] = load_reward_model(seed_dir)
+        proxies[f"single RM (seed {i})"] = load_reward_model(seed_dir / "baseline")
+    return proxies
+
+
+def train_seed(args, backbone, paths, labels_path, categories_yaml, out: Path, index: int, wait: bool) -> dict:
+    """Seed ``index``'s DMoERM + single RM into ``OUTPUT/run_seed<index>``. With ``wait``, a run of the same seed in
+    another process (its ``.training`` marker) is waited for instead of trained twice."""
+    seed_dir = out / f"run_seed{index}"
+    marker = seed_dir / ".training"
+    if wait:
+        while marker.exists():
+            time.sleep(20)
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(os.getpid()))
+    try:
+        return train_dmoerm(args, backbone, paths, labels_path, categories_yaml, seed_dir, seed=args.seed + index)
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def seed_summary(results: dict) -> dict:
+    """Mean and standard deviation over training seeds of DMoERM's and the single RM's accuracy and best-of-N gain."""
+    import statistics
+
+    out = {}
+    for method in ("DMoERM", "single RM"):
+        names = [("DMoERM" if method == "DMoERM" else "single RM (all data)")]
+        names += sorted(n for n in results["accuracy"] if n.startswith(f"{method} (seed "))
+        accuracies = [results["accuracy"][n]["overall"] for n in names]
+        entry = {"runs": names, "accuracy": accuracies,
+                 "accuracy_mean": statistics.fmean(accuracies),
+                 "accuracy_sd_over_seeds": statistics.stdev(accuracies) if len(accuracies) > 1 else None}
+        bon = results.get("best_of_n", {}).get("gain_at_N_per_prompt")
+        if bon:
+            gains = [statistics.fmean([g for g in bon[n] if not math.isnan(g)]) for n in names]
+            entry.update(bon_gain=gains, bon_gain_mean=statistics.fmean(gains),
+                         bon_gain_sd_over_seeds=statistics.stdev(gains) if len(gains) > 1 else None)
+        out[method] = entry
+    return out
 
 
 class DMoERMWithTrueCategory:
@@ -508,7 +587,18 @@ def best_of_n(args, policy_path, proxies: dict, world, heldout_path, out: Path) 
              for name, scores in result.proxy_scores.items()}
     paired = {f"DMoERM vs {name}": paired_mean_difference(gains["DMoERM"], gains[name], seed=args.seed)
               for name in gains if name not in ("DMoERM", "gold (oracle)")}
-    return {"prompts": len(prompts), "samples_per_prompt": args.bon_samples,
+    # How each DMoERM routes the policy's own samples (misrouted = another category than the prompt's).
+    flat_prompts = [p for p, texts in zip(prompts, candidates) for _ in texts]
+    flat = [t for texts in candidates for t in texts]
+    true = proxies["DMoERM (true category)"].gold.categories_of(flat_prompts)
+    misrouting = {}
+    for name, reward in proxies.items():
+        if name.startswith("DMoERM") and isinstance(reward, tuple):
+            model, tokenizer = reward
+            routed = DMoERMWithTrueCategory(model, tokenizer, world)._forward(flat_prompts, flat, None, route=True)[1]
+            wrong = sum(model.config.category_names[r] != c for r, c in zip(routed, true))
+            misrouting[name] = {"samples": len(flat), "misrouted": wrong, "rate": round(wrong / max(1, len(flat)), 4)}
+    return {"prompts": len(prompts), "samples_per_prompt": args.bon_samples, "policy_sample_misrouting": misrouting,
             "nan_gold": int(torch.isnan(result.gold_scores).sum()), "curves": curves,
             "fits": [fit.summary() for fit in fits], "gain_at_N_per_prompt": gains, "paired_gain_at_N": paired}
 
@@ -546,18 +636,30 @@ def main(argv: list[str] | None = None) -> dict:
         return {"seconds": times}
     labels = label(args, world, paths, categories_yaml, out)
     tick("labels")
+    if args.train_seed_only is not None:
+        stages = train_seed(args, backbone, paths, labels["path"], categories_yaml, out, args.train_seed_only, False)
+        tick(f"train seed {args.train_seed_only}")
+        return {"seconds": times, "stages": stages}
     run_dir = out / "run"
     stages = train_dmoerm(args, backbone, paths, labels["path"], categories_yaml, run_dir)
     tick("train DMoERM + single RM")
     singles = train_single_rms(args, backbone, paths, run_dir)
     tick("train per-category RMs + seeds")
-    proxies = build_proxies(args, run_dir, world)
+    seed_stages = {i: train_seed(args, backbone, paths, labels["path"], categories_yaml, out, i, True)
+                   for i in range(1, args.dmoerm_seeds)}
+    if seed_stages:
+        tick("train DMoERM + single RM, other seeds")
+    if args.train_only:
+        return {"seconds": times}
+    proxies = build_proxies(args, run_dir, world, paths)
     results = {
         "command": "python benchmarks/fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "settings": {k: v for k, v in vars(args).items()}, "backbone": backbone, "policy": policy,
         "categories": list(categories), "capabilities": categories,
         "data": {"train_pairs": n_train, "test_pairs": n_test, "human_gold_agreement": round(agreement, 4)},
-        "labels": labels, "training": {"dmoerm_pipeline": stages, "single_rms": singles},
+        "labels": labels, "training": {"dmoerm_pipeline": stages, "single_rms": singles,
+                                       "other_seeds": {str(i): v for i, v in seed_stages.items()}},
+        "ensemble_reference_texts": proxies["ensemble mean"][0].config.num_reference_texts,
     }
     results["accuracy"], per_pair = gold_accuracy(proxies, paths["test"], categories_yaml, args.max_length)
     results["significance"] = significance(per_pair)
@@ -569,6 +671,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.skip_bon:
         results["best_of_n"] = best_of_n(args, policy, proxies, world, paths["heldout_prompts"], out)
         tick("best-of-n")
+    if args.dmoerm_seeds > 1:
+        results["seeds"] = seed_summary(results)
     results["seconds"] = times
     results["wall_seconds"] = round(time.perf_counter() - start, 1)
     results["load_average"] = list(os.getloadavg())

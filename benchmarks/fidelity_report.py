@@ -8,7 +8,9 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
+import statistics
 from pathlib import Path
 
 
@@ -100,14 +102,30 @@ def markdown(results: dict) -> str:
                        "of the proxy's pick"), "", "| proxy | " + " | ".join(
                           f"n={n}" for n in sorted(next(iter(bon["curves"].values())))) + " | gain |",
                   "|---" * (len(next(iter(bon["curves"].values()))) + 2) + "|"]
+        per_prompt = bon.get("gain_at_N_per_prompt") or {}
         for name, curve in bon["curves"].items():
             ns = sorted(curve)
+            gains = [g for g in per_prompt.get(name, []) if not math.isnan(g)]
+            sem = f" ± {statistics.stdev(gains) / math.sqrt(len(gains)):.3f}" if len(gains) > 1 else ""
             lines.append(f"| {name} | " + " | ".join(f"{curve[n]['gold']:.3f}" for n in ns)
-                         + f" | {curve[ns[-1]]['gold'] - curve[ns[0]]['gold']:+.3f} |")
+                         + f" | {curve[ns[-1]]['gold'] - curve[ns[0]]['gold']:+.3f}{sem} |")
         lines += ["", f"Standard error of a point over prompts: ~{max(c[max(c)]['gold_sem'] for c in bon['curves'].values()):.2f}. "
                       "DMoERM's gold gain at n=N minus another proxy's, paired over prompts (bootstrap 95% CI): "
                   + "; ".join(f"{k.removeprefix('DMoERM vs ')} {v['difference']:+.3f} [{v['bootstrap_95ci'][0]:+.3f}, "
                               f"{v['bootstrap_95ci'][1]:+.3f}]" for k, v in bon.get("paired_gain_at_N", {}).items())]
+        if bon.get("policy_sample_misrouting"):
+            lines += ["", "Policy samples routed to another category than their prompt's: " + "; ".join(
+                f"{name} {100 * v['rate']:.1f}% ({v['misrouted']}/{v['samples']})"
+                for name, v in bon["policy_sample_misrouting"].items()) + "."]
+    if results.get("seeds"):
+        lines += ["", "Over training seeds (each seed: its own data split and initialisation; mean ± standard deviation "
+                      "over seeds):", "", "| method | runs | accuracy vs gold | best-of-N gold gain |", "|---|---|---|---|"]
+        for method, entry in results["seeds"].items():
+            sd = entry.get("accuracy_sd_over_seeds") or 0.0
+            gain = (f"{entry['bon_gain_mean']:+.3f} ± {entry.get('bon_gain_sd_over_seeds') or 0.0:.3f} ("
+                    + ", ".join(f"{g:+.3f}" for g in entry["bon_gain"]) + ")") if "bon_gain" in entry else "-"
+            lines.append(f"| {method} | {len(entry['runs'])} | {100 * entry['accuracy_mean']:.1f} ± {100 * sd:.1f} ("
+                         + ", ".join(f"{100 * a:.1f}" for a in entry["accuracy"]) + f") | {gain} |")
     return "\n".join(lines)
 
 
