@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-seed-only", type=int, default=None,
                    help="Only train seed i's DMoERM + single RM into OUTPUT/run_seed<i>, then stop (run it beside "
                    "the main run, after the main run's labels exist; the main run waits for it).")
+    p.add_argument("--ensemble-of-seed-runs", action="store_true",
+                   help="Ensemble members = the single RMs of the --dmoerm-seeds runs (run/baseline, "
+                   "run_seed1/baseline, ...) instead of extra single RMs on seed 0's splits (saves their training).")
+    p.add_argument("--skip-per-category-rms", action="store_true",
+                   help="Do not train one single RM per category (drops the row 'single RM per category').")
+    p.add_argument("--eval-pairs-per-category", type=int, default=None,
+                   help="Score only the first K clean test pairs of each category (default: all).")
     p.add_argument("--train-only", action="store_true",
                    help="Stop after training (a rerun of the command without it reuses every trained model).")
     p.add_argument("--raw-ensembles", action="store_true",
@@ -209,8 +216,9 @@ def train_single_rms(args, backbone, paths, run_dir: Path) -> dict:
         ids = [index[pid] for c in categories for part in parts for pid in splits[c].get(part, []) if pid in index]
         return pairs.select(ids).remove_columns(["pair_id"])
 
-    jobs = {f"seed{i}": (list(splits), args.seed + i) for i in range(1, args.seeds)}
-    jobs.update({f"category_{c}": ([c], args.seed) for c in splits})
+    jobs = {} if args.ensemble_of_seed_runs else {f"seed{i}": (list(splits), args.seed + i) for i in range(1, args.seeds)}
+    if not args.skip_per_category_rms:
+        jobs.update({f"category_{c}": ([c], args.seed) for c in splits})
     done = {}
     for name, (categories, seed) in jobs.items():
         target = run_dir / "single_rms" / name
@@ -273,12 +281,16 @@ def build_proxies(args, run_dir: Path, world, paths=None) -> dict:
 
     dmoerm, dmoerm_tokenizer = load_reward_model(run_dir)
     members = [load_reward_model(run_dir / "baseline")]
-    members += [load_reward_model(run_dir / "single_rms" / f"seed{i}") for i in range(1, args.seeds)]
+    if args.ensemble_of_seed_runs:
+        members += [load_reward_model(run_dir.with_name(f"run_seed{i}") / "baseline") for i in range(1, args.dmoerm_seeds)]
+    else:
+        members += [load_reward_model(run_dir / "single_rms" / f"seed{i}") for i in range(1, args.seeds)]
     tokenizer = members[0][1]
     per_category = {}
-    for category in dmoerm.config.category_names:
-        model, tok = load_reward_model(run_dir / "single_rms" / f"category_{category}")
-        per_category[category] = RewardScorer(model, tok, name=f"rm_{category}")
+    if not args.skip_per_category_rms:
+        for category in dmoerm.config.category_names:
+            model, tok = load_reward_model(run_dir / "single_rms" / f"category_{category}")
+            per_category[category] = RewardScorer(model, tok, name=f"rm_{category}")
     models = [m for m, _ in members]
     ensembles = {mode: RewardEnsemble(models, mode=mode, uwo_lambda=0.5) for mode in ("mean", "wco", "uwo")}
     if paths is not None:
@@ -291,7 +303,7 @@ def build_proxies(args, run_dir: Path, world, paths=None) -> dict:
             ensemble.config.num_reference_texts = statistics.config.num_reference_texts
     proxies = {
         "single RM (all data)": (models[0], tokenizer),
-        "single RM per category": CategoryRoutedReward(per_category, world),
+        "single RM per category": CategoryRoutedReward(per_category, world) if per_category else None,
         "DMoERM": (dmoerm, dmoerm_tokenizer),
         "DMoERM (true category)": DMoERMWithTrueCategory(dmoerm, dmoerm_tokenizer, world),
         "ensemble mean": (ensembles["mean"], tokenizer),
@@ -304,8 +316,9 @@ def build_proxies(args, run_dir: Path, world, paths=None) -> dict:
     for i in range(1, args.dmoerm_seeds):
         seed_dir = run_dir.with_name(f"run_seed{i}")
         proxies[f"DMoERM (seed {i})"] = load_reward_model(seed_dir)
-        proxies[f"single RM (seed {i})"] = load_reward_model(seed_dir / "baseline")
-    return proxies
+        proxies[f"single RM (seed {i})"] = members[i] if args.ensemble_of_seed_runs else load_reward_model(
+            seed_dir / "baseline")
+    return {name: reward for name, reward in proxies.items() if reward is not None}
 
 
 def train_seed(args, backbone, paths, labels_path, categories_yaml, out: Path, index: int, wait: bool) -> dict:
@@ -446,13 +459,22 @@ def score_once(proxies: dict, prompts: list, completions: list, check_rows: int 
     return scores
 
 
-def gold_accuracy(proxies: dict, test_path, categories_yaml, max_length: int) -> tuple[dict, dict]:
+def gold_accuracy(proxies: dict, test_path, categories_yaml, max_length: int,
+                  eval_pairs_per_category: int | None = None) -> tuple[dict, dict]:
     """Accuracy against the gold per method (with standard errors) and the per-pair correctness (for the tests)."""
     from dmoerm_trl.data import load_preference_pairs
     from dmoerm_trl.evaluation import pairwise_accuracy
     from dmoerm_trl.rl.scoring import build_reward_texts
 
     pairs = load_preference_pairs(test_path, categories=str(categories_yaml))
+    if eval_pairs_per_category:
+        seen: dict[str, int] = {}
+        keep_rows = []
+        for i, category in enumerate(pairs["category"]):
+            seen[category] = seen.get(category, 0) + 1
+            if seen[category] <= eval_pairs_per_category:
+                keep_rows.append(i)
+        pairs = pairs.select(keep_rows)
     prompts, categories = list(pairs["prompt"]), list(pairs["category"])
     chosen, rejected = list(pairs["chosen"]), list(pairs["rejected"])
     # Pairs longer than the backbone accepts are dropped (counted), as training drops them.
@@ -661,7 +683,8 @@ def main(argv: list[str] | None = None) -> dict:
                                        "other_seeds": {str(i): v for i, v in seed_stages.items()}},
         "ensemble_reference_texts": proxies["ensemble mean"][0].config.num_reference_texts,
     }
-    results["accuracy"], per_pair = gold_accuracy(proxies, paths["test"], categories_yaml, args.max_length)
+    results["accuracy"], per_pair = gold_accuracy(proxies, paths["test"], categories_yaml, args.max_length,
+                                                  args.eval_pairs_per_category)
     results["significance"] = significance(per_pair)
     _write_atomic(out / "per_pair_correct.json", json.dumps(per_pair))
     results["router"] = router_accuracy(run_dir, paths["test"], categories_yaml, proxies, args.max_length,
