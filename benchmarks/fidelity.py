@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-target-modules", default=None,
                    help="Comma list of module names LoRA adapts (default: the model's auto choice, q/v projections).")
     p.add_argument("--router-learning-rate", type=float, default=None, help="Router stage rate (default 3e-3).")
+    p.add_argument("--aggregator-learning-rate", type=float, default=1e-4,
+                   help="Phase-3 rate (default 1e-4, the package default: on standardised expert features the former "
+                   "2 x --learning-rate overfit, docs/benchmarks.md).")
     p.add_argument("--max-length", type=int, default=None, help="Tokens per sequence (default 192).")
     p.add_argument("--seeds", type=int, default=None, help="Single RMs in the ensembles (default 3).")
     p.add_argument("--bon-prompts", type=int, default=None, help="Held-out prompts for best-of-n (default 12).")
@@ -170,7 +173,7 @@ def _training_config(args, output_dir, seed: int):
         logging_steps=10, save_total_limit=1, early_stopping_patience=None, disable_tqdm=True,
         router_learning_rate=args.router_learning_rate or args.learning_rate, router_num_train_epochs=args.router_epochs,
         task_learning_rate=args.learning_rate,
-        capability_learning_rate=args.learning_rate, aggregator_learning_rate=2 * args.learning_rate,
+        capability_learning_rate=args.learning_rate, aggregator_learning_rate=args.aggregator_learning_rate,
         aggregator_num_train_epochs=max(3.0, 2 * args.epochs), baseline_learning_rate=args.learning_rate,
         learning_rate=args.learning_rate, torch_num_threads=args.threads, dataloader_num_workers=0,
     )
@@ -620,7 +623,22 @@ def best_of_n(args, policy_path, proxies: dict, world, heldout_path, out: Path) 
             routed = DMoERMWithTrueCategory(model, tokenizer, world)._forward(flat_prompts, flat, None, route=True)[1]
             wrong = sum(model.config.category_names[r] != c for r, c in zip(routed, true))
             misrouting[name] = {"samples": len(flat), "misrouted": wrong, "rate": round(wrong / max(1, len(flat)), 4)}
+    # Which member decides WCO's minimum on the policy samples: raw, mostly the member with the lowest offset.
+    wco_member_share = None
+    if "ensemble WCO" in proxies:
+        from dmoerm_trl.rl import RewardScorer
+
+        ensemble, tokenizer = proxies["ensemble WCO"]
+        members = torch.stack([RewardScorer(m, tokenizer, batch_size=32)(flat_prompts, flat).double()
+                               for m in ensemble.members], dim=-1)
+        lowest = int(members.mean(0).argmin())
+        standardized = (members - torch.tensor(ensemble.config.member_means or [0.0] * members.shape[1])) / torch.tensor(
+            ensemble.config.member_stds or [1.0] * members.shape[1])
+        wco_member_share = {"lowest_mean_member": lowest, "member_means_on_samples": members.mean(0).tolist(),
+                            "raw": (members.argmin(-1) == lowest).double().mean().item(),
+                            "standardized": (standardized.argmin(-1) == lowest).double().mean().item()}
     return {"prompts": len(prompts), "samples_per_prompt": args.bon_samples, "policy_sample_misrouting": misrouting,
+            "wco_minimum_is_lowest_offset_member": wco_member_share,
             "nan_gold": int(torch.isnan(result.gold_scores).sum()), "curves": curves,
             "fits": [fit.summary() for fit in fits], "gain_at_N_per_prompt": gains, "paired_gain_at_N": paired}
 

@@ -117,6 +117,11 @@ def markdown(results: dict) -> str:
             lines += ["", "Policy samples routed to another category than their prompt's: " + "; ".join(
                 f"{name} {100 * v['rate']:.1f}% ({v['misrouted']}/{v['samples']})"
                 for name, v in bon["policy_sample_misrouting"].items()) + "."]
+    share = (bon or {}).get("wco_minimum_is_lowest_offset_member")
+    if share:
+        lines += ["", (f"WCO's minimum comes from the member with the lowest mean reward on the policy samples on "
+                       f"{100 * share['raw']:.1f}% of them with raw members, {100 * share['standardized']:.1f}% with "
+                       "members standardised on reference texts.")]
     if results.get("seeds"):
         lines += ["", "Over training seeds (each seed: its own data split and initialisation; mean ± standard deviation "
                       "over seeds):", "", "| method | runs | accuracy vs gold | best-of-N gold gain |", "|---|---|---|---|"]
