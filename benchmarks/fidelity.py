@@ -414,7 +414,15 @@ class DMoERMWithTrueCategory:
         return {"true": true_scores, "routed": routed_scores, "routed_ids": routed, "true_ids": true}
 
 
-def score_once(proxies: dict, prompts: list, completions: list, check_rows: int = 4) -> dict:
+def run_parallel(tasks: list, workers: int = 4) -> list:
+    """Run zero-argument callables several at a time (threads: torch releases the GIL) and return their results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(tasks)))) as pool:
+        return [future.result() for future in [pool.submit(task) for task in tasks]]
+
+
+def score_once(proxies: dict, prompts: list, completions: list, check_rows: int = 4, cache: dict | None = None) -> dict:
     """``{method: (2n,) scores}``: every model scores the texts ONCE; ensembles combine their members' cached scores
     with :meth:`RewardEnsemble.combine` (the same mean / min / mean - lambda var), checked against the ensemble's own
     forward on ``check_rows`` texts."""
@@ -422,14 +430,29 @@ def score_once(proxies: dict, prompts: list, completions: list, check_rows: int 
 
     from dmoerm_trl.rl import RewardEnsemble, RewardScorer
 
-    cache: dict[int, torch.Tensor] = {}
+    cache = {} if cache is None else cache  # id(model) -> scores
 
     def model_scores(model, tokenizer, name):
         if id(model) not in cache:
             cache[id(model)] = RewardScorer(model, tokenizer, batch_size=32, name=name)(prompts, completions).float()
         return cache[id(model)]
 
-    scores, routing = {}, None
+    # Score every distinct model in parallel threads first (torch releases the GIL: on a shared machine the
+    # scoring of several models then proceeds side by side); the loop below reads the cache.
+    jobs = {}
+    for name, reward in proxies.items():
+        if isinstance(reward, tuple) and isinstance(reward[0], RewardEnsemble):
+            for i, member in enumerate(reward[0].members):
+                jobs.setdefault(id(member), (member, reward[1], f"{name}[{i}]"))
+        elif isinstance(reward, tuple) and not (name == "DMoERM" and isinstance(
+                proxies.get("DMoERM (true category)"), DMoERMWithTrueCategory)):
+            jobs.setdefault(id(reward[0]), (reward[0], reward[1], name))
+    true_category = proxies.get("DMoERM (true category)")
+    tasks = [lambda job=job: model_scores(*job) for job in jobs.values()]
+    if isinstance(true_category, DMoERMWithTrueCategory):
+        tasks.insert(0, lambda: true_category.score_both(prompts, completions))
+    done = run_parallel(tasks)
+    scores, routing, checked = {}, (done[0] if isinstance(true_category, DMoERMWithTrueCategory) else None), False
     for name, reward in proxies.items():
         start = time.perf_counter()
         if isinstance(reward, DMoERMWithTrueCategory) or name == "DMoERM" and isinstance(
@@ -438,6 +461,8 @@ def score_once(proxies: dict, prompts: list, completions: list, check_rows: int 
             # the routed scores are checked against the model's own forward (router inside) on check_rows texts.
             if routing is None:
                 routing = proxies["DMoERM (true category)"].score_both(prompts, completions)
+            if not checked:
+                checked = True
                 model, tokenizer = proxies["DMoERM"]
                 direct = RewardScorer(model, tokenizer, batch_size=check_rows)(prompts[:check_rows],
                                                                                completions[:check_rows])
@@ -596,8 +621,21 @@ def best_of_n(args, policy_path, proxies: dict, world, heldout_path, out: Path) 
     gold = GoldReward(world, on_unknown="nan")
     candidates = policy_samples(args, policy_path, prompts, out, gold)
     sampler = _policy_sampler(args, policy_path, gold)
-    result = sampler.evaluate(prompts, gold=gold, n=args.bon_samples, proxies={**proxies, "gold (oracle)": gold},
-                              candidates=candidates)
+    flat_prompts = [p for p, texts in zip(prompts, candidates) for _ in texts]
+    flat = [t for texts in candidates for t in texts]
+    # Every proxy scores the samples once, distinct models in parallel threads; evaluate() then reads the scores.
+    member_cache: dict = {}
+    precomputed = score_once(proxies, flat_prompts, flat, cache=member_cache)
+
+    def cached(values):
+        def reward(prompts=None, completions=None, **kwargs):
+            if len(completions) != len(values):
+                raise ValueError("precomputed scores are for another set of samples")
+            return values.tolist()
+        return reward
+
+    result = sampler.evaluate(prompts, gold=gold, n=args.bon_samples, candidates=candidates,
+                              proxies={**{name: cached(v) for name, v in precomputed.items()}, "gold (oracle)": gold})
     write_records_csv(result.records, out / "best_of_n.csv")
     fits = plot_overoptimization(result.records, out / "overoptimization.png",
                                  title="Fidelity: best-of-n gold gain vs sqrt(KL), each method as the proxy")
@@ -613,24 +651,24 @@ def best_of_n(args, policy_path, proxies: dict, world, heldout_path, out: Path) 
     paired = {f"DMoERM vs {name}": paired_mean_difference(gains["DMoERM"], gains[name], seed=args.seed)
               for name in gains if name not in ("DMoERM", "gold (oracle)")}
     # How each DMoERM routes the policy's own samples (misrouted = another category than the prompt's).
-    flat_prompts = [p for p, texts in zip(prompts, candidates) for _ in texts]
-    flat = [t for texts in candidates for t in texts]
-    true = proxies["DMoERM (true category)"].gold.categories_of(flat_prompts)
+    true = gold.categories_of(flat_prompts)
+    dmoerms = {name: reward for name, reward in proxies.items() if name.startswith("DMoERM") and isinstance(reward, tuple)}
+    routed_ids = run_parallel([
+        lambda reward=reward: DMoERMWithTrueCategory(reward[0], reward[1], world)._forward(
+            flat_prompts, flat, None, route=True)[1]
+        for reward in dmoerms.values()])
     misrouting = {}
-    for name, reward in proxies.items():
-        if name.startswith("DMoERM") and isinstance(reward, tuple):
-            model, tokenizer = reward
-            routed = DMoERMWithTrueCategory(model, tokenizer, world)._forward(flat_prompts, flat, None, route=True)[1]
-            wrong = sum(model.config.category_names[r] != c for r, c in zip(routed, true))
-            misrouting[name] = {"samples": len(flat), "misrouted": wrong, "rate": round(wrong / max(1, len(flat)), 4)}
+    for (name, (model, _)), routed in zip(dmoerms.items(), routed_ids):
+        wrong = sum(model.config.category_names[r] != c for r, c in zip(routed, true))
+        misrouting[name] = {"samples": len(flat), "misrouted": wrong, "rate": round(wrong / max(1, len(flat)), 4)}
     # Which member decides WCO's minimum on the policy samples: raw, mostly the member with the lowest offset.
     wco_member_share = None
     if "ensemble WCO" in proxies:
         from dmoerm_trl.rl import RewardScorer
 
         ensemble, tokenizer = proxies["ensemble WCO"]
-        members = torch.stack([RewardScorer(m, tokenizer, batch_size=32)(flat_prompts, flat).double()
-                               for m in ensemble.members], dim=-1)
+        members = torch.stack([member_cache[id(m)].double() if id(m) in member_cache else RewardScorer(
+            m, tokenizer, batch_size=32)(flat_prompts, flat).double() for m in ensemble.members], dim=-1)
         lowest = int(members.mean(0).argmin())
         standardized = (members - torch.tensor(ensemble.config.member_means or [0.0] * members.shape[1])) / torch.tensor(
             ensemble.config.member_stds or [1.0] * members.shape[1])
