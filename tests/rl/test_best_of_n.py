@@ -122,6 +122,12 @@ def test_evaluate_compares_proxies_against_gold(policy, policy_tokenizer, proxie
     torch.testing.assert_close(result.proxy_scores["ensemble_mean"], direct, rtol=1e-5, atol=1e-6)
     result.to_csv(tmp_path / "bon.csv")
     assert (tmp_path / "bon.csv").read_text().splitlines()[0].startswith("source,proxy,n,step,kl")
+    # Samples drawn earlier (e.g. cached in a file) are scored as given, nothing is sampled: the same curves.
+    sampler.generate = None  # would fail if called
+    again = sampler.evaluate(prompts[:4], gold=gold, proxies={"single": proxies[0]}, candidates=result.candidates)
+    assert again.records == [r for r in result.records if r["proxy"] == "single"]
+    with pytest.raises(ValueError, match="N=8 samples for each of the 4 prompts"):
+        sampler.evaluate(prompts[:4], gold=gold, candidates=[c[:3] for c in result.candidates])
 
 
 def test_bad_input(policy, policy_tokenizer, proxies, prompts):
