@@ -112,7 +112,9 @@ def main(argv=None) -> dict:
         for start in range(0, len(texts), 32):
             batch = tokenizer(list(texts[start:start + 32]), return_tensors="pt", padding=True, padding_side="right",
                               add_special_tokens=False)
-            routed = model(**batch)
+            # The whole text as the router's input (prompt_mask = every real token): the routing before prompt-only
+            # routing, where a response could send a sample to another category's scale.
+            routed = model(**batch, prompt_mask=batch["attention_mask"])
             routed_raw += routed.logits[:, 0].double().tolist()
             routed_ids += routed.category_ids.tolist()
             given = model(**batch, categories=true[start:start + 32])
