@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Stop after training (a rerun of the command without it reuses every trained model).")
     p.add_argument("--raw-ensembles", action="store_true",
                    help="Also report the ensembles over raw (unstandardised) members, as before standardisation.")
+    p.add_argument("--wait-for-samples", action="store_true",
+                   help="Best-of-n: wait for OUTPUT/bon_samples.json (being drawn by a --sample-only run) instead of "
+                   "sampling.")
     p.add_argument("--sample-only", action="store_true",
                    help="Only generate the data and the policy's best-of-n samples (bon_samples.json), then stop: a "
                    "later run on the same --output reuses them.")
@@ -592,6 +595,8 @@ def policy_samples(args, policy_path, prompts: list, out: Path, gold) -> list[li
     key = {"policy": str(policy_path), "prompts": prompts, "n": args.bon_samples,
            "max_new_tokens": args.bon_max_new_tokens, "seed": args.seed}
     path = out / "bon_samples.json"
+    while args.wait_for_samples and not path.exists():
+        time.sleep(15)
     if path.exists():
         cached = json.loads(path.read_text(encoding="utf-8"))
         old = cached.get("key", {})
