@@ -123,8 +123,8 @@ def markdown(results: dict) -> str:
                        f"{100 * share['raw']:.1f}% of them with raw members, {100 * share['standardized']:.1f}% with "
                        "members standardised on reference texts.")]
     if results.get("seeds"):
-        lines += ["", "Over training seeds (each seed: its own data split and initialisation; mean ± standard deviation "
-                      "over seeds):", "", "| method | runs | accuracy vs gold | best-of-N gold gain |", "|---|---|---|---|"]
+        lines += ["", ("Over training seeds (each seed: its own data split and initialisation; mean ± standard deviation "
+                       "over seeds):"), "", "| method | runs | accuracy vs gold | best-of-N gold gain |", "|---|---|---|---|"]
         for method, entry in results["seeds"].items():
             sd = entry.get("accuracy_sd_over_seeds") or 0.0
             gain = (f"{entry['bon_gain_mean']:+.3f} ± {entry.get('bon_gain_sd_over_seeds') or 0.0:.3f} ("

@@ -127,8 +127,10 @@ def main(argv=None) -> dict:
     gold_matrix = gold_scores.reshape(len(prompts), n)
     baseline = gold_matrix.nanmean(1)
     for method in METHODS:
-        apply = lambda values, cats: torch.tensor(  # noqa: E731
-            [(v - stats[method][c][0]) / stats[method][c][1] for v, c in zip(values, cats)], dtype=torch.float64)
+        def apply(values, cats, method=method):
+            return torch.tensor([(v - stats[method][c][0]) / stats[method][c][1] for v, c in zip(values, cats)],
+                                dtype=torch.float64)
+
         routed = apply(routed_raw, routed_names)
         given = apply(true_raw, true)
         gains = expected_best_of_n(routed.reshape(len(prompts), n), gold_matrix, n) - baseline
