@@ -376,6 +376,7 @@ class DMoERMWithTrueCategory:
         from dmoerm_trl.synthetic import GoldReward
 
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.max_length = getattr(model.config, "max_position_embeddings", None)
         self.gold = GoldReward(world, on_unknown="nan")
         self.__name__ = "dmoerm_true_category"
 
@@ -386,14 +387,18 @@ class DMoERMWithTrueCategory:
         import torch
 
         from dmoerm_trl.rl.scoring import build_reward_texts, eval_mode, is_conversational_prompt
+        from dmoerm_trl.truncation import encode_keep_end
 
         texts = build_reward_texts(self.tokenizer, prompts, completions)
         conversational = bool(prompts) and is_conversational_prompt(prompts[0])
         values, routed = [], []
         with eval_mode(self.model), torch.no_grad():
             for start in range(0, len(texts), self.batch_size):  # tokenized exactly as RewardScorer does
-                batch = self.tokenizer(list(texts[start:start + self.batch_size]), return_tensors="pt", padding=True,
-                                       padding_side="right", add_special_tokens=not conversational)
+                # over-long texts keep their end, as RewardScorer and `dmoerm eval` do
+                encoded, _ = encode_keep_end(self.tokenizer, texts[start:start + self.batch_size], self.max_length,
+                                             not conversational)
+                batch = self.tokenizer.pad({"input_ids": encoded}, padding=True, padding_side="right",
+                                           return_tensors="pt")
                 ids, mask = batch["input_ids"], batch["attention_mask"]
                 if route:
                     routed += self.model.route(ids, mask).argmax(-1).tolist()
@@ -508,15 +513,13 @@ def gold_accuracy(proxies: dict, test_path, categories_yaml, max_length: int,
         pairs = pairs.select(keep_rows)
     prompts, categories = list(pairs["prompt"]), list(pairs["category"])
     chosen, rejected = list(pairs["chosen"]), list(pairs["rejected"])
-    # Pairs longer than the backbone accepts are dropped (counted), as training drops them.
+    # Pairs longer than the backbone accepts are scored on their end (oldest prompt tokens dropped, the response
+    # kept), as `dmoerm eval` and every scorer of the package do; they are counted.
     model, tokenizer = proxies["DMoERM"]
     limit = min(x for x in (max_length, getattr(model.config, "max_position_embeddings", None)) if x)
     lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"])
                for text in build_reward_texts(tokenizer, prompts + prompts, chosen + rejected)]
-    keep = [i for i in range(len(prompts)) if max(lengths[i], lengths[len(prompts) + i]) <= limit]
-    dropped = len(prompts) - len(keep)
-    prompts, categories = [prompts[i] for i in keep], [categories[i] for i in keep]
-    chosen, rejected = [chosen[i] for i in keep], [rejected[i] for i in keep]
+    truncated = sum(max(lengths[i], lengths[len(prompts) + i]) > limit for i in range(len(prompts)))
     n = len(prompts)
     scores = score_once(proxies, prompts + prompts, chosen + rejected)
     result, correct = {}, {}
@@ -530,7 +533,7 @@ def gold_accuracy(proxies: dict, test_path, categories_yaml, max_length: int,
                         "per_category_pairs": {c: v["total"] for c, v in report["per_category"].items()},
                         "per_category_stderr": {c: stderr(v["accuracy"], v["total"])
                                                 for c, v in report["per_category"].items()},
-                        "reward_ties": report["overall"]["reward_ties"], "test_pairs_dropped_too_long": dropped}
+                        "reward_ties": report["overall"]["reward_ties"], "test_pairs_truncated": truncated}
     return result, {"categories": categories, "correct": correct}
 
 
