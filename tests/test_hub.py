@@ -16,7 +16,11 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 from dmoerm_trl import DMoERMForSequenceClassification
 from dmoerm_trl.testing_utils import randomize_adapters
 
-TEXTS = ["What is the capital of France? Paris.", "How are you today? Fine, thanks."]
+# chat-templated (ChatML, the tiny tokenizer's template): the router reads the prompt, up to the assistant opener
+TEXTS = [f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n" for user, answer in [
+    ('What is the capital of France?', 'Paris.'),
+    ('How are you today?', 'Fine, thanks.'),
+]]
 SNAPSHOT = "89abcdef0123456789abcdef0123456789abcdef"
 STAGE_METRICS = {  # what the training pipeline's stages report (trainer bookkeeping included)
     "router": {"eval_accuracy": 0.95, "eval_loss": 0.2, "eval_runtime": 1.3, "eval_samples_per_second": 40.0,

@@ -16,13 +16,20 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     return parser
 
 
+# The aggregators' calibration statistics are buffers saved beside the weights, not parameters.
+_STATISTICS = ("feature_mean", "feature_std", "reward_mean", "reward_std")
+
+
 def _safetensors_numel(path: Path) -> int:
+    """Parameters stored in a safetensors file (the aggregators' calibration statistics are not counted)."""
     from safetensors import SafetensorError, safe_open
 
     total = 0
     try:
         with safe_open(str(path), framework="pt") as handle:
             for key in handle.keys():
+                if key.rsplit(".", 1)[-1] in _STATISTICS:
+                    continue
                 numel = 1
                 for dim in handle.get_slice(key).get_shape():
                     numel *= dim

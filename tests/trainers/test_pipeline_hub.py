@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 from trainer_helpers import quick_args, train_one_category
 from transformers import TrainerCallback
 
@@ -91,7 +92,9 @@ def test_push_to_hub_at_the_end_and_final_metrics_to_the_trackers(tmp_path, monk
     exported = DMoERMForSequenceClassification.from_pretrained(run)
     assert {p.split("/")[1] for p in files if p.startswith("adapters/")} == set(exported.all_adapter_names())
     reloaded = DMoERMForSequenceClassification.from_pretrained(uploaded)
-    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello"}],
+                                        return_tensors="pt", return_dict=True)["input_ids"]
     torch.testing.assert_close(reloaded(input_ids=ids).logits, exported(input_ids=ids).logits, rtol=0, atol=0)
     state = json.loads((run / "pipeline_state.json").read_text())
     assert state["pushed_commit"].endswith("/commit/1")
