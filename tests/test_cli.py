@@ -60,7 +60,8 @@ def test_example_then_info_then_score(tiny_llama_path, tmp_path, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert len(lines) == 3 and all("reward" in line and "capabilities" in line for line in lines)
     # messages, and the same conversation as chat-templated text (batched with other rows: float noise only)
-    assert lines[0]["category"] == lines[1]["category"] and lines[0]["reward"] == pytest.approx(lines[1]["reward"], abs=1e-6)
+    assert lines[0]["category"] == lines[1]["category"]
+    assert lines[0]["reward"] == pytest.approx(lines[1]["reward"], abs=1e-6)
     assert lines[2]["category"] == "chitchat" and lines[2]["router_prob"] is None
     # Plain text gives the router no prompt boundary: an error naming the line and the fixes.
     conversations.write_text(json.dumps({"text": templated}) + "\n" + json.dumps({"text": "plain text"}) + "\n")
