@@ -180,21 +180,8 @@ class RemoteReward:
         texts = list(texts)
         if prompts is not None and len(prompts) != len(texts):
             raise ValueError(f"{len(prompts)} prompts for {len(texts)} texts; pass one prompt per text")
-        payloads = []
-        for part in self._chunks(len(texts)):
-            payload = {"query": texts[part]}
-            if prompts is not None:
-                payload["prompts"] = list(prompts[part])
-            payloads.append(payload)
-        rewards: list[float] = []
-        for payload, answer in zip(payloads, self._map_chunks("/get_reward", payloads)):
-            values = answer.get("rewards") if isinstance(answer, dict) else None
-            if not isinstance(values, list) or len(values) != len(payload["query"]):
-                raise RemoteRewardError(
-                    f"{self.url}/get_reward: expected {len(payload['query'])} rewards, got {str(values)[:200]}"
-                )
-            rewards.extend(math.nan if value is None else float(value) for value in values)
-        return rewards
+        values = self._post_chunked("/get_reward", "query", texts, "prompts", prompts, "rewards")
+        return [math.nan if value is None else float(value) for value in values]
 
     def score_conversations(self, conversations: Sequence, categories=None) -> list[dict]:
         """Per-conversation ``{reward, category, router_prob, capability_rewards}`` via ``/v1/rewards``.
@@ -207,19 +194,26 @@ class RemoteReward:
         conversations = list(conversations)
         if isinstance(categories, str):
             categories = [categories] * len(conversations)
+        return self._post_chunked("/v1/rewards", "conversations", conversations, "categories", categories, "results")
+
+    def _post_chunked(self, endpoint: str, key: str, items: list, extra_key: str, extra, answer_key: str) -> list:
+        """POST ``items`` (and the parallel ``extra`` list, if any) in chunks; the answers' ``answer_key`` lists,
+        concatenated in order, each checked to have one entry per item."""
         payloads = []
-        for part in self._chunks(len(conversations)):
-            payload = {"conversations": conversations[part]}
-            if categories is not None:
-                payload["categories"] = list(categories[part])
+        for part in self._chunks(len(items)):
+            payload = {key: items[part]}
+            if extra is not None:
+                payload[extra_key] = list(extra[part])
             payloads.append(payload)
-        results: list[dict] = []
-        for payload, answer in zip(payloads, self._map_chunks("/v1/rewards", payloads)):
-            values = answer.get("results") if isinstance(answer, dict) else None
-            if not isinstance(values, list) or len(values) != len(payload["conversations"]):
-                raise RemoteRewardError(f"{self.url}/v1/rewards: expected {len(payload['conversations'])} results")
-            results.extend(values)
-        return results
+        collected: list = []
+        for payload, answer in zip(payloads, self._map_chunks(endpoint, payloads)):
+            values = answer.get(answer_key) if isinstance(answer, dict) else None
+            if not isinstance(values, list) or len(values) != len(payload[key]):
+                raise RemoteRewardError(
+                    f"{self.url}{endpoint}: expected {len(payload[key])} {answer_key}, got {str(values)[:200]}"
+                )
+            collected.extend(values)
+        return collected
 
     def health(self) -> dict:
         """The server's ``/health`` (model id, categories, ready)."""
