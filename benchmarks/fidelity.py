@@ -469,7 +469,8 @@ def score_once(proxies: dict, prompts: list, completions: list, check_rows: int 
     scores, routing, checked = {}, (done[0] if isinstance(true_category, DMoERMWithTrueCategory) else None), False
     for name, reward in proxies.items():
         start = time.perf_counter()
-        if isinstance(reward, DMoERMWithTrueCategory) or name == "DMoERM" and isinstance(
+        # (other seeds' true-category rows are DMoERMWithTrueCategory too: they score through their own __call__)
+        if name in ("DMoERM", "DMoERM (true category)") and isinstance(
                 proxies.get("DMoERM (true category)"), DMoERMWithTrueCategory):
             # Both DMoERM rows from one pass with the true category + the router + re-scoring the misrouted texts;
             # the routed scores are checked against the model's own forward (router inside) on check_rows texts.
