@@ -88,6 +88,12 @@ def markdown(results: dict) -> str:
                  f"error). DMoERM router accuracy: {_pct(router.get('prompt'))}% (prompt only), "
                  f"{_pct(router.get('full'))}% (prompt + response). Human labels agree with the gold on "
                  f"{_pct(results['data']['human_gold_agreement'])}% of training pairs.")
+    if len(results.get("router_per_seed") or {}) > 1:
+        lines.append("")
+        lines.append("Router accuracy on the test prompts per training seed (%, prompt only): " + "; ".join(
+            f"{name}: {_pct(entry.get('prompt'))} ("
+            + ", ".join(f"{c} {_pct(v)}" for c, v in (entry.get("per_category_prompt") or {}).items()) + ")"
+            for name, entry in results["router_per_seed"].items()))
     if results.get("significance"):
         lines += ["", ("| DMoERM vs | difference (points) | only DMoERM right / only other right | McNemar p "
                        "(exact, two-sided) | paired bootstrap 95% CI |"), "|---|---|---|---|---|"]

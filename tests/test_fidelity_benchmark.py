@@ -118,3 +118,33 @@ def test_help_prints_every_option():
                             check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--router-epochs" in result.stdout and "--pairs-per-category" in result.stdout
+
+
+def test_full_router_schedule_gives_the_prompt_only_router_enough_steps(tmp_path):
+    """The router trains on one example per distinct prompt (prompt-only routing): ~4x fewer examples than when it
+    also trained on each full conversation. The benchmark's router schedule is in epochs, so its former 0.5 epoch
+    became 13 optimiser steps: loss 1.15 (chance ln 3 = 1.10), a router that sent the whole objective_qa category
+    elsewhere (0/71 test prompts, docs/benchmarks.md). ~50 steps (2 epochs) reached 98.6%. The full defaults must
+    give the router at least 40 steps on the default world's router split."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import fidelity
+
+    from dmoerm_trl.data import load_preference_pairs
+    from dmoerm_trl.prompt_boundary import assistant_opener_ids
+    from dmoerm_trl.synthetic.generator import SyntheticDataConfig, generate_dataset, write_dataset
+    from dmoerm_trl.testing_utils import make_tiny_tokenizer
+    from dmoerm_trl.trainers.router_trainer import router_examples
+
+    args = fidelity.build_parser().parse_args([])
+    fidelity._fill_defaults(args)
+    dataset = generate_dataset(SyntheticDataConfig(pairs_per_category=args.pairs_per_category,
+                                                   test_pairs_per_category=1, categories=args.categories, seed=0))
+    paths = write_dataset(dataset, tmp_path)
+    pairs = load_preference_pairs(paths["train"], categories=paths["categories"])
+    tokenizer = make_tiny_tokenizer()
+    examples = router_examples(pairs, tokenizer, args.categories, None, assistant_opener_ids(tokenizer))
+    distinct_prompts = len({tuple(ids) for ids in examples["input_ids"]})
+    assert len(examples) == distinct_prompts < len(pairs)  # one example per prompt, fewer than the pairs
+    router_split = int(distinct_prompts * (1 - 0.15))  # the pipeline's 15% validation split
+    steps = math.ceil(router_split / 8) * args.router_epochs  # batch 8, as _training_config sets
+    assert steps >= 40, (distinct_prompts, args.router_epochs, steps)
