@@ -100,7 +100,7 @@ def learning_verdict(metrics: dict) -> dict:
     verdict = {}
     for name in ("dmoerm", "baseline"):
         interval = gold[name].get("ci95")
-        verdict[name] = {"gold_ci95_above_half": bool(interval and interval[0] > 0.5)}
+        verdict[name] = {"gold_ci95_above_half": None if not interval else bool(interval[0] > 0.5)}
     task_losses = [v["eval_loss"] for k, v in stages.items() if k.startswith("task/") and v.get("eval_loss")]
     verdict["baseline"]["validation_loss"] = (stages.get("baseline") or {}).get("eval_loss")
     verdict["dmoerm"]["task_validation_loss_mean"] = (round(sum(task_losses) / len(task_losses), 4) if task_losses
@@ -151,7 +151,7 @@ def _learning_line(metrics: dict) -> str:
         return "-" if value is None else f"{value:.3f}"
 
     def learned(ok):
-        return "above 50%" if ok else "**not** above 50%"
+        return "unknown" if ok is None else "above 50%" if ok else "**not** above 50%"
 
     return (f"- **Did they learn?** DMoERM's gold interval is {learned(dmoerm['gold_ci95_above_half'])}, the single "
             f"RM's {learned(base['gold_ci95_above_half'])}; validation loss (ln 2 = {verdict['ln2']:.3f}): single RM "
