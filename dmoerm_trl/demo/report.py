@@ -181,7 +181,9 @@ def render_markdown(metrics: dict) -> str:
         f"{metrics['machine']['load_average_at_start'][0]:.1f}, at the end "
         f"{metrics['machine'].get('load_average_at_end', [float('nan')])[0]:.1f}; CPU time "
         f"{metrics.get('cpu_seconds', float('nan')) / 60:.1f} min, {metrics['machine']['torch_threads']} torch "
-        "thread(s))."),
+        "thread(s))."
+        + (" The policy samples were reused from `bon_samples.json` (not drawn in this run)."
+           if metrics.get("best_of_n", {}).get("sampling_seconds", 0) is None else "")),
         "",
         "## Headline",
         "",
