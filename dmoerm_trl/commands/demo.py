@@ -3,7 +3,7 @@
 Builds a multi-category preference data set with known ground truth, labels capabilities through the openai client
 from a local judge, trains the router + 3 phases and a single-RM baseline, evaluates both against human ranks and
 the gold, runs best-of-n with SmolLM2-135M-Instruct as the policy, and writes a report folder.
-About 15 minutes on 2 CPU cores; --fast about 4. Reruns reuse the label cache and the finished training stages.
+Measured times with their load in docs/demo.md ("Time"). Reruns reuse the label cache and the finished training stages.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ def policy_samples(sampler, policy_path: str, prompts: list, sizes, seed: int, o
         cached = json.loads(path.read_text(encoding="utf-8"))
         if cached.get("key") == key:
             print(f"reusing the policy samples in {path}", flush=True)
+            policy_samples.last_seconds = None  # reused: not drawn in this run
             return cached["candidates"]
     start = time.perf_counter()
     candidates = sampler.generate(prompts, n=sizes.bon_samples)
@@ -46,6 +47,7 @@ def policy_samples(sampler, policy_path: str, prompts: list, sizes, seed: int, o
     tmp.write_text(json.dumps({"key": key, "candidates": candidates,
                                "seconds": round(time.perf_counter() - start, 1)}), encoding="utf-8")
     os.replace(tmp, path)
+    policy_samples.last_seconds = round(time.perf_counter() - start, 1)
     return candidates
 
 
@@ -137,6 +139,7 @@ def run_best_of_n(policy_path: str, run_dir: Path, heldout_path: str, world, siz
             "gold_mean_of_samples": round(float(torch.nan_to_num(gold_scores[i]).mean()), 3)})
     return {"prompts": len(prompts), "samples_per_prompt": sizes.bon_samples, "max_new_tokens": sizes.bon_max_new_tokens,
             "nan_gold": int(torch.isnan(gold_scores).sum()), "curves": curves, "summary": summary,
+            "sampling_seconds": policy_samples.last_seconds,  # None: samples reused from bon_samples.json
             "fits": [fit.summary() for fit in fits], "examples": examples, "policy_sample_routing": routing,
             "gain_at_N_per_prompt": gains,
             "fit_note": f"{len(fit_records(result.records))} curves fitted with Gao et al.'s best-of-n form"}

@@ -36,6 +36,8 @@ def headline(metrics: dict) -> dict:
         "bon_gold_gain_oracle": bon.get("gold (oracle)", {}).get("gold_gain"),
         "bon_gold_gain_sem_dmoerm": bon.get("DMoERM", {}).get("gold_gain_sem"),
         "bon_gold_gain_sem_single_rm": bon.get("single RM", {}).get("gold_gain_sem"),
+        "dmoerm_gold_ci95": gold["dmoerm"].get("ci95"),
+        "baseline_gold_ci95": gold["baseline"].get("ci95"),
         "policy_sample_misrouting_rate": (metrics["best_of_n"].get("policy_sample_routing") or {}).get(
             "misrouting_rate"),
         "wall_seconds": metrics["wall_seconds"],
@@ -74,6 +76,39 @@ def plot_accuracy(metrics: dict, path: Path) -> None:
         figure.savefig(tmp, dpi=120)
 
 
+def _ci(value, interval) -> str:
+    """``61.7% [55.6, 67.5]``: an accuracy with its 95% Wilson interval."""
+    if value is None:
+        return "-"
+    if not interval:
+        return _pct(value)
+    return f"{_pct(value)} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+
+
+def learning_verdict(metrics: dict) -> dict:
+    """Whether each reward model clearly learned (docs/demo.md, "Sizes"): its gold accuracy's 95% interval above
+    50%, and the validation loss of the single RM and of DMoERM's task adapters against ln 2.
+
+    Example:
+        >>> from dmoerm_trl.demo.report import learning_verdict  # doctest: +SKIP
+        >>> learning_verdict(metrics)["baseline"]["gold_ci95_above_half"]  # doctest: +SKIP
+    """
+    import math
+
+    gold = metrics["evaluation"]["gold_test"]
+    stages = metrics["training"]["stages"]
+    verdict = {}
+    for name in ("dmoerm", "baseline"):
+        interval = gold[name].get("ci95")
+        verdict[name] = {"gold_ci95_above_half": None if not interval else bool(interval[0] > 0.5)}
+    task_losses = [v["eval_loss"] for k, v in stages.items() if k.startswith("task/") and v.get("eval_loss")]
+    verdict["baseline"]["validation_loss"] = (stages.get("baseline") or {}).get("eval_loss")
+    verdict["dmoerm"]["task_validation_loss_mean"] = (round(sum(task_losses) / len(task_losses), 4) if task_losses
+                                                      else None)
+    verdict["ln2"] = round(math.log(2), 4)
+    return verdict
+
+
 def _pm(value, sem) -> str:
     return _num(value) if sem is None else f"{_num(value)} ± {sem:.2f}"
 
@@ -101,9 +136,36 @@ def _accuracy_rows(table: dict) -> list[str]:
     categories = sorted(set(table["dmoerm"]["per_category"]) | set(table["baseline"]["per_category"]))
     rows = ["| | overall | " + " | ".join(categories) + " |", "|---|---|" + "---|" * len(categories)]
     for name, label in (("dmoerm", "**DMoERM**"), ("baseline", "single RM (same backbone, same data)")):
-        cells = [_pct(table[name]["per_category"].get(c)) for c in categories]
-        rows.append(f"| {label} | {_pct(table[name]['overall'])} | " + " | ".join(cells) + " |")
-    return rows
+        intervals = table[name].get("per_category_ci95") or {}
+        cells = [_ci(table[name]["per_category"].get(c), intervals.get(c)) for c in categories]
+        rows.append(f"| {label} | {_ci(table[name]['overall'], table[name].get('ci95'))} | " + " | ".join(cells)
+                    + " |")
+    return rows + ["", "Accuracies with their 95% Wilson interval in brackets."]
+
+
+def _learning_line(metrics: dict) -> str:
+    verdict = metrics.get("learning") or learning_verdict(metrics)
+    base, dmoerm = verdict["baseline"], verdict["dmoerm"]
+
+    def loss(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    def learned(ok):
+        return "unknown" if ok is None else "above 50%" if ok else "**not** above 50%"
+
+    return (f"- **Did they learn?** DMoERM's gold interval is {learned(dmoerm['gold_ci95_above_half'])}, the single "
+            f"RM's {learned(base['gold_ci95_above_half'])}; validation loss (ln 2 = {verdict['ln2']:.3f}): single RM "
+            f"{loss(base['validation_loss'])}, DMoERM's task adapters {loss(dmoerm['task_validation_loss_mean'])} "
+            "(mean over categories).")
+
+
+def _scope_sentence(metrics: dict) -> str:
+    bon = metrics["best_of_n"]
+    return (f"What this run shows: the whole pipeline working on a world with a known gold reward, and how far "
+            f"{metrics['data']['train_pairs']} noisy pairs and a {metrics['sizes']['reward_layers']}-layer backbone "
+            f"take each reward model; what it does not show: a benchmark of DMoERM against a single RM (one seed, "
+            f"{bon['prompts']} best-of-n prompts, a tiny backbone: differences inside the intervals are not "
+            "separated; `benchmarks/fidelity.py` and docs/benchmarks.md have the multi-seed comparison).")
 
 
 def render_markdown(metrics: dict) -> str:
@@ -116,17 +178,24 @@ def render_markdown(metrics: dict) -> str:
         "",
         (f"`dmoerm demo` ({mode}), seed {metrics['config']['seed']}, {metrics['wall_seconds'] / 60:.1f} min on "
         f"{metrics['machine']['cpus']} CPU cores (load average at start "
-        f"{metrics['machine']['load_average_at_start'][0]:.1f})."),
+        f"{metrics['machine']['load_average_at_start'][0]:.1f}, at the end "
+        f"{metrics['machine'].get('load_average_at_end', [float('nan')])[0]:.1f}; CPU time "
+        f"{metrics.get('cpu_seconds', float('nan')) / 60:.1f} min, {metrics['machine']['torch_threads']} torch "
+        "thread(s))."
+        + (" The policy samples were reused from `bon_samples.json` (not drawn in this run)."
+           if metrics.get("best_of_n", {}).get("sampling_seconds", 0) is None else "")),
         "",
         "## Headline",
         "",
         (f"- **Pairwise accuracy against the gold preference** (clean held-out test split, "
-        f"{gold['dmoerm']['pairs']} pairs): DMoERM **{_pct(head['dmoerm_gold_accuracy'])}**, single RM "
-        f"{_pct(head['baseline_gold_accuracy'])}. The human labels the models were trained on agree with the gold on "
-        f"{_pct(head['human_labels_gold_agreement'])} of pairs."),
+        f"{gold['dmoerm']['pairs']} pairs, 95% Wilson interval): DMoERM "
+        f"**{_ci(head['dmoerm_gold_accuracy'], gold['dmoerm'].get('ci95'))}**, single RM "
+        f"{_ci(head['baseline_gold_accuracy'], gold['baseline'].get('ci95'))}. The human labels the models were "
+        f"trained on agree with the gold on {_pct(head['human_labels_gold_agreement'])} of pairs."),
         (f"- **Against the (noisy) human ranks** (held-out validation, {human['dmoerm']['pairs']} pairs): DMoERM "
-        f"{_pct(head['dmoerm_human_accuracy'])}, single RM {_pct(head['baseline_human_accuracy'])} (few pairs: "
-        "one pair is worth several points here)."),
+        f"{_ci(head['dmoerm_human_accuracy'], human['dmoerm'].get('ci95'))}, single RM "
+        f"{_ci(head['baseline_human_accuracy'], human['baseline'].get('ci95'))}."),
+        _learning_line(metrics),
         (f"- **Router**: {_pct(head['router_accuracy_prompt'])} of test conversations routed to the right category "
         f"from the prompt alone."),
         (f"- **Best-of-{bon['samples_per_prompt']} with {Path(metrics['models']['policy']).name}** ({bon['prompts']} prompts): gold reward gain over a "
@@ -137,8 +206,7 @@ def render_markdown(metrics: dict) -> str:
         (f"- **Routing of the policy's samples**: {_pct(head.get('policy_sample_misrouting_rate'))} of the best-of-n "
          "samples routed to a category other than their prompt's."),
         "",
-        ("A small, fast run on a small backbone: read the numbers as a working end-to-end pipeline with a known ground "
-        "truth, not as a benchmark (see `docs/demo.md` and `benchmarks/fidelity.py` for the larger comparison)."),
+        _scope_sentence(metrics),
         "",
         "## What ran",
         "",
@@ -180,11 +248,11 @@ def render_markdown(metrics: dict) -> str:
                      f"{_pct(info.get('human_agreement_rate'))} |")
     lines += ["", "## Best-of-n against the gold reward", "", "![overoptimization](overoptimization.png)", "",
               ("Expected gold reward of the answer each proxy picks among n samples (unbiased estimate from N samples "
-              "per prompt; standard errors in `metrics.json`):"), "",
+              "per prompt; ± one standard error over prompts):"), "",
               "| proxy | " + " | ".join(f"n={n}" for n in sorted(next(iter(bon["curves"].values())))) + " |",
               "|---|" + "---|" * len(next(iter(bon["curves"].values())))]
     for name, curve in bon["curves"].items():
-        cells = [f"{curve[n]['gold']:.2f}" for n in sorted(curve)]
+        cells = [f"{curve[n]['gold']:.2f} ± {curve[n]['gold_sem']:.2f}" for n in sorted(curve)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "sqrt(KL) of best-of-n from the policy: " + ", ".join(
         f"n={n}: {v['sqrt_kl']:.2f}" for n, v in sorted(next(iter(bon["curves"].values())).items())) + ".", ""]
@@ -199,11 +267,13 @@ def render_markdown(metrics: dict) -> str:
                 text = " ".join(pick["text"].split())[:220]
                 lines.append(f"- {name} (gold {pick['gold']:.2f}): \"{text}\"")
             lines.append("")
-    lines += ["## Training stages", "", "| stage | status | seconds | validation accuracy |", "|---|---|---|---|"]
+    lines += ["## Training stages", "", ("Validation loss of a pairwise stage against ln 2 = 0.693 (the loss of a "
+              "model that has learned nothing); the validation splits are small (a few pairs per category)."), "",
+              "| stage | status | seconds | validation accuracy | validation loss |", "|---|---|---|---|---|"]
     for name, stage in metrics["training"]["stages"].items():
-        accuracy = stage.get("eval_accuracy")
+        accuracy, loss = stage.get("eval_accuracy"), stage.get("eval_loss")
         lines.append(f"| {name} | {stage['status']} | {stage.get('seconds') or '-'} | "
-                     f"{'-' if accuracy is None else f'{accuracy:.3f}'} |")
+                     f"{'-' if accuracy is None else f'{accuracy:.3f}'} | {'-' if loss is None else f'{loss:.3f}'} |")
     lines += ["", "## Time", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds} |" for name, seconds in metrics["stage_seconds"].items()]
     lines += ["", "## Gold formulas of the synthetic world", ""]

@@ -45,7 +45,8 @@ def train_models(backbone: str, train_path: str, labels_path, categories_yaml, r
     for name, info in summary.get("stages", {}).items():
         stage_metrics = info.get("metrics") or {}
         stages[name] = {"status": info.get("status"), "seconds": info.get("train_seconds"),
-                        "eval_accuracy": stage_metrics.get("eval_accuracy"), "reason": info.get("reason")}
+                        "eval_accuracy": stage_metrics.get("eval_accuracy"),
+                        "eval_loss": stage_metrics.get("eval_loss"), "reason": info.get("reason")}
     return {"stages": stages, "ran_this_time": summary.get("ran_this_time"), "splits": summary.get("splits"),
             "learning_rate": DEMO_LEARNING_RATE}
 
@@ -54,9 +55,14 @@ def _accuracy_table(report: dict) -> dict:
     out = {}
     for name in ("dmoerm", "baseline"):
         result = report.get(name) or {}
+        per_category = result.get("per_category") or {}
         out[name] = {"overall": (result.get("overall") or {}).get("accuracy"),
-                     "per_category": {c: v.get("accuracy") for c, v in (result.get("per_category") or {}).items()},
-                     "pairs": (result.get("overall") or {}).get("total")}
+                     "per_category": {c: v.get("accuracy") for c, v in per_category.items()},
+                     "pairs": (result.get("overall") or {}).get("total"),
+                     # 95% Wilson intervals (dmoerm_trl.evaluation_stats)
+                     "ci95": (result.get("overall") or {}).get("ci95"),
+                     "per_category_ci95": {c: v.get("ci95") for c, v in per_category.items()},
+                     "per_category_pairs": {c: v.get("total") for c, v in per_category.items()}}
     router = report.get("router") or {}
     out["router_accuracy_prompt"] = (router.get("prompt") or {}).get("accuracy")
     out["router_accuracy_full"] = (router.get("full") or {}).get("accuracy")
