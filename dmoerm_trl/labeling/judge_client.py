@@ -375,8 +375,8 @@ class JudgeClient:
         request is abandoned (a timeout, retried). ``MAX_WAIT_FACTOR * timeout`` bounds the whole wait.
         """
         # The client's generic POST (same auth, base URL, timeouts and status-error mapping as
-        # chat.completions.create) with the raw JSON answer: measured ~40% less client CPU per request, which
-        # is what limits throughput at high concurrency (benchmarks/labeling.py).
+        # chat.completions.create) with the raw JSON answer: less client CPU per request, which is what limits
+        # throughput at high concurrency (docs/benchmarks.md, "Labeling").
         hard_limit = timeout * MAX_WAIT_FACTOR
         request = asyncio.ensure_future(
             self.client.post("/chat/completions", cast_to=object, body=body, options={"timeout": hard_limit})
