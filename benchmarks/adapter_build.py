@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import time
@@ -160,10 +159,9 @@ def main() -> None:
         print("PEFT loop on one intra-op thread (s): "
               + ", ".join(f"{row['layout']} {row['loop-1thread_wall_s']:.2f}" for row in rows))
     if args.json:
-        tmp = f"{args.json}.tmp{os.getpid()}"
-        with open(tmp, "w") as handle:
-            json.dump({"backbone": path, "args": vars(args), "rows": rows}, handle, indent=2)
-        os.replace(tmp, args.json)
+        from dmoerm_trl.utils.io import atomic_write_json
+
+        atomic_write_json(args.json, {"backbone": path, "args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":

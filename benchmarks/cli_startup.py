@@ -32,7 +32,8 @@ def run_once(root: str, code: str) -> tuple[float, bool]:
     env = dict(os.environ, PYTHONPATH=root)
     wrapped = f"try:\n    {code}\nexcept SystemExit:\n    pass{PROBE}"
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", wrapped], env=env, capture_output=True, text=True, cwd=root)
+    result = subprocess.run([sys.executable, "-c", wrapped], env=env, capture_output=True, text=True, cwd=root,
+                            check=False)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"{code!r} failed under {root}: {result.stderr[-500:]}")
@@ -62,7 +63,7 @@ def main() -> None:
         header += f"{'other/this':>12}"
     print(header)
     for name, medians, loaded in rows:
-        line = f"{name:<24}" + "".join(f"{medians[label]:>10.2f}{str(loaded[label]):>12}" for label in roots)
+        line = f"{name:<24}" + "".join(f"{medians[label]:>10.2f}{loaded[label]!s:>12}" for label in roots)
         if args.compare:
             line += f"{medians['other'] / medians['this']:>11.1f}x"
         print(line)

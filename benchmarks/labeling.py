@@ -1,4 +1,6 @@
-"""Labeling benchmark: calls per pair in both modes, throughput against a 200 ms loopback judge, cached rerun time.
+"""Labeling benchmark: calls per pair in both modes, throughput against a 200 ms loopback judge, cached rerun time,
+and the client CPU per request of the openai client's generic ``post`` (what the labeler sends with) against
+``chat.completions.create``.
 
 The judge is the scripted OpenAI-compatible server (real HTTP on 127.0.0.1) in a separate process, answering every
 request after a fixed latency; the client is the real labeler (``openai.AsyncOpenAI``, retries, SQLite cache).
@@ -13,6 +15,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -78,11 +81,39 @@ def label(data: Path, output: Path, base_url: str, mode: str, concurrency: int) 
     return CapabilityLabeler(config, api_key="unused").label(pairs).summary
 
 
+async def client_cpu_ms(base_url: str, via: str, requests: int, concurrency: int) -> float:
+    """Milliseconds of this process's CPU per request, sending ``requests`` chat completions ``via`` "post" or
+    "create" (the server runs in another process, so only the client's work is counted)."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    body = {"model": "scripted-judge", "messages": [{"role": "user", "content": "1 or 2? " + "context " * 200}],
+            "temperature": 0.0, "max_tokens": 4}
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one() -> str:
+        async with slots:
+            if via == "post":
+                answer = await client.post("/chat/completions", cast_to=object, body=body)
+                return answer["choices"][0]["message"]["content"]
+            completion = await client.chat.completions.create(**body)
+            return completion.choices[0].message.content
+
+    started = time.process_time()
+    answers = await asyncio.gather(*(one() for _ in range(requests)))
+    cpu = time.process_time() - started
+    await client.close()
+    assert answers == ["1"] * requests
+    return cpu * 1000 / requests
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.2, help="Fixed server latency in seconds.")
     parser.add_argument("--seconds", type=float, default=5.0, help="Ideal duration of each throughput run.")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--cpu-requests", type=int, default=320,
+                        help="Requests per client-CPU run (post vs create, concurrency 32, 3 alternating runs each).")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from dmoerm_trl.data import PAPER_CATEGORIES
@@ -127,6 +158,21 @@ def main() -> None:
                 f"| {concurrency} | {requests} | {summary['elapsed_seconds']:.2f} | {rate:.1f} | {limit:.1f} | "
                 f"{rate / limit:.3f} | {cached_seconds:.2f} | {requests / cached_seconds:.0f} |"
             )
+
+        # 4. Client CPU per request: the generic post the labeler uses vs the typed create, alternating.
+        runs = {"post": [], "create": []}
+        for _ in range(3):
+            for via, values in runs.items():
+                values.append(asyncio.run(client_cpu_ms(base_url, via, args.cpu_requests, 32)))
+        post, create = sorted(runs["post"])[1], sorted(runs["create"])[1]
+        print(f"\n## Client CPU per request ({args.cpu_requests} requests at concurrency 32, median of 3 alternating "
+              "runs)\n")
+        print("| via | ms CPU per request (runs) |")
+        print("|---|---|")
+        for via, median, values in (("client.post(cast_to=object)", post, runs["post"]),
+                                    ("chat.completions.create", create, runs["create"])):
+            print(f"| {via} | {median:.2f} ({', '.join(f'{v:.2f}' for v in values)}) |")
+        print(f"\npost / create = {post / create:.2f} ({1 - post / create:.0%} less client CPU per request)")
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(
             f"\n(python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {load} at the end; "

@@ -58,6 +58,7 @@ def random_backbone(shape: str) -> str:
     from transformers import LlamaConfig, LlamaModel
 
     from dmoerm_trl.assets import default_cache_dir
+    from dmoerm_trl.utils.io import atomic_path
 
     folder = default_cache_dir() / f"random-{shape}"
     if (folder / "config.json").exists():
@@ -66,9 +67,8 @@ def random_backbone(shape: str) -> str:
                          bos_token_id=1, eos_token_id=2, pad_token_id=2, **SHAPES[shape])
     torch.manual_seed(0)
     model = LlamaModel(config).to(torch.bfloat16)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    os.replace(tmp, folder)
+    with atomic_path(folder, directory=True) as tmp:
+        model.save_pretrained(tmp)
     return str(folder)
 
 
@@ -212,8 +212,9 @@ def main() -> None:
           f"peak RSS {ours['peak_rss_mib'] / one['peak_rss_mib']:.3f}x (goal <= 1.15x), "
           f"peak above imports {net:.3f}x")
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"args": vars(args), **{labels[key]: r for key, r in results.items()}}, handle, indent=2)
+        from dmoerm_trl.utils.io import atomic_write_json
+
+        atomic_write_json(args.json, {"args": vars(args), **{labels[key]: r for key, r in results.items()}})
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ model in that dtype; default float32), ``--json PATH`` (also write the numbers).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -213,13 +212,16 @@ def main() -> None:
             line += f"; {t_paper[0] / seconds[0]:.2f}x (wall) / {t_paper[1] / seconds[1]:.2f}x (CPU) faster than the paper loop"
         print(line)
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"single": t_single, "bound": bound, "bound_from_single": bound_from_single, **results,
-                       "paper_loop": t_paper, "batch": args.batch,
-                       "trunks": {str(t): v for (t, mode), v in trunk_results.items() if mode == "lora"},
-                       "trunk_router": {str(t): v for (t, mode), v in trunk_results.items() if mode == "trunk"},
-                       "num_layers": num_layers, "length": args.length, "dtype": args.dtype,
-                       "load_before": load_before, "load_after": load_after, "started": started}, handle, indent=2)
+        from dmoerm_trl.utils.io import atomic_write_json
+
+        atomic_write_json(args.json, {
+            "single": t_single, "bound": bound, "bound_from_single": bound_from_single, **results,
+            "paper_loop": t_paper, "batch": args.batch,
+            "trunks": {str(t): v for (t, mode), v in trunk_results.items() if mode == "lora"},
+            "trunk_router": {str(t): v for (t, mode), v in trunk_results.items() if mode == "trunk"},
+            "num_layers": num_layers, "length": args.length, "dtype": args.dtype,
+            "load_before": load_before, "load_after": load_after, "started": started,
+        })
 
 
 if __name__ == "__main__":

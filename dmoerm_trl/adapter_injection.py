@@ -1,35 +1,15 @@
 """Wrap a backbone with many LoRA adapters at once: the same model as PEFT's ``add_adapter`` loop, built faster.
 
-A DMoERM carries one LoRA adapter per router/task/expert (31 for 5 categories x 5 capabilities). PEFT adds an
-adapter with a full model surgery pass: ``PeftModel.add_adapter`` -> ``BaseTuner.inject_adapter`` lists every
-module, matches each name against ``target_modules`` (skipping keys under the LoRA layers already present, a
-check whose cost grows with the adapters already added), then sweeps every parameter to re-mark trainability
-(``_mark_only_adapters_as_trainable``), re-activates the active adapter on every layer and scans every module to
-up-cast the new adapter's dtype. Each added adapter makes the model bigger, so the loop is quadratic in the number
-of adapters (SmolLM2-135M on 2 busy CPU cores: 31 adapters ~10 s, 73 adapters ~29 s; this module: 2.2 s and
-4.3 s, see ``benchmarks/adapter_build.py`` and ``docs/adapter_injection.md``).
-
-[`wrap_with_adapters`] builds the same result in one pass:
-
-1. ``get_peft_model(backbone, lora_config, adapter_name=names[0])``: PEFT matches the target modules (honouring
-   every LoraConfig field: ``target_modules``, ``exclude_modules``, ``layers_to_transform``, ``layers_pattern``,
-   ``rank_pattern``, ...) and wraps them in LoRA layers.
-2. Every further adapter uses the *same* config, so it targets exactly the modules the first one did
-   (``tuner.targeted_module_names``). For each further name, in order, register the config in ``peft_config`` and
-   call the tuner's ``_create_and_replace`` on each of those layers, which is what ``inject_adapter`` calls per
-   matched module (it resolves ``rank_pattern``/``alpha_pattern`` and calls ``LoraLayer.update_layer``), with the
-   layer's per-adapter containers swapped for empty ones meanwhile so that ``update_layer``'s own sweeps see only
-   the new adapter, and on one torch intra-op thread. Adapters are created in the same order as the loop, so the
-   same seed gives bit-identical initial weights.
-3. Once at the end, what PEFT does after each injection: up-cast low-precision adapter weights
-   (``peft.functional.cast_adapter_dtype``, public API, per LoRA layer instead of per whole model), re-activate the
-   active adapter (``tuner.set_adapter``) and mark only adapters trainable
-   (``tuner._mark_only_adapters_as_trainable``).
-
-The result has the same named parameters (names, shapes, dtypes, ``requires_grad``), the same ``peft_config``
-entries (all the same config object, as in the loop), the same active adapter and the same forward. Configurations
-the fast path is not known to reproduce (see [`fast_path_unsupported_reason`]) and PEFT versions without the
-internals above fall back to the plain loop, with the reason logged.
+A DMoERM carries one LoRA adapter per router/task/expert (31 for 5 categories x 5 capabilities). PEFT's
+``add_adapter`` runs a whole-model surgery pass per adapter on a model that grows with each one, so the loop is
+quadratic in the number of adapters. [`wrap_with_adapters`] lets ``get_peft_model`` place the first adapter (every
+LoraConfig field honoured), creates the others on exactly the modules it targeted with the tuner's
+``_create_and_replace`` (in the loop's order, on one torch thread), then does once what PEFT does after each
+injection (dtype up-cast, ``set_adapter``, ``_mark_only_adapters_as_trainable``). Same parameters, same
+``peft_config``, same active adapter, bit-identical initial weights for the same seed. Configurations it is not
+known to reproduce ([`fast_path_unsupported_reason`]) and PEFT versions without those internals fall back to the
+loop, with the reason logged. How and why, and the timings (``benchmarks/adapter_build.py``):
+docs/adapter_injection.md; summary in docs/benchmarks.md, "Model: parameters and peak memory".
 
 Example:
     >>> from peft import LoraConfig
@@ -220,8 +200,8 @@ def _one_torch_thread():
     """Run torch ops on one intra-op thread meanwhile (restored after).
 
     Building adapters is thousands of ops on small tensors (init, dtype casts, zeroing): splitting each over threads
-    gains nothing, and when another process holds a core every op waits for the busy thread (measured on 2 cores
-    under load: a 2048x32 fp32->bf16 cast 4.3 ms with 2 threads, 0.045 ms with 1). Results do not depend on it
+    gains nothing, and when another process holds a core every op waits for the busy thread (the effect:
+    ``benchmarks/adapter_build.py --with-loop-1thread``, docs/adapter_injection.md). Results do not depend on it
     (CPU random fills are serial; casts and fills are element-wise).
     """
     import torch

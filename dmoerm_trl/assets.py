@@ -2,7 +2,7 @@
 
 The package holds the model as a 4-bit GGUF file. transformers can read GGUF (with the `gguf` package), but a
 GGUF-loaded model cannot be trained or saved, so it is dequantized once into a plain safetensors checkpoint in a cache
-folder and loaded from there afterwards (about 20 s the first time, 517 MB in fp32).
+folder and loaded from there afterwards (a one-time conversion; 517 MB in fp32).
 
 Install it without its dependencies (they are for llama.cpp, which we do not use)::
 

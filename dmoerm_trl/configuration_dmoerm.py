@@ -130,20 +130,20 @@ class DMoERMConfig(PretrainedConfig):
             `"linear"`: a linear head on the frozen base's features (one extra pass without adapters, weaker).
             `"trunk"`: a linear head on the shared trunk's output (needs `trunk_layers > 0`): routing costs no
             extra layer pass at all, since the trunk runs anyway for the experts. Its `router_pooling` defaults to
-            `"mean"` (a middle layer's last token routed 42% of prompts right where the token mean routed 99%,
-            docs/benchmarks.md).
+            `"mean"`: a middle layer's last token carries little of the prompt's content (docs/benchmarks.md,
+            "The router on the trunk").
         pooling (`str`, *optional*):
             Which token's hidden state represents a sequence: `"last"` (last non-pad token; decoders) or `"first"`
             (the `[CLS]` token; encoders). Default: detected from the backbone.
         router_pooling (`str`, *optional*):
             How the router summarises a sequence: `"last"`, `"first"` or `"mean"` (the mean over real tokens).
-            Default: the same as `pooling`. `"mean"` trains much more easily when the backbone is small or shallow
-            (measured in docs/demo.md: a linear head on last-token features of SmolLM2's first 2 layers reached
-            44-74% routing accuracy, on mean features 94%).
+            Default: the same as `pooling`. `"mean"` trains much more easily when the backbone is small or shallow,
+            whose last token does not yet summarise the prompt (docs/demo.md, docs/benchmarks.md "The router on
+            the trunk").
         expert_batching (`str`, defaults to `"auto"`):
             How a category's k experts run at inference. `"mixed"`: one PEFT mixed-adapter pass over the k-times
             replicated batch; `"sequential"`: k passes over the batch; `"auto"`: mixed on accelerators, sequential on
-            CPU (measured faster there, see docs/benchmarks.md). Both give the same rewards.
+            CPU (faster there: docs/benchmarks.md, "Model: scoring speed"). Both give the same rewards.
         task_mode (`str`, defaults to `"lora"`):
             How phase 1 ("task") trains a category. `"lora"`: a task LoRA adapter on the one shared frozen base
             (memory = 1 base + adapters). `"full"`: the paper's layout: each category gets its own full copy of the
@@ -239,7 +239,7 @@ class DMoERMConfig(PretrainedConfig):
                 f"router_pooling must be one of {ROUTER_POOLING_MODES} or None (= pooling), got {router_pooling!r}"
             )
         if router_pooling is None and router_mode == "trunk":
-            router_pooling = "mean"  # measured far better than a middle layer's last token (see the docstring)
+            router_pooling = "mean"  # a middle layer's last token routes far worse (see the docstring)
         self.router_pooling = router_pooling
         if expert_batching not in EXPERT_BATCHING_MODES:
             raise ValueError(f"expert_batching must be one of {EXPERT_BATCHING_MODES}, got {expert_batching!r}")

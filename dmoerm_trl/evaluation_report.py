@@ -218,7 +218,7 @@ def report_figure(report: dict[str, Any]):
 
 
 def plot_report(report: dict[str, Any], path: str | os.PathLike) -> None:
-    """Save :func:`report_figure` as a PNG (no pyplot, no change of matplotlib's backend).
+    """Save :func:`report_figure` as a PNG atomically (no pyplot, no change of matplotlib's backend).
 
     Example:
         >>> from dmoerm_trl.evaluation_stats import summarize_pairs
@@ -227,7 +227,11 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike) -> None:
         >>> plot_report({"model": summarize_pairs([1.0], [0.0], ["qa"])}, path); os.path.getsize(path) > 1000
         True
     """
-    report_figure(report).savefig(path, dpi=120, format="png")
+    from .utils.io import atomic_path
+
+    figure = report_figure(report)
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        figure.savefig(tmp, dpi=120, format="png")
 
 
 # ------------------------------------------------------------------------------------------------------ files
@@ -243,8 +247,7 @@ def write_report(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[
         >>> sorted(write_report(report, tempfile.mkdtemp()))
         ['examples', 'json', 'markdown', 'png']
     """
-    from .data import write_jsonl_atomic
-    from .utils.io import atomic_path, atomic_write_json, atomic_write_text
+    from .utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -254,7 +257,7 @@ def write_report(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[
     summary = {key: value for key, value in report.items() if key != "examples"}
     if examples is not None:
         summary["examples_file"] = paths["examples"].name
-        write_jsonl_atomic(examples, paths["examples"])
+        atomic_write_jsonl(paths["examples"], examples)
     else:
         paths.pop("examples")
     atomic_write_json(paths["json"], summary)
@@ -265,6 +268,5 @@ def write_report(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[
         logger.warning("matplotlib is not installed (pip install 'dmoerm-trl[plots]'): no PNG chart written")
         paths.pop("png")
     else:
-        with atomic_path(paths["png"], suffix=".tmp.png") as tmp_png:
-            plot_report(summary, tmp_png)
+        plot_report(summary, paths["png"])
     return {key: str(value) for key, value in paths.items()}

@@ -58,8 +58,8 @@ class CapabilityAggregator(nn.Module):
 
     - ``feature_mean`` / ``feature_std`` ``(k*H,)``: the MLP reads ``(features - feature_mean) / feature_std``. Phase 3
       sets them from the category's training texts ([`set_feature_statistics`]): the experts' last hidden states
-      share one dominant direction (norm ~55 against ~3-4 of variation between texts, measured on the demo), which
-      left the MLP barely able to move from its random start.
+      share one dominant direction, far larger than their variation between texts (docs/training.md, "Phase 3"),
+      which left the MLP barely able to move from its random start.
     - ``reward_mean`` / ``reward_std`` ``(1,)``: the calibration that puts every category on one scale (after phase
       3, [`set_reward_calibration`]): the calibrated reward is ``(raw - reward_mean) / reward_std``, mean 0 and std 1
       on the category's training texts. The pairwise loss cannot see a constant per category, so without it each

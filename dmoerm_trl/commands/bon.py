@@ -9,8 +9,6 @@ overoptimization evaluation against a gold reward model.
 
 from __future__ import annotations
 
-import argparse
-
 from ._trl_command import TrlCommand
 
 DESCRIPTION = (

@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 
 
-
-
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     parser.add_argument("path", help="folder written by save_pretrained (or `dmoerm train`)")
@@ -27,7 +25,7 @@ def _safetensors_numel(path: Path) -> int:
     total = 0
     try:
         with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 - a safe_open handle, not a dict
                 if key.rsplit(".", 1)[-1] in _STATISTICS:
                     continue
                 numel = 1

@@ -9,8 +9,6 @@ Needs trl>=1.10,<1.13 (``pip install "dmoerm-trl[ppo]"``). Under ``accelerate la
 
 from __future__ import annotations
 
-import argparse
-
 from ._trl_command import TrlCommand, report
 
 DESCRIPTION = (
@@ -23,7 +21,7 @@ def _dataclasses():
     from ..rl.ppo import require_ppo
     from ..rl.recipe_args import RLScriptArguments
 
-    PPOConfig, _ = require_ppo()  # noqa: N806  (PPOUnavailableError on a TRL without PPO: one line, exit code 2)
+    PPOConfig, _ = require_ppo()  # PPOUnavailableError on a TRL without PPO: one line, exit code 2
     return (RLScriptArguments, PPOConfig)
 
 

@@ -29,8 +29,9 @@ def _pick_prompts(path: str, count: int) -> list[dict]:
 def policy_samples(sampler, policy_path: str, prompts: list, sizes, seed: int, out: Path) -> list[list[str]]:
     """The policy's samples, drawn once and kept in ``bon_samples.json`` (reused by a rerun with the same policy,
     prompts, N, tokens and seed: sampling is the slowest part of the step on CPU)."""
-    import os
     import time
+
+    from ..utils.io import atomic_write_text
 
     key = {"policy": str(policy_path), "prompts": prompts, "n": sizes.bon_samples,
            "max_new_tokens": sizes.bon_max_new_tokens, "seed": seed}
@@ -43,11 +44,9 @@ def policy_samples(sampler, policy_path: str, prompts: list, sizes, seed: int, o
             return cached["candidates"]
     start = time.perf_counter()
     candidates = sampler.generate(prompts, n=sizes.bon_samples)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"key": key, "candidates": candidates,
-                               "seconds": round(time.perf_counter() - start, 1)}), encoding="utf-8")
-    os.replace(tmp, path)
-    policy_samples.last_seconds = round(time.perf_counter() - start, 1)
+    seconds = round(time.perf_counter() - start, 1)
+    atomic_write_text(path, json.dumps({"key": key, "candidates": candidates, "seconds": seconds}))
+    policy_samples.last_seconds = seconds
     return candidates
 
 

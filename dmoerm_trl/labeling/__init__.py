@@ -19,14 +19,14 @@ from __future__ import annotations
 from .config import LabelingConfig
 
 __all__ = [
-    "LabelingConfig",
     "CapabilityLabeler",
-    "LabelingResult",
-    "run_labeling",
-    "load_template",
-    "parse_pairwise_verdict",
-    "parse_joint_verdict",
     "LabelCache",
+    "LabelingConfig",
+    "LabelingResult",
+    "load_template",
+    "parse_joint_verdict",
+    "parse_pairwise_verdict",
+    "run_labeling",
 ]
 
 

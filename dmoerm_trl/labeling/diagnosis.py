@@ -83,16 +83,20 @@ def explain_label_losses(summary: Mapping, *, data_language: str | None = None) 
         lines.append(
             (
                 totals["undecided"],
-                f"undecided: {_share(totals['undecided'], judgements)}: an answer named neither response{shown}. "
-                f"Try {'; '.join(tips)}.",
+                (
+                    f"undecided: {_share(totals['undecided'], judgements)}: an answer named neither response{shown}. "
+                    f"Try {'; '.join(tips)}."
+                ),
             )
         )
     if totals["inconsistent"]:
         lines.append(
             (
                 totals["inconsistent"],
-                f"inconsistent: {_share(totals['inconsistent'], judgements)}: the judge picked different responses "
-                f"when the order was swapped (position bias or noise). Try {stronger}; {language}.",
+                (
+                    f"inconsistent: {_share(totals['inconsistent'], judgements)}: the judge picked different "
+                    f"responses when the order was swapped (position bias or noise). Try {stronger}; {language}."
+                ),
             )
         )
     if totals["failed"] or summary.get("failed_requests"):
@@ -103,24 +107,30 @@ def explain_label_losses(summary: Mapping, *, data_language: str | None = None) 
         lines.append(
             (
                 totals["failed"],
-                f"failed requests: {summary.get('failed_requests', 0)} request(s) failed after every retry, losing "
-                f"{_share(totals['failed'], judgements)} (errors: {errors or 'none recorded'}). Try: {tip}.",
+                (
+                    f"failed requests: {summary.get('failed_requests', 0)} request(s) failed after every retry, "
+                    f"losing {_share(totals['failed'], judgements)} (errors: {errors or 'none recorded'}). Try: {tip}."
+                ),
             )
         )
     if totals["too_long"]:
         lines.append(
             (
                 totals["too_long"],
-                f"too long: {_share(totals['too_long'], judgements)}: the prompt exceeds the judge's context. "
-                "Try a judge with a longer context.",
+                (
+                    f"too long: {_share(totals['too_long'], judgements)}: the prompt exceeds the judge's context. "
+                    "Try a judge with a longer context."
+                ),
             )
         )
     if totals["not_run"]:
         lines.append(
             (
                 totals["not_run"],
-                f"not run: {_share(totals['not_run'], judgements)}: the budget ran out or the run stopped. "
-                "Try: rerun with a larger --budget-calls/--budget-tokens (answers so far come from the cache).",
+                (
+                    f"not run: {_share(totals['not_run'], judgements)}: the budget ran out or the run stopped. "
+                    "Try: rerun with a larger --budget-calls/--budget-tokens (answers so far come from the cache)."
+                ),
             )
         )
     lines.sort(key=lambda item: -item[0])

@@ -22,6 +22,14 @@ when the request failed after every retry (such requests are not cached, so the 
   raises :class:`BudgetExhausted`; cached answers are still served.
 - The API key is only ever inside the ``openai`` client; error texts are redacted before they are kept or logged.
 
+Why this loop and not the ``openai`` client's own retries (``max_retries``): the client retries inside one call,
+so each retry would be invisible here: no per-attempt ``calls``/``retries``/``errors_by_kind`` counts, no budget
+check before a resend, no halving of the requests in flight on each 429/503/timeout, the slot held while it
+sleeps, and its ``timeout`` would resend a request the judge is still computing. Its policy also differs: fixed
+0.5-8 s backoff (not ``--backoff-base``/``--backoff-max``), no retry at all for a ``Retry-After`` over 2 minutes
+(ours waits up to 10), none for a malformed body. So the client is used with its retries off (enforced here with
+``with_options(max_retries=0)``); docs/labeling.md "Retries: the openai client's and ours" has the comparison.
+
 Example:
     >>> import asyncio, os, tempfile, openai
     >>> from dmoerm_trl.labeling.cache import LabelCache
@@ -206,7 +214,9 @@ class JudgeClient:
         stats: CallStats | None = None,
         rng: random.Random | None = None,
     ):
-        self.client, self.model, self.cache = client, model, cache
+        # Our loop does every retry (see the module docstring): the client must not retry under it.
+        self.client = client.with_options(max_retries=0) if hasattr(client, "with_options") else client
+        self.model, self.cache = model, cache
         self.template_sha256 = template_sha256
         self.temperature, self.seed, self.response_format = temperature, seed, response_format
         self.timeout, self.max_retries = timeout, max_retries
@@ -365,8 +375,8 @@ class JudgeClient:
         request is abandoned (a timeout, retried). ``MAX_WAIT_FACTOR * timeout`` bounds the whole wait.
         """
         # The client's generic POST (same auth, base URL, timeouts and status-error mapping as
-        # chat.completions.create) with the raw JSON answer: measured ~40% less client CPU per request, which
-        # is what limits throughput at high concurrency (benchmarks/labeling.py).
+        # chat.completions.create) with the raw JSON answer: less client CPU per request, which is what limits
+        # throughput at high concurrency (docs/benchmarks.md, "Labeling").
         hard_limit = timeout * MAX_WAIT_FACTOR
         request = asyncio.ensure_future(
             self.client.post("/chat/completions", cast_to=object, body=body, options={"timeout": hard_limit})

@@ -166,7 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.timeout = self.server.read_timeout  # every read of this connection; None would wait forever
         super().setup()
 
-    def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
+    def log_message(self, format, *args):  # the stdlib's signature
         if self.server.verbose:
             logger.info("%s - %s", self.address_string(), format % args)
 
@@ -204,7 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (OSError, ValueError):
             return True
 
-    def do_GET(self):  # noqa: N802 - the stdlib's name
+    def do_GET(self):  # the stdlib's name
         path = self.path.split("?")[0].rstrip("/")
         if path == "/health":
             self._send_json(200, {"status": "ok", "batching": self.server.metrics()})
@@ -263,7 +263,7 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return body
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         path = self.path.split("?")[0].rstrip("/")
         body = self._read_body()
         if body is None:

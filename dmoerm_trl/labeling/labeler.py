@@ -349,7 +349,8 @@ def run_labeling(config: LabelingConfig, *, api_key: str | None = None) -> Label
     A rerun with the same cache makes zero calls; a killed run resumes from the cache; with a budget the run stops
     cleanly and writes every label obtained so far (``summary["stopped_by_budget"]``).
     """
-    from ..data import LoadReport, load_preference_pairs, write_jsonl_atomic
+    from ..data import LoadReport, load_preference_pairs
+    from ..utils.io import atomic_write_jsonl
 
     spec = load_category_spec(config.categories)
     report = LoadReport()
@@ -366,6 +367,6 @@ def run_labeling(config: LabelingConfig, *, api_key: str | None = None) -> Label
     result.summary["data"] = report.to_dict()
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(result.labels, output / LABELS_FILE)
+    atomic_write_jsonl(output / LABELS_FILE, result.labels)
     atomic_write_json(output / SUMMARY_FILE, result.summary)
     return result

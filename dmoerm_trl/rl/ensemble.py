@@ -6,9 +6,9 @@
 - ``"wco"`` (worst-case optimization): the minimum;
 - ``"uwo"`` (uncertainty-weighted optimization): mean minus ``uwo_lambda`` times the (population) variance.
 
-Members are trained separately, so each has its own offset and scale (the pairwise loss fixes neither): on the
-fidelity benchmark's samples, WCO equalled the member with the lowest offset on 99.7% of them, and UWO's variance
-penalty measured the offsets, not disagreement. :meth:`RewardEnsemble.standardize` (on reference texts, e.g. the
+Members are trained separately, so each has its own offset and scale (the pairwise loss fixes neither): combined
+raw, WCO nearly always picks the member with the lowest offset and UWO's variance penalty measures the offsets, not
+disagreement (docs/benchmarks.md, "Fidelity"; docs/rl.md). :meth:`RewardEnsemble.standardize` (on reference texts, e.g. the
 members' training texts or policy samples) stores each member's mean and standard deviation in the ensemble's config
 (saved and loaded with it); from then on every mode combines the members' *standardised* rewards (``member_rewards``
 in the outputs stay raw). Without it the members are combined raw, as before.

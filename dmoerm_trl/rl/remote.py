@@ -32,8 +32,12 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from .scoring import completion_text, is_conversational_prompt
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +97,7 @@ class RemoteReward:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         base = url.rstrip("/")
         for suffix in _ENDPOINT_SUFFIXES:
-            if base.endswith(suffix):
-                base = base[: -len(suffix)]
+            base = base.removesuffix(suffix)
         self.url = base
         self.timeout = float(timeout)
         self.max_retries = max_retries
@@ -135,7 +138,7 @@ class RemoteReward:
                         f"{url}: no answer within {self.timeout:g} s ({type(err).__name__}); raise timeout= or "
                         "check the server"
                     ) from None
-            except (httpx.TransportError,) as err:  # refused, reset, closed mid-response
+            except httpx.TransportError as err:  # refused, reset, closed mid-response
                 if attempt >= self.max_retries:
                     raise RemoteRewardError(
                         f"{url}: cannot reach the reward server after {attempt + 1} attempts "
@@ -254,7 +257,7 @@ class RemoteReward:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
 
-    def __enter__(self) -> RemoteReward:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

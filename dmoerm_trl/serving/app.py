@@ -329,7 +329,7 @@ def create_app(engine: RewardEngine, settings: ServeSettings | None = None, on_r
             if not batcher.running:
                 raise ApiError(503, "the server is shutting down", {"Retry-After": "1"}) from None
             raise _scoring_failed(err) from None
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any other failure of the model: a clean HTTP 500
             raise _scoring_failed(err) from None
 
     def _scoring_failed(err: Exception) -> ApiError:

@@ -38,8 +38,9 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class QueueFull(Exception):
 class _Request:
     """One ``submit`` call: its future, its results slots, and how many of its items are still unanswered."""
 
-    __slots__ = ("future", "results", "remaining", "started")
+    __slots__ = ("future", "remaining", "results", "started")
 
     def __init__(self, future: asyncio.Future, n_items: int):
         self.future = future
@@ -68,7 +69,7 @@ class _Request:
 class _Entry:
     """One queued item: the request it belongs to, its position there, and when it arrived."""
 
-    __slots__ = ("request", "index", "item", "key", "enqueued")
+    __slots__ = ("enqueued", "index", "item", "key", "request")
 
     def __init__(self, request: _Request, index: int, item: Any, key: Any):
         self.request = request
@@ -295,7 +296,7 @@ class DynamicBatcher:
                 raise RuntimeError(
                     f"{self.name}: process_batch returned {len(results)} results for {len(batch)} items"
                 )
-        except Exception as error:  # reaches exactly the requests that had items in this batch
+        except Exception as error:  # noqa: BLE001 - reaches exactly the requests that had items in this batch
             self._errors += 1
             logger.warning(
                 "%s: a batch of %d items failed: %s: %s", self.name, len(batch), type(error).__name__, error
@@ -327,7 +328,7 @@ class DynamicBatcher:
         def percentile(q: float) -> float | None:
             if not latencies:
                 return None
-            return latencies[min(len(latencies) - 1, int(round(q * (len(latencies) - 1))))]
+            return latencies[min(len(latencies) - 1, round(q * (len(latencies) - 1)))]
 
         return {
             "requests": self._requests,

@@ -198,7 +198,7 @@ class RewardEngine:
             )
         try:
             return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        except Exception as err:  # a template may raise on an unsupported role order (jinja2 exceptions)
+        except Exception as err:  # noqa: BLE001 - a template may raise on an unsupported role order (jinja2 exceptions)
             raise InputError(f"{where}: the chat template refused this conversation: {err}") from None
 
     def encode_conversations(self, conversations: Sequence, categories: Sequence | None = None) -> list[ScoreItem]:

@@ -13,8 +13,8 @@ Three things make phase 3 train and its output comparable across categories (doc
 
 - **Expert-feature standardisation** (``normalize_expert_features=True``): before training, each of the ``k*H``
   input dimensions is standardised by its mean and standard deviation over the phase-3 training texts (stored in
-  the aggregator, saved with the model). The experts' features share one dominant direction (norm ~55 against ~3-4
-  of variation between texts), which the raw MLP could hardly use.
+  the aggregator, saved with the model). The experts' features share one dominant direction, far larger than
+  their variation between texts, which the raw MLP could hardly use.
 - **Checkpoint selection on validation loss**, only when the validation split has at least ``min_validation_pairs``
   pairs; otherwise a fixed schedule (every epoch, the last weights, no early stopping). Selecting on the accuracy of
   6-7 validation pairs kept the first of many ties: the saved aggregators were 2-3 optimiser steps from their

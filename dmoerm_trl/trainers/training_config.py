@@ -347,8 +347,8 @@ class DMoERMTrainingConfig(RewardConfig):
             the base: set `save_base_model: true` or use a hub id as `model_name_or_path`. The stages themselves
             never push.
         torch_num_threads (`int`, *optional*):
-            `torch.set_num_threads` for the run. Tiny models on CPU train several times faster with 1 thread
-            (thread start-up costs more than their matrix products), especially on a busy machine.
+            `torch.set_num_threads` for the run. Tiny models on CPU train faster with 1 thread (thread start-up
+            costs more than their matrix products), especially on a busy machine (docs/benchmarks.md, "Training").
     """
 
     # RewardConfig/TrainingArguments defaults changed for the pipeline

@@ -106,18 +106,18 @@ def fast_config(data, output, server, **overrides):
     """A LabelingConfig for the scripted server: short timeouts and backoff so fault tests stay fast."""
     from dmoerm_trl.labeling import LabelingConfig
 
-    options = dict(
-        data=data.data,
-        output=str(output),
-        model="scripted-judge",
-        base_url=server.base_url,
-        categories=data.categories,
-        timeout=0.5,
-        backoff_base=0.01,
-        backoff_max=0.05,
-        max_retries=6,
-        concurrency=8,
-        progress=False,
-    )
+    options = {
+        "data": data.data,
+        "output": str(output),
+        "model": "scripted-judge",
+        "base_url": server.base_url,
+        "categories": data.categories,
+        "timeout": 0.5,
+        "backoff_base": 0.01,
+        "backoff_max": 0.05,
+        "max_retries": 6,
+        "concurrency": 8,
+        "progress": False,
+    }
     options.update(overrides)
     return LabelingConfig(**options)

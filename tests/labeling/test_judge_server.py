@@ -179,25 +179,25 @@ def test_serve_judge_command_binds_loopback_and_serves(tiny_llama_path):
     ]
     # stderr goes to a file, not a pipe nobody reads (a full pipe would block the server); the exit deadline is
     # generous because a loaded CI machine can take tens of seconds to tear torch down.
-    stderr = tempfile.TemporaryFile(mode="w+")
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=stderr, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
-    try:
-        line = process.stdout.readline()
-        if not line.startswith("Serving 'cli-judge' at http://127.0.0.1:"):
-            process.wait(timeout=60)
-            stderr.seek(0)
-            pytest.fail(f"serve-judge did not start: {line!r}\n{stderr.read()[-3000:]}")
-        base_url = line.split(" at ")[1].split()[0]
-        with urllib.request.urlopen(base_url + "/models", timeout=30) as response:
-            assert json.load(response)["data"][0]["id"] == "cli-judge"
-    finally:
-        # SIGTERM (what process managers send; SIGINT may be ignored in a background job) stops it cleanly
-        process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 120
-        while process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if process.poll() is None:
-            process.kill()
+    with tempfile.TemporaryFile(mode="w+") as stderr:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=stderr, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+        try:
+            line = process.stdout.readline()
+            if not line.startswith("Serving 'cli-judge' at http://127.0.0.1:"):
+                process.wait(timeout=60)
+                stderr.seek(0)
+                pytest.fail(f"serve-judge did not start: {line!r}\n{stderr.read()[-3000:]}")
+            base_url = line.split(" at ")[1].split()[0]
+            with urllib.request.urlopen(base_url + "/models", timeout=30) as response:
+                assert json.load(response)["data"][0]["id"] == "cli-judge"
+        finally:
+            # SIGTERM (what process managers send; SIGINT may be ignored in a background job) stops it cleanly
+            process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 120
+            while process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if process.poll() is None:
+                process.kill()
     assert process.returncode == 0

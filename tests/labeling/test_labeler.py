@@ -138,6 +138,29 @@ def test_retry_after_is_honoured(tmp_path):
     assert parse_retry_after({"retry-after": "soon"}) is None and parse_retry_after({}) is None
 
 
+def test_a_client_with_its_own_retries_on_does_not_retry_under_the_judge_client(tmp_path):
+    """Every attempt goes through our loop (counted, budgeted), even when the caller's client would retry itself."""
+    from openai import AsyncOpenAI
+
+    from dmoerm_trl.labeling.cache import LabelCache
+    from dmoerm_trl.labeling.judge_client import JudgeClient
+
+    with ScriptedJudgeServer(lambda body: "2") as server:
+        server.forced_faults = ["server_error"]
+
+        async def ask():
+            client = AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=3)  # the client's default: 2
+            judge = JudgeClient(client, "scripted-judge", LabelCache(tmp_path / "c.sqlite"), backoff_base=0.001)
+            answer = await judge.ask([{"role": "user", "content": "?"}], max_tokens=4)
+            await client.close()
+            return answer, judge.stats, client.max_retries
+
+        answer, stats, client_retries = asyncio.run(ask())
+    assert [kind for _, kind, _ in server.log] == ["server_error", "answered"]
+    assert answer == "2" and stats.calls == 2 and stats.retries == 1 and stats.errors_by_kind == {"http_500": 1}
+    assert client_retries == 3  # the caller's client itself is left as it was
+
+
 def test_requests_failing_every_retry_are_counted_and_asked_again(labeling_data, tmp_path):
     judge = VerdictJudge(labeling_data.scores)
     with ScriptedJudgeServer(judge) as server:

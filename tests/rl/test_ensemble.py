@@ -12,8 +12,10 @@ from dmoerm_trl.testing_utils import make_tiny_bert
 # One-turn ChatML conversations (the tiny tokenizer's template; a DMoERM member routes on the prompt).
 TEXTS = [
     "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\nIt is 4.<|im_end|>\n",
-    "<|im_start|>user\nTell me a joke.<|im_end|>\n"
-    "<|im_start|>assistant\nWhy did the chicken cross the road?<|im_end|>\n",
+    (
+        "<|im_start|>user\nTell me a joke.<|im_end|>\n"
+        "<|im_start|>assistant\nWhy did the chicken cross the road?<|im_end|>\n"
+    ),
     "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n",
 ]
 

@@ -184,7 +184,7 @@ def test_exception_reaches_only_the_requests_in_the_failing_batch():
         await b.stop()
         return rec, outcomes, after, b.metrics()
 
-    rec, outcomes, after, metrics = asyncio.run(main())
+    _rec, outcomes, after, metrics = asyncio.run(main())
     assert outcomes[0] == [1, 4] and outcomes[2] == [16, 25]
     assert isinstance(outcomes[1], ValueError) and "-1" in str(outcomes[1])
     assert isinstance(outcomes[3], ValueError) and "-2" in str(outcomes[3])
