@@ -26,13 +26,15 @@ MODELING_AUTO = "transformers.models.auto.modeling_auto"
 def _register_config() -> None:
     from transformers import AutoConfig
 
-    from .configuration_dmoerm import DMoERMConfig
-
-    AutoConfig.register(DMoERMConfig.model_type, DMoERMConfig, exist_ok=True)
+    configuration = importlib.import_module("dmoerm_trl.models.dmoerm.configuration_dmoerm")
+    config_class = getattr(configuration, "DMoERMConfig", None)
+    if config_class is None:  # the configuration module is loading (its own import loaded AutoConfig): it registers
+        return  # itself at its end
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
 
 
 def _register_models() -> None:
-    importlib.import_module("dmoerm_trl.modeling_dmoerm")  # registers DMoERM with AutoConfig/AutoModelFor...
+    importlib.import_module("dmoerm_trl.models.dmoerm.modeling_dmoerm")  # registers DMoERM with AutoConfig/AutoModelFor...
     importlib.import_module("dmoerm_trl.rl.ensemble")  # registers the reward ensemble
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
-from ..prompt_boundary import PromptBoundaryError, prompt_prefix
+from ..models.dmoerm._prompt_boundary import PromptBoundaryError, prompt_prefix
 from .checkpointing import StageCheckpointMixin
 from .counted_metrics import CountedMetricsMixin
 from .distributed import cast_trainable_parameters_for_deepspeed

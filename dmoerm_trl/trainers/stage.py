@@ -20,7 +20,7 @@ class Stage:
 
     @property
     def dirname(self) -> str:
-        from ..configuration_dmoerm import slugify
+        from ..models.dmoerm.configuration_dmoerm import slugify
 
         return "__".join(slugify(part) for part in (self.kind, self.category, self.capability) if part)
 
