@@ -60,3 +60,26 @@ def test_saved_v1_folder_experts_score_the_same(loaded, category):
     model, tokenizer = loaded
     results = model.compute_rewards(EXPECTED["conversations"], tokenizer, batch_size=3, categories=category)
     _assert_same(results, EXPECTED["by_category"][category])
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        "import dmoerm_trl; dmoerm_trl.DMoERMConfig",  # the configuration module loads transformers' AutoConfig
+        "import dmoerm_trl.models.dmoerm._backbone",  # a helper the modeling module imports loads AutoModel
+        "from dmoerm_trl.models.dmoerm.modeling_dmoerm import DMoERMForSequenceClassification",
+    ],
+)
+def test_auto_classes_load_the_folder_whatever_is_imported_first(first):
+    # In a fresh process: the Auto registration must not import a half-loaded module of the package.
+    import subprocess
+    import sys
+
+    code = (
+        f"{first}\nfrom transformers import AutoModelForSequenceClassification\n"
+        f"model = AutoModelForSequenceClassification.from_pretrained({str(FIXTURES / 'saved_dmoerm_v1')!r})\n"
+        "print(type(model).__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("DMoERMForSequenceClassification")
