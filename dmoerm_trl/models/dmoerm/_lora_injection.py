@@ -65,6 +65,12 @@ from collections.abc import Sequence
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..._compat import (
+    peft_check_new_adapter_config,
+    peft_create_and_replace,
+    peft_lora_api_missing,
+    peft_mark_only_adapters_as_trainable,
+)
 from ._backbone import detect_lora_target_modules
 from ._trunk import check_trunk_split, validate_trunk_layers
 from .configuration_dmoerm import slugify
@@ -85,26 +91,6 @@ _UPCAST_DTYPE_NAMES = (
 )
 
 
-def _peft_api_missing() -> str | None:
-    """Why the installed PEFT lacks what the fast path calls (``None`` when it has it all)."""
-    try:
-        from peft.functional import cast_adapter_dtype  # noqa: F401
-        from peft.tuners.lora import LoraLayer, LoraModel
-    except ImportError as error:
-        return f"peft has no {error.name or error}"
-    needed = ("_create_and_replace", "_check_new_adapter_config", "_mark_only_adapters_as_trainable", "set_adapter")
-    for name in needed:
-        if not callable(getattr(LoraModel, name, None)):
-            return f"peft's LoraModel has no {name}()"
-    signature = inspect.signature(LoraModel._create_and_replace)
-    expected = ["self", "lora_config", "adapter_name", "target", "target_name", "parent", "current_key"]
-    if list(signature.parameters)[: len(expected)] != expected:
-        return f"peft's LoraModel._create_and_replace{signature} is not the known one"
-    if not callable(getattr(LoraLayer, "update_layer", None)):
-        return "peft's LoraLayer has no update_layer()"
-    return None
-
-
 def fast_path_unsupported_reason(lora_config, backbone=None) -> str | None:
     """Why [`wrap_with_adapters`] would use PEFT's ``add_adapter`` loop for this config/backbone (``None``: fast path).
 
@@ -122,7 +108,7 @@ def fast_path_unsupported_reason(lora_config, backbone=None) -> str | None:
         >>> fast_path_unsupported_reason(LoraConfig(target_modules=["q_proj"], use_dora=True))
         'LoraConfig.use_dora=True (a LoRA variant)'
     """
-    missing = _peft_api_missing()
+    missing = peft_lora_api_missing()
     if missing is not None:
         return missing
     from peft import LoraConfig
@@ -229,7 +215,7 @@ def _add_adapters_in_one_pass(peft_model, names: Sequence[str], lora_config) -> 
 
     # What inject_adapter does after each adapter, once: only the active adapter trainable (unless inference_mode).
     tuner.set_adapter(tuner.active_adapters, inference_mode=lora_config.inference_mode)
-    tuner._mark_only_adapters_as_trainable(model)
+    peft_mark_only_adapters_as_trainable(tuner, model)
     return None
 
 
@@ -265,7 +251,7 @@ def _add_each_adapter(peft_model, tuner, targets, names, lora_config, low_precis
             )
         peft_model.peft_config[name] = lora_config
         try:
-            tuner._check_new_adapter_config(lora_config)
+            peft_check_new_adapter_config(tuner, lora_config)
             # Adapter-major order, as the loop: the same seed gives the same initial weights.
             for key, parent, target_name, layer in targets:
                 _create_in_isolation(tuner, lora_config, name, key, parent, target_name, layer, spares)
@@ -314,7 +300,7 @@ def _create_in_isolation(
                 spare = spares[(attribute, type(container))] = type(container)()
             modules[attribute] = spare
     try:
-        tuner._create_and_replace(lora_config, name, layer, target_name, parent, current_key=key)
+        peft_create_and_replace(tuner, lora_config, name, layer, target_name, parent, key)
     finally:
         for attribute, container in stashed.items():
             spare = modules[attribute]
