@@ -55,7 +55,7 @@ def load_backbone(path, dtype=torch.float32, causal_lm=False):
 def build_pair(path, config_kwargs, names=NAMES, dtype=torch.float32, seed=0, causal_lm=False):
     """(PEFT's loop, the fast path): same backbone, same seed, a fresh config each."""
     torch.manual_seed(seed)
-    config = LoraConfig(**config_kwargs)  # one config object for every adapter, as adapter_layout.py does
+    config = LoraConfig(**config_kwargs)  # one config object for every adapter, as the model does
     reference = get_peft_model(load_backbone(path, dtype, causal_lm), config, adapter_name=names[0])
     for name in names[1:]:
         reference.add_adapter(name, config)
