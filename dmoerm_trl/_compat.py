@@ -67,7 +67,7 @@ class SignatureColumnsHook:
     """Keeps the dataset columns named in ``signature_columns`` (what the trainer's collator reads) instead of the
     ones ``Trainer`` infers from the model's ``forward`` signature."""
 
-    signature_columns: list[str]
+    signature_columns: tuple[str, ...]
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:

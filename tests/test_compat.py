@@ -57,7 +57,7 @@ def test_without_zero3_init_detaches_the_live_deepspeed_config():
     config = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto"}
     args = TrainingArguments(output_dir="unused", deepspeed=config, use_cpu=True, report_to="none")
     try:
-        assert is_deepspeed_zero3_enabled()  # the weak reference transformers keeps to the live config
+        assert args.hf_deepspeed_config.is_zero3() and is_deepspeed_zero3_enabled()  # the weak reference transformers keeps to the live config
         with _compat.without_zero3_init():
             assert not is_deepspeed_zero3_enabled()
         assert is_deepspeed_zero3_enabled()

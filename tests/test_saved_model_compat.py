@@ -80,6 +80,6 @@ def test_auto_classes_load_the_folder_whatever_is_imported_first(first):
         f"model = AutoModelForSequenceClassification.from_pretrained({str(FIXTURES / 'saved_dmoerm_v1')!r})\n"
         "print(type(model).__name__)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("DMoERMForSequenceClassification")

@@ -130,7 +130,7 @@ class AggregatorTrainer(CountedMetricsMixin, SignatureColumnsHook, StageCheckpoi
             (a fixed schedule: every epoch, the last weights); from it on, selection on validation loss.
     """
 
-    signature_columns = ["chosen_ids", "rejected_ids", "chosen_features", "rejected_features"]  # what the collator reads
+    signature_columns = ("chosen_ids", "rejected_ids", "chosen_features", "rejected_features")  # what the collator reads
 
     def __init__(
         self,

@@ -126,7 +126,7 @@ class RouterTrainer(CountedMetricsMixin, SignatureColumnsHook, StageCheckpointMi
 
     stage_name = "router"
 
-    signature_columns = ["input_ids", "labels", "view"]  # what the collator reads
+    signature_columns = ("input_ids", "labels", "view")  # what the collator reads
 
     def __init__(self, model, args=None, train_dataset=None, eval_dataset=None, processing_class=None, **kwargs):
         if processing_class is None or processing_class.pad_token_id is None:
