@@ -70,7 +70,7 @@ def build_once(path: str, names: list[str], args, method: str) -> dict:
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    from dmoerm_trl.adapter_injection import wrap_with_adapters
+    from dmoerm_trl.models.dmoerm._lora_injection import wrap_with_adapters
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

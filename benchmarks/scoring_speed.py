@@ -61,7 +61,7 @@ def paper_loop(model, input_ids, attention_mask) -> torch.Tensor:
     for i in range(input_ids.shape[0]):
         ids, mask = input_ids[i : i + 1], attention_mask[i : i + 1]
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        category = model.config.category_names[int(model._route(ids, mask, pos).argmax(-1))]
+        category = model.config.category_names[int(model.route(ids, mask, pos).argmax(-1))]
         features = []
         for name in model.expert_adapter_names(category):
             model.backbone.set_adapter(name)

@@ -18,10 +18,12 @@ from . import _autoregister
 _autoregister.install()
 
 _EXPORTS = {
-    "DMoERMConfig": "dmoerm_trl.configuration_dmoerm",
-    "CapabilityAggregator": "dmoerm_trl.modeling_dmoerm",
-    "DMoERMForSequenceClassification": "dmoerm_trl.modeling_dmoerm",
-    "DMoERMOutput": "dmoerm_trl.modeling_dmoerm",
+    "DMoERMConfig": "dmoerm_trl.models.dmoerm.configuration_dmoerm",
+    "CapabilityAggregator": "dmoerm_trl.models.dmoerm.modeling_dmoerm",
+    "DMoERMForSequenceClassification": "dmoerm_trl.models.dmoerm.modeling_dmoerm",
+    "DMoERMOutput": "dmoerm_trl.models.dmoerm.modeling_dmoerm",
+    "DMoERMRouter": "dmoerm_trl.models.dmoerm.modeling_dmoerm",
+    "PromptBoundaryError": "dmoerm_trl.models.dmoerm._prompt_boundary",
     "BestOfNSampler": "dmoerm_trl.rl",
     "GoldRewardCallback": "dmoerm_trl.rl",
     "RewardEnsemble": "dmoerm_trl.rl",
@@ -34,7 +36,9 @@ __all__ = [
     "DMoERMConfig",
     "DMoERMForSequenceClassification",
     "DMoERMOutput",
+    "DMoERMRouter",
     "GoldRewardCallback",
+    "PromptBoundaryError",
     "RewardEnsemble",
     "RewardScorer",
     "__version__",

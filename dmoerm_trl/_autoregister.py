@@ -26,26 +26,35 @@ MODELING_AUTO = "transformers.models.auto.modeling_auto"
 def _register_config() -> None:
     from transformers import AutoConfig
 
-    from .configuration_dmoerm import DMoERMConfig
-
-    AutoConfig.register(DMoERMConfig.model_type, DMoERMConfig, exist_ok=True)
+    configuration = importlib.import_module("dmoerm_trl.models.dmoerm.configuration_dmoerm")
+    config_class = getattr(configuration, "DMoERMConfig", None)
+    if config_class is None:  # the configuration module is loading (its own import loaded AutoConfig): it registers
+        return  # itself at its end
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
 
 
 def _register_models() -> None:
-    importlib.import_module("dmoerm_trl.modeling_dmoerm")  # registers DMoERM with AutoConfig/AutoModelFor...
+    importlib.import_module("dmoerm_trl.models.dmoerm.modeling_dmoerm")  # registers DMoERM with AutoConfig/AutoModelFor...
     importlib.import_module("dmoerm_trl.rl.ensemble")  # registers the reward ensemble
 
 
 _REGISTER = {CONFIG_AUTO: _register_config, MODELING_AUTO: _register_models}
 # Registration imports these libraries' modules, so it waits until none of them is half-imported (e.g. transformers'
 # trainer_utils imports modeling_auto while it loads): it runs at the end of the outermost such import.
+# The model's own modules import transformers while they load: a registration they set off waits for them too (else
+# it would import a half-loaded module of theirs), and runs at the end of the outermost one.
 _LIBRARIES = ("transformers", "peft", "trl", "accelerate", "datasets")
+_OWN = "dmoerm_trl.models"
 _pending: list[str] = []
+
+
+def _watched(name: str) -> bool:
+    return name.split(".")[0] in _LIBRARIES or name == _OWN or name.startswith(_OWN + ".")
 
 
 def _busy(skip: str) -> bool:
     for name, module in list(sys.modules.items()):
-        if name != skip and name.split(".")[0] in _LIBRARIES:
+        if name != skip and _watched(name):
             spec = getattr(module, "__spec__", None)
             if spec is not None and getattr(spec, "_initializing", False):
                 return True
@@ -81,7 +90,7 @@ class _AfterLoad(importlib.abc.Loader):
 
 class _Hook(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name.split(".")[0] not in _LIBRARIES or _done():
+        if not _watched(name) or _done():
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):

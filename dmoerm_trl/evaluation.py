@@ -154,24 +154,17 @@ def score_sequences(model, sequences: list[list[int]], pad_token_id: int, batch_
 
 
 def _route(model, sequences, pad_token_id: int, batch_size: int, desc: str) -> list[int]:
-    """Router decisions only (the router stage's forward, no experts)."""
-    import torch
+    """Router decisions only (``model.route``: the router on the prompt tokens, no experts)."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     routed = [0] * len(sequences)
-    model.set_training_stage("router")
-    try:
-        with torch.no_grad():
-            for indices, input_ids, attention_mask in tqdm(
-                list(_batches(sequences, batch_size, pad_token_id)), desc=desc, unit="batch", leave=False
-            ):
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-                for row, i in enumerate(indices):
-                    routed[i] = int(logits[row].argmax())
-    finally:
-        model.set_training_stage(None)
-        model.eval()
+    for indices, input_ids, attention_mask in tqdm(
+        list(_batches(sequences, batch_size, pad_token_id)), desc=desc, unit="batch", leave=False
+    ):
+        categories = model.route(input_ids.to(device), attention_mask.to(device)).argmax(-1).tolist()
+        for row, i in enumerate(indices):
+            routed[i] = int(categories[row])
     return routed
 
 

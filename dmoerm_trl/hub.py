@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 
-from .configuration_dmoerm import ROUTER_DESCRIPTIONS
+from .models.dmoerm.configuration_dmoerm import ROUTER_DESCRIPTIONS
 
 # Trainer bookkeeping that says nothing about the model: left out of model cards.
 _BOOKKEEPING_SUFFIXES = ("runtime", "samples_per_second", "steps_per_second", "epoch", "num_tokens", "global_step")
@@ -172,7 +172,7 @@ def push_to_hub(
 
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from .base_reference import reference_for_reader, reference_for_save
+    from .models.dmoerm._base_reference import reference_for_reader, reference_for_save
 
     base = model.config.base_model_name_or_path
     if not save_base and reference_for_reader(reference_for_save(base, None, Path.cwd(), warn=False)[0]) is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .prompt_boundary import PromptBoundaryError, assistant_opener_ids, prompt_mask_from_opener
+from .models.dmoerm._prompt_boundary import PromptBoundaryError, assistant_opener_ids, prompt_mask_from_opener
 from .truncation import encode_keep_end, warn_truncated
 
 

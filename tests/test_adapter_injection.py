@@ -10,8 +10,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModel, AutoModelForCausalLM
 
-from dmoerm_trl import adapter_injection
-from dmoerm_trl.adapter_injection import fast_path_unsupported_reason, wrap_with_adapters
+from dmoerm_trl.models.dmoerm import _lora_injection as adapter_injection
+from dmoerm_trl.models.dmoerm._lora_injection import fast_path_unsupported_reason, wrap_with_adapters
 from dmoerm_trl.testing_utils import make_tiny_llama, randomize_adapters
 
 NAMES = ["router", "chitchat__task", "chitchat__empathy", "objective_qa__task", "objective_qa__logic"]
@@ -55,7 +55,7 @@ def load_backbone(path, dtype=torch.float32, causal_lm=False):
 def build_pair(path, config_kwargs, names=NAMES, dtype=torch.float32, seed=0, causal_lm=False):
     """(PEFT's loop, the fast path): same backbone, same seed, a fresh config each."""
     torch.manual_seed(seed)
-    config = LoraConfig(**config_kwargs)  # one config object for every adapter, as adapter_layout.py does
+    config = LoraConfig(**config_kwargs)  # one config object for every adapter, as the model does
     reference = get_peft_model(load_backbone(path, dtype, causal_lm), config, adapter_name=names[0])
     for name in names[1:]:
         reference.add_adapter(name, config)
@@ -175,7 +175,7 @@ def test_saved_adapter_loads_in_plain_peft(four_layer_llama_path, tmp_path):
 def test_unsupported_config_falls_back_to_peft_loop(tiny_llama_path, caplog):
     config_kwargs = {"r": 4, "target_modules": ["q_proj", "v_proj"], "use_dora": True}
     assert fast_path_unsupported_reason(LoraConfig(**config_kwargs)) == "LoraConfig.use_dora=True (a LoRA variant)"
-    with caplog.at_level(logging.WARNING, logger="dmoerm_trl.adapter_injection"):
+    with caplog.at_level(logging.WARNING, logger="dmoerm_trl.models.dmoerm._lora_injection"):
         reference, fast = build_pair(tiny_llama_path, config_kwargs)
     assert "using PEFT's add_adapter loop because LoraConfig.use_dora=True" in caplog.text
     assert_same_structure(reference, fast)
@@ -194,7 +194,7 @@ def test_changed_peft_internals_fall_back_to_peft_loop(tiny_llama_path, caplog, 
     monkeypatch.setattr(LoraModel, "_create_and_replace", _create_and_replace)
     reason = fast_path_unsupported_reason(LoraConfig(**CONFIGS["q_v"]))
     assert reason is not None and "_create_and_replace" in reason
-    with caplog.at_level(logging.WARNING, logger="dmoerm_trl.adapter_injection"):
+    with caplog.at_level(logging.WARNING, logger="dmoerm_trl.models.dmoerm._lora_injection"):
         reference, fast = build_pair(tiny_llama_path, CONFIGS["q_v"])
     assert "using PEFT's add_adapter loop because peft's LoraModel._create_and_replace" in caplog.text
     assert_same_structure(reference, fast)
@@ -203,7 +203,7 @@ def test_changed_peft_internals_fall_back_to_peft_loop(tiny_llama_path, caplog, 
 def test_fast_false_runs_the_loop_quietly(tiny_llama_path, caplog, monkeypatch):
     called = []
     monkeypatch.setattr(adapter_injection, "_add_adapters_in_one_pass", lambda *args: called.append(args))
-    with caplog.at_level(logging.WARNING, logger="dmoerm_trl.adapter_injection"):
+    with caplog.at_level(logging.WARNING, logger="dmoerm_trl.models.dmoerm._lora_injection"):
         model = wrap_with_adapters(load_backbone(tiny_llama_path), NAMES, LoraConfig(**CONFIGS["q_v"]), fast=False)
     assert not called and "add_adapter loop" not in caplog.text
     assert list(model.peft_config) == NAMES and model.active_adapter == "router"

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification
 
 from dmoerm_trl import DMoERMForSequenceClassification
-from dmoerm_trl.base_reference import MissingBaseModelError
+from dmoerm_trl.models.dmoerm._base_reference import MissingBaseModelError
 from dmoerm_trl.testing_utils import randomize_adapters
 
 # chat-templated (ChatML, the tiny tokenizer's template): the router reads the prompt, up to the assistant opener

@@ -13,7 +13,12 @@ import torch
 from transformers import AutoTokenizer
 
 from dmoerm_trl import DMoERMForSequenceClassification
-from dmoerm_trl.prompt_boundary import PromptBoundaryError, assistant_opener_ids, prompt_mask_from_opener
+from dmoerm_trl.models.dmoerm._prompt_boundary import (
+    PromptBoundaryError,
+    assistant_opener_ids,
+    prompt_mask_from_opener,
+)
+from dmoerm_trl.models.dmoerm._trunk import decoder_layers
 from dmoerm_trl.testing_utils import (
     CHAT_TEMPLATES,
     make_tiny_bert,
@@ -22,7 +27,6 @@ from dmoerm_trl.testing_utils import (
     randomize_adapters,
 )
 from dmoerm_trl.trainers.router_trainer import router_examples, routing_prompt_ids
-from dmoerm_trl.trunk import decoder_layers
 
 CATEGORIES = {"objective_qa": ["correctness", "logic", "depth"], "chitchat": ["empathy", "fluency"],
               "roleplay": ["character"]}
@@ -348,7 +352,7 @@ def test_without_a_recorded_boundary_the_router_reads_everything_and_warns(tmp_p
     model = randomised(DMoERMForSequenceClassification.from_backbone(path, CATEGORIES), tokenizer)
     assert model.config.assistant_opener_ids is None
     batch = encode(tokenizer, ["plain text", "more plain text here"], "right")
-    with caplog.at_level(logging.WARNING, logger="dmoerm_trl.modeling_dmoerm"):
+    with caplog.at_level(logging.WARNING, logger="dmoerm_trl.models.dmoerm.modeling_dmoerm"):
         model(**batch)
         model(**batch)
     warnings = [r for r in caplog.records if "no recorded prompt boundary" in r.getMessage()]

@@ -94,7 +94,7 @@ def assert_policy_changed(trained, initial_path: str) -> None:
 @pytest.mark.ppo
 @pytest.mark.skipif(not is_ppo_available(), reason=ppo_unavailable_reason())
 def test_readme_ppo_snippet(assets, tmp_path, monkeypatch):
-    from dmoerm_trl.reward_contract import SequenceRewardView
+    from dmoerm_trl.models.dmoerm._ppo_reward_view import SequenceRewardView
 
     paths = {"policy_path": assets["policy"], "reward_path": assets["dmoerm"], "prompts_path": assets["prompts"]}
     # Every call TRL makes to the DMoERM's PPO view: the token ids it scored and the rewards it read.

@@ -15,8 +15,8 @@ from peft import PeftModel
 from transformers import AutoModel, AutoModelForSequenceClassification, LlamaConfig, LlamaModel
 
 from dmoerm_trl import DMoERMConfig, DMoERMForSequenceClassification
+from dmoerm_trl.models.dmoerm._trunk import decoder_layers
 from dmoerm_trl.testing_utils import make_tiny_bert, make_tiny_llama, randomize_adapters
-from dmoerm_trl.trunk import decoder_layers
 
 CATEGORIES = {"objective_qa": ["correctness", "logic", "depth"], "chitchat": ["empathy", "fluency"]}
 TEXTS = [

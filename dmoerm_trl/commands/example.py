@@ -41,7 +41,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ..modeling_dmoerm import DMoERMForSequenceClassification
+    from ..models.dmoerm.modeling_dmoerm import DMoERMForSequenceClassification
 
     start = time.perf_counter()
     if args.backbone is None:

@@ -44,7 +44,7 @@ def describe_saved_model(path: str | Path) -> dict:
     import torch
     from transformers import AutoModel
 
-    from ..configuration_dmoerm import DMoERMConfig
+    from ..models.dmoerm.configuration_dmoerm import DMoERMConfig
 
     folder = Path(path)
     if not (folder / "config.json").exists() or not (folder / "dmoerm_heads.safetensors").exists():
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"DMoERM at {info['path']}")
     where = "saved in base/" if info["base_saved_in_folder"] else "referenced"
     print(f"  base model:   {info['base_model']} ({info['backbone_type']}, hidden {info['hidden_size']}; {where})")
-    from ..configuration_dmoerm import ROUTER_DESCRIPTIONS
+    from ..models.dmoerm.configuration_dmoerm import ROUTER_DESCRIPTIONS
 
     print(f"  router:       {info['router_mode']}: {ROUTER_DESCRIPTIONS.get(info['router_mode'], '?')}")
     opener = info["routing_prompt_ends_at"]

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         import dmoerm_trl  # noqa: F401  (registers DMoERM with the Auto classes)
-        from dmoerm_trl.base_reference import reference_for_reader
+        from dmoerm_trl.models.dmoerm._base_reference import reference_for_reader
 
         config = AutoConfig.from_pretrained(model_dir)
         if config.model_type != "dmoerm":

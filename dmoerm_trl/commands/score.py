@@ -76,12 +76,12 @@ def read_records(path: str) -> list[tuple[int, object, str | None, object]]:
 def run(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
-    from ..modeling_dmoerm import DMoERMForSequenceClassification
+    from ..models.dmoerm.modeling_dmoerm import DMoERMForSequenceClassification
 
     require_model(args.model, "--model")
     if args.tokenizer is not None:
         require_model(args.tokenizer, "--tokenizer")
-    from ..prompt_boundary import PromptBoundaryError
+    from ..models.dmoerm._prompt_boundary import PromptBoundaryError
 
     if args.output is not None:  # checked before the model loads: a bad path fails in a second, not after scoring
         if Path(args.output).is_dir():

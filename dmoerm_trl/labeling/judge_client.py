@@ -58,6 +58,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .._compat import openai_get_json, openai_post_json
 from .cache import LabelCache, request_key
 
 logger = logging.getLogger(__name__)
@@ -379,7 +380,7 @@ class JudgeClient:
         # throughput at high concurrency (docs/benchmarks.md, "Labeling").
         hard_limit = timeout * MAX_WAIT_FACTOR
         request = asyncio.ensure_future(
-            self.client.post("/chat/completions", cast_to=object, body=body, options={"timeout": hard_limit})
+            openai_post_json(self.client, "/chat/completions", body, hard_limit)
         )
         try:
             waited, counted = 0.0, False
@@ -405,7 +406,7 @@ class JudgeClient:
         import openai
 
         try:
-            await self.client.get("/models", cast_to=object, options={"timeout": seconds})
+            await openai_get_json(self.client, "/models", seconds)
         except openai.APIConnectionError:  # refused, reset or timed out (APITimeoutError is one)
             return False
         except Exception:  # noqa: BLE001 - any HTTP answer (401, 404, a body that is not JSON): it is up

@@ -15,8 +15,8 @@ in the outputs stay raw). Without it the members are combined raw, as before.
 
 It is a ``PreTrainedModel`` usable wherever a DMoERM is: ``forward`` returns ``logits`` ``(B, 1)`` (plus
 ``member_rewards`` ``(B, M)``), so it works as a GRPO/RLOO ``reward_funcs`` entry (it has a ``.config``) and in
-best-of-n; it meets TRL PPO's reward contract through :class:`~dmoerm_trl.reward_contract.SequenceRewardView` and
-:class:`~dmoerm_trl.reward_contract.BroadcastRewardScore`. Members may be DMoERMs, any HF sequence-classification
+best-of-n; it meets TRL PPO's reward contract through the parameter-free ``SequenceRewardView`` and
+``BroadcastRewardScore`` of ``dmoerm_trl/models/dmoerm/_ppo_reward_view.py``. Members may be DMoERMs, any HF sequence-classification
 reward models, or ensembles.
 
 Tokenizers: the token-id paths (``forward``, PPO) give every member the same ids, so the members must share one
@@ -47,7 +47,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from ..reward_contract import BroadcastRewardScore, SequenceRewardView
+from ..models.dmoerm._ppo_reward_view import BroadcastRewardScore, SequenceRewardView
 from ..utils.io import apply_umask, atomic_write_text
 from .checks import check_reward_logits, check_reward_model_ready
 from .scoring import eval_mode

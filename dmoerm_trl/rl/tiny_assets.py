@@ -109,7 +109,7 @@ def make_tiny_rl_assets(
 
     paths = {"policy": str(policy_path), "gold": str(root / "gold"), "proxies": proxies}
     if with_dmoerm:
-        from ..modeling_dmoerm import DMoERMForSequenceClassification
+        from ..models.dmoerm.modeling_dmoerm import DMoERMForSequenceClassification
         from ..testing_utils import randomize_adapters
 
         dmoerm = DMoERMForSequenceClassification.from_backbone(

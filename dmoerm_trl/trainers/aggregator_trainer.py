@@ -43,6 +43,7 @@ from torch.utils.data import Dataset as TorchDataset
 from transformers import Trainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
+from .._compat import SignatureColumnsHook
 from .checkpointing import StageCheckpointMixin, atomic_save_tensors
 from .counted_metrics import CountedMetricsMixin
 from .distributed import cast_trainable_parameters_for_deepspeed
@@ -109,7 +110,7 @@ def _experts_fingerprint(model, category: str, pair_ids: list[str]) -> str:
     return digest.hexdigest()
 
 
-class AggregatorTrainer(CountedMetricsMixin, StageCheckpointMixin, Trainer):
+class AggregatorTrainer(CountedMetricsMixin, SignatureColumnsHook, StageCheckpointMixin, Trainer):
     """Trains one category's aggregator MLP (phase 3) with the pairwise loss, optionally on cached features.
 
     Args:
@@ -128,6 +129,8 @@ class AggregatorTrainer(CountedMetricsMixin, StageCheckpointMixin, Trainer):
         min_validation_pairs: below this many validation pairs, no best-checkpoint selection and no early stopping
             (a fixed schedule: every epoch, the last weights); from it on, selection on validation loss.
     """
+
+    signature_columns = ("chosen_ids", "rejected_ids", "chosen_features", "rejected_features")  # what the collator reads
 
     def __init__(
         self,
@@ -291,10 +294,6 @@ class AggregatorTrainer(CountedMetricsMixin, StageCheckpointMixin, Trainer):
         train = ExpertFeaturePairs(tensors["train_chosen"], tensors["train_rejected"])
         evaluation = ExpertFeaturePairs(tensors["eval_chosen"], tensors["eval_rejected"]) if "eval_chosen" in tensors else None
         return train, evaluation
-
-    def _set_signature_columns_if_needed(self):
-        if self._signature_columns is None:
-            self._signature_columns = ["chosen_ids", "rejected_ids", "chosen_features", "rejected_features"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "chosen_features" in inputs:

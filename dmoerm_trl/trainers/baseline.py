@@ -59,7 +59,7 @@ def train_baseline_reward_model(
     if use_lora:
         from peft import LoraConfig
 
-        from ..backbone import detect_lora_target_modules
+        from ..models.dmoerm._backbone import detect_lora_target_modules
 
         if lora_target_modules is None:
             import torch

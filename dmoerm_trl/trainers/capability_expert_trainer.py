@@ -19,20 +19,16 @@ Example:
 
 from __future__ import annotations
 
-from trl import RewardTrainer
-
-from .checkpointing import StageCheckpointMixin
-from .distributed import cast_trainable_parameters_for_deepspeed
+from ._stage_reward_trainer import _StageRewardTrainer
 
 
-class CapabilityExpertTrainer(StageCheckpointMixin, RewardTrainer):
+class CapabilityExpertTrainer(_StageRewardTrainer):
     """``RewardTrainer`` for one part of a DMoERM: the expert ``capability`` of ``category``.
 
     Args:
         model: a [`DMoERMForSequenceClassification`].
         category: the category whose expert trains.
-        capability: the capability point. ``None`` trains the category's task adapter and head instead (phase 1,
-            see [`TaskTrainer`]).
+        capability: the capability point (required; the category's task adapter is [`TaskTrainer`]'s, phase 1).
         args, train_dataset, eval_dataset, processing_class, callbacks, ...: as for ``trl.RewardTrainer``
             (pairs in TRL's preference format, conversational or text, or already tokenized).
     """
@@ -40,20 +36,9 @@ class CapabilityExpertTrainer(StageCheckpointMixin, RewardTrainer):
     stage_kind = "capability"
 
     def __init__(self, model, category: str, capability: str | None = None, args=None, **kwargs):
-        if capability is None and self.stage_kind == "capability":
+        if capability is None:
             raise ValueError(
                 f"CapabilityExpertTrainer needs capability=, one of {model.config.categories.get(category)}; "
                 "use TaskTrainer to train the category's task adapter (phase 1)"
             )
-        stage = "capability" if capability is not None else "task"
-        self.category, self.capability = category, capability
-        self.stage_name = f"{stage}/{category}" + (f"/{capability}" if capability is not None else "")
-        self.stage_parameter_names = model.set_training_stage(stage, category=category, capability=capability)
-        if args is not None:
-            cast_trainable_parameters_for_deepspeed(model, args)
-        super().__init__(model=model, args=args, **kwargs)
-
-    def create_model_card(self, *args, **kwargs):
-        # TRL writes a model card for every checkpoint; a stage checkpoint is not a model. The pipeline writes the
-        # DMoERM's own card with the final model.
-        return None
+        super().__init__(model, category=category, capability=capability, args=args, **kwargs)

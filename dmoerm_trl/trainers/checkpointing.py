@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from .._compat import TrainerCheckpointHooks
+
 # The package's one atomic-write helper, under the names the trainers import from here.
 from ..utils.io import atomic_save_safetensors as atomic_save_tensors
 from ..utils.io import atomic_write_json
@@ -97,16 +99,18 @@ def last_complete_checkpoint(stage_dir: str | os.PathLike, remove_incomplete: bo
     return str(last) if last is not None else None
 
 
-class StageCheckpointMixin:
+class StageCheckpointMixin(TrainerCheckpointHooks):
     """Mixin for Trainers of one DMoERM stage: checkpoints hold only ``self.stage_parameter_names``.
 
     The subclass sets ``self.stage_parameter_names`` (the names returned by ``model.set_training_stage``) before
-    calling the Trainer's ``__init__``.
+    calling the Trainer's ``__init__``. The Trainer reaches these methods through its private checkpoint hooks
+    (``dmoerm_trl/_compat.py``).
     """
 
     stage_parameter_names: list[str]
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+    def save_stage_checkpoint(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Write the stage's tensors (what ``Trainer._save`` does for a whole model)."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
@@ -124,7 +128,8 @@ class StageCheckpointMixin:
         atomic_save_tensors(tensors, Path(output_dir) / STAGE_WEIGHTS_NAME, {"dmoerm_stage": self.stage_name})
         atomic_write_json(Path(output_dir) / "training_args.json", self.args.to_dict())
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+    def load_stage_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Load a stage checkpoint's tensors into the model (on resume and for the best checkpoint)."""
         model = model if model is not None else self.model
         path = Path(resume_from_checkpoint) / STAGE_WEIGHTS_NAME
         if not path.exists():
@@ -132,12 +137,11 @@ class StageCheckpointMixin:
         load_tensors_into(self.accelerator.unwrap_model(model), path, expected=self.stage_parameter_names)
         logger.info("Loaded the %s stage weights from %s", self.stage_name, resume_from_checkpoint)
 
-    def _load_best_model(self) -> None:
-        if self.is_deepspeed_enabled:
-            return super()._load_best_model()
+    def load_best_stage_checkpoint(self) -> None:
+        """Load the best checkpoint's stage tensors (``load_best_model_at_end``)."""
         best = self.state.best_model_checkpoint
         logger.info("Loading the best %s checkpoint %s (score %s).", self.stage_name, best, self.state.best_metric)
-        self._load_from_checkpoint(best)
+        self.load_stage_checkpoint(best)
 
     def stage_state_dict(self) -> dict[str, torch.Tensor]:
         """The stage's trained tensors (gathered from all ranks under DeepSpeed ZeRO-3). Call on every process."""

@@ -171,7 +171,7 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
         import torch
         from transformers import set_seed
 
-        from ..modeling_dmoerm import DMoERMForSequenceClassification
+        from ..models.dmoerm.modeling_dmoerm import DMoERMForSequenceClassification
 
         if self._single_process and getattr(self, "_model", None) is not None:
             self._model.set_training_stage(None)

@@ -250,28 +250,24 @@ class PipelineDataMixin:
             self.report.warn(f"{len(unlabeled)} human pairs have no category and are not used ({why})")
             return
         if "routing" not in self.state:
-            model = self._build_model()
-            model.set_training_stage("router")
-            model.eval()
+            model = self._build_model().eval()
             rows = self.human.select(unlabeled)
             routed = {}
-            with torch.no_grad():
-                for start in range(0, len(rows), 32):
-                    batch = rows[start : start + 32]
-                    # What the router reads at inference: the prompt up to the chat template's assistant opener.
-                    opener = model.config.assistant_opener_ids
-                    ids = batch["prompt_ids"]
-                    if opener:
-                        ids = [routing_prompt_ids(x, opener, f"pair {pid}")
-                               for x, pid in zip(batch["chosen_ids"], batch["pair_id"])]
-                    length = max(len(x) for x in ids)
-                    input_ids = torch.full((len(ids), length), self.tokenizer.pad_token_id, dtype=torch.long)
-                    mask = torch.zeros_like(input_ids)
-                    for j, x in enumerate(ids):
-                        input_ids[j, : len(x)], mask[j, : len(x)] = torch.as_tensor(x), 1
-                    logits = model(input_ids=input_ids, attention_mask=mask).logits
-                    for pid, index in zip(batch["pair_id"], logits.argmax(-1).tolist()):
-                        routed[pid] = model.config.category_names[index]
+            for start in range(0, len(rows), 32):
+                batch = rows[start : start + 32]
+                # What the router reads at inference: the prompt up to the chat template's assistant opener.
+                opener = model.config.assistant_opener_ids
+                ids = batch["prompt_ids"]
+                if opener:
+                    ids = [routing_prompt_ids(x, opener, f"pair {pid}")
+                           for x, pid in zip(batch["chosen_ids"], batch["pair_id"])]
+                length = max(len(x) for x in ids)
+                input_ids = torch.full((len(ids), length), self.tokenizer.pad_token_id, dtype=torch.long)
+                mask = torch.zeros_like(input_ids)
+                for j, x in enumerate(ids):
+                    input_ids[j, : len(x)], mask[j, : len(x)] = torch.as_tensor(x), 1
+                for pid, index in zip(batch["pair_id"], model.route(input_ids, mask).argmax(-1).tolist()):
+                    routed[pid] = model.config.category_names[index]
             self.state["routing"] = routed
             self._write_state()
             del model

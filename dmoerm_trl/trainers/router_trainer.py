@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
-from ..prompt_boundary import PromptBoundaryError, prompt_prefix
+from .._compat import SignatureColumnsHook
+from ..models.dmoerm._prompt_boundary import PromptBoundaryError, prompt_prefix
 from .checkpointing import StageCheckpointMixin
 from .counted_metrics import CountedMetricsMixin
 from .distributed import cast_trainable_parameters_for_deepspeed
@@ -112,7 +113,7 @@ class RouterCollator:
         }
 
 
-class RouterTrainer(CountedMetricsMixin, StageCheckpointMixin, Trainer):
+class RouterTrainer(CountedMetricsMixin, SignatureColumnsHook, StageCheckpointMixin, Trainer):
     """Trains the router adapter (``router_mode="lora"``) or the router head alone (``"linear"``) of a DMoERM.
 
     Args:
@@ -124,6 +125,8 @@ class RouterTrainer(CountedMetricsMixin, StageCheckpointMixin, Trainer):
     """
 
     stage_name = "router"
+
+    signature_columns = ("input_ids", "labels", "view")  # what the collator reads
 
     def __init__(self, model, args=None, train_dataset=None, eval_dataset=None, processing_class=None, **kwargs):
         if processing_class is None or processing_class.pad_token_id is None:
@@ -151,10 +154,6 @@ class RouterTrainer(CountedMetricsMixin, StageCheckpointMixin, Trainer):
         self.can_return_loss = True
         self.label_names = []
         self.reset_counts()
-
-    def _set_signature_columns_if_needed(self):
-        if self._signature_columns is None:
-            self._signature_columns = ["input_ids", "labels", "view"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         view = inputs.pop("view")

@@ -25,7 +25,7 @@ def check_push_settings(model_args, training_args) -> None:
     """
     if not training_args.push_to_hub or model_args.save_base_model:
         return
-    from ..base_reference import reference_for_reader, reference_for_save
+    from ..models.dmoerm._base_reference import reference_for_reader, reference_for_save
 
     if model_args.tiny_backbone:
         where = f"the tiny backbone ({training_args.output_dir}/backbone)"
@@ -84,7 +84,7 @@ def log_final_metrics(args, callbacks, metrics: dict[str, float], is_main: bool)
 def push_trained_model(output_dir: Path, model_args, args, tokenizer) -> str:
     """Upload the exported DMoERM (and the tokenizer, one commit) to ``hub_model_id`` (default: the output folder's
     name), with ``hub_private_repo``, ``hub_token`` and ``hub_revision``; returns the commit URL."""
-    from ..modeling_dmoerm import DMoERMForSequenceClassification
+    from ..models.dmoerm.modeling_dmoerm import DMoERMForSequenceClassification
 
     model = DMoERMForSequenceClassification.from_pretrained(output_dir)
     repo_id = args.hub_model_id or Path(output_dir).absolute().name

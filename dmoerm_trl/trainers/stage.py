@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
+
+from .._compat import without_zero3_init  # noqa: F401 (the pipeline imports it from here)
 
 
 @dataclass(frozen=True)
@@ -20,24 +21,6 @@ class Stage:
 
     @property
     def dirname(self) -> str:
-        from ..configuration_dmoerm import slugify
+        from ..models.dmoerm.configuration_dmoerm import slugify
 
         return "__".join(slugify(part) for part in (self.kind, self.category, self.capability) if part)
-
-
-@contextlib.contextmanager
-def without_zero3_init():
-    """Build models as plain modules even while a ZeRO-3 ``TrainingArguments`` is alive.
-
-    Under a live ZeRO-3 config transformers partitions parameters while loading (``zero.Init``), which the DMoERM
-    surgery (adapters, heads, loading finished stages) cannot work on. A plain model is partitioned by the DeepSpeed
-    engine when the stage's Trainer starts instead.
-    """
-    from transformers.integrations import deepspeed as hf_deepspeed
-
-    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
-    hf_deepspeed._hf_deepspeed_config_weak_ref = None
-    try:
-        yield
-    finally:
-        hf_deepspeed._hf_deepspeed_config_weak_ref = saved

@@ -14,10 +14,10 @@ Example:
 
 from __future__ import annotations
 
-from .capability_expert_trainer import CapabilityExpertTrainer
+from ._stage_reward_trainer import _StageRewardTrainer
 
 
-class TaskTrainer(CapabilityExpertTrainer):
+class TaskTrainer(_StageRewardTrainer):
     """``trl.RewardTrainer`` on one category's task adapter + task head (a DMoERM's phase 1)."""
 
     stage_kind = "task"

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from trainer_helpers import stage_args, tiny_dmoerm, tokenized_data
 
 from dmoerm_trl import DMoERMForSequenceClassification
-from dmoerm_trl.modeling_dmoerm import CapabilityAggregator
+from dmoerm_trl.models.dmoerm.modeling_dmoerm import CapabilityAggregator
 from dmoerm_trl.testing_utils import randomize_adapters
 from dmoerm_trl.trainers import AggregatorTrainer
 

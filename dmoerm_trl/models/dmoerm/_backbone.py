@@ -91,7 +91,7 @@ def load_pretrained_backbone(name_or_path, **kwargs) -> PreTrainedModel:
     """
     from transformers.utils import logging as hf_logging
 
-    from .paths import require_model
+    from ...paths import require_model
 
     if isinstance(name_or_path, (str, os.PathLike)):
         require_model(str(name_or_path), "backbone")
@@ -156,3 +156,42 @@ def backbone_is_causal(backbone) -> bool:
     # A causal backbone gives the same prefix states (0.0 measured on CPU in fp32 and bf16); a bidirectional one
     # differs by ~1e-3 relative even when tiny and random.
     return (first - second).abs().max().item() <= 1e-5 * scale
+
+
+def resolve_backbone(backbone, backbone_kwargs: dict) -> tuple[PreTrainedModel, str | None, str | None]:
+    """``(base model, base_model_name_or_path, pinned revision)`` of ``from_backbone``'s ``backbone`` argument: a hub
+    id or path (loaded with ``backbone_kwargs``) or a loaded ``PreTrainedModel`` (a ``*ForCausalLM`` is unwrapped).
+
+    Example:
+        >>> from dmoerm_trl.testing_utils import make_tiny_llama
+        >>> base, path, revision = resolve_backbone(make_tiny_llama(), {})
+        >>> type(base).__name__, path, revision
+        ('LlamaModel', None, None)
+    """
+    from peft import PeftModel
+
+    from ._base_reference import pinned_revision
+
+    if isinstance(backbone, PeftModel):
+        raise ValueError(
+            "pass the base model, not a PeftModel: DMoERM adds its own LoRA adapters (merge yours first with "
+            "merge_and_unload() if the base should include them)"
+        )
+    if isinstance(backbone, (str, os.PathLike)):
+        check_load_kwargs(backbone_kwargs, "from_backbone", BACKBONE_KWARGS + HUB_KWARGS)
+        base_path = str(backbone)
+        base = load_pretrained_backbone(base_path, **backbone_kwargs)
+        base_revision = None if os.path.isdir(base_path) else pinned_revision(
+            base_path, backbone_kwargs.get("revision"), backbone_kwargs.get("cache_dir")
+        )
+    elif isinstance(backbone, PreTrainedModel):
+        check_load_kwargs(backbone_kwargs, "from_backbone with an already loaded backbone (pass options when you "
+                          "load it, e.g. AutoModel.from_pretrained(..., attn_implementation=...))", ())
+        base_path, base_revision = backbone.name_or_path or None, None
+        inner = getattr(backbone, backbone.base_model_prefix, None)
+        base = inner if isinstance(inner, PreTrainedModel) else backbone
+    else:
+        raise TypeError(
+            f"backbone must be a model id/path or a transformers PreTrainedModel, got {type(backbone).__name__}"
+        )
+    return base, base_path, base_revision

@@ -145,3 +145,45 @@ def prompt_prefix(ids: list[int], opener: list[int]) -> list[int] | None:
     tensor = torch.tensor([list(ids)], dtype=torch.long)
     end = int(_last_match_end(tensor, torch.ones_like(tensor), opener)[0])
     return list(ids[:end]) if end >= 0 else None
+
+
+def router_prompt_mask(config, input_ids, attention_mask, prompt_mask=None) -> torch.Tensor:
+    """``(N, T)`` mask of the tokens a DMoERM's router reads: ``prompt_mask`` (checked, restricted to real tokens)
+    when given, else the real tokens up to and including the last ``config.assistant_opener_ids`` of each row, or
+    every real token when the config records no opener. A row without its prompt is a :class:`PromptBoundaryError`
+    naming the row and the fix.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> ids = torch.tensor([[5, 1, 2, 8, 9]])
+        >>> router_prompt_mask(SimpleNamespace(assistant_opener_ids=[1, 2]), ids, torch.ones_like(ids)).tolist()
+        [[1, 1, 1, 0, 0]]
+    """
+    if prompt_mask is not None:
+        if prompt_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"prompt_mask has shape {tuple(prompt_mask.shape)} but input_ids {tuple(input_ids.shape)}; give "
+                "one 0/1 entry per token (1 on the prompt)"
+            )
+        prompt_mask = prompt_mask.to(attention_mask.device).long() * attention_mask
+        empty = (prompt_mask.sum(-1) == 0).nonzero()
+        if len(empty):
+            row = int(empty[0])
+            raise PromptBoundaryError(row, f"prompt_mask row {row} marks no real token as prompt")
+        return prompt_mask
+    opener = config.assistant_opener_ids
+    if not opener:
+        return attention_mask
+    mask, found = prompt_mask_from_opener(input_ids, attention_mask, opener)
+    if not bool(found.all()):
+        row = int((~found).nonzero()[0])
+        raise PromptBoundaryError(
+            row,
+            f"row {row} of the batch does not contain the assistant-turn opener "
+            f"{getattr(config, 'assistant_opener_text', None)!r} (token ids {opener}), so its prompt cannot be told "
+            "from its response and the router (which reads the prompt only) cannot route it. Fix: build the text "
+            "with the tokenizer's chat template (the conversation ending with the assistant response), or pass "
+            "prompt_mask= (1 on prompt tokens) or categories= (bypass the router); in GRPO/RLOO use conversational "
+            "prompts, or reward_funcs=[RewardScorer(model, tokenizer).as_reward_function()] for text prompts"
+        )
+    return mask

@@ -312,3 +312,6 @@ class DMoERMConfig(PretrainedConfig):
         backbone_config = dict(self.backbone_config)
         model_type = backbone_config.pop("model_type")
         return AutoConfig.for_model(model_type, **backbone_config)
+
+
+AutoConfig.register(DMoERMConfig.model_type, DMoERMConfig, exist_ok=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .utils.io import atomic_save_safetensors, atomic_write_text
+from ...utils.io import atomic_save_safetensors, atomic_write_text
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -62,8 +62,8 @@ def save_dmoerm(model, save_directory, state_dict=None, save_base: bool = False,
 
     from peft import get_peft_model_state_dict
 
-    from .base_reference import reference_for_reader, reference_for_save
-    from .hub import build_model_card
+    from ...hub import build_model_card
+    from ._base_reference import reference_for_reader, reference_for_save
 
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
@@ -128,8 +128,8 @@ _AUTO_KWARGS = ("adapter_kwargs", "subfolder", "num_labels", "trust_remote_code"
 
 
 def load_dmoerm(cls, name_or_path, config, base_model_name_or_path, kwargs: dict):
-    from .backbone import BACKBONE_KWARGS, check_load_kwargs, load_pretrained_backbone
-    from .base_reference import MissingBaseModelError, is_relative_reference, resolve_base
+    from ._backbone import BACKBONE_KWARGS, check_load_kwargs, load_pretrained_backbone
+    from ._base_reference import MissingBaseModelError, is_relative_reference, resolve_base
     from .configuration_dmoerm import DMoERMConfig
 
     check_load_kwargs(kwargs, "from_pretrained", BACKBONE_KWARGS + _REPO_KWARGS + _AUTO_KWARGS)
@@ -224,10 +224,10 @@ def read_safetensors(path) -> dict:
 def _prompt_boundary_from_saved_tokenizer(model, folder: Path) -> None:
     """A model saved before prompt-only routing (no ``assistant_opener_ids`` in its config): take the prompt boundary
     from the tokenizer saved in its folder (the training pipeline saves it there). Without one, the router reads the
-    whole text and warns at its first use (see ``DMoERMForSequenceClassification._router_prompt_mask``)."""
+    whole text and warns at its first use (see ``DMoERMRouter.prompt_mask``)."""
     import logging
 
-    from .prompt_boundary import PromptBoundaryError
+    from ._prompt_boundary import PromptBoundaryError
 
     logger = logging.getLogger(__name__)
     if not any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json")):
@@ -297,3 +297,70 @@ def load_category_base(peft_backbone, path: Path) -> None:
             "was it saved from another base model?"
         )
     peft_backbone.load_state_dict({plain_to_own[k]: v for k, v in saved.items()}, strict=False)
+
+
+class SavedFolderMixin:
+    """``save_pretrained`` / ``from_pretrained`` / ``load_dmoerm_weights`` / ``push_to_hub`` of a DMoERM (mixed into
+    [`DMoERMForSequenceClassification`]; the folder layout is this module's docstring)."""
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        state_dict: dict | None = None,
+        save_base: bool = False,
+        is_main_process: bool = True,
+        push_to_hub: bool = False,
+        final_directory: str | os.PathLike | None = None,
+        **kwargs,
+    ) -> None:
+        """Save config, one standard PEFT folder per adapter (``adapters/<name>/``), the heads and a model card.
+
+        ``config.json`` names the base so that the folder can move (hub id, ``./path`` inside the folder, else an
+        absolute path: docs/hub.md); ``save_base=True`` also writes the base to ``base/``. ``final_directory``: where
+        a folder written to a staging folder first will end up. ``state_dict`` (e.g. gathered by ZeRO-3) replaces
+        this model's own; ``safe_serialization``/``max_shard_size`` are accepted (files are always safetensors).
+
+        Example:
+            >>> model.save_pretrained("runs/my-dmoerm")  # doctest: +SKIP
+        """
+        if push_to_hub:
+            raise ValueError("use model.push_to_hub(repo_id) to upload")
+        if not is_main_process:
+            return
+        save_dmoerm(self, save_directory, state_dict=state_dict, save_base=save_base, final_directory=final_directory)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *model_args,
+        config=None,
+        base_model_name_or_path: str | None = None,
+        **kwargs,
+    ):
+        """Load a saved DMoERM (local folder or hub repo): the base from ``base/`` or its recorded hub id / path
+        (relative to the folder or absolute; a missing base is a clear ``FileNotFoundError`` naming it and the fix),
+        then the adapters and heads. ``dtype=``, ``device_map=``, ``attn_implementation=``, ``low_cpu_mem_usage=``
+        reach the backbone; hub options (``revision``, ``token``, ``cache_dir``, ``local_files_only``) apply to this
+        repo (the base loads at its own recorded revision); ``base_model_name_or_path=`` overrides where the base
+        comes from. Options it cannot honour (``quantization_config``, unknown names) are refused (``ValueError``).
+
+        Example:
+            >>> import dmoerm_trl
+            >>> from transformers import AutoModelForSequenceClassification
+            >>> model = AutoModelForSequenceClassification.from_pretrained("./my-dmoerm")  # doctest: +SKIP
+        """
+        from ...paths import require_model
+
+        require_model(str(pretrained_model_name_or_path), "pretrained_model_name_or_path")
+        return load_dmoerm(cls, pretrained_model_name_or_path, config, base_model_name_or_path, kwargs)
+
+    def load_dmoerm_weights(self, folder: str | os.PathLike) -> None:
+        """Load adapters and heads saved by ``save_pretrained`` into this model (same config); used for resuming."""
+        load_dmoerm_weights(self, folder)
+
+    def push_to_hub(self, repo_id: str, *, save_base: bool = False, metrics: dict | None = None, **kwargs) -> str:
+        """Upload config, adapters, heads and a model card to the Hub (see [`dmoerm_trl.hub.push_to_hub`])."""
+        from ...hub import push_to_hub
+
+        return push_to_hub(self, repo_id, save_base=save_base, metrics=metrics, **kwargs)

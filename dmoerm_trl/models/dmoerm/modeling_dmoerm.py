@@ -1,13 +1,14 @@
-"""DMoERM as a Hugging Face sequence-classification reward model.
+"""DMoERM as a Hugging Face sequence-classification reward model: the model, its router and its aggregator.
 
 Reading guide (top to bottom):
 
 1. ``DMoERMForSequenceClassification.from_backbone`` loads a pretrained backbone and puts LoRA adapters on it:
    ``router`` (router_mode="lora"), per category ``<category>__task`` (phase 1) and ``<category>__<capability>``
-   (one capability expert each, phase 2). Heads are plain registered modules: ``router_head`` (H -> C),
-   ``task_heads[category]`` and ``value_heads[expert]`` (H -> 1), ``aggregators[category]`` (k*H -> A -> 1).
+   (one capability expert each, phase 2). Heads are plain registered modules: ``router_head`` (the
+   [`DMoERMRouter`], H -> C), ``task_heads[category]`` and ``value_heads[expert]`` (H -> 1),
+   ``aggregators[category]`` (the [`CapabilityAggregator`], k*H -> A -> 1).
 2. ``forward`` (inference): route on the prompt only (the tokens up to the chat template's last assistant-turn
-   opener, ``prompt_boundary.py``) -> group the batch by category -> run each group's k experts (one mixed-adapter
+   opener, ``_prompt_boundary.py``) -> group the batch by category -> run each group's k experts (one mixed-adapter
    pass, or k passes: same numbers) -> value heads give ``capability_rewards``, the aggregator gives ``logits``.
 3. ``set_training_stage`` selects what one forward computes and which parameters train (router, a task adapter,
    one expert, an aggregator), so that each phase is an ordinary Trainer run over one adapter per forward.
@@ -17,37 +18,57 @@ Reading guide (top to bottom):
 ``task_mode="full"`` (the paper's layout, an option): every category gets its own full copy of the base
 (``category_backbones[category]``), fully fine-tuned in phase 1 in place of a task adapter; the category's experts are
 LoRA adapters on that copy, the router stays on the original base (``backbone``).
+
+Private helpers beside this file: ``_lora_injection.py`` (adapter names, the PEFT-wrapped backbone(s)),
+``_encoding.py`` (the backbone passes and pooling), ``_trunk.py`` (the shared bottom layers), ``training_stages.py``
+(what one forward trains), ``_serialization.py`` (the saved folder), ``_ppo_reward_view.py`` (TRL PPO's contract).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
+from transformers.modeling_outputs import ModelOutput
 
-from .adapter_layout import AdapterLayoutMixin
-from .backbone import (
-    BACKBONE_KWARGS,
-    HUB_KWARGS,
-    backbone_is_causal,
-    check_load_kwargs,
-    detect_pooling,
-    load_pretrained_backbone,
-)
-from .base_reference import pinned_revision
+from ._backbone import backbone_is_causal, detect_pooling, resolve_backbone
+from ._encoding import BackbonePassMixin
+from ._lora_injection import AdapterLayoutMixin
+from ._ppo_reward_view import BroadcastRewardScore, SequenceRewardView
+from ._prompt_boundary import PromptBoundaryError, assistant_opener_ids, router_prompt_mask
+from ._serialization import SavedFolderMixin
 from .configuration_dmoerm import DMoERMConfig
-from .modeling_outputs import DMoERMOutput
-from .prompt_boundary import PromptBoundaryError
-from .reward_contract import BroadcastRewardScore, SequenceRewardView
-from .routing import RoutingMixin
 from .training_stages import ROUTER_ADAPTER, STAGES, TrainingStagesMixin  # noqa: F401 (re-exported)
-from .trunk import layer_window
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DMoERMOutput(ModelOutput):
+    """Output of [`DMoERMForSequenceClassification`].
+
+    Args:
+        loss: the router's cross-entropy when training the router with ``labels=``; otherwise ``None``.
+        logits: ``(B, 1)`` reward (inference and the task/capability/aggregator stages) or ``(B, C)`` router logits
+            (router stage).
+        category_ids: ``(B,)`` category index of each row (routed, given with ``categories=``, or the stage's).
+        router_logits / router_probs: ``(B, C)``; ``None`` when the router did not run (``categories=`` given).
+        capability_rewards: ``(B, K_max)``: column ``j`` is expert ``j`` of the row's category
+            (``config.categories[category][j]``); ``NaN`` where the category has fewer than ``K_max`` capabilities.
+            Only in inference.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    category_ids: torch.LongTensor | None = None
+    router_logits: torch.FloatTensor | None = None
+    router_probs: torch.FloatTensor | None = None
+    capability_rewards: torch.FloatTensor | None = None
 
 
 class CapabilityAggregator(nn.Module):
@@ -125,6 +146,80 @@ class CapabilityAggregator(nn.Module):
         return bool(self.reward_mean.item() != 0.0 or self.reward_std.item() != 1.0)
 
 
+class DMoERMRouter(nn.Linear):
+    """The outer MoE's gate: one logit per category, read from the prompt tokens only.
+
+    The module is the router's linear head (``H -> C``; saved as ``router_head.weight``/``.bias``, as before it had
+    a class of its own) and holds the route logic: which tokens it reads ([`prompt_mask`]: the prompt, up to the
+    chat template's last assistant-turn opener), the pass that gives its features ([`features`]: the ``router``
+    LoRA adapter, the plain base or the shared trunk, by ``config.router_mode``) and its pooling
+    (``config.router_pooling``). It holds no backbone: the model that owns it is passed in (a second reference to
+    the backbone would duplicate its weights in ``state_dict()``). Every caller routes through [`route`], also the
+    router training stage, evaluation and the pipeline's routing of uncategorised pairs (via ``model.route``).
+
+    Example:
+        >>> import torch
+        >>> router = DMoERMRouter(hidden_size=4, num_categories=3)
+        >>> router(torch.zeros(2, 4)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, hidden_size: int, num_categories: int):
+        super().__init__(hidden_size, num_categories)
+        self.warned_whole_text = False
+
+    def prompt_mask(self, model, input_ids, attention_mask, prompt_mask=None) -> torch.Tensor:
+        """``(N, T)`` mask of the tokens the router reads: ``prompt_mask`` when given, else the prompt found from
+        ``config.assistant_opener_ids`` (the whole text, warned once, when the model has no recorded boundary)."""
+        if prompt_mask is None and not model.config.assistant_opener_ids and not self.warned_whole_text:
+            self.warned_whole_text = True
+            logger.warning(
+                "this DMoERM has no recorded prompt boundary (config.assistant_opener_ids), so its router reads "
+                "the whole text, response included. Fix: model.set_prompt_boundary(tokenizer) with a tokenizer "
+                "that has a chat template (from_backbone(..., tokenizer=) does it), or pass prompt_mask= or "
+                "categories="
+            )
+        return router_prompt_mask(model.config, input_ids, attention_mask, prompt_mask)
+
+    def features(self, model, input_ids, attention_mask, position_ids, trunk=None, prompt_mask=None) -> torch.Tensor:
+        """``(N, H)``: what the head reads, from the prompt tokens only. ``router_mode="lora"``: the pooled output of
+        the router adapter; ``"linear"``: of the plain base; ``"trunk"``: the pooled shared-trunk output.
+
+        Causal decoder: the pass runs over the whole input and pools over the prompt tokens only (their hidden
+        states do not depend on the response), so no pass is added. Bidirectional encoder: prompt tokens would see
+        the response, so the router's pass gets the prompt as its attention mask (for ``"lora"`` and ``"linear"``
+        that is the router's own pass; for ``"trunk"`` one extra trunk pass)."""
+        prompt_mask = self.prompt_mask(model, input_ids, attention_mask, prompt_mask)
+        attention = attention_mask if model._causal_backbone else prompt_mask
+        if not model._causal_backbone:
+            trunk = None  # the shared trunk saw the response
+        if model.config.router_mode == "trunk":
+            if trunk is None:
+                trunk = model._trunk(input_ids, attention, position_ids)
+            pooled = model._pool(trunk, prompt_mask, model.config.router_pooling)
+            # A middle layer's hidden state has not been through the backbone's final norm (and can carry a few
+            # huge outlier dimensions): a parameter-free layer norm puts the head's input on one scale.
+            return F.layer_norm(pooled, pooled.shape[-1:])
+        adapter = ROUTER_ADAPTER if model.config.router_mode == "lora" else "__base__"
+        if model.training_stage[0] == "router" and model.config.router_mode == "lora" and model.backbone.training:
+            # Training the router adapter: it is the active one (set_training_stage), one adapter per forward, so
+            # gradient checkpointing sees a single adapter.
+            if model.backbone.active_adapter != ROUTER_ADAPTER:
+                model.backbone.set_adapter(ROUTER_ADAPTER)
+            adapter_names = None
+        else:
+            adapter_names = [adapter] * input_ids.shape[0]
+        return model._encode(
+            input_ids, attention, position_ids, adapter_names=adapter_names, pooling=model.config.router_pooling,
+            trunk=trunk, pool_mask=prompt_mask,
+        )
+
+    def route(self, model, input_ids, attention_mask, position_ids, trunk=None, prompt_mask=None) -> torch.Tensor:
+        """``(N, C)`` router logits (with the graph when the router trains, see ``model.route`` for inference)."""
+        pooled = self.features(model, input_ids, attention_mask, position_ids, trunk, prompt_mask)
+        return self(pooled.to(self.weight.dtype))
+
+
 class DMoERMPreTrainedModel(PreTrainedModel):
     config_class = DMoERMConfig
     # TRL PPO calls getattr(rm, rm.base_model_prefix)(...) then rm.score(...): see reward_contract.py.
@@ -139,7 +234,9 @@ class DMoERMPreTrainedModel(PreTrainedModel):
                 nn.init.zeros_(module.bias)
 
 
-class DMoERMForSequenceClassification(AdapterLayoutMixin, RoutingMixin, TrainingStagesMixin, DMoERMPreTrainedModel):
+class DMoERMForSequenceClassification(
+    AdapterLayoutMixin, BackbonePassMixin, TrainingStagesMixin, SavedFolderMixin, DMoERMPreTrainedModel
+):
     """Double-layer mixture-of-experts reward model (arXiv 2403.01197) on one shared, frozen backbone.
 
     Example:
@@ -170,7 +267,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, RoutingMixin, Training
             config.pooling = detect_pooling(backbone.config)
         aggregator_width = config.aggregator_hidden_size or hidden_size
 
-        self.router_head = nn.Linear(hidden_size, config.num_categories)
+        self.router_head = DMoERMRouter(hidden_size, config.num_categories)
         self.task_heads = nn.ModuleDict({self._slug(c): nn.Linear(hidden_size, 1) for c in config.categories})
         self.value_heads = nn.ModuleDict(
             {self.adapter_name(c, cap): nn.Linear(hidden_size, 1) for c, caps in config.categories.items() for cap in caps}
@@ -190,7 +287,6 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, RoutingMixin, Training
         # Causal decoder: the router pools prompt tokens inside the pass it makes anyway (their states ignore the
         # response). Bidirectional encoder: the router's pass sees only the prompt (attention restricted).
         self._causal_backbone = backbone_is_causal(self.backbone)
-        self._warned_whole_text_routing = False
         self._stage: tuple[str | None, str | None, str | None] = (None, None, None)
         self.model_card_metrics: dict = {}
         self.set_training_stage(None)
@@ -236,30 +332,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, RoutingMixin, Training
             >>> model = DMoERMForSequenceClassification.from_backbone(  # doctest: +SKIP
             ...     "path/to/SmolLM2-135M-Instruct", {"objective_qa": ["correctness", "logic"]}, tokenizer=tokenizer)
         """
-        from peft import PeftModel
-
-        if isinstance(backbone, PeftModel):
-            raise ValueError(
-                "pass the base model, not a PeftModel: DMoERM adds its own LoRA adapters (merge yours first with "
-                "merge_and_unload() if the base should include them)"
-            )
-        if isinstance(backbone, (str, os.PathLike)):
-            check_load_kwargs(backbone_kwargs, "from_backbone", BACKBONE_KWARGS + HUB_KWARGS)
-            base_path = str(backbone)
-            base = load_pretrained_backbone(base_path, **backbone_kwargs)
-            base_revision = None if os.path.isdir(base_path) else pinned_revision(
-                base_path, backbone_kwargs.get("revision"), backbone_kwargs.get("cache_dir")
-            )
-        elif isinstance(backbone, PreTrainedModel):
-            check_load_kwargs(backbone_kwargs, "from_backbone with an already loaded backbone (pass options when you "
-                              "load it, e.g. AutoModel.from_pretrained(..., attn_implementation=...))", ())
-            base_path, base_revision = backbone.name_or_path or None, None
-            inner = getattr(backbone, backbone.base_model_prefix, None)
-            base = inner if isinstance(inner, PreTrainedModel) else backbone
-        else:
-            raise TypeError(
-                f"backbone must be a model id/path or a transformers PreTrainedModel, got {type(backbone).__name__}"
-            )
+        base, base_path, base_revision = resolve_backbone(backbone, backbone_kwargs)
         pad_token_id = base.config.pad_token_id if hasattr(base.config, "pad_token_id") else None
         if tokenizer is not None:
             if tokenizer.pad_token_id is None:
@@ -301,161 +374,40 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, RoutingMixin, Training
                 logger.warning("%s. The router will read the whole text (prompt and response).", error)
         return model
 
-    # ------------------------------------------------------------------------------------------ training stages
+    # ---------------------------------------------------------------------------------------------------- routing
+    def set_prompt_boundary(self, tokenizer) -> list[int]:
+        """Record in the config the token ids that open an assistant turn in ``tokenizer``'s chat template, so that
+        the router reads only the prompt (the tokens up to and including the last opener of each row). Returns them.
+
+        Raises :class:`PromptBoundaryError` when the template has no such opener.
+
+        Example:
+            >>> model.set_prompt_boundary(tokenizer)  # doctest: +SKIP
+            [1, 520, 9531, 198]
+        """
+        opener = assistant_opener_ids(tokenizer)
+        self.config.assistant_opener_ids = opener
+        self.config.assistant_opener_text = tokenizer.decode(opener)
+        return opener
+
+    @torch.no_grad()
+    def route(self, input_ids, attention_mask=None, position_ids=None, prompt_mask=None) -> torch.Tensor:
+        """``(B, C)`` router logits from the prompt tokens (inference: no grad, no dropout, whatever the training
+        stage). ``prompt_mask`` as in ``forward``. The one routing entry point (evaluation, the pipeline, serving).
+
+        Example:
+            >>> categories = model.route(batch["input_ids"], batch["attention_mask"]).argmax(-1)  # doctest: +SKIP
+        """
+        input_ids, attention_mask, position_ids = self._prepare_inputs(input_ids, attention_mask, position_ids)
+        with self._backbone_eval():
+            return self.router_head.route(self, input_ids, attention_mask, position_ids, prompt_mask=prompt_mask)
+
     # -------------------------------------------------------------------------------------------------- forward
     def get_input_embeddings(self):
         return self.backbone.get_input_embeddings()
 
     def set_input_embeddings(self, value):
         self.backbone.get_base_model().set_input_embeddings(value)
-
-    @contextlib.contextmanager
-    def _eval_mode_if_no_grad(self):
-        # TRL's PPO/GRPO/RLOO call the reward model under no_grad but leave it in training mode: without this, LoRA
-        # dropout would make rewards random and PEFT would refuse mixed-adapter batches.
-        if self.training and not torch.is_grad_enabled():
-            self.eval()
-            try:
-                yield
-            finally:
-                self.train()
-        else:
-            yield
-
-    def _prepare_inputs(self, input_ids, attention_mask, position_ids):
-        if input_ids is None:
-            raise ValueError("DMoERM needs input_ids (routing and experts work on token ids, not inputs_embeds)")
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
-        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-            raise ValueError(
-                f"input_ids has shape {tuple(input_ids.shape)}: DMoERM needs at least one sequence of at least one "
-                "token (tokenize a non-empty text)"
-            )
-        if attention_mask is None:
-            if self.config.pad_token_id is not None:
-                attention_mask = (input_ids != self.config.pad_token_id).long()
-            else:
-                attention_mask = torch.ones_like(input_ids)
-        attention_mask = attention_mask.long()
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}"
-            )
-        empty_rows = (attention_mask.sum(-1) == 0).nonzero(as_tuple=True)[0].tolist()
-        if empty_rows:
-            raise ValueError(
-                f"row(s) {empty_rows[:5]} of the batch have no tokens (attention_mask all 0): score non-empty texts"
-            )
-        limit = self.config.max_position_embeddings
-        if limit is not None and input_ids.shape[1] > limit:
-            # Over-long input keeps its end (the response), never its start; counted in the log (docs/rl.md).
-            from .truncation import keep_end_of_batch, warn_truncated
-
-            input_ids, attention_mask, truncated = keep_end_of_batch(input_ids, attention_mask, limit)
-            warn_truncated("DMoERM forward", int(truncated.sum()), input_ids.shape[0], limit)
-            position_ids = None
-        if position_ids is None:
-            # Positions count real tokens only, so left padding (PPO queries) gives the same rewards as no padding.
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        return input_ids, attention_mask, position_ids
-
-    def _pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, mode: str | None = None):
-        mask = attention_mask.bool()
-        mode = mode or self.config.pooling
-        if mode == "mean":  # mean over real tokens, whatever the padding side
-            weights = mask.unsqueeze(-1).to(hidden_states.dtype)
-            return (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1)
-        if mode == "first":
-            index = mask.long().argmax(-1)  # first real token ([CLS]), also under left padding
-        else:
-            length = mask.shape[-1]
-            index = length - 1 - mask.flip(-1).long().argmax(-1)  # last real token, also under left padding
-        return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), index]
-
-    def _backbone_kwargs(self, input_ids, attention_mask, position_ids, adapter_names, backbone) -> dict:
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "return_dict": True}
-        if self._backbone_takes_position_ids:
-            kwargs["position_ids"] = position_ids
-        if self._backbone_takes_use_cache:
-            kwargs["use_cache"] = False
-        if adapter_names is not None and hasattr(backbone, "peft_config"):  # a plain backbone takes no adapter names
-            kwargs["adapter_names"] = adapter_names
-        return kwargs
-
-    def _trunk(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
-        """``(N, T, H)`` hidden states after the shared trunk (the bottom ``trunk_layers`` layers, no adapters and
-        nothing trainable there, so no grad)."""
-        kwargs = self._backbone_kwargs(input_ids, attention_mask, position_ids, None, self.backbone)
-        with torch.no_grad(), layer_window(self.backbone, 0, self.config.trunk_layers) as captured:
-            self.backbone(**kwargs)
-        return captured["hidden"]
-
-    def _branch(self, kwargs: dict, backbone, trunk: torch.Tensor) -> torch.Tensor:
-        """The backbone's ``last_hidden_state`` computed from the trunk's output through the top layers only."""
-        with layer_window(backbone, self.config.trunk_layers, None, hidden_in=trunk):
-            return backbone(**kwargs).last_hidden_state
-
-    def _encode(
-        self, input_ids, attention_mask, position_ids, adapter_names: list[str] | None = None, backbone=None,
-        pooling: str | None = None, trunk: torch.Tensor | None = None, pool_mask: torch.Tensor | None = None,
-    ):
-        """One backbone pass; returns the pooled hidden state (N, H). ``adapter_names`` picks an adapter per row
-        (``"__base__"``: none); ``backbone`` defaults to the shared one, ``pooling`` to ``config.pooling``,
-        ``pool_mask`` (the tokens pooled over) to ``attention_mask``. With ``trunk_layers > 0`` only the top layers
-        run, from ``trunk`` (computed here when not given)."""
-        backbone = self.backbone if backbone is None else backbone
-        kwargs = self._backbone_kwargs(input_ids, attention_mask, position_ids, adapter_names, backbone)
-        if self.config.trunk_layers:
-            if trunk is None:
-                trunk = self._trunk(input_ids, attention_mask, position_ids)
-            hidden = self._branch(kwargs, backbone, trunk)
-        else:
-            hidden = backbone(**kwargs).last_hidden_state
-        return self._pool(hidden, attention_mask if pool_mask is None else pool_mask, pooling)
-
-    def _head_input(self, features: torch.Tensor, head: nn.Module) -> torch.Tensor:
-        weight = next(head.parameters())
-        return features.to(weight.dtype)
-
-    def _use_mixed_batches(self, device: torch.device) -> bool:
-        mode = self.config.expert_batching
-        return mode == "mixed" or (mode == "auto" and device.type != "cpu")
-
-    def _expert_features(self, input_ids, attention_mask, position_ids, category: str, trunk=None) -> torch.Tensor:
-        """(N, k, H) pooled features of the category's k experts (inference path: eval mode, adapter per row);
-        with a shared trunk, the trunk runs once for all k experts."""
-        experts = self.expert_adapter_names(category)
-        backbone = self.backbone_for(category)
-        n = input_ids.shape[0]
-        if self.config.trunk_layers and trunk is None:
-            trunk = self._trunk(input_ids, attention_mask, position_ids)
-        if self._use_mixed_batches(input_ids.device):
-            k = len(experts)
-            names = [name for name in experts for _ in range(n)]
-            pooled = self._encode(
-                input_ids.repeat(k, 1), attention_mask.repeat(k, 1), position_ids.repeat(k, 1), adapter_names=names,
-                backbone=backbone, trunk=None if trunk is None else trunk.repeat(k, 1, 1),
-            )
-            return pooled.view(k, n, -1).transpose(0, 1)
-        return torch.stack(
-            [
-                self._encode(
-                    input_ids, attention_mask, position_ids, adapter_names=[name] * n, backbone=backbone, trunk=trunk
-                )
-                for name in experts
-            ],
-            1,
-        )
-
-    def _category_ids(self, categories, batch_size: int, device) -> torch.Tensor:
-        if isinstance(categories, torch.Tensor):
-            categories = categories.tolist()
-        if isinstance(categories, (str, int)):
-            categories = [categories] * batch_size
-        if len(categories) != batch_size:
-            raise ValueError(f"categories= has {len(categories)} entries for a batch of {batch_size}")
-        return torch.tensor([self.config.category_id(c) for c in categories], dtype=torch.long, device=device)
 
     def forward(
         self,
@@ -512,7 +464,7 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, RoutingMixin, Training
         # The shared trunk (trunk_layers > 0) runs once per sequence, for the router and every expert.
         trunk = self._trunk(input_ids, attention_mask, position_ids) if self.config.trunk_layers else None
         if categories is None:
-            router_logits = self._route(input_ids, attention_mask, position_ids, trunk, prompt_mask)
+            router_logits = self.router_head.route(self, input_ids, attention_mask, position_ids, trunk, prompt_mask)
             router_probs = router_logits.float().softmax(-1)
             category_ids = router_probs.argmax(-1)
         else:
@@ -546,17 +498,49 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, RoutingMixin, Training
             capability_rewards=capability_rewards,
         )
 
-    @contextlib.contextmanager
-    def _backbone_eval(self):
-        backbones = self.all_backbones()
-        was_training = [backbone.training for backbone in backbones]
-        for backbone in backbones:
-            backbone.eval()
-        try:
-            yield
-        finally:
-            for backbone, mode in zip(backbones, was_training):
-                backbone.train(mode)
+    def _stage_forward(
+        self, stage, category, input_ids, attention_mask, position_ids, labels, expert_features, prompt_mask=None
+    ) -> DMoERMOutput:
+        """One training stage's forward (see ``training_stages.py``): router logits, or one head's ``(B, 1)``."""
+        batch_size = input_ids.shape[0]
+        if stage == "aggregator":
+            expert_features = self.compute_expert_features(input_ids, attention_mask, category, position_ids)
+            aggregator = self.aggregators[self._slug(category)]
+            logits = aggregator(self._head_input(expert_features, aggregator))
+            category_ids = torch.full((batch_size,), self.config.category_id(category), device=input_ids.device)
+            return DMoERMOutput(logits=logits, category_ids=category_ids)
+        if stage == "router":
+            # The router is trained as it is used: on the prompt tokens only, through DMoERMRouter.route.
+            if self.config.router_mode == "lora":
+                logits = self.router_head.route(self, input_ids, attention_mask, position_ids, prompt_mask=prompt_mask)
+            else:
+                # "linear" / "trunk": the base stays frozen and only the head learns, so the features need no graph.
+                with torch.no_grad(), self._backbone_eval():
+                    pooled = self.router_head.features(
+                        self, input_ids, attention_mask, position_ids, prompt_mask=prompt_mask
+                    )
+                logits = self.router_head(self._head_input(pooled, self.router_head))
+            loss = F.cross_entropy(logits.float(), labels.to(logits.device)) if labels is not None else None
+            return DMoERMOutput(loss=loss, logits=logits, router_logits=logits, router_probs=logits.softmax(-1))
+
+        backbone = self.backbone_for(category)
+        if self._stage_adapter is None:
+            # task_mode="full", phase 1: the category's own base copy, fully trained, its expert adapters switched
+            # off by set_training_stage.
+            pooled = self._encode(input_ids, attention_mask, position_ids, backbone=backbone)
+        elif backbone.training:
+            # Training: the stage's adapter is the active one (set_training_stage), one adapter per forward, so
+            # gradient checkpointing sees a single adapter.
+            if backbone.active_adapter != self._stage_adapter:
+                backbone.set_adapter(self._stage_adapter)
+            pooled = self._encode(input_ids, attention_mask, position_ids, backbone=backbone)
+        else:
+            pooled = self._encode(
+                input_ids, attention_mask, position_ids, [self._stage_adapter] * batch_size, backbone=backbone
+            )
+        head = self.task_heads[self._slug(category)] if stage == "task" else self.value_heads[self._stage_adapter]
+        category_ids = torch.full((batch_size,), self.config.category_id(category), device=input_ids.device)
+        return DMoERMOutput(logits=head(self._head_input(pooled, head)), category_ids=category_ids)
 
     @torch.no_grad()
     def compute_expert_features(self, input_ids, attention_mask=None, category=None, position_ids=None):
@@ -599,91 +583,11 @@ class DMoERMForSequenceClassification(AdapterLayoutMixin, RoutingMixin, Training
             ...                         {"role": "assistant", "content": "Hello!"}]], tokenizer)
             [{'reward': 0.12, 'category': 'chitchat', 'router_prob': 0.61, 'capabilities': {'empathy': ...}}]
         """
-        from .scoring import score_conversations
+        from ...scoring import score_conversations
 
         return score_conversations(
             self, conversations, tokenizer, batch_size=batch_size, max_length=max_length, categories=categories
         )
-
-    # -------------------------------------------------------------------------------------------------- files
-    def num_parameters_by_part(self) -> dict[str, int]:
-        """Parameter counts: ``base``, ``adapters``, ``heads``, ``total`` and ``trainable`` (stage-dependent).
-        With ``task_mode="full"``, ``base`` counts the shared base and every category's copy."""
-        counts = {"base": 0, "adapters": 0, "heads": 0, "trainable": 0}
-        for name, parameter in self.named_parameters():
-            in_backbone = name.startswith(("backbone.", "category_backbones."))
-            part = "heads" if not in_backbone else ("adapters" if ".lora_" in name else "base")
-            counts[part] += parameter.numel()
-            counts["trainable"] += parameter.numel() if parameter.requires_grad else 0
-        counts["total"] = counts["base"] + counts["adapters"] + counts["heads"]
-        return counts
-
-    def save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        state_dict: dict | None = None,
-        save_base: bool = False,
-        is_main_process: bool = True,
-        push_to_hub: bool = False,
-        final_directory: str | os.PathLike | None = None,
-        **kwargs,
-    ) -> None:
-        """Save config, one standard PEFT folder per adapter (``adapters/<name>/``), the heads and a model card.
-
-        ``config.json`` names the base so that the folder can move (hub id, ``./path`` inside the folder, else an
-        absolute path: docs/hub.md); ``save_base=True`` also writes the base to ``base/``. ``final_directory``: where
-        a folder written to a staging folder first will end up. ``state_dict`` (e.g. gathered by ZeRO-3) replaces
-        this model's own; ``safe_serialization``/``max_shard_size`` are accepted (files are always safetensors).
-
-        Example:
-            >>> model.save_pretrained("runs/my-dmoerm")  # doctest: +SKIP
-        """
-        from .serialization import save_dmoerm
-
-        if push_to_hub:
-            raise ValueError("use model.push_to_hub(repo_id) to upload")
-        if not is_main_process:
-            return
-        save_dmoerm(self, save_directory, state_dict=state_dict, save_base=save_base, final_directory=final_directory)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike,
-        *model_args,
-        config: DMoERMConfig | None = None,
-        base_model_name_or_path: str | None = None,
-        **kwargs,
-    ) -> DMoERMForSequenceClassification:
-        """Load a saved DMoERM (local folder or hub repo): the base from ``base/`` or its recorded hub id / path
-        (relative to the folder or absolute; a missing base is a clear ``FileNotFoundError`` naming it and the fix),
-        then the adapters and heads. ``dtype=``, ``device_map=``, ``attn_implementation=``, ``low_cpu_mem_usage=``
-        reach the backbone; hub options (``revision``, ``token``, ``cache_dir``, ``local_files_only``) apply to this
-        repo (the base loads at its own recorded revision); ``base_model_name_or_path=`` overrides where the base
-        comes from. Options it cannot honour (``quantization_config``, unknown names) are refused (``ValueError``).
-
-        Example:
-            >>> import dmoerm_trl
-            >>> from transformers import AutoModelForSequenceClassification
-            >>> model = AutoModelForSequenceClassification.from_pretrained("./my-dmoerm")  # doctest: +SKIP
-        """
-        from .paths import require_model
-        from .serialization import load_dmoerm
-
-        require_model(str(pretrained_model_name_or_path), "pretrained_model_name_or_path")
-        return load_dmoerm(cls, pretrained_model_name_or_path, config, base_model_name_or_path, kwargs)
-
-    def load_dmoerm_weights(self, folder: str | os.PathLike) -> None:
-        """Load adapters and heads saved by ``save_pretrained`` into this model (same config); used for resuming."""
-        from .serialization import load_dmoerm_weights
-
-        load_dmoerm_weights(self, folder)
-
-    def push_to_hub(self, repo_id: str, *, save_base: bool = False, metrics: dict | None = None, **kwargs) -> str:
-        """Upload config, adapters, heads and a model card to the Hub (see [`dmoerm_trl.hub.push_to_hub`])."""
-        from .hub import push_to_hub
-
-        return push_to_hub(self, repo_id, save_base=save_base, metrics=metrics, **kwargs)
 
 
 AutoConfig.register(DMoERMConfig.model_type, DMoERMConfig, exist_ok=True)

@@ -2,16 +2,13 @@
 
 Each phase of the paper (router, task, capability experts, aggregator) trains one part on one adapter per forward,
 so any Trainer (TRL's ``RewardTrainer`` for the reward phases) and gradient checkpointing work unchanged. Mixed into
-[`DMoERMForSequenceClassification`].
+[`DMoERMForSequenceClassification`], whose ``_stage_forward`` (in ``modeling_dmoerm.py``) is what a stage computes.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-
-from .modeling_outputs import DMoERMOutput
 
 ROUTER_ADAPTER = "router"
 STAGES = ("router", "task", "capability", "aggregator")
@@ -112,52 +109,3 @@ class TrainingStagesMixin:
                             weights[expert].load_state_dict(weights[task].state_dict())
             for expert in self.expert_adapter_names(category):
                 self.value_heads[expert].load_state_dict(task_head.state_dict())
-
-    def _stage_forward(
-        self, stage, category, input_ids, attention_mask, position_ids, labels, expert_features, prompt_mask=None
-    ) -> DMoERMOutput:
-        batch_size = input_ids.shape[0]
-        if stage == "aggregator":
-            expert_features = self.compute_expert_features(input_ids, attention_mask, category, position_ids)
-            aggregator = self.aggregators[self._slug(category)]
-            logits = aggregator(self._head_input(expert_features, aggregator))
-            category_ids = torch.full((batch_size,), self.config.category_id(category), device=input_ids.device)
-            return DMoERMOutput(logits=logits, category_ids=category_ids)
-
-        backbone = self.backbone_for(category)
-        pooling = pool_mask = None
-        if stage == "router":
-            # The router is trained as it is used: on the prompt tokens only (see _router_features).
-            pooling = self.config.router_pooling
-            pool_mask = self._router_prompt_mask(input_ids, attention_mask, prompt_mask)
-            if not self._causal_backbone:
-                attention_mask = pool_mask
-        if stage == "router" and self.config.router_mode != "lora":
-            # "linear" / "trunk": the base stays frozen and only the head learns, so the features need no graph.
-            with torch.no_grad(), self._backbone_eval():
-                pooled = self._router_features(input_ids, attention_mask, position_ids, prompt_mask=pool_mask)
-        elif self._stage_adapter is None:
-            # task_mode="full", phase 1: the category's own base copy, fully trained, its expert adapters switched
-            # off by set_training_stage.
-            pooled = self._encode(input_ids, attention_mask, position_ids, backbone=backbone)
-        elif backbone.training:
-            # Training: the stage's adapter is the active one (set_training_stage), one adapter per forward, so
-            # gradient checkpointing sees a single adapter.
-            if backbone.active_adapter != self._stage_adapter:
-                backbone.set_adapter(self._stage_adapter)
-            pooled = self._encode(
-                input_ids, attention_mask, position_ids, backbone=backbone, pooling=pooling, pool_mask=pool_mask
-            )
-        else:
-            pooled = self._encode(
-                input_ids, attention_mask, position_ids, [self._stage_adapter] * batch_size, backbone=backbone,
-                pooling=pooling, pool_mask=pool_mask,
-            )
-
-        if stage == "router":
-            logits = self.router_head(self._head_input(pooled, self.router_head))
-            loss = F.cross_entropy(logits.float(), labels.to(logits.device)) if labels is not None else None
-            return DMoERMOutput(loss=loss, logits=logits, router_logits=logits, router_probs=logits.softmax(-1))
-        head = self.task_heads[self._slug(category)] if stage == "task" else self.value_heads[self._stage_adapter]
-        category_ids = torch.full((batch_size,), self.config.category_id(category), device=input_ids.device)
-        return DMoERMOutput(logits=head(self._head_input(pooled, head)), category_ids=category_ids)

@@ -1,4 +1,13 @@
-"""Wrap a backbone with many LoRA adapters at once: the same model as PEFT's ``add_adapter`` loop, built faster.
+"""LoRA adapters of a DMoERM: where they live ([`AdapterLayoutMixin`]) and how they are injected ([`wrap_with_adapters`]).
+
+Where a DMoERM's adapters live: adapter names, the PEFT-wrapped backbone(s), and which backbone runs what.
+
+Default layout: one frozen base (``backbone``, a ``PeftModel``) carrying every adapter: ``router``,
+``<category>__task`` and ``<category>__<capability>``. With ``task_mode="full"`` (the paper's layout) each category
+also has its own full base copy (``category_backbones[category]``) carrying that category's experts, and the shared
+base keeps only the router. Mixed into [`DMoERMForSequenceClassification`].
+
+Wrap a backbone with many LoRA adapters at once: the same model as PEFT's ``add_adapter`` loop, built faster.
 
 A DMoERM carries one LoRA adapter per router/task/expert (31 for 5 categories x 5 capabilities). PEFT's
 ``add_adapter`` runs a whole-model surgery pass per adapter on a model that grows with each one, so the loop is
@@ -14,7 +23,7 @@ docs/adapter_injection.md; summary in docs/benchmarks.md, "Model: parameters and
 Example:
     >>> from peft import LoraConfig
     >>> from transformers import AutoModel
-    >>> from dmoerm_trl.adapter_injection import wrap_with_adapters
+    >>> from dmoerm_trl.models.dmoerm._lora_injection import wrap_with_adapters
     >>> backbone = AutoModel.from_pretrained("path/to/SmolLM2-135M-Instruct")  # doctest: +SKIP
     >>> config = LoraConfig(r=32, lora_alpha=32, target_modules=["q_proj", "v_proj"])
     >>> names = ["router", "chitchat__task", "chitchat__empathy"]
@@ -26,11 +35,26 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import inspect
 import logging
 import warnings
 from collections.abc import Sequence
+
+from torch import nn
+from transformers import PreTrainedModel
+
+from ..._compat import (
+    peft_check_new_adapter_config,
+    peft_create_and_replace,
+    peft_lora_api_missing,
+    peft_mark_only_adapters_as_trainable,
+)
+from ._backbone import detect_lora_target_modules
+from ._trunk import check_trunk_split, validate_trunk_layers
+from .configuration_dmoerm import slugify
+from .training_stages import ROUTER_ADAPTER
 
 logger = logging.getLogger(__name__)
 
@@ -45,26 +69,6 @@ _UNSUPPORTED_FIELDS = (
 _UPCAST_DTYPE_NAMES = (
     "float16", "bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu",
 )
-
-
-def _peft_api_missing() -> str | None:
-    """Why the installed PEFT lacks what the fast path calls (``None`` when it has it all)."""
-    try:
-        from peft.functional import cast_adapter_dtype  # noqa: F401
-        from peft.tuners.lora import LoraLayer, LoraModel
-    except ImportError as error:
-        return f"peft has no {error.name or error}"
-    needed = ("_create_and_replace", "_check_new_adapter_config", "_mark_only_adapters_as_trainable", "set_adapter")
-    for name in needed:
-        if not callable(getattr(LoraModel, name, None)):
-            return f"peft's LoraModel has no {name}()"
-    signature = inspect.signature(LoraModel._create_and_replace)
-    expected = ["self", "lora_config", "adapter_name", "target", "target_name", "parent", "current_key"]
-    if list(signature.parameters)[: len(expected)] != expected:
-        return f"peft's LoraModel._create_and_replace{signature} is not the known one"
-    if not callable(getattr(LoraLayer, "update_layer", None)):
-        return "peft's LoraLayer has no update_layer()"
-    return None
 
 
 def fast_path_unsupported_reason(lora_config, backbone=None) -> str | None:
@@ -84,7 +88,7 @@ def fast_path_unsupported_reason(lora_config, backbone=None) -> str | None:
         >>> fast_path_unsupported_reason(LoraConfig(target_modules=["q_proj"], use_dora=True))
         'LoraConfig.use_dora=True (a LoRA variant)'
     """
-    missing = _peft_api_missing()
+    missing = peft_lora_api_missing()
     if missing is not None:
         return missing
     from peft import LoraConfig
@@ -191,7 +195,7 @@ def _add_adapters_in_one_pass(peft_model, names: Sequence[str], lora_config) -> 
 
     # What inject_adapter does after each adapter, once: only the active adapter trainable (unless inference_mode).
     tuner.set_adapter(tuner.active_adapters, inference_mode=lora_config.inference_mode)
-    tuner._mark_only_adapters_as_trainable(model)
+    peft_mark_only_adapters_as_trainable(tuner, model)
     return None
 
 
@@ -227,7 +231,7 @@ def _add_each_adapter(peft_model, tuner, targets, names, lora_config, low_precis
             )
         peft_model.peft_config[name] = lora_config
         try:
-            tuner._check_new_adapter_config(lora_config)
+            peft_check_new_adapter_config(tuner, lora_config)
             # Adapter-major order, as the loop: the same seed gives the same initial weights.
             for key, parent, target_name, layer in targets:
                 _create_in_isolation(tuner, lora_config, name, key, parent, target_name, layer, spares)
@@ -276,7 +280,7 @@ def _create_in_isolation(
                 spare = spares[(attribute, type(container))] = type(container)()
             modules[attribute] = spare
     try:
-        tuner._create_and_replace(lora_config, name, layer, target_name, parent, current_key=key)
+        peft_create_and_replace(tuner, lora_config, name, layer, target_name, parent, key)
     finally:
         for attribute, container in stashed.items():
             spare = modules[attribute]
@@ -284,3 +288,123 @@ def _create_in_isolation(
                 container[entry_name] = entry
             spare.clear()
             modules[attribute] = container
+
+
+class AdapterLayoutMixin:
+    """Adapter names and the backbone(s) that carry them."""
+
+    @staticmethod
+    def _slug(name: str) -> str:
+        return slugify(name)
+
+    def adapter_name(self, category: str, capability: str | None = None) -> str:
+        """PEFT adapter name of a category's task adapter (``capability=None``) or of one capability expert."""
+        self.config.category_id(category)
+        if capability is None:
+            return f"{self._slug(category)}__task"
+        if capability not in self.config.categories[category]:
+            raise ValueError(
+                f"unknown capability {capability!r} for category {category!r}; "
+                f"its capabilities are {self.config.categories[category]}"
+            )
+        return f"{self._slug(category)}__{self._slug(capability)}"
+
+    def expert_adapter_names(self, category: str) -> list[str]:
+        return [self.adapter_name(category, cap) for cap in self.config.categories[category]]
+
+    @property
+    def full_task_mode(self) -> bool:
+        """True for ``task_mode="full"``: one fully fine-tuned base copy per category (the paper's layout)."""
+        return self.config.task_mode == "full"
+
+    def all_adapter_names(self) -> list[str]:
+        names = [ROUTER_ADAPTER] if self.config.router_mode == "lora" else []
+        for category in self.config.categories:
+            if not self.full_task_mode:
+                names.append(self.adapter_name(category))
+            names.extend(self.expert_adapter_names(category))
+        return names
+
+    def backbone_for(self, category: str | None):
+        """The (PEFT-wrapped) backbone that runs ``category``'s adapters: its own base copy with
+        ``task_mode="full"``, otherwise the shared one (also for ``category=None``, the router)."""
+        if category is not None and self.full_task_mode:
+            return self.category_backbones[self._slug(category)]
+        return self.backbone
+
+    def adapter_owner(self, adapter: str) -> tuple[str, object]:
+        """``(state_dict prefix, PEFT model)`` holding the adapter called ``adapter`` (used to save and load it)."""
+        if self.full_task_mode:
+            for category in self.config.categories:
+                if adapter in self.expert_adapter_names(category):
+                    slug = self._slug(category)
+                    return f"category_backbones.{slug}.", self.category_backbones[slug]
+        return "backbone.", self.backbone
+
+    def all_backbones(self) -> list:
+        """Every backbone of the model: the shared one, then (``task_mode="full"``) the per-category copies."""
+        return [self.backbone, *(self.category_backbones.values() if self.full_task_mode else ())]
+
+    def _lora_config(self, target_modules: list[str], layers_attribute: str = "", num_layers: int = 0):
+        from peft import LoraConfig
+
+        trunk = self.config.trunk_layers
+        return LoraConfig(
+            r=self.config.lora_r,
+            lora_alpha=self.config.lora_alpha,
+            lora_dropout=self.config.lora_dropout,
+            target_modules=target_modules,
+            bias="none",
+            # With a shared trunk, adapters only in the layers above it.
+            layers_to_transform=list(range(trunk, num_layers)) if trunk else None,
+            layers_pattern=layers_attribute if trunk else None,
+        )
+
+    def _wrap_with_adapters(self, backbone: PreTrainedModel, names: list[str], lora_config):
+        """``backbone`` as a PeftModel carrying the adapters ``names``; the plain backbone when there are none."""
+        if not names:
+            return backbone
+        # The same PeftModel as get_peft_model + an add_adapter loop, in one pass (docs/adapter_injection.md).
+        peft_backbone = wrap_with_adapters(backbone, names, lora_config)
+        # PEFT's config records the base path so each adapter folder loads on its own.
+        for peft_config in peft_backbone.peft_config.values():
+            peft_config.base_model_name_or_path = self.config.base_model_name_or_path
+        return peft_backbone
+
+    def _attach_backbone(self, backbone: PreTrainedModel) -> None:
+        target_modules = detect_lora_target_modules(backbone, self.config.lora_target_modules)
+        self.config.lora_target_modules = target_modules
+        lora_config = self._lora_config(
+            target_modules, *validate_trunk_layers(backbone, self.config.trunk_layers, self.config.task_mode)
+        )
+        if self.full_task_mode:
+            # The paper's layout: a full copy of the pretrained base per category (phase 1 fine-tunes it), carrying
+            # that category's expert adapters; the shared base keeps only the router.
+            copies = {self._slug(c): copy.deepcopy(backbone) for c in self.config.categories}
+            self.category_backbones = nn.ModuleDict(
+                {
+                    self._slug(c): self._wrap_with_adapters(copies[self._slug(c)], self.expert_adapter_names(c), lora_config)
+                    for c in self.config.categories
+                }
+            )
+            shared_names = [ROUTER_ADAPTER] if self.config.router_mode == "lora" else []
+        else:
+            shared_names = self.all_adapter_names()
+        self.backbone = self._wrap_with_adapters(backbone, shared_names, lora_config)
+        forward_params = set(inspect.signature(backbone.forward).parameters)
+        self._backbone_takes_position_ids = "position_ids" in forward_params
+        self._backbone_takes_use_cache = "use_cache" in forward_params
+        if self.config.trunk_layers:
+            check_trunk_split(self)
+
+    def num_parameters_by_part(self) -> dict[str, int]:
+        """Parameter counts: ``base``, ``adapters``, ``heads``, ``total`` and ``trainable`` (stage-dependent).
+        With ``task_mode="full"``, ``base`` counts the shared base and every category's copy."""
+        counts = {"base": 0, "adapters": 0, "heads": 0, "trainable": 0}
+        for name, parameter in self.named_parameters():
+            in_backbone = name.startswith(("backbone.", "category_backbones."))
+            part = "heads" if not in_backbone else ("adapters" if ".lora_" in name else "base")
+            counts[part] += parameter.numel()
+            counts["trainable"] += parameter.numel() if parameter.requires_grad else 0
+        counts["total"] = counts["base"] + counts["adapters"] + counts["heads"]
+        return counts

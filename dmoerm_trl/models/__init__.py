@@ -1,0 +1,1 @@
+"""Model definitions, one subpackage per model (like ``transformers.models``): ``dmoerm``."""
