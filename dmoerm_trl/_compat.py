@@ -138,7 +138,7 @@ def peft_mark_only_adapters_as_trainable(tuner, model) -> None:
 def openai_post_json(client, path: str, body: dict, timeout: float):
     """``client.post`` returning the raw JSON answer (an awaitable for ``AsyncOpenAI``): the client's generic
     request, with the same auth, base URL and status-error mapping as ``chat.completions.create``, without building
-    typed response objects (~40% less client CPU per request, benchmarks/labeling.py)."""
+    typed response objects (less client CPU per request: docs/benchmarks.md, "labeling")."""
     return client.post(path, cast_to=object, body=body, options={"timeout": timeout})
 
 
