@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .category_sets import (  # noqa: F401  (re-exported: the category-set API lives in dmoerm_trl.data)
+from .category_sets import (
     PAPER_CAPABILITY_NAMES_ZH,
     PAPER_CATEGORIES,
     PAPER_CATEGORY_NAMES_ZH,
@@ -54,22 +54,22 @@ from .category_sets import (  # noqa: F401  (re-exported: the category-set API l
     load_category_set,
     load_category_spec,
 )
-from .dataset_sources import load_dataset_split, parse_category_map  # noqa: F401  (re-exported)
+from .dataset_sources import load_dataset_split, parse_category_map
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "PAPER_CAPABILITY_NAMES_ZH",
     "PAPER_CATEGORIES",
     "PAPER_CATEGORY_NAMES_ZH",
-    "PAPER_CAPABILITY_NAMES_ZH",
     "CategorySpec",
     "DataValidationError",
     "LoadReport",
+    "load_capability_labels",
     "load_category_set",
     "load_category_spec",
-    "load_preference_pairs",
-    "load_capability_labels",
     "load_dataset_split",
+    "load_preference_pairs",
     "pair_features",
     "parse_category_map",
     "write_jsonl_atomic",
@@ -124,21 +124,38 @@ class LoadReport:
         }
 
 
-def pair_features(with_capability: bool = False):
-    """The ``datasets.Features`` of a pairs dataset (conversational TRL format + ``category`` + ``pair_id``)."""
+def pair_features(with_capability: bool = False, text: bool = False, tools: bool = False):
+    """The ``datasets.Features`` of a pairs dataset (TRL's conversational format, or its standard text format with
+    ``text=True``, + ``category`` + ``pair_id``; ``tools`` adds TRL's ``tools`` column as JSON text)."""
     from datasets import Features, List, Value
 
-    message = {"role": Value("string"), "content": Value("string")}
+    message = Value("string") if text else List({"role": Value("string"), "content": Value("string")})
     columns = {
-        "prompt": List(message),
-        "chosen": List(message),
-        "rejected": List(message),
+        "prompt": message,
+        "chosen": message,
+        "rejected": message,
         "category": Value("string"),
         "pair_id": Value("string"),
     }
     if with_capability:
         columns["capability"] = Value("string")
+    if tools:
+        columns["tools"] = Value("string")
     return Features(columns)
+
+
+def is_text_pairs(dataset) -> bool:
+    """Whether a pairs dataset is in TRL's standard (text) format rather than the conversational one.
+
+    Example:
+        >>> import datasets
+        >>> is_text_pairs(datasets.Dataset.from_dict({"prompt": ["Hi"], "chosen": [" Hello"], "rejected": [" No"]}))
+        True
+    """
+    from datasets import Value
+
+    feature = dataset.features.get("prompt", dataset.features.get("chosen"))
+    return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -399,19 +416,88 @@ def _mtmc_pairs(check: _RecordChecker, record: Mapping, spec, lower_rank_is_bett
     return pairs
 
 
+def extract_text_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """``(prompt, chosen, rejected)`` of an implicit-prompt text pair, split as TRL's ``extract_prompt`` does: the
+    prompt is the longest common character prefix, less a trailing space (which starts the answers).
+
+    Example:
+        >>> extract_text_prompt("Human: Hi. Assistant: Hello!", "Human: Hi. Assistant: Go away.")
+        ('Human: Hi. Assistant:', ' Hello!', ' Go away.')
+    """
+    shared = 0
+    for shared in range(min(len(chosen), len(rejected))):
+        if chosen[shared] != rejected[shared]:
+            if shared and chosen[shared - 1] == " ":  # the space before the answers belongs to them
+                shared -= 1
+            break
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def _template_columns(check: _RecordChecker, record: Mapping, conversational: bool) -> dict[str, Any]:
+    """The ``tools`` (kept as JSON text, which TRL reads) and ``chat_template_kwargs`` (a mapping) of a record; both
+    only mean something for conversational pairs (the chat template), so a text pair with them is malformed."""
+    columns: dict[str, Any] = {}
+    tools, kwargs = record.get("tools"), record.get("chat_template_kwargs")
+    if tools is not None and tools != "" and tools != []:
+        if isinstance(tools, str):
+            try:
+                tools = json.loads(tools)
+            except json.JSONDecodeError as error:
+                check.fail("tools", f"not valid JSON ({error.msg})", "give a list of tool (function) schemas")
+        if not isinstance(tools, list) or not all(isinstance(tool, Mapping) for tool in tools):
+            check.fail("tools", f"expected a list of tool schemas, got {type(tools).__name__}", "give a JSON list")
+        columns["tools"] = json.dumps(tools, ensure_ascii=False)
+    if kwargs is not None and kwargs != {}:
+        if not isinstance(kwargs, Mapping) or not all(isinstance(key, str) for key in kwargs):
+            check.fail(
+                "chat_template_kwargs", f"expected a mapping, got {type(kwargs).__name__}",
+                'give keyword arguments of apply_chat_template, e.g. {"enable_thinking": false}',
+            )
+        columns["chat_template_kwargs"] = dict(kwargs)
+    if columns and not conversational:
+        check.fail(
+            next(iter(columns)), "only applies to conversational pairs (the chat template), but this pair is text "
+            "(TRL ignores it for text)", "store prompt/chosen/rejected as message lists, or drop the field",
+        )
+    return columns
+
+
 def _trl_pair(check: _RecordChecker, record: Mapping, spec):
     chosen, rejected = record.get("chosen"), record.get("rejected")
     prompt = record.get("prompt")
     for name, value in (("chosen", chosen), ("rejected", rejected)):
         if value is None:
             check.fail(name, "missing", f"add '{name}'")
+    text = isinstance(chosen, str) or isinstance(rejected, str)
+    if text:  # TRL's standard (text) format: kept as text, tokenized without a chat template
+        for name, value in (("chosen", chosen), ("rejected", rejected), ("prompt", prompt)):
+            if value is not None and not isinstance(value, str):
+                check.fail(
+                    name, f"'{name}' is {type(value).__name__} but the pair is text",
+                    "use text for prompt, chosen and rejected, or messages for all three",
+                )
+        if prompt is None:  # implicit prompt: the shared text prefix of chosen and rejected (TRL's extract_prompt)
+            prompt, chosen, rejected = extract_text_prompt(chosen, rejected)
+            if not prompt:
+                check.fail(
+                    "prompt", "missing, and 'chosen'/'rejected' share no text prefix to take as the prompt",
+                    "add a 'prompt' column, or include the prompt at the start of both chosen and rejected",
+                )
+        if not prompt:
+            check.fail("prompt", "empty: no text before the answers", "give the prompt text")
+        for name, value in (("chosen", chosen), ("rejected", rejected)):
+            if not value:
+                check.fail(name, "empty answer", f"give '{name}' a non-empty answer")
+        pair = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    else:
+        pair = _message_prompt(check, prompt, chosen, rejected)
+    pair.update(_template_columns(check, record, conversational=not text))
+    pair["category"] = _resolve_category(check, record.get("category"), "category", spec, strict=spec is not None)
+    return _with_capability(check, record, spec, pair)
+
+
+def _message_prompt(check: _RecordChecker, prompt, chosen, rejected) -> dict[str, list]:
     if prompt is None:  # implicit prompt: the shared conversation prefix of chosen and rejected
-        if isinstance(chosen, str) or isinstance(rejected, str):
-            check.fail(
-                "prompt",
-                "missing, and text 'chosen'/'rejected' cannot be split into prompt and answer",
-                "add a 'prompt' column, or store chosen/rejected as message lists",
-            )
         chosen_messages, rejected_messages = check.messages(chosen, "chosen"), check.messages(rejected, "rejected")
         shared = 0
         while (
@@ -422,16 +508,10 @@ def _trl_pair(check: _RecordChecker, record: Mapping, spec):
         prompt_messages = chosen_messages[:shared]
         chosen_messages, rejected_messages = chosen_messages[shared:], rejected_messages[shared:]
     elif isinstance(prompt, str):
-        for name, value in (("chosen", chosen), ("rejected", rejected)):
-            if not isinstance(value, str):
-                check.fail(
-                    name,
-                    f"the prompt is text but '{name}' is {type(value).__name__}",
-                    "use text for prompt, chosen and rejected, or messages for all three",
-                )
-        prompt_messages = [{"role": "user", "content": prompt}]
-        chosen_messages = [{"role": "assistant", "content": chosen}]
-        rejected_messages = [{"role": "assistant", "content": rejected}]
+        check.fail(
+            "prompt", "the prompt is text but 'chosen'/'rejected' are messages",
+            "use text for prompt, chosen and rejected, or messages for all three",
+        )
     else:
         prompt_messages = check.messages(prompt, "prompt")
         chosen_messages, rejected_messages = check.messages(chosen, "chosen"), check.messages(rejected, "rejected")
@@ -440,12 +520,10 @@ def _trl_pair(check: _RecordChecker, record: Mapping, spec):
     for name, messages in (("chosen", chosen_messages), ("rejected", rejected_messages)):
         if not messages or messages[-1]["role"] != "assistant":
             check.fail(name, "does not end with an assistant message", f"make '{name}' the assistant's answer")
-    pair = {
-        "prompt": prompt_messages,
-        "chosen": chosen_messages,
-        "rejected": rejected_messages,
-        "category": _resolve_category(check, record.get("category"), "category", spec, strict=spec is not None),
-    }
+    return {"prompt": prompt_messages, "chosen": chosen_messages, "rejected": rejected_messages}
+
+
+def _with_capability(check: _RecordChecker, record: Mapping, spec, pair: dict) -> dict:
     if "capability" in record:
         capability = record["capability"]
         if not isinstance(capability, str) or not capability:
@@ -521,7 +599,6 @@ def load_preference_pairs(
         >>> len(pairs), pairs[0]["category"], report.skipped_records, dict(report.skipped_by_field)
         (1, 'chitchat', 1, {'category': 1})
     """
-    from datasets import Dataset
 
     if format not in ("auto", "mtmc", "trl"):
         raise ValueError(f"format={format!r}: use 'auto', 'mtmc' or 'trl'.")
@@ -531,6 +608,7 @@ def load_preference_pairs(
     rows: list[dict] = []
     seen_ids: Counter = Counter()
     with_capability = False
+    data_format = None
     for source_name, location, record in _iter_records(source):
         if source_name not in report.sources:
             report.sources.append(source_name)
@@ -559,6 +637,14 @@ def load_preference_pairs(
                 pairs = _mtmc_pairs(check, record, spec, lower_rank_is_better, report)
             else:
                 pairs = [_trl_pair(check, record, spec)]
+            for pair in pairs:
+                pair_format = "text" if isinstance(pair["prompt"], str) else "conversational"
+                data_format = data_format or pair_format
+                if pair_format != data_format:
+                    check.fail(
+                        "prompt", f"a {pair_format} pair among {data_format} pairs (one dataset holds one format, "
+                        "as in TRL)", f"convert it to the {data_format} format, or load the two kinds separately",
+                    )
         except DataValidationError as error:
             if not skip_invalid:
                 raise
@@ -597,8 +683,19 @@ def load_preference_pairs(
         )
     if report.tied_pairs:
         logger.info("%d candidate pair(s) had equal ranks and produced no pair.", report.tied_pairs)
-    features = pair_features(with_capability)
-    columns = {name: [row[name] for row in rows] for name in features}
+    return _pairs_dataset(rows, with_capability, data_format == "text", keep_columns)
+
+
+def _pairs_dataset(rows: list[dict], with_capability: bool, text: bool, keep_columns: Sequence[str] = ()):
+    from datasets import Dataset
+
+    with_tools = any("tools" in row for row in rows)
+    features = pair_features(with_capability, text=text, tools=with_tools)
+    columns = {name: [row.get(name) if name == "tools" else row[name] for row in rows] for name in features}
+    if any("chat_template_kwargs" in row for row in rows):  # a mapping, typed from the data (as TRL reads it)
+        kwargs = [row.get("chat_template_kwargs", {}) for row in rows]
+        features["chat_template_kwargs"] = Dataset.from_dict({"kwargs": kwargs}).features["kwargs"]
+        columns["chat_template_kwargs"] = kwargs
     for name in keep_columns:
         if name in columns:
             raise ValueError(f"keep_columns: {name!r} is already a column of the pairs ({', '.join(features)})")

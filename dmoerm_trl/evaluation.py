@@ -122,9 +122,11 @@ def _is_dmoerm(model) -> bool:
 
 
 def score_sequences(model, sequences: list[list[int]], pad_token_id: int, batch_size: int = 16,
-                    categories: list[str] | None = None, desc: str = "Scoring") -> dict[str, Any]:
+                    categories: list[str] | None = None, desc: str = "Scoring",
+                    prompt_lengths: list[int] | None = None) -> dict[str, Any]:
     """Rewards of token-id sequences: ``{"rewards": [...]}`` (+ ``"category_ids"``, ``"capability_rewards"`` for a
-    DMoERM). ``categories`` (DMoERM only) bypasses the router."""
+    DMoERM). ``categories`` (DMoERM only) bypasses the router; ``prompt_lengths`` (DMoERM only: the leading prompt
+    tokens of each sequence, for text pairs, which have no chat-template opener) is what the router reads."""
     import torch
     from tqdm.auto import tqdm
 
@@ -140,6 +142,10 @@ def score_sequences(model, sequences: list[list[int]], pad_token_id: int, batch_
             kwargs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
             if dmoerm and categories is not None:
                 kwargs["categories"] = [categories[i] for i in indices]
+            elif dmoerm and prompt_lengths is not None:
+                lengths = torch.tensor([prompt_lengths[i] for i in indices]).unsqueeze(1)
+                positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
+                kwargs["prompt_mask"] = ((positions < lengths).long() * attention_mask).to(device)
             out = model(**kwargs)
             for row, i in enumerate(indices):
                 rewards[i] = float(out.logits[row, 0])
@@ -153,8 +159,9 @@ def score_sequences(model, sequences: list[list[int]], pad_token_id: int, batch_
     return result
 
 
-def _route(model, sequences, pad_token_id: int, batch_size: int, desc: str) -> list[int]:
-    """Router decisions only (the router stage's forward, no experts)."""
+def _route(model, sequences, pad_token_id: int, batch_size: int, desc: str, prompts_only: bool = False) -> list[int]:
+    """Router decisions only (the router stage's forward, no experts). ``prompts_only``: each sequence is a prompt
+    alone (:func:`~dmoerm_trl.trainers.preference_data.routing_prompt`), which the router reads whole."""
     import torch
     from tqdm.auto import tqdm
 
@@ -166,7 +173,9 @@ def _route(model, sequences, pad_token_id: int, batch_size: int, desc: str) -> l
             for indices, input_ids, attention_mask in tqdm(
                 list(_batches(sequences, batch_size, pad_token_id)), desc=desc, unit="batch", leave=False
             ):
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+                attention_mask = attention_mask.to(device)
+                kwargs = {"prompt_mask": attention_mask} if prompts_only else {}
+                logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask, **kwargs).logits
                 for row, i in enumerate(indices):
                     routed[i] = int(logits[row].argmax())
     finally:
@@ -194,7 +203,16 @@ def prepare_pairs(pairs, tokenizer, max_length: int | None, what: str, counts: d
     if any(too_long):
         counts[f"{what}_truncated_left"] = sum(too_long)
         warn_truncated(what, sum(too_long), len(pairs), max_length)
-        pairs = pairs.map(lambda row: {c: keep_end(row[c], max_length) for c in columns}, desc=f"{what}: keep ends")
+
+        def cut(row):
+            cut_row = {c: keep_end(row[c], max_length) for c in columns}
+            for side in ("chosen", "rejected"):  # text pairs: the prompt tokens left after the cut (0: none)
+                if f"{side}_prompt_length" in row:
+                    dropped = len(row[f"{side}_ids"]) - len(cut_row[f"{side}_ids"])
+                    cut_row[f"{side}_prompt_length"] = max(row[f"{side}_prompt_length"] - dropped, 0)
+            return cut_row
+
+        pairs = pairs.map(cut, desc=f"{what}: keep ends")
     return pairs
 
 
@@ -217,7 +235,12 @@ def _model_categories(pairs, model) -> list[str]:
 def evaluate_pair_accuracy(model, tokenizer, pairs, batch_size: int = 16, desc: str = "Scoring pairs"):
     """Pairwise accuracy of one reward model on tokenized pairs (``chosen_ids``/``rejected_ids``/``category``)."""
     sequences = list(pairs["chosen_ids"]) + list(pairs["rejected_ids"])
-    scores = score_sequences(model, sequences, tokenizer.pad_token_id, batch_size, desc=desc)
+    prompt_lengths = None
+    if "chosen_prompt_length" in pairs.column_names:  # text pairs: the router reads the prompt's tokens
+        prompt_lengths = list(pairs["chosen_prompt_length"]) + list(pairs["rejected_prompt_length"])
+    scores = score_sequences(
+        model, sequences, tokenizer.pad_token_id, batch_size, desc=desc, prompt_lengths=prompt_lengths
+    )
     n = len(pairs)
     result = pairwise_accuracy(scores["rewards"][:n], scores["rewards"][n:], list(pairs["category"]))
     return result, scores
@@ -227,7 +250,7 @@ def evaluate_router(model, tokenizer, pairs, batch_size: int = 16) -> dict[str, 
     """Router accuracy per pair, overall and per category, on what the model routes on: the prompt up to the chat
     template's assistant-turn opener (responses cannot change it). A model without a recorded prompt boundary
     (routing on the whole text) is also measured on prompt + response (``"full"``, both responses)."""
-    from .trainers.router_trainer import routing_prompt_ids
+    from .trainers.preference_data import routing_prompts
 
     names = model.config.category_names
     rows = [i for i, c in enumerate(pairs["category"]) if c in names]
@@ -237,16 +260,17 @@ def evaluate_router(model, tokenizer, pairs, batch_size: int = 16) -> dict[str, 
     labels = [names.index(c) for c in pairs["category"]]
     result = {}
     opener = model.config.assistant_opener_ids
-    if opener:
-        prompts = [routing_prompt_ids(ids, opener, f"pair {i}") for i, ids in enumerate(pairs["chosen_ids"])]
-        views = [("prompt", prompts, labels)]
+    if opener or "chosen_prompt_length" in pairs.column_names:
+        views = [("prompt", routing_prompts(pairs, opener), labels)]
     else:
         views = [
             ("prompt", list(pairs["prompt_ids"]), labels),
             ("full", list(pairs["chosen_ids"]) + list(pairs["rejected_ids"]), labels + labels),
         ]
     for view, sequences, targets in views:
-        routed = _route(model, sequences, tokenizer.pad_token_id, batch_size, desc=f"Routing ({view})")
+        routed = _route(
+            model, sequences, tokenizer.pad_token_id, batch_size, desc=f"Routing ({view})", prompts_only=view == "prompt"
+        )
         per_category: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for decision, target in zip(routed, targets):
             per_category[names[target]][0] += decision == target

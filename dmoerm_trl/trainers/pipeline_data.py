@@ -239,7 +239,7 @@ class PipelineDataMixin:
         """Records without a category: routed by the trained router (prompt only), then split like the others."""
         import torch
 
-        from .router_trainer import routing_prompt_ids
+        from .preference_data import routing_prompt
 
         unlabeled = [i for i, category in enumerate(self.human["category"]) if not category]
         if not unlabeled:
@@ -257,19 +257,17 @@ class PipelineDataMixin:
             routed = {}
             with torch.no_grad():
                 for start in range(0, len(rows), 32):
-                    batch = rows[start : start + 32]
-                    # What the router reads at inference: the prompt up to the chat template's assistant opener.
+                    batch = rows.select(range(start, min(start + 32, len(rows))))
+                    # What the router reads at inference: the prompt (up to the chat template's assistant opener;
+                    # a text pair's prompt tokens), which it then reads whole.
                     opener = model.config.assistant_opener_ids
-                    ids = batch["prompt_ids"]
-                    if opener:
-                        ids = [routing_prompt_ids(x, opener, f"pair {pid}")
-                               for x, pid in zip(batch["chosen_ids"], batch["pair_id"])]
+                    ids = [routing_prompt(row, opener, f"pair {row['pair_id']}") for row in batch]
                     length = max(len(x) for x in ids)
                     input_ids = torch.full((len(ids), length), self.tokenizer.pad_token_id, dtype=torch.long)
                     mask = torch.zeros_like(input_ids)
                     for j, x in enumerate(ids):
                         input_ids[j, : len(x)], mask[j, : len(x)] = torch.as_tensor(x), 1
-                    logits = model(input_ids=input_ids, attention_mask=mask).logits
+                    logits = model(input_ids=input_ids, attention_mask=mask, prompt_mask=mask).logits
                     for pid, index in zip(batch["pair_id"], logits.argmax(-1).tolist()):
                         routed[pid] = model.config.category_names[index]
             self.state["routing"] = routed

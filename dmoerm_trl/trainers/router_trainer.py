@@ -26,7 +26,7 @@ from ..prompt_boundary import PromptBoundaryError, prompt_prefix
 from .checkpointing import StageCheckpointMixin
 from .counted_metrics import CountedMetricsMixin
 from .distributed import cast_trainable_parameters_for_deepspeed
-from .preference_data import tokenize_messages
+from .preference_data import routing_prompt, tokenize_pairs
 
 VIEWS = ("prompt", "full")
 
@@ -60,25 +60,22 @@ def router_examples(pairs, tokenizer, category_names: list[str], max_length: int
     """
     from datasets import Dataset
 
+    if "chosen_ids" not in pairs.column_names:
+        pairs = tokenize_pairs(pairs, tokenizer, None, "router data")
+    text = "chosen_prompt_length" in pairs.column_names
     index = {name: i for i, name in enumerate(category_names)}
     seen: set[tuple] = set()
-    rows = {"input_ids": [], "labels": [], "view": []}
-    has_ids = "chosen_ids" in pairs.column_names
+    rows = {"input_ids": [], "labels": [], "view": [], "prompt_only": []}
     for number, row in enumerate(pairs):
         category = row["category"]
         if not category:
             continue
         if category not in index:
             raise ValueError(f"router data: category {category!r} is not one of the model's {category_names}")
-        chosen = row["chosen_ids"] if has_ids else tokenize_messages(tokenizer, row["prompt"] + row["chosen"])
-        if opener:
-            views = [(0, routing_prompt_ids(chosen, opener, f"router data, row {number}"))]
+        if text or opener:  # the prompt alone, exactly what the router reads when it scores the pair
+            views = [(0, routing_prompt(row, opener, f"router data, row {number}"))]
         else:
-            rejected = (
-                row["rejected_ids"] if has_ids else tokenize_messages(tokenizer, row["prompt"] + row["rejected"])
-            )
-            prompt = row["prompt_ids"] if has_ids else tokenize_messages(tokenizer, row["prompt"])
-            views = [(0, prompt), (1, chosen), (1, rejected)]
+            views = [(0, row["prompt_ids"]), (1, row["chosen_ids"]), (1, row["rejected_ids"])]
         for view, ids in views:
             key = (view, tuple(ids))
             if key in seen or (max_length is not None and len(ids) > max_length):
@@ -87,11 +84,14 @@ def router_examples(pairs, tokenizer, category_names: list[str], max_length: int
             rows["input_ids"].append(list(ids))
             rows["labels"].append(index[category])
             rows["view"].append(view)
+            rows["prompt_only"].append(int(text or bool(opener)))
     return Dataset.from_dict(rows)
 
 
 class RouterCollator:
-    """Right-pads ``input_ids``; stacks ``labels`` and ``view``."""
+    """Right-pads ``input_ids``; stacks ``labels`` and ``view``. When every example is a prompt alone
+    (``prompt_only``: a text pair's prompt has no chat-template opener to find), the batch's ``prompt_mask`` is its
+    attention mask: the router reads all of it."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -104,12 +104,15 @@ class RouterCollator:
             ids = torch.as_tensor(example["input_ids"], dtype=torch.long)
             input_ids[i, : len(ids)] = ids
             attention_mask[i, : len(ids)] = 1
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": torch.tensor([example["labels"] for example in examples], dtype=torch.long),
             "view": torch.tensor([example["view"] for example in examples], dtype=torch.long),
         }
+        if all(example.get("prompt_only") for example in examples):
+            batch["prompt_mask"] = attention_mask.clone()
+        return batch
 
 
 class RouterTrainer(CountedMetricsMixin, StageCheckpointMixin, Trainer):
@@ -154,7 +157,7 @@ class RouterTrainer(CountedMetricsMixin, StageCheckpointMixin, Trainer):
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = ["input_ids", "labels", "view"]
+            self._signature_columns = ["input_ids", "labels", "view", "prompt_only"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         view = inputs.pop("view")
