@@ -462,7 +462,7 @@ def _template_columns(check: _RecordChecker, record: Mapping, conversational: bo
     return columns
 
 
-def _trl_pair(check: _RecordChecker, record: Mapping, spec):
+def _trl_pair(check: _RecordChecker, record: Mapping, spec, text_pairs: str = "text"):
     chosen, rejected = record.get("chosen"), record.get("rejected")
     prompt = record.get("prompt")
     for name, value in (("chosen", chosen), ("rejected", rejected)):
@@ -489,6 +489,11 @@ def _trl_pair(check: _RecordChecker, record: Mapping, spec):
             if not value:
                 check.fail(name, "empty answer", f"give '{name}' a non-empty answer")
         pair = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        if text_pairs == "chat":  # RewardBench's convention: the prompt as a user turn, each answer as the reply
+            pair = {"prompt": [{"role": "user", "content": prompt}],
+                    "chosen": [{"role": "assistant", "content": chosen}],
+                    "rejected": [{"role": "assistant", "content": rejected}]}
+            text = False
     else:
         pair = _message_prompt(check, prompt, chosen, rejected)
     pair.update(_template_columns(check, record, conversational=not text))
@@ -560,6 +565,7 @@ def load_preference_pairs(
     keep_columns: Sequence[str] = (),
     category_column: str | None = None,
     category_map: Mapping | str | None = None,
+    text_pairs: str = "text",
 ):
     """Read preference data into a ``datasets.Dataset`` of pairs (see the module docstring for the columns).
 
@@ -584,6 +590,11 @@ def load_preference_pairs(
             a mapping, a YAML/JSON file of one, or ``"value=category,value=category"``. Values not in the map give
             uncategorised pairs (counted in ``report.unmapped_category_values`` and logged), which the training
             pipeline routes with the trained router (``route_unlabeled``).
+        text_pairs: what text (non-conversational) TRL pairs become. ``"text"`` (default): they stay text, as TRL's
+            RewardTrainer reads them (tokenized as ``prompt + answer + EOS``, no chat template; an implicit prompt is
+            split off like ``trl.extract_prompt``). ``"chat"``: the prompt becomes one user turn and each answer one
+            assistant turn (RewardBench's convention; ``dmoerm eval``'s default, for a model trained on
+            conversations).
 
     Raises:
         DataValidationError: a malformed record (file, record and field named), unless ``skip_invalid``.
@@ -602,6 +613,8 @@ def load_preference_pairs(
 
     if format not in ("auto", "mtmc", "trl"):
         raise ValueError(f"format={format!r}: use 'auto', 'mtmc' or 'trl'.")
+    if text_pairs not in ("text", "chat"):
+        raise ValueError(f"text_pairs={text_pairs!r}: use 'text' (TRL's RewardTrainer) or 'chat' (RewardBench).")
     spec = None if categories is None else load_category_spec(categories)
     report = report if report is not None else LoadReport()
     mapping = None if category_map is None else parse_category_map(category_map)
@@ -636,7 +649,7 @@ def load_preference_pairs(
             if record_format == "mtmc":
                 pairs = _mtmc_pairs(check, record, spec, lower_rank_is_better, report)
             else:
-                pairs = [_trl_pair(check, record, spec)]
+                pairs = [_trl_pair(check, record, spec, text_pairs)]
             for pair in pairs:
                 pair_format = "text" if isinstance(pair["prompt"], str) else "conversational"
                 data_format = data_format or pair_format

@@ -321,6 +321,7 @@ def evaluate_reward_models(
     skip_invalid: bool = False,
     split: str | None = None,
     splits_file: str | os.PathLike | None = None,
+    text_pairs: str = "chat",
 ) -> dict[str, Any]:
     """Evaluate a saved DMoERM (and optionally a baseline RM) on preference data; returns the report dict.
 
@@ -334,6 +335,9 @@ def evaluate_reward_models(
 
     ``split`` (``"validation"``, ``"task"`` or ``"aggregator"``) keeps only the pairs a training run put in that split
     (read from ``splits_file``, default ``<model_path>/splits.json``): e.g. the held-out validation pairs.
+    ``text_pairs``: text (non-conversational) pairs are rendered with the chat template as one user turn and one
+    assistant turn (``"chat"``, RewardBench's convention) or tokenized as text with no template (``"text"``, as TRL's
+    RewardTrainer trains on them; the router then reads the prompt's tokens).
 
     Example:
         >>> report = evaluate_reward_models("runs/tiny", "rewardbench_sample.jsonl")  # doctest: +SKIP
@@ -345,7 +349,7 @@ def evaluate_reward_models(
 
     load_report = LoadReport()
     pairs = load_preference_pairs(data, lower_rank_is_better=lower_rank_is_better, skip_invalid=skip_invalid,
-                                  report=load_report, keep_columns=("id", "subset"))
+                                  report=load_report, keep_columns=("id", "subset"), text_pairs=text_pairs)
     if split is not None:
         pairs = _select_split(pairs, split, splits_file or os.path.join(model_path, "splits.json"))
     if not len(pairs):

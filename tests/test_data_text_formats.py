@@ -148,7 +148,7 @@ def test_text_pairs_train_the_router_and_evaluate_on_the_prompt(tmp_path, tiny_l
     # Evaluation routes each pair on its prompt tokens: both answers get the prompt's category.
     model.eval()
     prepared = prepare_pairs(pairs, tiny_tokenizer, None, "pairs", {})
-    _, scores = evaluate_pair_accuracy(model, tiny_tokenizer, prepared)
+    _, scores = evaluate_pair_accuracy(model, tiny_tokenizer, prepared, batch_size=1)  # no padding: exact ties
     n = len(prepared)
     assert scores["category_ids"][:n] == scores["category_ids"][n:]
     router = evaluate_router(model, tiny_tokenizer, prepared)
@@ -165,8 +165,13 @@ def test_text_pairs_train_the_router_and_evaluate_on_the_prompt(tmp_path, tiny_l
     model.save_pretrained(tmp_path / "model")
     tiny_tokenizer.save_pretrained(tmp_path / "model")
     atomic_write_jsonl(tmp_path / "text.jsonl", TEXT_PAIRS)
-    report = evaluate_reward_models(str(tmp_path / "model"), str(tmp_path / "text.jsonl"), batch_size=2)
+    report = evaluate_reward_models(str(tmp_path / "model"), str(tmp_path / "text.jsonl"), batch_size=2,
+                                    text_pairs="text")
     assert report["dmoerm"]["overall"]["total"] == len(TEXT_PAIRS)
+    # `dmoerm eval`'s default (RewardBench's convention): the text pair rendered as a user turn + the answer.
+    chat = evaluate_reward_models(str(tmp_path / "model"), str(tmp_path / "text.jsonl"), batch_size=2)
+    assert chat["dmoerm"]["overall"]["total"] == len(TEXT_PAIRS)
+    assert [r["chosen_reward"] for r in chat["examples"]] != [r["chosen_reward"] for r in report["examples"]]
 
 
 def _routed(model, tokenizer, prepared):
@@ -174,4 +179,4 @@ def _routed(model, tokenizer, prepared):
     from dmoerm_trl.evaluation import _route
 
     names = model.config.category_names
-    return [names[i] for i in _route(model, routing_prompts(prepared, None), tokenizer.pad_token_id, 8, "r", True)]
+    return [names[i] for i in _route(model, routing_prompts(prepared, None), tokenizer.pad_token_id, 1, "r", True)]
