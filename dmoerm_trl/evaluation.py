@@ -189,7 +189,7 @@ def prepare_pairs(pairs, tokenizer, max_length: int | None, what: str, counts: d
     """Tokenize preference pairs for scoring. A conversation longer than ``max_length`` keeps its end (its oldest
     prompt tokens go, the response stays: :mod:`dmoerm_trl.truncation`); such pairs are counted in
     ``counts[f"{what}_truncated_left"]`` (with a warning), never dropped or cut silently."""
-    from .trainers.preference_data import tokenize_pairs
+    from .data.tokenize import tokenize_pairs
     from .truncation import keep_end, warn_truncated
 
     pairs = tokenize_pairs(pairs, tokenizer, None, what)
@@ -250,7 +250,7 @@ def evaluate_router(model, tokenizer, pairs, batch_size: int = 16) -> dict[str, 
     """Router accuracy per pair, overall and per category, on what the model routes on: the prompt up to the chat
     template's assistant-turn opener (responses cannot change it). A model without a recorded prompt boundary
     (routing on the whole text) is also measured on prompt + response (``"full"``, both responses)."""
-    from .trainers.preference_data import routing_prompts
+    from .data.tokenize import routing_prompts
 
     names = model.config.category_names
     rows = [i for i, c in enumerate(pairs["category"]) if c in names]
@@ -383,7 +383,7 @@ def evaluate_reward_models(
         if labels_path is not None:
             labels = load_capability_labels(labels_path, skip_invalid=skip_invalid)
             if split is not None:  # only labels on the split's conversations (e.g. held out from training)
-                from .trainers.preference_data import conversation_key
+                from .data import conversation_key
 
                 keys = {conversation_key(prompt) for prompt in pairs["prompt"]}
                 labels = labels.select([i for i, p in enumerate(labels["prompt"]) if conversation_key(p) in keys])

@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..category_sets import CategorySpec, load_category_spec
+from ..data.categories import CategorySpec, load_category_spec
 from ..utils.io import atomic_write_json
 from .cache import LabelCache
 from .config import LabelingConfig

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..category_sets import CategorySpec
+from ..data.categories import CategorySpec
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 

@@ -43,10 +43,10 @@ from torch.utils.data import Dataset as TorchDataset
 from transformers import Trainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
+from ..data.tokenize import tokenize_pairs
 from .checkpointing import StageCheckpointMixin, atomic_save_tensors
 from .counted_metrics import CountedMetricsMixin
 from .distributed import cast_trainable_parameters_for_deepspeed
-from .preference_data import tokenize_pairs
 
 logger = logging.getLogger(__name__)
 

@@ -7,15 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 
+from ..data.errors import TrainingDataError
+from ..data.formats import conversation_key
+from ..data.splits import resolve_categories, rows_with_ids, split_by_conversation
+from ..data.tokenize import tokenize_pairs
 from .checkpointing import atomic_write_json
-from .preference_data import (
-    TrainingDataError,
-    conversation_key,
-    resolve_categories,
-    rows_with_ids,
-    split_by_conversation,
-    tokenize_pairs,
-)
 from .stage import Stage
 
 SPLITS_FILE = "splits.json"
@@ -239,7 +235,7 @@ class PipelineDataMixin:
         """Records without a category: routed by the trained router (prompt only), then split like the others."""
         import torch
 
-        from .preference_data import routing_prompt
+        from ..data.tokenize import routing_prompt
 
         unlabeled = [i for i, category in enumerate(self.human["category"]) if not category]
         if not unlabeled:

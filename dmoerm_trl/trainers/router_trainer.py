@@ -22,11 +22,11 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
+from ..data.tokenize import routing_prompt, tokenize_pairs
 from ..prompt_boundary import PromptBoundaryError, prompt_prefix
 from .checkpointing import StageCheckpointMixin
 from .counted_metrics import CountedMetricsMixin
 from .distributed import cast_trainable_parameters_for_deepspeed
-from .preference_data import routing_prompt, tokenize_pairs
 
 VIEWS = ("prompt", "full")
 
