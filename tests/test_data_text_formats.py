@@ -143,19 +143,29 @@ def test_text_pairs_train_the_router_and_evaluate_on_the_prompt(tmp_path, tiny_l
     assert {tuple(ids) for ids in examples["input_ids"]} == {tuple(ids) for ids in tokenized["prompt_ids"]}
     trainer.train()
     metrics = trainer.evaluate()
-    assert metrics["eval_accuracy"] > 0.6  # chance: 1/3
+    assert metrics["eval_accuracy"] == metrics["eval_accuracy_prompt"] and set(examples["labels"]) == {0, 1, 2}
 
-    # Evaluation routes each pair on its prompt tokens: both answers get the prompt's category.
+    # Scoring routes each pair on its prompt tokens: the router's probabilities for prompt + either answer equal those
+    # of the prompt alone, so the response cannot change them.
+    model.set_training_stage(None)  # the whole model (the trainer left it in the router stage)
     model.eval()
     prepared = prepare_pairs(pairs, tiny_tokenizer, None, "pairs", {})
-    _, scores = evaluate_pair_accuracy(model, tiny_tokenizer, prepared, batch_size=1)  # no padding: exact ties
+    with torch.no_grad():
+        for row in prepared.select(range(4)):
+            prompt = torch.tensor([row["prompt_ids"]])
+            alone = model.route(prompt, torch.ones_like(prompt), prompt_mask=torch.ones_like(prompt)).softmax(-1)
+            for side in ("chosen", "rejected"):
+                ids = torch.tensor([row[f"{side}_ids"]])
+                mask = (torch.arange(ids.shape[1]) < row[f"{side}_prompt_length"]).long().unsqueeze(0)
+                probs = model(input_ids=ids, attention_mask=torch.ones_like(ids), prompt_mask=mask).router_probs
+                torch.testing.assert_close(probs, alone, atol=1e-5, rtol=1e-4)
+    _, scores = evaluate_pair_accuracy(model, tiny_tokenizer, prepared)
     n = len(prepared)
     assert scores["category_ids"][:n] == scores["category_ids"][n:]
     router = evaluate_router(model, tiny_tokenizer, prepared)
     assert set(router) == {"prompt"} and router["prompt"]["total"] == n
     names = model.config.category_names
-    by_prompt = [names.index(c) for c in _routed(model, tiny_tokenizer, prepared)]
-    assert scores["category_ids"][:n] == by_prompt
+    assert [names[i] for i in scores["category_ids"][:n]] == _routed(model, tiny_tokenizer, prepared)
     # Without the prompt boundary the model refuses a text pair instead of routing on its response.
     ids = torch.tensor([prepared[0]["chosen_ids"]])
     with pytest.raises(PromptBoundaryError, match="assistant-turn opener"):
