@@ -103,18 +103,12 @@ def load_reward_model(path: str | os.PathLike, device: str | None = None):
 
 def _batches(sequences: list[list[int]], batch_size: int, pad_token_id: int):
     """Length-sorted padded batches: yields ``(indices, input_ids, attention_mask)``."""
-    import torch
+    from .data.batching import pad_sequences
 
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
-        length = max(len(sequences[i]) for i in indices)
-        input_ids = torch.full((len(indices), length), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(indices), length), dtype=torch.long)
-        for row, i in enumerate(indices):
-            input_ids[row, : len(sequences[i])] = torch.as_tensor(sequences[i])
-            attention_mask[row, : len(sequences[i])] = 1
-        yield indices, input_ids, attention_mask
+        yield (indices, *pad_sequences([sequences[i] for i in indices], pad_token_id))
 
 
 def _is_dmoerm(model) -> bool:

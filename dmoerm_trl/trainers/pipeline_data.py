@@ -235,6 +235,7 @@ class PipelineDataMixin:
         """Records without a category: routed by the trained router (prompt only), then split like the others."""
         import torch
 
+        from ..data.batching import pad_sequences
         from ..data.tokenize import routing_prompt
 
         unlabeled = [i for i, category in enumerate(self.human["category"]) if not category]
@@ -258,11 +259,7 @@ class PipelineDataMixin:
                     # a text pair's prompt tokens), which it then reads whole.
                     opener = model.config.assistant_opener_ids
                     ids = [routing_prompt(row, opener, f"pair {row['pair_id']}") for row in batch]
-                    length = max(len(x) for x in ids)
-                    input_ids = torch.full((len(ids), length), self.tokenizer.pad_token_id, dtype=torch.long)
-                    mask = torch.zeros_like(input_ids)
-                    for j, x in enumerate(ids):
-                        input_ids[j, : len(x)], mask[j, : len(x)] = torch.as_tensor(x), 1
+                    input_ids, mask = pad_sequences(ids, self.tokenizer.pad_token_id)
                     logits = model(input_ids=input_ids, attention_mask=mask, prompt_mask=mask).logits
                     for pid, index in zip(batch["pair_id"], logits.argmax(-1).tolist()):
                         routed[pid] = model.config.category_names[index]

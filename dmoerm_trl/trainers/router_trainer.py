@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
+from ..data.batching import pad_sequences
 from ..data.tokenize import routing_prompt, tokenize_pairs
 from ..prompt_boundary import PromptBoundaryError, prompt_prefix
 from .checkpointing import StageCheckpointMixin
@@ -97,13 +98,7 @@ class RouterCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples):
-        length = max(len(example["input_ids"]) for example in examples)
-        input_ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
-        for i, example in enumerate(examples):
-            ids = torch.as_tensor(example["input_ids"], dtype=torch.long)
-            input_ids[i, : len(ids)] = ids
-            attention_mask[i, : len(ids)] = 1
+        input_ids, attention_mask = pad_sequences([example["input_ids"] for example in examples], self.pad_token_id)
         batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
