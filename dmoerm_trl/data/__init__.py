@@ -1,18 +1,26 @@
-"""Preference data for DMoERM: category sets, readers for ranked and pairwise formats, validation.
+"""Preference data for DMoERM, one package: reading, formats, category sets, splits, tokenization, batching.
 
-Every reader returns the same thing, a ``datasets.Dataset`` of preference pairs in TRL's conversational format, so
+Every reader returns the same thing, a ``datasets.Dataset`` of preference pairs in one of TRL's formats, so
 ``trl.RewardTrainer`` reads it as is:
 
 - ``prompt``: the whole multi-turn context, a list of ``{"role", "content"}`` messages ending with a user turn
-- ``chosen`` / ``rejected``: ``[{"role": "assistant", "content": ...}]``
+  (conversational; mtmc-rlhf ranked lists become this), or a string (TRL's standard text format, kept as text)
+- ``chosen`` / ``rejected``: ``[{"role": "assistant", "content": ...}]`` (or strings, for text pairs)
 - ``category``: the category key (``"objective_qa"``...), ``""`` when the source has none
 - ``pair_id``: a stable id (a hash of the pair's content; repeats of identical pairs get ``-2``, ``-3``... suffixes)
 - ``capability``: only in capability label files (the output of ``dmoerm label``)
+- ``tools`` (JSON text) / ``chat_template_kwargs``: only when the source has them (passed to the chat template)
 
 Sources: the mtmc-rlhf ranked format (``src`` user turns, ``tgt`` earlier assistant turns, ``response`` candidates,
 ``rank`` one int per candidate, ``label`` category name), TRL preference files (``prompt``/``chosen``/``rejected``,
-text or messages, or implicit-prompt ``chosen``/``rejected`` conversations) with an optional ``category`` column;
-``.jsonl``, ``.json`` or ``.parquet`` files, a directory of them, or a ``datasets.Dataset``.
+text or messages, or implicit-prompt ``chosen``/``rejected``) with an optional ``category`` column; ``.jsonl``,
+``.json`` or ``.parquet`` files, a directory of them, a ``datasets.Dataset`` or a hub/local dataset.
+
+Modules: ``readers`` (files -> records), ``formats`` (records -> pairs, per format), ``loading``
+(``load_preference_pairs``, ``load_capability_labels``), ``categories`` (category sets), ``sources``
+(``datasets.load_dataset``, category maps), ``splits`` (categories checked against a model, splits by
+conversation, capability labels per expert), ``tokenize`` (as TRL's RewardTrainer; what the router reads),
+``batching`` (``pad_sequences``), ``errors`` (``DataError`` and its two kinds, the two reports).
 
 Bad records raise :class:`DataValidationError` naming the file, the record and the field; with
 ``skip_invalid=True`` they are skipped, counted in a :class:`LoadReport` and logged. Nothing is dropped silently.
