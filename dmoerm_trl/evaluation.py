@@ -155,7 +155,7 @@ def score_sequences(model, sequences: list[list[int]], pad_token_id: int, batch_
 
 def _route(model, sequences, pad_token_id: int, batch_size: int, desc: str, prompts_only: bool = False) -> list[int]:
     """Router decisions only (the router stage's forward, no experts). ``prompts_only``: each sequence is a prompt
-    alone (:func:`~dmoerm_trl.trainers.preference_data.routing_prompt`), which the router reads whole."""
+    alone (:func:`~dmoerm_trl.data.tokenize.routing_prompt`), which the router reads whole."""
     import torch
     from tqdm.auto import tqdm
 

@@ -14,8 +14,8 @@ import torch
 from datasets import Dataset
 
 from dmoerm_trl.data import DataValidationError, is_text_pairs, load_preference_pairs
+from dmoerm_trl.data.tokenize import routing_prompts, tokenize_pairs
 from dmoerm_trl.prompt_boundary import PromptBoundaryError
-from dmoerm_trl.trainers.preference_data import routing_prompts, tokenize_pairs
 
 sys.path.insert(0, str(Path(__file__).parent / "trainers"))
 from trainer_helpers import DATA, stage_args, tiny_dmoerm
