@@ -103,18 +103,12 @@ def load_reward_model(path: str | os.PathLike, device: str | None = None):
 
 def _batches(sequences: list[list[int]], batch_size: int, pad_token_id: int):
     """Length-sorted padded batches: yields ``(indices, input_ids, attention_mask)``."""
-    import torch
+    from .data.batching import pad_sequences
 
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
-        length = max(len(sequences[i]) for i in indices)
-        input_ids = torch.full((len(indices), length), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(indices), length), dtype=torch.long)
-        for row, i in enumerate(indices):
-            input_ids[row, : len(sequences[i])] = torch.as_tensor(sequences[i])
-            attention_mask[row, : len(sequences[i])] = 1
-        yield indices, input_ids, attention_mask
+        yield (indices, *pad_sequences([sequences[i] for i in indices], pad_token_id))
 
 
 def _is_dmoerm(model) -> bool:
@@ -122,9 +116,11 @@ def _is_dmoerm(model) -> bool:
 
 
 def score_sequences(model, sequences: list[list[int]], pad_token_id: int, batch_size: int = 16,
-                    categories: list[str] | None = None, desc: str = "Scoring") -> dict[str, Any]:
+                    categories: list[str] | None = None, desc: str = "Scoring",
+                    prompt_lengths: list[int] | None = None) -> dict[str, Any]:
     """Rewards of token-id sequences: ``{"rewards": [...]}`` (+ ``"category_ids"``, ``"capability_rewards"`` for a
-    DMoERM). ``categories`` (DMoERM only) bypasses the router."""
+    DMoERM). ``categories`` (DMoERM only) bypasses the router; ``prompt_lengths`` (DMoERM only: the leading prompt
+    tokens of each sequence, for text pairs, which have no chat-template opener) is what the router reads."""
     import torch
     from tqdm.auto import tqdm
 
@@ -140,6 +136,10 @@ def score_sequences(model, sequences: list[list[int]], pad_token_id: int, batch_
             kwargs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
             if dmoerm and categories is not None:
                 kwargs["categories"] = [categories[i] for i in indices]
+            elif dmoerm and prompt_lengths is not None:
+                lengths = torch.tensor([prompt_lengths[i] for i in indices]).unsqueeze(1)
+                positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
+                kwargs["prompt_mask"] = ((positions < lengths).long() * attention_mask).to(device)
             out = model(**kwargs)
             for row, i in enumerate(indices):
                 rewards[i] = float(out.logits[row, 0])
@@ -153,8 +153,9 @@ def score_sequences(model, sequences: list[list[int]], pad_token_id: int, batch_
     return result
 
 
-def _route(model, sequences, pad_token_id: int, batch_size: int, desc: str) -> list[int]:
-    """Router decisions only (``model.route``: the router on the prompt tokens, no experts)."""
+def _route(model, sequences, pad_token_id: int, batch_size: int, desc: str, prompts_only: bool = False) -> list[int]:
+    """Router decisions only (``model.route``: the router on the prompt tokens, no experts). ``prompts_only``: each
+    sequence is a prompt alone (:func:`~dmoerm_trl.data.tokenize.routing_prompt`), which the router reads whole."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
@@ -162,7 +163,9 @@ def _route(model, sequences, pad_token_id: int, batch_size: int, desc: str) -> l
     for indices, input_ids, attention_mask in tqdm(
         list(_batches(sequences, batch_size, pad_token_id)), desc=desc, unit="batch", leave=False
     ):
-        categories = model.route(input_ids.to(device), attention_mask.to(device)).argmax(-1).tolist()
+        attention_mask = attention_mask.to(device)
+        prompt_mask = attention_mask if prompts_only else None
+        categories = model.route(input_ids.to(device), attention_mask, prompt_mask=prompt_mask).argmax(-1).tolist()
         for row, i in enumerate(indices):
             routed[i] = int(categories[row])
     return routed
@@ -173,7 +176,7 @@ def prepare_pairs(pairs, tokenizer, max_length: int | None, what: str, counts: d
     """Tokenize preference pairs for scoring. A conversation longer than ``max_length`` keeps its end (its oldest
     prompt tokens go, the response stays: :mod:`dmoerm_trl.truncation`); such pairs are counted in
     ``counts[f"{what}_truncated_left"]`` (with a warning), never dropped or cut silently."""
-    from .trainers.preference_data import tokenize_pairs
+    from .data.tokenize import tokenize_pairs
     from .truncation import keep_end, warn_truncated
 
     pairs = tokenize_pairs(pairs, tokenizer, None, what)
@@ -187,7 +190,16 @@ def prepare_pairs(pairs, tokenizer, max_length: int | None, what: str, counts: d
     if any(too_long):
         counts[f"{what}_truncated_left"] = sum(too_long)
         warn_truncated(what, sum(too_long), len(pairs), max_length)
-        pairs = pairs.map(lambda row: {c: keep_end(row[c], max_length) for c in columns}, desc=f"{what}: keep ends")
+
+        def cut(row):
+            cut_row = {c: keep_end(row[c], max_length) for c in columns}
+            for side in ("chosen", "rejected"):  # text pairs: the prompt tokens left after the cut (0: none)
+                if f"{side}_prompt_length" in row:
+                    dropped = len(row[f"{side}_ids"]) - len(cut_row[f"{side}_ids"])
+                    cut_row[f"{side}_prompt_length"] = max(row[f"{side}_prompt_length"] - dropped, 0)
+            return cut_row
+
+        pairs = pairs.map(cut, desc=f"{what}: keep ends")
     return pairs
 
 
@@ -210,7 +222,12 @@ def _model_categories(pairs, model) -> list[str]:
 def evaluate_pair_accuracy(model, tokenizer, pairs, batch_size: int = 16, desc: str = "Scoring pairs"):
     """Pairwise accuracy of one reward model on tokenized pairs (``chosen_ids``/``rejected_ids``/``category``)."""
     sequences = list(pairs["chosen_ids"]) + list(pairs["rejected_ids"])
-    scores = score_sequences(model, sequences, tokenizer.pad_token_id, batch_size, desc=desc)
+    prompt_lengths = None
+    if "chosen_prompt_length" in pairs.column_names:  # text pairs: the router reads the prompt's tokens
+        prompt_lengths = list(pairs["chosen_prompt_length"]) + list(pairs["rejected_prompt_length"])
+    scores = score_sequences(
+        model, sequences, tokenizer.pad_token_id, batch_size, desc=desc, prompt_lengths=prompt_lengths
+    )
     n = len(pairs)
     result = pairwise_accuracy(scores["rewards"][:n], scores["rewards"][n:], list(pairs["category"]))
     return result, scores
@@ -220,7 +237,7 @@ def evaluate_router(model, tokenizer, pairs, batch_size: int = 16) -> dict[str, 
     """Router accuracy per pair, overall and per category, on what the model routes on: the prompt up to the chat
     template's assistant-turn opener (responses cannot change it). A model without a recorded prompt boundary
     (routing on the whole text) is also measured on prompt + response (``"full"``, both responses)."""
-    from .trainers.router_trainer import routing_prompt_ids
+    from .data.tokenize import routing_prompts
 
     names = model.config.category_names
     rows = [i for i, c in enumerate(pairs["category"]) if c in names]
@@ -230,16 +247,17 @@ def evaluate_router(model, tokenizer, pairs, batch_size: int = 16) -> dict[str, 
     labels = [names.index(c) for c in pairs["category"]]
     result = {}
     opener = model.config.assistant_opener_ids
-    if opener:
-        prompts = [routing_prompt_ids(ids, opener, f"pair {i}") for i, ids in enumerate(pairs["chosen_ids"])]
-        views = [("prompt", prompts, labels)]
+    if opener or "chosen_prompt_length" in pairs.column_names:
+        views = [("prompt", routing_prompts(pairs, opener), labels)]
     else:
         views = [
             ("prompt", list(pairs["prompt_ids"]), labels),
             ("full", list(pairs["chosen_ids"]) + list(pairs["rejected_ids"]), labels + labels),
         ]
     for view, sequences, targets in views:
-        routed = _route(model, sequences, tokenizer.pad_token_id, batch_size, desc=f"Routing ({view})")
+        routed = _route(
+            model, sequences, tokenizer.pad_token_id, batch_size, desc=f"Routing ({view})", prompts_only=view == "prompt"
+        )
         per_category: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for decision, target in zip(routed, targets):
             per_category[names[target]][0] += decision == target
@@ -290,6 +308,7 @@ def evaluate_reward_models(
     skip_invalid: bool = False,
     split: str | None = None,
     splits_file: str | os.PathLike | None = None,
+    text_pairs: str = "chat",
 ) -> dict[str, Any]:
     """Evaluate a saved DMoERM (and optionally a baseline RM) on preference data; returns the report dict.
 
@@ -303,6 +322,9 @@ def evaluate_reward_models(
 
     ``split`` (``"validation"``, ``"task"`` or ``"aggregator"``) keeps only the pairs a training run put in that split
     (read from ``splits_file``, default ``<model_path>/splits.json``): e.g. the held-out validation pairs.
+    ``text_pairs``: text (non-conversational) pairs are rendered with the chat template as one user turn and one
+    assistant turn (``"chat"``, RewardBench's convention) or tokenized as text with no template (``"text"``, as TRL's
+    RewardTrainer trains on them; the router then reads the prompt's tokens).
 
     Example:
         >>> report = evaluate_reward_models("runs/tiny", "rewardbench_sample.jsonl")  # doctest: +SKIP
@@ -314,7 +336,7 @@ def evaluate_reward_models(
 
     load_report = LoadReport()
     pairs = load_preference_pairs(data, lower_rank_is_better=lower_rank_is_better, skip_invalid=skip_invalid,
-                                  report=load_report, keep_columns=("id", "subset"))
+                                  report=load_report, keep_columns=("id", "subset"), text_pairs=text_pairs)
     if split is not None:
         pairs = _select_split(pairs, split, splits_file or os.path.join(model_path, "splits.json"))
     if not len(pairs):
@@ -348,7 +370,7 @@ def evaluate_reward_models(
         if labels_path is not None:
             labels = load_capability_labels(labels_path, skip_invalid=skip_invalid)
             if split is not None:  # only labels on the split's conversations (e.g. held out from training)
-                from .trainers.preference_data import conversation_key
+                from .data import conversation_key
 
                 keys = {conversation_key(prompt) for prompt in pairs["prompt"]}
                 labels = labels.select([i for i, p in enumerate(labels["prompt"]) if conversation_key(p) in keys])

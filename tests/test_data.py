@@ -177,7 +177,6 @@ def test_same_pairs_from_every_file_format_and_a_dataset(tmp_path):
 def test_trl_text_conversational_and_implicit_prompt(tmp_path):
     convo_prompt = [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi"}]
     records = [
-        {"prompt": "Hi", "chosen": "Hello!", "rejected": "What.", "category": "chitchat"},
         {
             "prompt": convo_prompt,
             "chosen": [{"role": "assistant", "content": "Hello!"}],
@@ -190,13 +189,19 @@ def test_trl_text_conversational_and_implicit_prompt(tmp_path):
         },
     ]
     pairs = load_preference_pairs(write_jsonl(tmp_path / "trl.jsonl", records))
-    assert pairs[0]["prompt"] == [{"role": "user", "content": "Hi"}]
-    assert pairs[1]["prompt"] == pairs[2]["prompt"] == convo_prompt
-    assert pairs[1]["chosen"] == pairs[2]["chosen"] == [{"role": "assistant", "content": "Hello!"}]
-    assert pairs["category"] == ["chitchat", "chitchat", ""]
+    assert pairs[0]["prompt"] == pairs[1]["prompt"] == convo_prompt
+    assert pairs[0]["chosen"] == pairs[1]["chosen"] == [{"role": "assistant", "content": "Hello!"}]
+    assert pairs["category"] == ["chitchat", ""]
+    # text pairs stay text (TRL's standard format: no chat template around them), one format per dataset
+    text = load_preference_pairs(write_jsonl(tmp_path / "text.jsonl", [{"prompt": "Hi", "chosen": "Hello!",
+                                                                         "rejected": "What.", "category": "闲聊"}]))
+    assert (text[0]["prompt"], text[0]["chosen"], text[0]["category"]) == ("Hi", "Hello!", "chitchat")
+    records.append({"prompt": "Hi", "chosen": "Hello!", "rejected": "What.", "category": "chitchat"})
+    with pytest.raises(DataValidationError, match=r"line 3, field 'prompt': a text pair among conversational"):
+        load_preference_pairs(write_jsonl(tmp_path / "mixed.jsonl", records))
     # with a category set, names must be known: "" (no category) stays "", unknown names are errors
-    records.append({"prompt": "Hi", "chosen": "Yo", "rejected": "No", "category": "poetry"})
-    with pytest.raises(DataValidationError, match=r"line 4, field 'category': unknown category 'poetry'"):
+    records[-1] = {**records[0], "category": "poetry"}
+    with pytest.raises(DataValidationError, match=r"line 3, field 'category': unknown category 'poetry'"):
         load_preference_pairs(write_jsonl(tmp_path / "trl2.jsonl", records), categories="paper")
     # without a set, unknown names are kept as they are
     assert load_preference_pairs(tmp_path / "trl2.jsonl")["category"][-1] == "poetry"
@@ -245,7 +250,7 @@ BAD_RECORDS = [
     ({**SINGLE_TURN, "response": ["a", None]}, "response[1]", "expected a string"),
     ({**SINGLE_TURN, "label": 5}, "label", "expected a string"),
     ({"question": "hi"}, None, "unknown record format"),
-    ({"prompt": "Hi", "chosen": [{"role": "assistant", "content": "x"}], "rejected": "y"}, "chosen", "prompt is text"),
+    ({"prompt": "Hi", "chosen": [{"role": "assistant", "content": "x"}], "rejected": "y"}, "chosen", "but the pair is text"),
     (
         {
             "prompt": [{"role": "user", "content": "Hi"}],
@@ -264,7 +269,7 @@ BAD_RECORDS = [
         "prompt[0].role",
         "unknown role 'human'",
     ),
-    ({"chosen": "x", "rejected": "y"}, "prompt", "cannot be split"),
+    ({"chosen": "x", "rejected": "y"}, "prompt", "share no text prefix"),
 ]
 
 

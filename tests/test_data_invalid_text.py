@@ -46,7 +46,7 @@ def test_a_json_array_with_a_bad_byte_and_a_lone_surrogate_escape(tmp_path):
     with pytest.raises(DataValidationError, match=r"record 1, field 'chosen': not UTF-8 text \(byte 0xe1"):
         load(path)
     pairs, report = load(path, skip_invalid=True)
-    assert len(pairs) == 1 and pairs[0]["chosen"][0]["content"] == "Hello!"
+    assert len(pairs) == 1 and pairs[0]["chosen"] == "Hello!"  # text pairs stay text, as in TRL
     assert dict(report.skipped_by_field) == {"chosen": 1, "rejected": 1}
     assert "lone surrogate \\ud800" in report.skip_examples[1]
 

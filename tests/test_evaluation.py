@@ -57,7 +57,7 @@ def write_ranked(path, records):
 @pytest.mark.parametrize("lower_rank_is_better, expected", [(True, 1.0), (False, 0.0)])
 def test_rank_direction_end_to_end(tmp_path, tiny_tokenizer, lower_rank_is_better, expected):
     from dmoerm_trl.data import LoadReport, load_preference_pairs
-    from dmoerm_trl.trainers.preference_data import tokenize_pairs
+    from dmoerm_trl.data.tokenize import tokenize_pairs
 
     # rank 1 is the best answer (mtmc-rlhf); here the best answers are the longest
     records = [

@@ -130,7 +130,7 @@ def test_full_router_schedule_gives_the_prompt_only_router_enough_steps(tmp_path
     import fidelity
 
     from dmoerm_trl.data import load_preference_pairs
-    from dmoerm_trl.prompt_boundary import assistant_opener_ids
+    from dmoerm_trl.models.dmoerm._prompt_boundary import assistant_opener_ids
     from dmoerm_trl.synthetic.generator import SyntheticDataConfig, generate_dataset, write_dataset
     from dmoerm_trl.testing_utils import make_tiny_tokenizer
     from dmoerm_trl.trainers.router_trainer import router_examples

@@ -29,6 +29,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--higher-rank-is-better", action="store_true",
                         help="Ranks are scores (higher wins) instead of positions (rank 1 wins).")
     parser.add_argument("--skip-invalid", action="store_true", help="Skip malformed records (counted).")
+    parser.add_argument(
+        "--text-pairs", choices=["chat", "text"], default="chat",
+        help="Text (non-conversational) pairs: 'chat' (default, RewardBench's convention) renders the prompt as a user "
+        "turn and each answer as the assistant's with the chat template; 'text' tokenizes them as text with no "
+        "template, as TRL's RewardTrainer does (for a model trained on text pairs).",
+    )
     parser.add_argument("--split", choices=["validation", "task", "aggregator"], default=None,
                         help="Only the pairs a `dmoerm train` run put in this split (e.g. held-out validation).")
     parser.add_argument("--splits-file", default=None, help="The run's splits.json (default: <model>/splits.json).")
@@ -51,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
             args.model, args.data, labels_path=args.labels, baseline_path=args.baseline, batch_size=args.batch_size,
             max_length=args.max_length, lower_rank_is_better=not args.higher_rank_is_better,
             skip_invalid=args.skip_invalid, split=args.split, splits_file=args.splits_file,
+            text_pairs=args.text_pairs,
         )
     except (DataValidationError, FileNotFoundError, ValueError) as err:
         print(f"dmoerm eval: error: {err}", file=sys.stderr)

@@ -181,12 +181,11 @@ class JudgeModel:
 
         if all(item.cancelled.is_set() for item in items):  # every client left while the batch was formed
             return [None] * len(items)
+        from ..data.batching import pad_sequences
+
         length = max(item.prompt_tokens for item in items)
-        input_ids = torch.full((len(items), length), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(items), length), dtype=torch.long)
-        for row, item in enumerate(items):  # left padding: every prompt ends where generation starts
-            input_ids[row, length - item.prompt_tokens :] = torch.tensor(item.input_ids)
-            attention_mask[row, length - item.prompt_tokens :] = 1
+        # left padding: every prompt ends where generation starts
+        input_ids, attention_mask = pad_sequences([item.input_ids for item in items], self.pad_id, side="left")
         first = items[0]
         kwargs = {
             "max_new_tokens": max(item.max_tokens for item in items),

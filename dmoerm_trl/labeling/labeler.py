@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..category_sets import CategorySpec, load_category_spec
+from ..data.categories import CategorySpec, load_category_spec
 from ..utils.io import atomic_write_json
 from .cache import LabelCache
 from .config import LabelingConfig
@@ -120,10 +120,12 @@ class CapabilityLabeler:
                 yield _Request(index, group, swapped=True)
 
     def _messages(self, row: dict, request: _Request) -> list[dict]:
-        chosen, rejected = row["chosen"][-1]["content"], row["rejected"][-1]["content"]
+        # Text pairs (TRL's standard format) are shown to the judge as one user turn and the answers' text.
+        chosen, rejected = (side if isinstance(side, str) else side[-1]["content"] for side in (row["chosen"], row["rejected"]))
         first, second = (rejected, chosen) if request.swapped else (chosen, rejected)
+        prompt = [{"role": "user", "content": row["prompt"]}] if isinstance(row["prompt"], str) else row["prompt"]
         return self.template.render(
-            prompt=row["prompt"],
+            prompt=prompt,
             response_1=first,
             response_2=second,
             capabilities=request.capabilities,

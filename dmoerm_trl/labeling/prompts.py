@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..category_sets import CategorySpec
+from ..data.categories import CategorySpec
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
@@ -199,7 +199,10 @@ def load_template(mode: str, language: str = "en", path: str | os.PathLike | Non
 
 
 def render_conversation(prompt: Sequence[Mapping[str, str]], language: str = "en") -> str:
-    """A single user turn as its text; a multi-turn context as ``Role: text`` lines (every turn is kept)."""
+    """A single user turn (or a text prompt, TRL's standard format) as its text; a multi-turn context as ``Role:
+    text`` lines (every turn is kept)."""
+    if isinstance(prompt, str):
+        return prompt
     if len(prompt) == 1 and prompt[0]["role"] == "user":
         return prompt[0]["content"]
     labels = _ROLE_LABELS.get(language, _ROLE_LABELS["en"])

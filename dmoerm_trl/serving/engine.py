@@ -215,12 +215,9 @@ class RewardEngine:
 
     # ------------------------------------------------------------------------------------------- model side
     def _pad(self, sequences: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        length = max(len(s) for s in sequences)
-        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        for row, ids in enumerate(sequences):  # right padding, as compute_rewards and TRL
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, : len(ids)] = 1
+        from ..data.batching import pad_sequences
+
+        input_ids, attention_mask = pad_sequences(sequences, self.pad_token_id)  # right, as compute_rewards and TRL
         return input_ids.to(self.device), attention_mask.to(self.device)
 
     def _route_prompts(self, sequences: Sequence[list[int]]) -> torch.Tensor:

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from ..category_sets import CategorySpec
+from ..data.categories import CategorySpec
 from .categories import CATEGORY_WORLDS, CategoryWorld
 from .text_features import normalize
 
@@ -104,7 +104,7 @@ class SyntheticWorld:
 
     def category_spec(self) -> CategorySpec:
         """The category set with Chinese aliases (the mtmc-rlhf ``label``) and the judge's capability descriptions."""
-        from ..category_sets import PAPER_CAPABILITY_NAMES_ZH
+        from ..data.categories import PAPER_CAPABILITY_NAMES_ZH
 
         capabilities = {c for world in self.worlds.values() for c in world.capabilities}
         descriptions: dict[str, str] = {}

@@ -12,10 +12,10 @@ Example:
 
 from __future__ import annotations
 
+from ..data.errors import TrainingDataError
 from .aggregator_trainer import AggregatorTrainer
 from .capability_expert_trainer import CapabilityExpertTrainer
 from .pipeline import DMoERMTrainingPipeline, Stage
-from .preference_data import TrainingDataError
 from .router_trainer import RouterTrainer
 from .task_trainer import TaskTrainer
 from .training_config import DMoERMDataArguments, DMoERMModelArguments, DMoERMTrainingConfig

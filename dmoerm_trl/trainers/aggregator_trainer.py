@@ -44,10 +44,11 @@ from transformers import Trainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from .._compat import SignatureColumnsHook
+from ..data.batching import pad_sequences
+from ..data.tokenize import tokenize_pairs
 from .checkpointing import StageCheckpointMixin, atomic_save_tensors
 from .counted_metrics import CountedMetricsMixin
 from .distributed import cast_trainable_parameters_for_deepspeed
-from .preference_data import tokenize_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +87,7 @@ def compute_pair_features(model, pairs, category: str, pad_token_id: int, batch_
     features: list[torch.Tensor | None] = [None] * len(sequences)
     for start in tqdm(range(0, len(order), batch_size), desc=desc or f"Expert features ({category})", unit="batch"):
         batch = order[start : start + batch_size]
-        length = max(len(sequences[i]) for i in batch)
-        input_ids = torch.full((len(batch), length), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
-        for row, i in enumerate(batch):
-            input_ids[row, : len(sequences[i])] = torch.as_tensor(sequences[i])
-            attention_mask[row, : len(sequences[i])] = 1
+        input_ids, attention_mask = pad_sequences([sequences[i] for i in batch], pad_token_id)
         out = model.compute_expert_features(input_ids.to(device), attention_mask.to(device), category)
         for row, i in enumerate(batch):
             features[i] = out[row].float().cpu()

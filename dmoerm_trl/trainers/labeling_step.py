@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..data.errors import TrainingDataError
 from ..utils.io import atomic_write_text
-from .preference_data import TrainingDataError
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def label_capabilities(label_config: str, dataset_path: str, spec, output_dir, l
     # reads categories strictly) the same aliases.
     from dataclasses import replace
 
-    from ..category_sets import PAPER_CATEGORY_NAMES_ZH
+    from ..data.categories import PAPER_CATEGORY_NAMES_ZH
 
     aliases = {PAPER_CATEGORY_NAMES_ZH[key]: key for key in spec.categories if key in PAPER_CATEGORY_NAMES_ZH}
     spec = replace(spec, aliases={**aliases, **spec.aliases})

@@ -40,14 +40,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..data.errors import DataReport, TrainingDataError
+from ..data.splits import select_capability_labels
 from ..utils.io import atomic_path, replace_path
 from .checkpointing import atomic_save_tensors, atomic_write_json, last_complete_checkpoint, load_tensors_into
 from .pipeline_data import PipelineDataMixin
-from .preference_data import (
-    DataReport,
-    TrainingDataError,
-    select_capability_labels,
-)
 from .run_config import RUN_CONFIG_FILE, build_run_config, check_rerun, delete_results
 from .run_end import check_push_settings, final_metrics, log_final_metrics, push_trained_model
 from .stage import Stage, without_zero3_init

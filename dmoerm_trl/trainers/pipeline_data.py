@@ -7,15 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 
+from ..data.errors import TrainingDataError
+from ..data.formats import conversation_key
+from ..data.splits import resolve_categories, rows_with_ids, split_by_conversation
+from ..data.tokenize import tokenize_pairs
 from .checkpointing import atomic_write_json
-from .preference_data import (
-    TrainingDataError,
-    conversation_key,
-    resolve_categories,
-    rows_with_ids,
-    split_by_conversation,
-    tokenize_pairs,
-)
 from .stage import Stage
 
 SPLITS_FILE = "splits.json"
@@ -239,7 +235,8 @@ class PipelineDataMixin:
         """Records without a category: routed by the trained router (prompt only), then split like the others."""
         import torch
 
-        from .router_trainer import routing_prompt_ids
+        from ..data.batching import pad_sequences
+        from ..data.tokenize import routing_prompt
 
         unlabeled = [i for i, category in enumerate(self.human["category"]) if not category]
         if not unlabeled:
@@ -253,21 +250,17 @@ class PipelineDataMixin:
             model = self._build_model().eval()
             rows = self.human.select(unlabeled)
             routed = {}
-            for start in range(0, len(rows), 32):
-                batch = rows[start : start + 32]
-                # What the router reads at inference: the prompt up to the chat template's assistant opener.
-                opener = model.config.assistant_opener_ids
-                ids = batch["prompt_ids"]
-                if opener:
-                    ids = [routing_prompt_ids(x, opener, f"pair {pid}")
-                           for x, pid in zip(batch["chosen_ids"], batch["pair_id"])]
-                length = max(len(x) for x in ids)
-                input_ids = torch.full((len(ids), length), self.tokenizer.pad_token_id, dtype=torch.long)
-                mask = torch.zeros_like(input_ids)
-                for j, x in enumerate(ids):
-                    input_ids[j, : len(x)], mask[j, : len(x)] = torch.as_tensor(x), 1
-                for pid, index in zip(batch["pair_id"], model.route(input_ids, mask).argmax(-1).tolist()):
-                    routed[pid] = model.config.category_names[index]
+            with torch.no_grad():
+                for start in range(0, len(rows), 32):
+                    batch = rows.select(range(start, min(start + 32, len(rows))))
+                    # What the router reads at inference: the prompt (up to the chat template's assistant opener;
+                    # a text pair's prompt tokens), which it then reads whole.
+                    opener = model.config.assistant_opener_ids
+                    ids = [routing_prompt(row, opener, f"pair {row['pair_id']}") for row in batch]
+                    input_ids, mask = pad_sequences(ids, self.tokenizer.pad_token_id)
+                    logits = model.route(input_ids, mask, prompt_mask=mask)
+                    for pid, index in zip(batch["pair_id"], logits.argmax(-1).tolist()):
+                        routed[pid] = model.config.category_names[index]
             self.state["routing"] = routed
             self._write_state()
             del model

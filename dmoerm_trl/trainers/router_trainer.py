@@ -23,11 +23,12 @@ import torch
 from transformers import Trainer
 
 from .._compat import SignatureColumnsHook
+from ..data.batching import pad_sequences
+from ..data.tokenize import routing_prompt, tokenize_pairs
 from ..models.dmoerm._prompt_boundary import PromptBoundaryError, prompt_prefix
 from .checkpointing import StageCheckpointMixin
 from .counted_metrics import CountedMetricsMixin
 from .distributed import cast_trainable_parameters_for_deepspeed
-from .preference_data import tokenize_messages
 
 VIEWS = ("prompt", "full")
 
@@ -61,25 +62,22 @@ def router_examples(pairs, tokenizer, category_names: list[str], max_length: int
     """
     from datasets import Dataset
 
+    if "chosen_ids" not in pairs.column_names:
+        pairs = tokenize_pairs(pairs, tokenizer, None, "router data")
+    text = "chosen_prompt_length" in pairs.column_names
     index = {name: i for i, name in enumerate(category_names)}
     seen: set[tuple] = set()
-    rows = {"input_ids": [], "labels": [], "view": []}
-    has_ids = "chosen_ids" in pairs.column_names
+    rows = {"input_ids": [], "labels": [], "view": [], "prompt_only": []}
     for number, row in enumerate(pairs):
         category = row["category"]
         if not category:
             continue
         if category not in index:
             raise ValueError(f"router data: category {category!r} is not one of the model's {category_names}")
-        chosen = row["chosen_ids"] if has_ids else tokenize_messages(tokenizer, row["prompt"] + row["chosen"])
-        if opener:
-            views = [(0, routing_prompt_ids(chosen, opener, f"router data, row {number}"))]
+        if text or opener:  # the prompt alone, exactly what the router reads when it scores the pair
+            views = [(0, routing_prompt(row, opener, f"router data, row {number}"))]
         else:
-            rejected = (
-                row["rejected_ids"] if has_ids else tokenize_messages(tokenizer, row["prompt"] + row["rejected"])
-            )
-            prompt = row["prompt_ids"] if has_ids else tokenize_messages(tokenizer, row["prompt"])
-            views = [(0, prompt), (1, chosen), (1, rejected)]
+            views = [(0, row["prompt_ids"]), (1, row["chosen_ids"]), (1, row["rejected_ids"])]
         for view, ids in views:
             key = (view, tuple(ids))
             if key in seen or (max_length is not None and len(ids) > max_length):
@@ -88,29 +86,29 @@ def router_examples(pairs, tokenizer, category_names: list[str], max_length: int
             rows["input_ids"].append(list(ids))
             rows["labels"].append(index[category])
             rows["view"].append(view)
+            rows["prompt_only"].append(int(text or bool(opener)))
     return Dataset.from_dict(rows)
 
 
 class RouterCollator:
-    """Right-pads ``input_ids``; stacks ``labels`` and ``view``."""
+    """Right-pads ``input_ids``; stacks ``labels`` and ``view``. When every example is a prompt alone
+    (``prompt_only``: a text pair's prompt has no chat-template opener to find), the batch's ``prompt_mask`` is its
+    attention mask: the router reads all of it."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples):
-        length = max(len(example["input_ids"]) for example in examples)
-        input_ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
-        for i, example in enumerate(examples):
-            ids = torch.as_tensor(example["input_ids"], dtype=torch.long)
-            input_ids[i, : len(ids)] = ids
-            attention_mask[i, : len(ids)] = 1
-        return {
+        input_ids, attention_mask = pad_sequences([example["input_ids"] for example in examples], self.pad_token_id)
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": torch.tensor([example["labels"] for example in examples], dtype=torch.long),
             "view": torch.tensor([example["view"] for example in examples], dtype=torch.long),
         }
+        if all(example.get("prompt_only") for example in examples):
+            batch["prompt_mask"] = attention_mask.clone()
+        return batch
 
 
 class RouterTrainer(CountedMetricsMixin, SignatureColumnsHook, StageCheckpointMixin, Trainer):
@@ -126,7 +124,7 @@ class RouterTrainer(CountedMetricsMixin, SignatureColumnsHook, StageCheckpointMi
 
     stage_name = "router"
 
-    signature_columns = ("input_ids", "labels", "view")  # what the collator reads
+    signature_columns = ("input_ids", "labels", "view", "prompt_only")  # what the collator reads
 
     def __init__(self, model, args=None, train_dataset=None, eval_dataset=None, processing_class=None, **kwargs):
         if processing_class is None or processing_class.pad_token_id is None:

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .preference_data import TrainingDataError
+from ..data.errors import TrainingDataError
 
 RUN_CONFIG_FILE = "run_config.json"
 SECTIONS = ("model_args", "data_args", "training_args")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .preference_data import TrainingDataError
+from ..data.errors import TrainingDataError
 
 logger = logging.getLogger(__name__)
 

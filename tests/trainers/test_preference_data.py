@@ -8,15 +8,10 @@ import pytest
 from trainer_helpers import DATA, LABELS, TINY_CATEGORIES
 
 from dmoerm_trl.data import load_capability_labels, load_category_spec, load_preference_pairs
-from dmoerm_trl.trainers.preference_data import (
-    DataReport,
-    TrainingDataError,
-    conversation_key,
-    resolve_categories,
-    select_capability_labels,
-    split_by_conversation,
-    tokenize_pairs,
-)
+from dmoerm_trl.data.errors import DataReport, TrainingDataError
+from dmoerm_trl.data.formats import conversation_key
+from dmoerm_trl.data.splits import resolve_categories, select_capability_labels, split_by_conversation
+from dmoerm_trl.data.tokenize import tokenize_pairs
 
 
 @pytest.fixture(scope="module")

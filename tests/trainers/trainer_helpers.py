@@ -81,7 +81,7 @@ def stage_args(output_dir, **overrides):
 def tokenized_data(tokenizer):
     """(human pairs, capability labels) of the shipped tiny data, tokenized for the tiny tokenizer."""
     from dmoerm_trl.data import load_capability_labels, load_preference_pairs
-    from dmoerm_trl.trainers.preference_data import tokenize_pairs
+    from dmoerm_trl.data.tokenize import tokenize_pairs
 
     pairs = tokenize_pairs(load_preference_pairs(DATA), tokenizer, 256, "pairs")
     labels = tokenize_pairs(load_capability_labels(LABELS), tokenizer, 256, "labels")

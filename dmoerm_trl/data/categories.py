@@ -18,7 +18,7 @@ capabilities that the labeling prompts use::
           logic: {zh: 逻辑性}
 
 Example:
-    >>> from dmoerm_trl.category_sets import load_category_set, load_category_spec
+    >>> from dmoerm_trl.data.categories import load_category_set, load_category_spec
     >>> sorted(load_category_set("paper"))
     ['chitchat', 'objective_qa', 'roleplay', 'subjective_qa', 'text_creation']
     >>> spec = load_category_spec("paper")
@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "PAPER_CAPABILITY_DESCRIPTIONS",
+    "PAPER_CAPABILITY_NAMES_ZH",
     "PAPER_CATEGORIES",
     "PAPER_CATEGORY_NAMES_ZH",
-    "PAPER_CAPABILITY_NAMES_ZH",
-    "PAPER_CAPABILITY_DESCRIPTIONS",
     "CategorySpec",
     "load_category_set",
     "load_category_spec",

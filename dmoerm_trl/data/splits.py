@@ -6,54 +6,36 @@
   (aggregator) by *conversation*, so pairs built from the same ranked list never straddle two splits.
 * :func:`select_capability_labels` checks a capability label file against the model and splits it per expert
   (labels on validation conversations validate the expert; they never train anything).
-* :func:`tokenize_pairs` adds ``prompt_ids``/``chosen_ids``/``rejected_ids`` exactly as TRL's RewardTrainer would
+* (tokenizing: :mod:`dmoerm_trl.data.tokenize`) :func:`tokenize_pairs` adds ``prompt_ids``/``chosen_ids``/``rejected_ids`` exactly as TRL's RewardTrainer would
   (chat template for conversational rows), and drops (counting) pairs longer than ``max_length``.
 
 Example:
     >>> from dmoerm_trl.data import load_preference_pairs
-    >>> from dmoerm_trl.trainers.preference_data import split_by_conversation
+    >>> from dmoerm_trl.data.splits import split_by_conversation
     >>> pairs = load_preference_pairs("tests/fixtures/mtmc_tiny.jsonl")  # doctest: +SKIP
     >>> splits = split_by_conversation(pairs, validation_ratio=0.1, task_ratio=0.6, seed=0)  # doctest: +SKIP
     >>> sorted(splits["objective_qa"])  # doctest: +SKIP
     ['aggregator', 'task', 'validation']
 """
 
+
 from __future__ import annotations
 
 import hashlib
 import logging
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from typing import Any
 
-from ..data import conversation_key  # noqa: F401  (re-exported: the pipeline and tests import it here)
+from .errors import DataReport, TrainingDataError
+from .formats import conversation_key
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("task", "aggregator", "validation")
 
 
-class TrainingDataError(ValueError):
-    """Training cannot go on with this data; the message says what is wrong and how to fix it."""
-
-
 def _ordered(keys, seed: int) -> list[str]:
     return sorted(set(keys), key=lambda key: hashlib.sha1(f"{seed}:{key}".encode()).hexdigest())
-
-
-@dataclass
-class DataReport:
-    """Counts of what the preparation kept, dropped and why; saved in the run's ``training_summary.json``."""
-
-    counts: Counter = field(default_factory=Counter)
-    warnings: list[str] = field(default_factory=list)
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
-        logger.warning(message)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"counts": dict(self.counts), "warnings": list(self.warnings)}
 
 
 def resolve_categories(dataset, spec, model_categories: dict[str, list[str]], what: str, report: DataReport):
@@ -198,40 +180,3 @@ def select_capability_labels(
                 entry["validation"] = labels.select(validation)
             result[(category, capability)] = entry
     return result
-
-
-def tokenize_messages(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of a conversation, as TRL's RewardTrainer tokenizes conversational rows (the chat template)."""
-    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
-
-
-def tokenize_pairs(dataset, tokenizer, max_length: int | None, what: str, report: DataReport | None = None):
-    """Add ``prompt_ids``, ``chosen_ids``, ``rejected_ids``; drop (and count) pairs longer than ``max_length``."""
-    if tokenizer.chat_template is None:
-        raise TrainingDataError(
-            f"the tokenizer ({type(tokenizer).__name__}) has no chat template, but {what} is conversational; set "
-            "tokenizer.chat_template (e.g. copy one from an instruct model) before training"
-        )
-
-    def tokenize(row):
-        return {
-            "prompt_ids": tokenize_messages(tokenizer, row["prompt"]),
-            "chosen_ids": tokenize_messages(tokenizer, row["prompt"] + row["chosen"]),
-            "rejected_ids": tokenize_messages(tokenizer, row["prompt"] + row["rejected"]),
-        }
-
-    dataset = dataset.map(tokenize, desc=f"Tokenizing {what}")
-    if max_length is not None:
-        before = len(dataset)
-        dataset = dataset.filter(
-            lambda row: len(row["chosen_ids"]) <= max_length and len(row["rejected_ids"]) <= max_length,
-            desc=f"{what}: dropping pairs > {max_length} tokens",
-        )
-        dropped = before - len(dataset)
-        if dropped and report is not None:
-            report.counts[f"{what}_pairs_longer_than_max_length"] += dropped
-            report.warn(
-                f"{what}: dropped {dropped} of {before} pairs longer than max_length={max_length} tokens. Fix: raise "
-                "max_length (up to the backbone's limit) if they matter."
-            )
-    return dataset
