@@ -48,7 +48,9 @@ def resolve_backbone(args) -> str:
 
         folder = default_cache_dir() / f"random-{args.shape}"
         if not (folder / "config.json").exists():
-            raise SystemExit(f"{folder} is missing: run `python benchmarks/memory_params.py --shape {args.shape}` once")
+            raise SystemExit(
+                f"{folder} is missing: run `python benchmarks/memory_params.py --shape {args.shape}` once"
+            )
         return str(folder)
     from dmoerm_trl.assets import prepare_smollm2
 
@@ -60,9 +62,18 @@ def lora_config(args, num_layers: int):
 
     extra = {}
     if args.top_layers:
-        extra = {"layers_to_transform": list(range(num_layers - args.top_layers, num_layers)), "layers_pattern": "layers"}
-    return LoraConfig(r=args.lora_r, lora_alpha=args.lora_r, lora_dropout=0.05,
-                      target_modules=args.target_modules.split(","), bias="none", **extra)
+        extra = {
+            "layers_to_transform": list(range(num_layers - args.top_layers, num_layers)),
+            "layers_pattern": "layers",
+        }
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_r,
+        lora_dropout=0.05,
+        target_modules=args.target_modules.split(","),
+        bias="none",
+        **extra,
+    )
 
 
 def build_once(path: str, names: list[str], args, method: str) -> dict:
@@ -89,13 +100,20 @@ def build_once(path: str, names: list[str], args, method: str) -> dict:
     table = [(n, tuple(p.shape), str(p.dtype), p.requires_grad) for n, p in model.named_parameters()]
     # a fingerprint of the adapter values (same seed -> both methods must give the same initial weights)
     with torch.no_grad():
-        fingerprint = sum(float(p.double().sum()) * (i + 1) for i, (n, p) in enumerate(model.named_parameters())
-                          if "lora_" in n)
+        fingerprint = sum(
+            float(p.double().sum()) * (i + 1) for i, (n, p) in enumerate(model.named_parameters()) if "lora_" in n
+        )
     adapter_parameters = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     del model, backbone
     gc.collect()
-    return {"wall": wall, "cpu": cpu, "load": load_seconds, "table": table, "fingerprint": fingerprint,
-            "adapter_parameters": adapter_parameters}
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "load": load_seconds,
+        "table": table,
+        "fingerprint": fingerprint,
+        "adapter_parameters": adapter_parameters,
+    }
 
 
 def main() -> None:
@@ -108,8 +126,11 @@ def main() -> None:
     parser.add_argument("--top-layers", type=int, default=0, help="LoRA only in the top N layers (0: all)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--with-loop-1thread", action="store_true",
-                        help="also time PEFT's loop on one intra-op thread (what part of the gain is threading)")
+    parser.add_argument(
+        "--with-loop-1thread",
+        action="store_true",
+        help="also time PEFT's loop on one intra-op thread (what part of the gain is threading)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -117,10 +138,12 @@ def main() -> None:
     import torch
 
     path = resolve_backbone(args)
-    print(f"backbone {path} ({args.dtype}), r={args.lora_r} on {args.target_modules}, "
-          f"{'top ' + str(args.top_layers) + ' layers' if args.top_layers else 'all layers'}; "
-          f"peft {peft.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} CPUs, {args.repeats} repeat(s), median shown")
+    print(
+        f"backbone {path} ({args.dtype}), r={args.lora_r} on {args.target_modules}, "
+        f"{'top ' + str(args.top_layers) + ' layers' if args.top_layers else 'all layers'}; "
+        f"peft {peft.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs, {args.repeats} repeat(s), median shown"
+    )
     rows = []
     for layout in args.layouts.split(","):
         num_categories, num_capabilities = (int(x) for x in layout.lower().split("x"))
@@ -134,9 +157,14 @@ def main() -> None:
         others = [run for method in methods if method != "fast" for run in runs[method]]
         same = all(a["table"] == b["table"] for a in others for b in runs["fast"])
         same_values = all(a["fingerprint"] == b["fingerprint"] for a in others for b in runs["fast"])
-        row = {"layout": layout, "adapters": len(names), "adapter_parameters": runs["fast"][0]["adapter_parameters"],
-               "load_s": statistics.median(r["load"] for r in runs["fast"] + runs["loop"]),
-               "same_parameters": same, "same_initial_values": same_values}
+        row = {
+            "layout": layout,
+            "adapters": len(names),
+            "adapter_parameters": runs["fast"][0]["adapter_parameters"],
+            "load_s": statistics.median(r["load"] for r in runs["fast"] + runs["loop"]),
+            "same_parameters": same,
+            "same_initial_values": same_values,
+        }
         for method, method_runs in runs.items():
             row[f"{method}_wall_s"] = statistics.median(r["wall"] for r in method_runs)
             row[f"{method}_cpu_s"] = statistics.median(r["cpu"] for r in method_runs)
@@ -146,18 +174,24 @@ def main() -> None:
         rows.append(row)
         print(f"  {layout}: " + ", ".join(f"{m} {row[f'{m}_wall_all_s']} s" for m in methods), flush=True)
 
-    header = (f"{'layout':>7} {'adapters':>8} {'LoRA params':>12} {'load s':>7} {'PEFT loop s':>12} "
-              f"{'fast s':>8} {'speedup':>8} {'loop CPU s':>11} {'fast CPU s':>11} {'same model':>11}")
+    header = (
+        f"{'layout':>7} {'adapters':>8} {'LoRA params':>12} {'load s':>7} {'PEFT loop s':>12} "
+        f"{'fast s':>8} {'speedup':>8} {'loop CPU s':>11} {'fast CPU s':>11} {'same model':>11}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
         same = "yes" if row["same_parameters"] and row["same_initial_values"] else "NO"
-        print(f"{row['layout']:>7} {row['adapters']:>8} {row['adapter_parameters']:>12,} {row['load_s']:>7.2f} "
-              f"{row['loop_wall_s']:>12.2f} {row['fast_wall_s']:>8.2f} {row['speedup_wall']:>7.1f}x "
-              f"{row['loop_cpu_s']:>11.2f} {row['fast_cpu_s']:>11.2f} {same:>11}")
+        print(
+            f"{row['layout']:>7} {row['adapters']:>8} {row['adapter_parameters']:>12,} {row['load_s']:>7.2f} "
+            f"{row['loop_wall_s']:>12.2f} {row['fast_wall_s']:>8.2f} {row['speedup_wall']:>7.1f}x "
+            f"{row['loop_cpu_s']:>11.2f} {row['fast_cpu_s']:>11.2f} {same:>11}"
+        )
     if args.with_loop_1thread:
-        print("PEFT loop on one intra-op thread (s): "
-              + ", ".join(f"{row['layout']} {row['loop-1thread_wall_s']:.2f}" for row in rows))
+        print(
+            "PEFT loop on one intra-op thread (s): "
+            + ", ".join(f"{row['layout']} {row['loop-1thread_wall_s']:.2f}" for row in rows)
+        )
     if args.json:
         from dmoerm_trl.utils.io import atomic_write_json
 

@@ -32,8 +32,9 @@ def run_once(root: str, code: str) -> tuple[float, bool]:
     env = dict(os.environ, PYTHONPATH=root)
     wrapped = f"try:\n    {code}\nexcept SystemExit:\n    pass{PROBE}"
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", wrapped], env=env, capture_output=True, text=True, cwd=root,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", wrapped], env=env, capture_output=True, text=True, cwd=root, check=False
+    )
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"{code!r} failed under {root}: {result.stderr[-500:]}")

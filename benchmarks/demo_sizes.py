@@ -58,39 +58,78 @@ def main(argv=None) -> int:
     from dmoerm_trl.synthetic.judge import capability_judge_server
 
     torch.set_num_threads(args.threads)
-    sizes = dataclasses.replace(FULL, pairs_per_category=args.pairs, epochs=args.epochs, reward_layers=args.layers,
-                                test_pairs_per_category=args.test_pairs,
-                                max_labels_per_capability=args.labels or max(24, args.pairs // 2))
+    sizes = dataclasses.replace(
+        FULL,
+        pairs_per_category=args.pairs,
+        epochs=args.epochs,
+        reward_layers=args.layers,
+        test_pairs_per_category=args.test_pairs,
+        max_labels_per_capability=args.labels or max(24, args.pairs // 2),
+    )
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     load_start, start = os.getloadavg(), time.perf_counter()
     backbone = prepare_reward_backbone(prepare_smollm2(), sizes.reward_layers)
     world = SyntheticWorld(sizes.categories)
     categories = {name: caps[: sizes.max_capabilities] for name, caps in world.categories.items()}
-    dataset = generate_dataset(SyntheticDataConfig(
-        pairs_per_category=sizes.pairs_per_category, test_pairs_per_category=sizes.test_pairs_per_category,
-        categories=sizes.categories, seed=args.seed))
+    dataset = generate_dataset(
+        SyntheticDataConfig(
+            pairs_per_category=sizes.pairs_per_category,
+            test_pairs_per_category=sizes.test_pairs_per_category,
+            categories=sizes.categories,
+            seed=args.seed,
+        )
+    )
     paths = write_dataset(dataset, out / "data")
     categories_yaml = out / "data" / "demo_categories.yaml"
     _write_categories(world, categories, categories_yaml)
     with capability_judge_server(world, flip_rate=0.1, seed=args.seed, port=0) as server:
-        run_labeling(LabelingConfig(data=paths["train"], output=str(out / "labels"), model="synthetic-judge",
-                                    base_url=server.base_url, mode="per_capability",
-                                    categories=str(categories_yaml), concurrency=8), api_key="local-demo-judge")
-    _subsample_labels(out / "labels" / "capability_pairs.jsonl", out / "labels" / "demo_labels.jsonl",
-                      sizes.max_labels_per_capability, args.seed)
+        run_labeling(
+            LabelingConfig(
+                data=paths["train"],
+                output=str(out / "labels"),
+                model="synthetic-judge",
+                base_url=server.base_url,
+                mode="per_capability",
+                categories=str(categories_yaml),
+                concurrency=8,
+            ),
+            api_key="local-demo-judge",
+        )
+    _subsample_labels(
+        out / "labels" / "capability_pairs.jsonl",
+        out / "labels" / "demo_labels.jsonl",
+        sizes.max_labels_per_capability,
+        args.seed,
+    )
     train_start = time.perf_counter()
-    training = train_models(backbone, paths["train"], out / "labels" / "demo_labels.jsonl", categories_yaml,
-                            out / "dmoerm", sizes, args.seed, args.threads)
+    training = train_models(
+        backbone,
+        paths["train"],
+        out / "labels" / "demo_labels.jsonl",
+        categories_yaml,
+        out / "dmoerm",
+        sizes,
+        args.seed,
+        args.threads,
+    )
     train_seconds = time.perf_counter() - train_start
     evaluation = evaluate_both(out / "dmoerm", paths["train"], paths["test"], out)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     gold = evaluation["gold_test"]
-    row = {"pairs": args.pairs, "epochs": args.epochs, "layers": args.layers, "seed": args.seed,
-           "labels_per_expert": sizes.max_labels_per_capability, "test_pairs": gold["dmoerm"]["pairs"],
-           "wall_seconds": round(time.perf_counter() - start, 1), "train_wall_seconds": round(train_seconds, 1),
-           "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
-           "load_start": round(load_start[0], 2), "load_end": round(os.getloadavg()[0], 2)}
+    row = {
+        "pairs": args.pairs,
+        "epochs": args.epochs,
+        "layers": args.layers,
+        "seed": args.seed,
+        "labels_per_expert": sizes.max_labels_per_capability,
+        "test_pairs": gold["dmoerm"]["pairs"],
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "train_wall_seconds": round(train_seconds, 1),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+        "load_start": round(load_start[0], 2),
+        "load_end": round(os.getloadavg()[0], 2),
+    }
     for name in ("dmoerm", "baseline"):
         accuracy, total = gold[name]["overall"], gold[name]["pairs"]
         low, high = wilson(accuracy * total, total)

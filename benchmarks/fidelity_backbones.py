@@ -13,6 +13,7 @@ ENCODER_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}assistant: {% endif %}"
 )
 
+
 def prepare_backbone(args, out: Path) -> tuple[str, str]:
     """``(reward backbone folder, policy folder)``."""
     if args.fast:
@@ -33,8 +34,9 @@ def prepare_backbone(args, out: Path) -> tuple[str, str]:
         from dmoerm_trl.demo import prepare_reward_backbone
 
         cut = prepare_reward_backbone(smollm2, args.smollm2_layers)
-        return without_default_system_prompt(cut, out.parent / "_fidelity_backbones" / f"{Path(cut).name}-nosystem"), \
-            policy
+        return without_default_system_prompt(
+            cut, out.parent / "_fidelity_backbones" / f"{Path(cut).name}-nosystem"
+        ), policy
     if backbone == "minilm":
         return prepare_minilm(out.parent / "_fidelity_backbones" / "all-MiniLM-L6-v2-reward"), policy
     if not Path(backbone).is_dir():
@@ -53,9 +55,11 @@ def without_default_system_prompt(source: str, folder: Path) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    tokenizer.chat_template = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
-                               "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
-                               "{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    tokenizer.chat_template = (
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+        "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+        "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)

@@ -138,10 +138,14 @@ def main(argv=None) -> None:
     results = [run_one(args, run, str(data), work) for run in runs]
     reference = next((r for r in results if r["run"] == "sequential"), None)
     load = os.getloadavg()[0]
-    print(f"\nmodel {Path(args.model).name} {args.server_args}; {len(records)} records; mode {args.mode}; "
-          f"load average {load:.1f}")
-    print("| run | requests | calls | retries | timeouts | waited past --timeout | failed | labels | labeling s "
-          "| generate calls | mean batch | lowest concurrency | wall / sum of single latencies |")
+    print(
+        f"\nmodel {Path(args.model).name} {args.server_args}; {len(records)} records; mode {args.mode}; "
+        f"load average {load:.1f}"
+    )
+    print(
+        "| run | requests | calls | retries | timeouts | waited past --timeout | failed | labels | labeling s "
+        "| generate calls | mean batch | lowest concurrency | wall / sum of single latencies |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     single_sum = None
     if reference and reference["batch_seconds"]:
@@ -156,10 +160,12 @@ def main(argv=None) -> None:
         print(f"sum of single-request latencies: {single_sum:.0f} s ({how})")
     for r in results:
         ratio = f"{r['labeling_seconds'] / single_sum:.2f}x" if single_sum else "-"
-        print(f"| {r['run']} | {r['requests']} | {r['calls']} | {r['retries']} | {r['timeouts']} "
-              f"| {r['slow_answers']} | {r['failed']} "
-              f"| {r['labels']} | {r['labeling_seconds']:.1f} | {r['generate_calls']} | {r['mean_batch_size']} "
-              f"| {r['lowest_concurrency']} | {ratio} |")
+        print(
+            f"| {r['run']} | {r['requests']} | {r['calls']} | {r['retries']} | {r['timeouts']} "
+            f"| {r['slow_answers']} | {r['failed']} "
+            f"| {r['labels']} | {r['labeling_seconds']:.1f} | {r['generate_calls']} | {r['mean_batch_size']} "
+            f"| {r['lowest_concurrency']} | {ratio} |"
+        )
     print(f"\n`dmoerm label` output of the last run:\n{results[-1]['stdout']}")
     print(f"logs in {work}")
     if args.json:

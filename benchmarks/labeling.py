@@ -87,8 +87,12 @@ async def client_cpu_ms(base_url: str, via: str, requests: int, concurrency: int
     import openai
 
     client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0)
-    body = {"model": "scripted-judge", "messages": [{"role": "user", "content": "1 or 2? " + "context " * 200}],
-            "temperature": 0.0, "max_tokens": 4}
+    body = {
+        "model": "scripted-judge",
+        "messages": [{"role": "user", "content": "1 or 2? " + "context " * 200}],
+        "temperature": 0.0,
+        "max_tokens": 4,
+    }
     slots = asyncio.Semaphore(concurrency)
 
     async def one() -> str:
@@ -112,8 +116,12 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2, help="Fixed server latency in seconds.")
     parser.add_argument("--seconds", type=float, default=5.0, help="Ideal duration of each throughput run.")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--cpu-requests", type=int, default=320,
-                        help="Requests per client-CPU run (post vs create, concurrency 32, 3 alternating runs each).")
+    parser.add_argument(
+        "--cpu-requests",
+        type=int,
+        default=320,
+        help="Requests per client-CPU run (post vs create, concurrency 32, 3 alternating runs each).",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from dmoerm_trl.data import PAPER_CATEGORIES
@@ -165,12 +173,16 @@ def main() -> None:
             for via, values in runs.items():
                 values.append(asyncio.run(client_cpu_ms(base_url, via, args.cpu_requests, 32)))
         post, create = sorted(runs["post"])[1], sorted(runs["create"])[1]
-        print(f"\n## Client CPU per request ({args.cpu_requests} requests at concurrency 32, median of 3 alternating "
-              "runs)\n")
+        print(
+            f"\n## Client CPU per request ({args.cpu_requests} requests at concurrency 32, median of 3 alternating "
+            "runs)\n"
+        )
         print("| via | ms CPU per request (runs) |")
         print("|---|---|")
-        for via, median, values in (("client.post(cast_to=object)", post, runs["post"]),
-                                    ("chat.completions.create", create, runs["create"])):
+        for via, median, values in (
+            ("client.post(cast_to=object)", post, runs["post"]),
+            ("chat.completions.create", create, runs["create"]),
+        ):
             print(f"| {via} | {median:.2f} ({', '.join(f'{v:.2f}' for v in values)}) |")
         print(f"\npost / create = {post / create:.2f} ({1 - post / create:.0%} less client CPU per request)")
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -44,10 +44,20 @@ import time
 
 # Shapes of the SmolLM2 family (from their published config.json files); the paper's backbone is ~1.8B (Qwen-1.8B).
 SHAPES = {
-    "smollm2-360m": {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32,
-                     "num_attention_heads": 15, "num_key_value_heads": 5},
-    "smollm2-1.7b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
-                     "num_attention_heads": 32, "num_key_value_heads": 32},
+    "smollm2-360m": {
+        "hidden_size": 960,
+        "intermediate_size": 2560,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 15,
+        "num_key_value_heads": 5,
+    },
+    "smollm2-1.7b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+    },
 }
 LAYOUTS = ("dmoerm", "dmoerm-1", "paper-copies")
 
@@ -63,8 +73,16 @@ def random_backbone(shape: str) -> str:
     folder = default_cache_dir() / f"random-{shape}"
     if (folder / "config.json").exists():
         return str(folder)
-    config = LlamaConfig(vocab_size=49152, max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=True,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2, **SHAPES[shape])
+    config = LlamaConfig(
+        vocab_size=49152,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        **SHAPES[shape],
+    )
     torch.manual_seed(0)
     model = LlamaModel(config).to(torch.bfloat16)
     with atomic_path(folder, directory=True) as tmp:
@@ -89,8 +107,17 @@ def categories_for(num_categories: int, num_capabilities: int) -> dict[str, list
     return {f"category_{c}": [f"capability_{k}" for k in range(num_capabilities)] for c in range(num_categories)}
 
 
-def measure(layout: str, backbone: str, num_categories: int, num_capabilities: int, batch: int, length: int,
-            lora_r: int = 32, dtype: str = "float32", trunk_layers: int = 0) -> dict:
+def measure(
+    layout: str,
+    backbone: str,
+    num_categories: int,
+    num_capabilities: int,
+    batch: int,
+    length: int,
+    lora_r: int = 32,
+    dtype: str = "float32",
+    trunk_layers: int = 0,
+) -> dict:
     import torch
 
     from dmoerm_trl import DMoERMForSequenceClassification
@@ -104,7 +131,9 @@ def measure(layout: str, backbone: str, num_categories: int, num_capabilities: i
     input_ids = torch.randint(10, min(1000, AutoConfig.from_pretrained(backbone).vocab_size), (batch, length))
     if layout == "paper-copies":
         models = [
-            DMoERMForSequenceClassification.from_backbone(backbone, categories_for(1, num_capabilities), **kwargs).eval()
+            DMoERMForSequenceClassification.from_backbone(
+                backbone, categories_for(1, num_capabilities), **kwargs
+            ).eval()
             for _ in range(num_categories)
         ]
         built_mib = max_rss_mib()
@@ -126,9 +155,15 @@ def measure(layout: str, backbone: str, num_categories: int, num_capabilities: i
         trainable = counts["adapters"] + counts["heads"]  # the base is never trained
         with torch.no_grad():  # rows spread over every category
             model(input_ids=input_ids, categories=[i % cats for i in range(batch)])
-    return {"total": total, "trainable": trainable, "peak_rss_mib": max_rss_mib(), "baseline_rss_mib": baseline_mib,
-            "peak_after_build_mib": built_mib, "rss_after_serving_mib": rss_mib(),
-            "seconds": time.perf_counter() - start}
+    return {
+        "total": total,
+        "trainable": trainable,
+        "peak_rss_mib": max_rss_mib(),
+        "baseline_rss_mib": baseline_mib,
+        "peak_after_build_mib": built_mib,
+        "rss_after_serving_mib": rss_mib(),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def fmt_mib(value) -> str:
@@ -159,8 +194,17 @@ def main() -> None:
 
         args.backbone = prepare_smollm2()
     if args._measure:
-        result = measure(args._measure, args.backbone, args.categories, args.capabilities, args.batch, args.length,
-                         lora_r=args.lora_r, dtype=args.dtype, trunk_layers=args.trunk_layers)
+        result = measure(
+            args._measure,
+            args.backbone,
+            args.categories,
+            args.capabilities,
+            args.batch,
+            args.length,
+            lora_r=args.lora_r,
+            dtype=args.dtype,
+            trunk_layers=args.trunk_layers,
+        )
         print(json.dumps(result))
         return
     layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
@@ -177,10 +221,28 @@ def main() -> None:
     for layout in LAYOUTS:
         if layout not in layouts:
             continue
-        command = [sys.executable, __file__, "--_measure", layout, "--backbone", args.backbone,
-                   "--categories", str(c), "--capabilities", str(k), "--batch", str(args.batch),
-                   "--length", str(args.length), "--lora-r", str(args.lora_r), "--dtype", args.dtype,
-                   "--trunk-layers", str(args.trunk_layers)]
+        command = [
+            sys.executable,
+            __file__,
+            "--_measure",
+            layout,
+            "--backbone",
+            args.backbone,
+            "--categories",
+            str(c),
+            "--capabilities",
+            str(k),
+            "--batch",
+            str(args.batch),
+            "--length",
+            str(args.length),
+            "--lora-r",
+            str(args.lora_r),
+            "--dtype",
+            args.dtype,
+            "--trunk-layers",
+            str(args.trunk_layers),
+        ]
         print(f"measuring {labels[layout]} ...", file=sys.stderr, flush=True)
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         results[layout] = json.loads(output)
@@ -188,29 +250,41 @@ def main() -> None:
     if "paper-copies" not in results:  # C copies of the 1-category model: counted, not built
         results["paper-copies"] = {"total": c * one["total"], "trainable": c * one["total"], "not_run": True}
     paper = results["paper-copies"]
-    print(f"\nbackbone {args.backbone} ({args.dtype}); {c} categories x {k} capabilities; LoRA r={args.lora_r}; "
-          f"trunk {args.trunk_layers} layers; "
-          f"forward B={args.batch} T={args.length}; load average {'/'.join(f'{x:.2f}' for x in os.getloadavg())}\n")
-    print("| layout | total params | trainable params | peak RSS (MiB) | peak above imports (MiB) "
-          "| RSS after serving (MiB) |")
+    print(
+        f"\nbackbone {args.backbone} ({args.dtype}); {c} categories x {k} capabilities; LoRA r={args.lora_r}; "
+        f"trunk {args.trunk_layers} layers; "
+        f"forward B={args.batch} T={args.length}; load average {'/'.join(f'{x:.2f}' for x in os.getloadavg())}\n"
+    )
+    print(
+        "| layout | total params | trainable params | peak RSS (MiB) | peak above imports (MiB) "
+        "| RSS after serving (MiB) |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for layout, r in results.items():
         if r.get("not_run"):
-            print(f"| {labels[layout]} | {r['total']:,} (counted) | {r['trainable']:,} (counted) | not run | not run "
-                  "| not run |")
+            print(
+                f"| {labels[layout]} | {r['total']:,} (counted) | {r['trainable']:,} (counted) | not run | not run "
+                "| not run |"
+            )
             continue
-        print(f"| {labels[layout]} | {r['total']:,} | {r['trainable']:,} | {fmt_mib(r['peak_rss_mib'])} "
-              f"| {fmt_mib(r['peak_rss_mib'] - r['baseline_rss_mib'])} | {fmt_mib(r['rss_after_serving_mib'])} |")
+        print(
+            f"| {labels[layout]} | {r['total']:,} | {r['trainable']:,} | {fmt_mib(r['peak_rss_mib'])} "
+            f"| {fmt_mib(r['peak_rss_mib'] - r['baseline_rss_mib'])} | {fmt_mib(r['rss_after_serving_mib'])} |"
+        )
     print()
-    line = (f"paper copies / dmoerm: total params {paper['total'] / ours['total']:.2f}x, "
-            f"trainable {paper['trainable'] / ours['trainable']:.2f}x")
+    line = (
+        f"paper copies / dmoerm: total params {paper['total'] / ours['total']:.2f}x, "
+        f"trainable {paper['trainable'] / ours['trainable']:.2f}x"
+    )
     if not paper.get("not_run"):
         line += f", peak RSS {paper['peak_rss_mib'] / ours['peak_rss_mib']:.2f}x"
     print(line)
     net = (ours["peak_rss_mib"] - ours["baseline_rss_mib"]) / (one["peak_rss_mib"] - one["baseline_rss_mib"])
-    print(f"dmoerm {c} categories / 1 category: total params {ours['total'] / one['total']:.3f}x, "
-          f"peak RSS {ours['peak_rss_mib'] / one['peak_rss_mib']:.3f}x (goal <= 1.15x), "
-          f"peak above imports {net:.3f}x")
+    print(
+        f"dmoerm {c} categories / 1 category: total params {ours['total'] / one['total']:.3f}x, "
+        f"peak RSS {ours['peak_rss_mib'] / one['peak_rss_mib']:.3f}x (goal <= 1.15x), "
+        f"peak above imports {net:.3f}x"
+    )
     if args.json:
         from dmoerm_trl.utils.io import atomic_write_json
 

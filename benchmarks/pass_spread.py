@@ -47,8 +47,10 @@ def main() -> None:
         "expert via per-row adapter_names": lambda: backbone(
             input_ids=ids, attention_mask=mask, position_ids=pos, adapter_names=names, use_cache=False
         ),
-        "expert made active": lambda: (make_active(), backbone(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                                              use_cache=False)),
+        "expert made active": lambda: (
+            make_active(),
+            backbone(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False),
+        ),
         "DMoERM _encode (expert pass)": lambda: model._encode(ids, mask, pos, adapter_names=names),
     }
     times = {key: [] for key in variants}

@@ -66,8 +66,9 @@ def main() -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     capabilities = [f"capability_{i}" for i in range(args.capabilities)]
-    model = DMoERMForSequenceClassification.from_backbone(args.backbone, {"chitchat": capabilities},
-                                                          tokenizer=tokenizer, router_mode="linear")
+    model = DMoERMForSequenceClassification.from_backbone(
+        args.backbone, {"chitchat": capabilities}, tokenizer=tokenizer, router_mode="linear"
+    )
     randomize_adapters(model, std=0.05)  # trained-looking, distinct experts (the cost does not depend on values)
     pairs = load_preference_pairs(REPO / "tests" / "fixtures" / "mtmc_tiny.jsonl")
     pairs = pairs.select([i % len(pairs) for i in range(args.pairs)])
@@ -80,14 +81,30 @@ def main() -> None:
         model.load_state_dict(initial, strict=False)
         timer = EpochTimer()
         config = DMoERMTrainingConfig(
-            output_dir=str(workdir / f"cached-{cached}"), use_cpu=True, learning_rate=1e-4,
-            num_train_epochs=args.epochs, per_device_train_batch_size=args.batch, eval_strategy="no",
-            save_strategy="no", load_best_model_at_end=False, report_to="none", disable_tqdm=True, seed=0,
+            output_dir=str(workdir / f"cached-{cached}"),
+            use_cpu=True,
+            learning_rate=1e-4,
+            num_train_epochs=args.epochs,
+            per_device_train_batch_size=args.batch,
+            eval_strategy="no",
+            save_strategy="no",
+            load_best_model_at_end=False,
+            report_to="none",
+            disable_tqdm=True,
+            seed=0,
             logging_steps=1000,
         )
         start = time.perf_counter()
-        trainer = AggregatorTrainer(model, "chitchat", args=config, train_dataset=pairs, processing_class=tokenizer,
-                                    cache_expert_features=cached, feature_batch_size=32, callbacks=[timer])
+        trainer = AggregatorTrainer(
+            model,
+            "chitchat",
+            args=config,
+            train_dataset=pairs,
+            processing_class=tokenizer,
+            cache_expert_features=cached,
+            feature_batch_size=32,
+            callbacks=[timer],
+        )
         build = time.perf_counter() - start
         trainer.train()
         results[cached] = {"build_seconds": build, "epoch_seconds": timer.times}
@@ -96,20 +113,27 @@ def main() -> None:
     later_cached = sum(cached["epoch_seconds"][1:]) / max(1, len(cached["epoch_seconds"]) - 1)
     later_plain = sum(plain["epoch_seconds"][1:]) / max(1, len(plain["epoch_seconds"]) - 1)
     first_cached = cached["build_seconds"] + cached["epoch_seconds"][0]
-    print(f"backbone {args.backbone}, k={args.capabilities} experts, {args.pairs} pairs (mean {mean_tokens:.0f} "
-          f"tokens per sequence), batch {args.batch}, {args.epochs} epochs, torch threads {torch.get_num_threads()}")
+    print(
+        f"backbone {args.backbone}, k={args.capabilities} experts, {args.pairs} pairs (mean {mean_tokens:.0f} "
+        f"tokens per sequence), batch {args.batch}, {args.epochs} epochs, torch threads {torch.get_num_threads()}"
+    )
     print("| run | cache build (s) | epoch 1 (s) | later epochs, mean (s) | total (s) |")
     print("|---|---:|---:|---:|---:|")
     for name, result in (("cached features", cached), ("no cache (experts every step)", plain)):
         later = sum(result["epoch_seconds"][1:]) / max(1, len(result["epoch_seconds"]) - 1)
         total = result["build_seconds"] + sum(result["epoch_seconds"])
-        print(f"| {name} | {result['build_seconds']:.2f} | {result['epoch_seconds'][0]:.2f} | {later:.3f} | "
-              f"{total:.2f} |")
-    print(f"later cached epoch / uncached epoch: {later_cached / later_plain:.4f}; "
-          f"later cached epoch / first cached epoch (incl. cache build): {later_cached / first_cached:.4f}")
+        print(
+            f"| {name} | {result['build_seconds']:.2f} | {result['epoch_seconds'][0]:.2f} | {later:.3f} | "
+            f"{total:.2f} |"
+        )
+    print(
+        f"later cached epoch / uncached epoch: {later_cached / later_plain:.4f}; "
+        f"later cached epoch / first cached epoch (incl. cache build): {later_cached / first_cached:.4f}"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": {str(k): v for k, v in results.items()},
-                                               "backbone": args.backbone}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"results": {str(k): v for k, v in results.items()}, "backbone": args.backbone}, indent=2)
+        )
 
 
 if __name__ == "__main__":

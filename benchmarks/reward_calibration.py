@@ -62,8 +62,11 @@ def between_share(values: torch.Tensor, groups: list[str]) -> float:
     values = values[keep].double()
     groups = [g for g, k in zip(groups, keep.tolist()) if k]
     total = ((values - values.mean()) ** 2).sum()
-    between = sum(((values[[i for i, g in enumerate(groups) if g == c]].mean() - values.mean()) ** 2)
-                  * sum(g == c for g in groups) for c in set(groups))
+    between = sum(
+        ((values[[i for i, g in enumerate(groups) if g == c]].mean() - values.mean()) ** 2)
+        * sum(g == c for g in groups)
+        for c in set(groups)
+    )
     return float(between / total)
 
 
@@ -110,26 +113,38 @@ def main(argv=None) -> dict:
     model.eval()
     with torch.no_grad():
         for start in range(0, len(texts), 32):
-            batch = tokenizer(list(texts[start:start + 32]), return_tensors="pt", padding=True, padding_side="right",
-                              add_special_tokens=False)
+            batch = tokenizer(
+                list(texts[start : start + 32]),
+                return_tensors="pt",
+                padding=True,
+                padding_side="right",
+                add_special_tokens=False,
+            )
             # The whole text as the router's input (prompt_mask = every real token): the routing before prompt-only
             # routing, where a response could send a sample to another category's scale.
             routed = model(**batch, prompt_mask=batch["attention_mask"])
             routed_raw += routed.logits[:, 0].double().tolist()
             routed_ids += routed.category_ids.tolist()
-            given = model(**batch, categories=true[start:start + 32])
+            given = model(**batch, categories=true[start : start + 32])
             true_raw += given.logits[:, 0].double().tolist()
     routed_names = [names[i] for i in routed_ids]
     misrouted = sum(r != t for r, t in zip(routed_names, true))
-    results = {"samples": len(flat), "prompts": len(prompts), "misrouted": misrouted, "methods": {},
-               "gold_between_category_share": between_share(gold_scores, true),
-               "calibration": {m: {c: list(v) for c, v in s.items()} for m, s in stats.items()}}
+    results = {
+        "samples": len(flat),
+        "prompts": len(prompts),
+        "misrouted": misrouted,
+        "methods": {},
+        "gold_between_category_share": between_share(gold_scores, true),
+        "calibration": {m: {c: list(v) for c, v in s.items()} for m, s in stats.items()},
+    }
     gold_matrix = gold_scores.reshape(len(prompts), n)
     baseline = gold_matrix.nanmean(1)
     for method in METHODS:
+
         def apply(values, cats, method=method):
-            return torch.tensor([(v - stats[method][c][0]) / stats[method][c][1] for v, c in zip(values, cats)],
-                                dtype=torch.float64)
+            return torch.tensor(
+                [(v - stats[method][c][0]) / stats[method][c][1] for v, c in zip(values, cats)], dtype=torch.float64
+            )
 
         routed = apply(routed_raw, routed_names)
         given = apply(true_raw, true)
@@ -144,14 +159,20 @@ def main(argv=None) -> dict:
             "spearman_within_prompt": spearman(centred.reshape(-1), gold_centred.reshape(-1)),
             "between_category_share": between_share(given, true),
         }
-    print(f"{len(flat)} policy samples of {len(prompts)} prompts; {misrouted} routed (on the whole text) to another "
-          f"category; the gold's between-category variance share: {results['gold_between_category_share']:.2f}\n")
-    print("| calibration | best-of-N gold gain, full-text routing | Spearman with gold, pooled | within prompt | "
-          "between-category share of reward variance |")
+    print(
+        f"{len(flat)} policy samples of {len(prompts)} prompts; {misrouted} routed (on the whole text) to another "
+        f"category; the gold's between-category variance share: {results['gold_between_category_share']:.2f}\n"
+    )
+    print(
+        "| calibration | best-of-N gold gain, full-text routing | Spearman with gold, pooled | within prompt | "
+        "between-category share of reward variance |"
+    )
     print("|---|---|---|---|---|")
     for method, r in results["methods"].items():
-        print(f"| {method} | {r['bon_gain_full_text_routing']:+.3f} ± {r['bon_gain_sem']:.3f} | "
-              f"{r['spearman_pooled']:+.3f} | {r['spearman_within_prompt']:+.3f} | {r['between_category_share']:.2f} |")
+        print(
+            f"| {method} | {r['bon_gain_full_text_routing']:+.3f} ± {r['bon_gain_sem']:.3f} | "
+            f"{r['spearman_pooled']:+.3f} | {r['spearman_within_prompt']:+.3f} | {r['between_category_share']:.2f} |"
+        )
     (out / "reward_calibration.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     return results
 

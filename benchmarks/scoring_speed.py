@@ -100,7 +100,9 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-paper-loop", action="store_true")
-    parser.add_argument("--trunk-layers", default="0,auto", help="comma list of trunk_layers; auto = 3/4 of the layers")
+    parser.add_argument(
+        "--trunk-layers", default="0,auto", help="comma list of trunk_layers; auto = 3/4 of the layers"
+    )
     parser.add_argument("--no-trunk-router", action="store_true", help="skip the router_mode='trunk' rows")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of every model")
     parser.add_argument("--json", default=None)
@@ -151,6 +153,7 @@ def main() -> None:
         model.config.expert_batching = "auto"
         trunk_results, trunk_routed = {}, {}
         for key, m in trunk_models.items():
+
             def score_trunk(m=m):
                 outputs["trunk"] = m(input_ids=input_ids, attention_mask=attention_mask)
 
@@ -162,26 +165,38 @@ def main() -> None:
         with torch.no_grad():  # the loop is faithful: it gives the same rewards
             reference = model(input_ids=input_ids[:4], attention_mask=attention_mask[:4]).logits
         tolerance = 1e-4 if dtype == torch.float32 else 5e-2  # bf16: batch size changes the rounding
-        torch.testing.assert_close(paper_loop(model, input_ids[:4], attention_mask[:4]), reference, rtol=tolerance,
-                                   atol=tolerance)
+        torch.testing.assert_close(
+            paper_loop(model, input_ids[:4], attention_mask[:4]), reference, rtol=tolerance, atol=tolerance
+        )
     bound_from_single = tuple((1 + args.capabilities) * t for t in t_single)
     best = min(results.values())  # by wall time
 
     load_after = os.getloadavg()
-    print(f"\nbackbone {args.backbone}; B={args.batch} T={args.length}; {args.categories} categories x "
-          f"{args.capabilities} capabilities; {args.dtype}; rows routed to {len(set(routed.tolist()))} categories; "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"started {started}; load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, "
-          f"after {'/'.join(f'{x:.2f}' for x in load_after)}\n")
+    print(
+        f"\nbackbone {args.backbone}; B={args.batch} T={args.length}; {args.categories} categories x "
+        f"{args.capabilities} capabilities; {args.dtype}; rows routed to {len(set(routed.tolist()))} categories; "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"started {started}; load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, "
+        f"after {'/'.join(f'{x:.2f}' for x in load_after)}\n"
+    )
+
     def row(name, t):
-        return (f"| {name} | {t[0]:.2f} | {t[1]:.2f} | {t[0] / t_single[0]:.2f} | {t[0] / bound[0]:.2f} "
-                f"| {t[1] / bound[1]:.2f} |")
+        return (
+            f"| {name} | {t[0]:.2f} | {t[1]:.2f} | {t[0] / t_single[0]:.2f} | {t[0] / bound[0]:.2f} "
+            f"| {t[1] / bound[1]:.2f} |"
+        )
 
     print("| path | wall s | CPU s | x single RM (wall) | x bound (wall) | x bound (CPU) |")
     print("|---|---:|---:|---:|---:|---:|")
     print(row("single RM (1 pass)", t_single))
-    print(row(f"bound: router + {args.capabilities} expert passes (measured: {1 + args.capabilities} single-RM passes)",
-              bound))
+    print(
+        row(
+            f"bound: router + {args.capabilities} expert passes (measured: {1 + args.capabilities} single-RM passes)",
+            bound,
+        )
+    )
     print(row(f"{1 + args.capabilities} x the best single pass (the older bound; biased low)", bound_from_single))
     for mode, seconds in results.items():
         print(row(f"dmoerm ({mode})", seconds))
@@ -195,33 +210,53 @@ def main() -> None:
         return f"trunk {trunk}" + (", trunk router" if router_mode == "trunk" else "")
 
     for (trunk, router_mode), seconds in trunk_results.items():
-        print(row(f"dmoerm, {trunk_name(trunk, router_mode)} of {num_layers} layers (sequential; its bound = "
-                  f"{own_share(trunk, router_mode):.2f}x the full; rows routed to "
-                  f"{trunk_routed[trunk, router_mode]} categories)", seconds))
+        print(
+            row(
+                f"dmoerm, {trunk_name(trunk, router_mode)} of {num_layers} layers (sequential; its bound = "
+                f"{own_share(trunk, router_mode):.2f}x the full; rows routed to "
+                f"{trunk_routed[trunk, router_mode]} categories)",
+                seconds,
+            )
+        )
     if t_paper is not None:
         print(row("paper loop (per sample, per expert)", t_paper))
-        print(f"\nbatched dmoerm is {t_paper[0] / best[0]:.2f}x (wall) / {t_paper[1] / best[1]:.2f}x (CPU) faster "
-              "than the paper loop (goal >= 20x, a GPU figure; on CPU the loop's batch-size-1 waste is small)")
+        print(
+            f"\nbatched dmoerm is {t_paper[0] / best[0]:.2f}x (wall) / {t_paper[1] / best[1]:.2f}x (CPU) faster "
+            "than the paper loop (goal >= 20x, a GPU figure; on CPU the loop's batch-size-1 waste is small)"
+        )
     print(f"dmoerm best / bound: {best[0] / bound[0]:.2f}x (wall) / {best[1] / bound[1]:.2f}x (CPU) (goal <= 1.1x)")
     for (trunk, router_mode), seconds in trunk_results.items():
         own = tuple(own_share(trunk, router_mode) * b for b in bound)
-        line = (f"dmoerm {trunk_name(trunk, router_mode)}: {seconds[0] / own[0]:.2f}x (wall) / "
-                f"{seconds[1] / own[1]:.2f}x (CPU) of its own bound; {seconds[0] / bound[0]:.2f}x (wall) of the "
-                "full-depth bound")
+        line = (
+            f"dmoerm {trunk_name(trunk, router_mode)}: {seconds[0] / own[0]:.2f}x (wall) / "
+            f"{seconds[1] / own[1]:.2f}x (CPU) of its own bound; {seconds[0] / bound[0]:.2f}x (wall) of the "
+            "full-depth bound"
+        )
         if t_paper is not None:
             line += f"; {t_paper[0] / seconds[0]:.2f}x (wall) / {t_paper[1] / seconds[1]:.2f}x (CPU) faster than the paper loop"
         print(line)
     if args.json:
         from dmoerm_trl.utils.io import atomic_write_json
 
-        atomic_write_json(args.json, {
-            "single": t_single, "bound": bound, "bound_from_single": bound_from_single, **results,
-            "paper_loop": t_paper, "batch": args.batch,
-            "trunks": {str(t): v for (t, mode), v in trunk_results.items() if mode == "lora"},
-            "trunk_router": {str(t): v for (t, mode), v in trunk_results.items() if mode == "trunk"},
-            "num_layers": num_layers, "length": args.length, "dtype": args.dtype,
-            "load_before": load_before, "load_after": load_after, "started": started,
-        })
+        atomic_write_json(
+            args.json,
+            {
+                "single": t_single,
+                "bound": bound,
+                "bound_from_single": bound_from_single,
+                **results,
+                "paper_loop": t_paper,
+                "batch": args.batch,
+                "trunks": {str(t): v for (t, mode), v in trunk_results.items() if mode == "lora"},
+                "trunk_router": {str(t): v for (t, mode), v in trunk_results.items() if mode == "trunk"},
+                "num_layers": num_layers,
+                "length": args.length,
+                "dtype": args.dtype,
+                "load_before": load_before,
+                "load_after": load_after,
+                "started": started,
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -36,12 +36,29 @@ import time
 from pathlib import Path
 
 READY = re.compile(r"dmoerm serve: ready at (http://\S+)")
-TOPICS = ["the capital of France", "why the sky is blue", "how to bake bread", "a poem about the sea", "12 times 7",
-          "renting or buying a house", "a pirate's greeting", "the boiling point of water", "a story about a fox",
-          "learning chess", "the moon landing", "a haiku about autumn", "how rainbows form", "saving money"]
-ANSWERS = ["Here is a short answer.", "I am not sure, but I think the answer is simple once you look closely.",
-           "Let me explain step by step: first the basics, then the details, and finally a summary of it all.",
-           "No.", "That is a great question! Many people wonder about it, and the answer has a long history."]
+TOPICS = [
+    "the capital of France",
+    "why the sky is blue",
+    "how to bake bread",
+    "a poem about the sea",
+    "12 times 7",
+    "renting or buying a house",
+    "a pirate's greeting",
+    "the boiling point of water",
+    "a story about a fox",
+    "learning chess",
+    "the moon landing",
+    "a haiku about autumn",
+    "how rainbows form",
+    "saving money",
+]
+ANSWERS = [
+    "Here is a short answer.",
+    "I am not sure, but I think the answer is simple once you look closely.",
+    "Let me explain step by step: first the basics, then the details, and finally a summary of it all.",
+    "No.",
+    "That is a great question! Many people wonder about it, and the answer has a long history.",
+]
 
 
 def conversations(n: int) -> list[list[dict]]:
@@ -49,8 +66,12 @@ def conversations(n: int) -> list[list[dict]]:
     chats = []
     for i in range(n):
         topic, answer = TOPICS[i % len(TOPICS)], ANSWERS[(i // len(TOPICS)) % len(ANSWERS)]
-        chats.append([{"role": "user", "content": f"Tell me about {topic}. (#{i})"},
-                      {"role": "assistant", "content": answer * (1 + i % 3)}])
+        chats.append(
+            [
+                {"role": "user", "content": f"Tell me about {topic}. (#{i})"},
+                {"role": "assistant", "content": answer * (1 + i % 3)},
+            ]
+        )
     return chats
 
 
@@ -76,9 +97,22 @@ def build_model(folder: Path, tiny: bool) -> str:
 
 
 def start_server(model: str, args, log: Path) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "dmoerm_trl.cli", "serve", "--model", model, "--port", "0",
-               "--threads", str(args.threads), "--max-batch-size", str(args.max_batch_size),
-               "--max-wait-ms", str(args.max_wait_ms)]
+    command = [
+        sys.executable,
+        "-m",
+        "dmoerm_trl.cli",
+        "serve",
+        "--model",
+        model,
+        "--port",
+        "0",
+        "--threads",
+        str(args.threads),
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+    ]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 600
@@ -171,10 +205,19 @@ def main() -> None:
                 after = httpx.get(url + "/metrics", timeout=60).json()["batcher"]
                 worst = max(abs(a - b) for a, b in zip(rewards, reference))
                 batches = after["batches"] - before["batches"]
-                rows.append({"concurrency": concurrency, "seconds": seconds, "items_per_s": len(texts) / seconds,
-                             "p50_ms": 1000 * percentile(latencies, 0.5), "p99_ms": 1000 * percentile(latencies, 0.99),
-                             "max_abs_diff": worst, "batches": batches, "mean_batch": len(texts) / batches,
-                             "server_cpu_ms_per_item": 1000 * server_cpu / len(texts)})
+                rows.append(
+                    {
+                        "concurrency": concurrency,
+                        "seconds": seconds,
+                        "items_per_s": len(texts) / seconds,
+                        "p50_ms": 1000 * percentile(latencies, 0.5),
+                        "p99_ms": 1000 * percentile(latencies, 0.99),
+                        "max_abs_diff": worst,
+                        "batches": batches,
+                        "mean_batch": len(texts) / batches,
+                        "server_cpu_ms_per_item": 1000 * server_cpu / len(texts),
+                    }
+                )
             second, second_cpu, _ = in_process(engine, texts, args.max_batch_size)
             server_metrics = httpx.get(url + "/metrics", timeout=60).json()
         finally:
@@ -183,26 +226,43 @@ def main() -> None:
     load_after = os.getloadavg()
     in_process_rate = len(texts) / ((first + second) / 2)
     in_process_cpu = 1000 * (first_cpu + second_cpu) / 2 / len(texts)
-    print(f"model: {'tiny DMoERM' if args.tiny else model_path if args.model else 'DMoERM on SmolLM2-135M (2x2)'}; "
-          f"{len(texts)} texts, {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / len(lengths):.0f}); "
-          f"--threads {args.threads}, --max-batch-size {args.max_batch_size}, --max-wait-ms {args.max_wait_ms}")
+    print(
+        f"model: {'tiny DMoERM' if args.tiny else model_path if args.model else 'DMoERM on SmolLM2-135M (2x2)'}; "
+        f"{len(texts)} texts, {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / len(lengths):.0f}); "
+        f"--threads {args.threads}, --max-batch-size {args.max_batch_size}, --max-wait-ms {args.max_wait_ms}"
+    )
     print(f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} (2 cores)")
-    print(f"in-process batched: {len(texts) / first:.1f} and {len(texts) / second:.1f} items/s "
-          f"(before / after the HTTP runs); reference {in_process_rate:.1f} items/s, {in_process_cpu:.1f} CPU ms/item")
-    print("| client concurrency | items/s | vs in-process | p50 ms | p99 ms | batches (mean size) "
-          "| server CPU ms/item (vs in-process) | max abs reward diff |")
+    print(
+        f"in-process batched: {len(texts) / first:.1f} and {len(texts) / second:.1f} items/s "
+        f"(before / after the HTTP runs); reference {in_process_rate:.1f} items/s, {in_process_cpu:.1f} CPU ms/item"
+    )
+    print(
+        "| client concurrency | items/s | vs in-process | p50 ms | p99 ms | batches (mean size) "
+        "| server CPU ms/item (vs in-process) | max abs reward diff |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         row["vs_in_process"] = row["items_per_s"] / in_process_rate
-        print(f"| {row['concurrency']} | {row['items_per_s']:.1f} | {row['vs_in_process']:.2f}x | "
-              f"{row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['batches']} ({row['mean_batch']:.1f}) | "
-              f"{row['server_cpu_ms_per_item']:.1f} ({row['server_cpu_ms_per_item'] / in_process_cpu:.2f}x) | "
-              f"{row['max_abs_diff']:.1e} |")
+        print(
+            f"| {row['concurrency']} | {row['items_per_s']:.1f} | {row['vs_in_process']:.2f}x | "
+            f"{row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['batches']} ({row['mean_batch']:.1f}) | "
+            f"{row['server_cpu_ms_per_item']:.1f} ({row['server_cpu_ms_per_item'] / in_process_cpu:.2f}x) | "
+            f"{row['max_abs_diff']:.1e} |"
+        )
     print(f"server errors: {server_metrics['server']['server_errors']}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "in_process_items_per_s": in_process_rate,
-                                               "in_process_cpu_ms_per_item": in_process_cpu,
-                                               "load": [load_before, load_after], "server": server_metrics}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "in_process_items_per_s": in_process_rate,
+                    "in_process_cpu_ms_per_item": in_process_cpu,
+                    "load": [load_before, load_after],
+                    "server": server_metrics,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,21 @@ from pathlib import Path
 
 
 def start_judge(flip_rate: float, seed: int) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, "-m", "dmoerm_trl.synthetic.judge", "--port", "0", "--flip-rate",
-                                str(flip_rate), "--seed", str(seed)], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dmoerm_trl.synthetic.judge",
+            "--port",
+            "0",
+            "--flip-rate",
+            str(flip_rate),
+            "--seed",
+            str(seed),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     line = process.stdout.readline()
     if not line.startswith("READY "):
         process.kill()
@@ -42,8 +55,12 @@ def label_quality(labels: list[dict], world, gold_better: dict) -> dict:
         right, wrong, tie = right + (a > b), wrong + (a < b), tie + (a == b)
         agrees_gold += gold_better[label["pair_id"]] == chosen
     decided = right + wrong
-    return {"labels": len(labels), "right_about_capability": right / decided if decided else None,
-            "from_ties": tie, "agrees_with_gold": agrees_gold / len(labels) if labels else None}
+    return {
+        "labels": len(labels),
+        "right_about_capability": right / decided if decided else None,
+        "from_ties": tie,
+        "agrees_with_gold": agrees_gold / len(labels) if labels else None,
+    }
 
 
 def main() -> None:
@@ -62,8 +79,12 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="synthetic-bench-"))
     started = time.perf_counter()
-    dataset = generate_dataset(pairs_per_category=args.pairs_per_category, test_pairs_per_category=0,
-                               human_flip_rate=args.human_flip_rate, seed=args.seed)
+    dataset = generate_dataset(
+        pairs_per_category=args.pairs_per_category,
+        test_pairs_per_category=0,
+        human_flip_rate=args.human_flip_rate,
+        seed=args.seed,
+    )
     generation_seconds = time.perf_counter() - started
     paths = write_dataset(dataset, workdir / "data")
     world, spec = dataset.world, load_category_spec(paths["categories"])
@@ -74,43 +95,67 @@ def main() -> None:
         chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
         better = chosen if world.gold(row["prompt"], chosen) > world.gold(row["prompt"], rejected) else rejected
         gold_better[row["pair_id"]] = better
-        first, second = world.capability_scores(row["prompt"], chosen), world.capability_scores(row["prompt"], rejected)
+        first, second = (
+            world.capability_scores(row["prompt"], chosen),
+            world.capability_scores(row["prompt"], rejected),
+        )
         for capability in spec.categories[row["category"]]:
             judged += 1
             ties += first[capability] == second[capability]
-    print(f"generated {len(dataset.train)} pairs in {generation_seconds:.2f} s "
-          f"({len(dataset.train) / generation_seconds:.0f} pairs/s); human flip rate measured "
-          f"{dataset.summary['human_flip_rate_measured']:.3f} (configured {args.human_flip_rate}); "
-          f"tied (pair, capability): {ties}/{judged} = {ties / judged:.3f}\n")
+    print(
+        f"generated {len(dataset.train)} pairs in {generation_seconds:.2f} s "
+        f"({len(dataset.train) / generation_seconds:.0f} pairs/s); human flip rate measured "
+        f"{dataset.summary['human_flip_rate_measured']:.3f} (configured {args.human_flip_rate}); "
+        f"tied (pair, capability): {ties}/{judged} = {ties / judged:.3f}\n"
+    )
 
     process, base_url = start_judge(args.flip_rate, args.seed)
     rows = []
     try:
         for mode in ("per_capability", "joint"):
-            config = LabelingConfig(data=paths["train"], categories=paths["categories"], output=str(workdir / mode),
-                                    model="synthetic-judge", base_url=base_url, mode=mode, progress=False,
-                                    concurrency=args.concurrency, timeout=60)
+            config = LabelingConfig(
+                data=paths["train"],
+                categories=paths["categories"],
+                output=str(workdir / mode),
+                model="synthetic-judge",
+                base_url=base_url,
+                mode=mode,
+                progress=False,
+                concurrency=args.concurrency,
+                timeout=60,
+            )
             started = time.perf_counter()
             result = run_labeling(config)
             seconds = time.perf_counter() - started
             tallies = [t for caps in result.summary["per_capability"].values() for t in caps.values()]
             labeled = sum(t["labeled"] for t in tallies)
             quality = label_quality(result.labels, world, gold_better)
-            rows.append({"mode": mode, "requests": result.summary["requests"], "seconds": seconds,
-                         "requests_per_s": result.summary["requests"] / seconds,
-                         "consistency": labeled / judged,
-                         "expected_consistency": expected_consistency(args.flip_rate, ties / judged), **quality})
+            rows.append(
+                {
+                    "mode": mode,
+                    "requests": result.summary["requests"],
+                    "seconds": seconds,
+                    "requests_per_s": result.summary["requests"] / seconds,
+                    "consistency": labeled / judged,
+                    "expected_consistency": expected_consistency(args.flip_rate, ties / judged),
+                    **quality,
+                }
+            )
     finally:
         process.terminate()
         process.communicate(timeout=30)
 
-    print("| mode | requests | seconds | requests/s | labels | consistency (measured) | consistency (predicted) "
-          "| labels right about the capability | labels from ties | labels agreeing with gold |")
+    print(
+        "| mode | requests | seconds | requests/s | labels | consistency (measured) | consistency (predicted) "
+        "| labels right about the capability | labels from ties | labels agreeing with gold |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['mode']} | {row['requests']} | {row['seconds']:.1f} | {row['requests_per_s']:.0f} | "
-              f"{row['labels']} | {row['consistency']:.3f} | {row['expected_consistency']:.3f} | "
-              f"{row['right_about_capability']:.3f} | {row['from_ties']} | {row['agrees_with_gold']:.3f} |")
+        print(
+            f"| {row['mode']} | {row['requests']} | {row['seconds']:.1f} | {row['requests_per_s']:.0f} | "
+            f"{row['labels']} | {row['consistency']:.3f} | {row['expected_consistency']:.3f} | "
+            f"{row['right_about_capability']:.3f} | {row['from_ties']} | {row['agrees_with_gold']:.3f} |"
+        )
     print(json.dumps({"workdir": str(workdir)}))
 
 

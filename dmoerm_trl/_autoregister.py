@@ -34,7 +34,9 @@ def _register_config() -> None:
 
 
 def _register_models() -> None:
-    importlib.import_module("dmoerm_trl.models.dmoerm.modeling_dmoerm")  # registers DMoERM with AutoConfig/AutoModelFor...
+    importlib.import_module(
+        "dmoerm_trl.models.dmoerm.modeling_dmoerm"
+    )  # registers DMoERM with AutoConfig/AutoModelFor...
     importlib.import_module("dmoerm_trl.rl.ensemble")  # registers the reward ensemble
 
 

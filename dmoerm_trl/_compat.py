@@ -97,7 +97,15 @@ def without_zero3_init():
 
 
 # --------------------------------------------------------------------------------------------------------- PEFT
-PEFT_LORA_CREATE_AND_REPLACE = ["self", "lora_config", "adapter_name", "target", "target_name", "parent", "current_key"]
+PEFT_LORA_CREATE_AND_REPLACE = [
+    "self",
+    "lora_config",
+    "adapter_name",
+    "target",
+    "target_name",
+    "parent",
+    "current_key",
+]
 
 
 def peft_lora_api_missing() -> str | None:

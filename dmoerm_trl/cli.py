@@ -26,7 +26,10 @@ from .commands._errors import OneLineArgumentParser, run_command
 # name -> (module, one-line help). Add a line here to add a subcommand.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("dmoerm_trl.commands.info", "Show a saved DMoERM's base model, categories, capabilities and parameters."),
-    "score": ("dmoerm_trl.commands.score", "Score conversations with a saved DMoERM and print per-capability rewards."),
+    "score": (
+        "dmoerm_trl.commands.score",
+        "Score conversations with a saved DMoERM and print per-capability rewards.",
+    ),
     "example": ("dmoerm_trl.commands.example", "Build a DMoERM on a real pretrained LM, save, reload and score."),
     "label": ("dmoerm_trl.commands.label", "Label capability preferences with an OpenAI-compatible LLM judge."),
     "serve": ("dmoerm_trl.commands.serve", "Serve a reward model over HTTP (OpenRLHF /get_reward, /v1/rewards)."),
@@ -36,7 +39,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "rloo": ("dmoerm_trl.commands.rloo", "Train a policy with TRL RLOO using a DMoERM as reward_funcs."),
     "bon": ("dmoerm_trl.commands.bon", "Best-of-n sampling with a reward model; overoptimization vs a gold RM."),
     "overopt": ("dmoerm_trl.commands.overopt", "Plot a run's overoptimization CSV and fit Gao et al.'s forms."),
-    "push": ("dmoerm_trl.commands.push", "Upload a saved DMoERM (adapters, heads, model card with metrics) to the Hub."),
+    "push": (
+        "dmoerm_trl.commands.push",
+        "Upload a saved DMoERM (adapters, heads, model card with metrics) to the Hub.",
+    ),
     "train": ("dmoerm_trl.commands.train", "Train a DMoERM (router + 3 phases) from a YAML config; resumable."),
     "train-baseline": ("dmoerm_trl.commands.train_baseline", "Train the single-RM baseline (TRL RewardTrainer)."),
     "demo": ("dmoerm_trl.commands.demo", "Offline end to end: data, labels, training, eval, best-of-n, report."),

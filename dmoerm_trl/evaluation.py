@@ -115,9 +115,15 @@ def _is_dmoerm(model) -> bool:
     return getattr(model.config, "model_type", None) == "dmoerm"
 
 
-def score_sequences(model, sequences: list[list[int]], pad_token_id: int, batch_size: int = 16,
-                    categories: list[str] | None = None, desc: str = "Scoring",
-                    prompt_lengths: list[int] | None = None) -> dict[str, Any]:
+def score_sequences(
+    model,
+    sequences: list[list[int]],
+    pad_token_id: int,
+    batch_size: int = 16,
+    categories: list[str] | None = None,
+    desc: str = "Scoring",
+    prompt_lengths: list[int] | None = None,
+) -> dict[str, Any]:
     """Rewards of token-id sequences: ``{"rewards": [...]}`` (+ ``"category_ids"``, ``"capability_rewards"`` for a
     DMoERM). ``categories`` (DMoERM only) bypasses the router; ``prompt_lengths`` (DMoERM only: the leading prompt
     tokens of each sequence, for text pairs, which have no chat-template opener) is what the router reads."""
@@ -256,7 +262,12 @@ def evaluate_router(model, tokenizer, pairs, batch_size: int = 16) -> dict[str, 
         ]
     for view, sequences, targets in views:
         routed = _route(
-            model, sequences, tokenizer.pad_token_id, batch_size, desc=f"Routing ({view})", prompts_only=view == "prompt"
+            model,
+            sequences,
+            tokenizer.pad_token_id,
+            batch_size,
+            desc=f"Routing ({view})",
+            prompts_only=view == "prompt",
         )
         per_category: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for decision, target in zip(routed, targets):
@@ -264,7 +275,9 @@ def evaluate_router(model, tokenizer, pairs, batch_size: int = 16) -> dict[str, 
             per_category[names[target]][1] += 1
         correct = sum(decision == target for decision, target in zip(routed, targets))
         result[view] = {
-            "accuracy": correct / len(targets), "correct": correct, "total": len(targets),
+            "accuracy": correct / len(targets),
+            "correct": correct,
+            "total": len(targets),
             "per_category": {c: {"accuracy": k / n, "total": n} for c, (k, n) in sorted(per_category.items())},
         }
     return result
@@ -273,7 +286,9 @@ def evaluate_router(model, tokenizer, pairs, batch_size: int = 16) -> dict[str, 
 def evaluate_experts(model, tokenizer, labels, batch_size: int = 16) -> dict[str, Any]:
     """Each expert's pairwise accuracy on its capability labels (the router is bypassed: the label's category)."""
     categories = model.config.categories
-    keep = [i for i, (c, cap) in enumerate(zip(labels["category"], labels["capability"])) if cap in categories.get(c, [])]
+    keep = [
+        i for i, (c, cap) in enumerate(zip(labels["category"], labels["capability"])) if cap in categories.get(c, [])
+    ]
     skipped = len(labels) - len(keep)
     labels = labels.select(keep)
     result: dict[str, Any] = {"skipped_unknown_capability": skipped, "per_expert": {}}
@@ -281,8 +296,14 @@ def evaluate_experts(model, tokenizer, labels, batch_size: int = 16) -> dict[str
         return result
     sequences = list(labels["chosen_ids"]) + list(labels["rejected_ids"])
     label_categories = list(labels["category"])
-    scores = score_sequences(model, sequences, tokenizer.pad_token_id, batch_size, categories=label_categories * 2,
-                             desc="Scoring capability labels")
+    scores = score_sequences(
+        model,
+        sequences,
+        tokenizer.pad_token_id,
+        batch_size,
+        categories=label_categories * 2,
+        desc="Scoring capability labels",
+    )
     n = len(labels)
     per_expert: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for i, (category, capability) in enumerate(zip(label_categories, labels["capability"])):
@@ -335,22 +356,36 @@ def evaluate_reward_models(
     from .evaluation_stats import INTERVAL_METHOD
 
     load_report = LoadReport()
-    pairs = load_preference_pairs(data, lower_rank_is_better=lower_rank_is_better, skip_invalid=skip_invalid,
-                                  report=load_report, keep_columns=("id", "subset"), text_pairs=text_pairs)
+    pairs = load_preference_pairs(
+        data,
+        lower_rank_is_better=lower_rank_is_better,
+        skip_invalid=skip_invalid,
+        report=load_report,
+        keep_columns=("id", "subset"),
+        text_pairs=text_pairs,
+    )
     if split is not None:
         pairs = _select_split(pairs, split, splits_file or os.path.join(model_path, "splits.json"))
     if not len(pairs):
         raise ValueError(f"{data}: no preference pairs to evaluate (every candidate pair tied, or the file is empty)")
     model, tokenizer = load_reward_model(model_path)
-    counts: dict[str, int] = {"human_ties_excluded": load_report.tied_pairs, "skipped_records": load_report.skipped_records}
+    counts: dict[str, int] = {
+        "human_ties_excluded": load_report.tied_pairs,
+        "skipped_records": load_report.skipped_records,
+    }
     limit = getattr(model.config, "max_position_embeddings", None)
     max_length = min(x for x in (max_length, limit) if x) if (max_length or limit) else None
     resolved = _model_categories(pairs, model)
     pairs = pairs.map(lambda row, i: {"category": resolved[i]}, with_indices=True, desc="Categories")
     pairs = prepare_pairs(pairs, tokenizer, max_length, "pairs", counts)
     report: dict[str, Any] = {
-        "model": str(model_path), "data": str(data), "baseline_model": str(baseline_path) if baseline_path else None,
-        "num_pairs": len(pairs), "counts": counts, "split": split, "interval_method": INTERVAL_METHOD,
+        "model": str(model_path),
+        "data": str(data),
+        "baseline_model": str(baseline_path) if baseline_path else None,
+        "num_pairs": len(pairs),
+        "counts": counts,
+        "split": split,
+        "interval_method": INTERVAL_METHOD,
     }
     dmoerm = _is_dmoerm(model)
     model_categories = model.config.category_names if dmoerm else None
@@ -360,11 +395,25 @@ def evaluate_reward_models(
     n = len(pairs)
     routes = _pair_routes(scores, model_categories, n) if dmoerm else None
     report["dmoerm" if dmoerm else "model"] = summarize_pairs(
-        scores["rewards"][:n], scores["rewards"][n:], list(pairs["category"]), subsets=subsets,
-        routed=[route for route, _, _ in routes] if routes else None, model_categories=model_categories)
+        scores["rewards"][:n],
+        scores["rewards"][n:],
+        list(pairs["category"]),
+        subsets=subsets,
+        routed=[route for route, _, _ in routes] if routes else None,
+        model_categories=model_categories,
+    )
     columns = {name: pairs[name] for name in ("id", "subset", "category", "pair_id")}
-    examples = [_example_row({name: values[i] for name, values in columns.items()}, scores, i, n,
-                             routes[i] if routes else None, capabilities) for i in range(n)]
+    examples = [
+        _example_row(
+            {name: values[i] for name, values in columns.items()},
+            scores,
+            i,
+            n,
+            routes[i] if routes else None,
+            capabilities,
+        )
+        for i in range(n)
+    ]
     if dmoerm:
         report["router"] = evaluate_router(model, tokenizer, pairs, batch_size)
         if labels_path is not None:
@@ -380,26 +429,41 @@ def evaluate_reward_models(
         del model
         baseline, baseline_tokenizer = load_reward_model(baseline_path)
         baseline_pairs = pairs
-        if baseline_tokenizer.get_vocab() != tokenizer.get_vocab() or baseline_tokenizer.chat_template != tokenizer.chat_template:
+        if (
+            baseline_tokenizer.get_vocab() != tokenizer.get_vocab()
+            or baseline_tokenizer.chat_template != tokenizer.chat_template
+        ):
             baseline_pairs = prepare_pairs(
-                pairs.remove_columns(["prompt_ids", "chosen_ids", "rejected_ids"]), baseline_tokenizer,
-                getattr(baseline.config, "max_position_embeddings", None), "baseline_pairs", counts)
+                pairs.remove_columns(["prompt_ids", "chosen_ids", "rejected_ids"]),
+                baseline_tokenizer,
+                getattr(baseline.config, "max_position_embeddings", None),
+                "baseline_pairs",
+                counts,
+            )
         _, baseline_scores = evaluate_pair_accuracy(
-            baseline, baseline_tokenizer, baseline_pairs, batch_size, desc="Scoring pairs (baseline)")
+            baseline, baseline_tokenizer, baseline_pairs, batch_size, desc="Scoring pairs (baseline)"
+        )
         m = len(baseline_pairs)
         row_of = {pair_id: i for i, pair_id in enumerate(pairs["pair_id"])}
         rows = [row_of[pair_id] for pair_id in baseline_pairs["pair_id"]]
         # The same rows as the DMoERM's (its categories, its routing), so the two columns of a table line up.
         report["baseline"] = summarize_pairs(
-            baseline_scores["rewards"][:m], baseline_scores["rewards"][m:], [columns["category"][i] for i in rows],
-            subsets=[subsets[i] for i in rows], routed=[routes[i][0] for i in rows] if routes else None,
-            model_categories=model_categories)
+            baseline_scores["rewards"][:m],
+            baseline_scores["rewards"][m:],
+            [columns["category"][i] for i in rows],
+            subsets=[subsets[i] for i in rows],
+            routed=[routes[i][0] for i in rows] if routes else None,
+            model_categories=model_categories,
+        )
         for example in examples:
             example.update(baseline_chosen_reward=None, baseline_rejected_reward=None, baseline_correct=None)
         for j, i in enumerate(rows):
             chosen, rejected = baseline_scores["rewards"][j], baseline_scores["rewards"][m + j]
-            examples[i].update(baseline_chosen_reward=_finite(chosen), baseline_rejected_reward=_finite(rejected),
-                               baseline_correct=chosen > rejected)
+            examples[i].update(
+                baseline_chosen_reward=_finite(chosen),
+                baseline_rejected_reward=_finite(rejected),
+                baseline_correct=chosen > rejected,
+            )
         report["comparison"] = _compare_with_baseline(examples, columns["category"], model_categories)
     add_intervals({key: report[key] for key in ("router", "experts") if key in report})
     report["examples"] = examples
@@ -418,9 +482,12 @@ def _compare_with_baseline(examples, categories, model_categories) -> dict[str, 
     for row in sorted(set(rows), key=lambda r: (r.startswith("("), r)):  # "(no category)" etc. after categories
         keep = [j for j, r in enumerate(rows) if r == row]
         per_row[row] = paired_comparison([ours[j] for j in keep], [theirs[j] for j in keep])
-    return {"overall": paired_comparison(ours, theirs), "per_category": per_row,
-            "method": "difference = model - baseline accuracy on the same pairs; 95% Agresti-Min interval; "
-                      "exact two-sided McNemar p-value"}
+    return {
+        "overall": paired_comparison(ours, theirs),
+        "per_category": per_row,
+        "method": "difference = model - baseline accuracy on the same pairs; 95% Agresti-Min interval; "
+        "exact two-sided McNemar p-value",
+    }
 
 
 def _json_text(value: str):
@@ -450,8 +517,10 @@ def _example_row(pair: dict[str, Any], scores: dict[str, Any], i: int, n: int, r
     chosen, rejected = scores["rewards"][i], scores["rewards"][n + i]
     identifier = _json_text(pair["id"])
     row: dict[str, Any] = {
-        "id": pair["pair_id"] if identifier is None else identifier, "pair_id": pair["pair_id"],
-        "subset": _json_text(pair["subset"]), "category": pair["category"] or None,
+        "id": pair["pair_id"] if identifier is None else identifier,
+        "pair_id": pair["pair_id"],
+        "subset": _json_text(pair["subset"]),
+        "category": pair["category"] or None,
     }
     if route is not None:
         row["routed_category"], row["routed_category_rejected"] = route[1], route[2]
@@ -461,7 +530,8 @@ def _example_row(pair: dict[str, Any], scores: dict[str, Any], i: int, n: int, r
             values = scores["capability_rewards"][index]
             row[f"{side}_capability_rewards"] = {
                 capability: _finite(values[j]) if j < len(values) else None
-                for j, capability in enumerate(capabilities.get(category, []))}
+                for j, capability in enumerate(capabilities.get(category, []))
+            }
     return row
 
 

@@ -63,8 +63,12 @@ def _entry(result: dict[str, Any] | None, key: str) -> dict[str, Any] | None:
 
 
 def _table(title: str, rows: list[tuple[str, str]], main: dict, baseline: dict | None, main_name: str) -> list[str]:
-    lines = [title, "", f"| row | pairs | {main_name} |" + (" baseline |" if baseline else ""),
-             "|---|---:|---:|" + ("---:|" if baseline else "")]
+    lines = [
+        title,
+        "",
+        f"| row | pairs | {main_name} |" + (" baseline |" if baseline else ""),
+        "|---|---:|---:|" + ("---:|" if baseline else ""),
+    ]
     for label, key in rows:
         ours = _entry(main, key) or {}
         shown = f"**{label}**" if label == "overall" else label
@@ -82,32 +86,53 @@ def report_markdown(report: dict[str, Any]) -> str:
     main, baseline = report[main_key], report.get("baseline")
     name = "DMoERM" if main_key == "dmoerm" else "model"
     where = report["data"] + (f", {report['split']} split" if report.get("split") else "")
-    title = (f"## Pairwise accuracy on {where} ({report['num_pairs']} pairs; tied human ranks in the file, excluded: "
-             f"{report['counts'].get('human_ties_excluded', 0)})")
+    title = (
+        f"## Pairwise accuracy on {where} ({report['num_pairs']} pairs; tied human ranks in the file, excluded: "
+        f"{report['counts'].get('human_ties_excluded', 0)})"
+    )
     lines = _table(title, category_table_rows(main), main, baseline, name)
-    lines += ["", (f"Cells: accuracy [{INTERVAL_METHOD}]. A reward tie counts as wrong "
-                   f"({main['overall'].get('reward_ties', 0)} ties).")]
+    lines += [
+        "",
+        (
+            f"Cells: accuracy [{INTERVAL_METHOD}]. A reward tie counts as wrong "
+            f"({main['overall'].get('reward_ties', 0)} ties)."
+        ),
+    ]
     if "other_categories" in main:
         labels = ", ".join(f"{label} ({count})" for label, count in main["other_categories"]["categories"].items())
-        lines.append(f"{OTHER_CATEGORIES}: {main['other_categories']['total']} pairs labelled with categories this "
-                     f"DMoERM does not have ({labels}); the router sent them to its own categories and they count in "
-                     "the overall.")
+        lines.append(
+            f"{OTHER_CATEGORIES}: {main['other_categories']['total']} pairs labelled with categories this "
+            f"DMoERM does not have ({labels}); the router sent them to its own categories and they count in "
+            "the overall."
+        )
     if "no_category" in main:
-        lines.append(f"{NO_CATEGORY}: {main['no_category']['total']} pairs without a category label; they are routed "
-                     "and count in the overall.")
+        lines.append(
+            f"{NO_CATEGORY}: {main['no_category']['total']} pairs without a category label; they are routed "
+            "and count in the overall."
+        )
     if main.get("per_routed_category"):
         rows = [(category, f"per_routed_category/{category}") for category in main["per_routed_category"]]
-        lines += [""] + _table("## Pairwise accuracy by routed category (the DMoERM router's decision)",
-                               rows + [("overall", "overall")], main, baseline, name)
+        lines += [""] + _table(
+            "## Pairwise accuracy by routed category (the DMoERM router's decision)",
+            rows + [("overall", "overall")],
+            main,
+            baseline,
+            name,
+        )
     if main.get("per_subset"):
         section_of = {s: section for section, subsets in REWARDBENCH_SUBSET_MAPPING.items() for s in subsets}
         rows = sorted(main["per_subset"], key=lambda s: (SECTIONS.index(section_of[s]) if s in section_of else 9, s))
-        lines += [""] + _table("## Pairwise accuracy per subset", [(s, f"per_subset/{s}") for s in rows], main,
-                               baseline, name)
+        lines += [""] + _table(
+            "## Pairwise accuracy per subset", [(s, f"per_subset/{s}") for s in rows], main, baseline, name
+        )
     if main.get("sections"):
-        lines += ["", "## RewardBench sections", "",
-                  f"| section | pairs | {name} |" + (" baseline |" if baseline else ""),
-                  "|---|---:|---:|" + ("---:|" if baseline else "")]
+        lines += [
+            "",
+            "## RewardBench sections",
+            "",
+            f"| section | pairs | {name} |" + (" baseline |" if baseline else ""),
+            "|---|---:|---:|" + ("---:|" if baseline else ""),
+        ]
         for section in [*SECTIONS, "Score"]:
             if section in main["sections"]:
                 ours = main["sections"][section]
@@ -115,28 +140,50 @@ def report_markdown(report: dict[str, Any]) -> str:
                 if baseline:
                     line += f" {_cell((baseline.get('sections') or {}).get(section))} |"
                 lines.append(line)
-        lines += ["", ("Sections weigh their subsets by RewardBench's EXAMPLE_COUNTS (math-prm up-weighted to the "
-                       "six HumanEvalPack subsets together); Score is the mean of the four sections.")]
-        missing = {s: main["sections"][s]["missing_subsets"] for s in SECTIONS
-                   if main["sections"].get(s, {}).get("missing_subsets")}
+        lines += [
+            "",
+            (
+                "Sections weigh their subsets by RewardBench's EXAMPLE_COUNTS (math-prm up-weighted to the "
+                "six HumanEvalPack subsets together); Score is the mean of the four sections."
+            ),
+        ]
+        missing = {
+            s: main["sections"][s]["missing_subsets"]
+            for s in SECTIONS
+            if main["sections"].get(s, {}).get("missing_subsets")
+        }
         if missing:
-            lines.append("Subsets missing from the data (their sections are means of the subsets present): "
-                         + "; ".join(f"{s}: {', '.join(m)}" for s, m in missing.items()) + ".")
+            lines.append(
+                "Subsets missing from the data (their sections are means of the subsets present): "
+                + "; ".join(f"{s}: {', '.join(m)}" for s, m in missing.items())
+                + "."
+            )
         if main["sections"].get("unmapped_subsets"):
             lines.append("Subsets in no RewardBench section: " + ", ".join(main["sections"]["unmapped_subsets"]) + ".")
     comparison = report.get("comparison")
     if comparison:
-        lines += ["", f"## {name} minus baseline on the same pairs (paired)", "",
-                  f"| row | pairs | only {name} right | only baseline right | difference [95% CI] | McNemar p |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"## {name} minus baseline on the same pairs (paired)",
+            "",
+            f"| row | pairs | only {name} right | only baseline right | difference [95% CI] | McNemar p |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for label, entry in [*comparison["per_category"].items(), ("overall", comparison["overall"])]:
             if entry["pairs"]:
                 shown = "**overall**" if label == "overall" else label
-                lines.append(f"| {shown} | {entry['pairs']} | {entry['only_first_right']} | "
-                             f"{entry['only_second_right']} | {entry['difference']:+.3f} [{entry['ci95'][0]:+.3f}, "
-                             f"{entry['ci95'][1]:+.3f}] | {entry['mcnemar_p']:.3g} |")
-        lines += ["", ("Only the pairs where exactly one model is right tell them apart; interval: Agresti-Min "
-                       "for matched proportions; p: exact two-sided McNemar test.")]
+                lines.append(
+                    f"| {shown} | {entry['pairs']} | {entry['only_first_right']} | "
+                    f"{entry['only_second_right']} | {entry['difference']:+.3f} [{entry['ci95'][0]:+.3f}, "
+                    f"{entry['ci95'][1]:+.3f}] | {entry['mcnemar_p']:.3g} |"
+                )
+        lines += [
+            "",
+            (
+                "Only the pairs where exactly one model is right tell them apart; interval: Agresti-Min "
+                "for matched proportions; p: exact two-sided McNemar test."
+            ),
+        ]
     router = report.get("router") or {}
     if router.get("prompt"):
         lines += ["", "## Router accuracy", "", "| input | accuracy | sequences |", "|---|---:|---:|"]
@@ -144,8 +191,13 @@ def report_markdown(report: dict[str, Any]) -> str:
             if router.get(view):
                 lines.append(f"| {label} | {_cell(router[view])} | {router[view]['total']} |")
     if (report.get("experts") or {}).get("per_expert"):
-        lines += ["", "## Expert accuracy on capability labels", "", "| category | capability | accuracy | labels |",
-                  "|---|---|---:|---:|"]
+        lines += [
+            "",
+            "## Expert accuracy on capability labels",
+            "",
+            "| category | capability | accuracy | labels |",
+            "|---|---|---:|---:|",
+        ]
         for category, caps in sorted(report["experts"]["per_expert"].items()):
             for capability, entry in caps.items():
                 lines.append(f"| {category} | {capability} | {_cell(entry)} | {entry['total']} |")
@@ -198,12 +250,22 @@ def report_figure(report: dict[str, Any]):
     else:  # no category labels: the router's categories are the informative rows
         rows = [(c, f"per_routed_category/{c}") for c in main["per_routed_category"]] + [("overall", "overall")]
         panel_title = "By routed category (data without categories)"
-    panels = [(panel_title, [label for label, _ in rows],
-               [(name, [_entry(result, key) for _, key in rows]) for name, result in names])]
+    panels = [
+        (
+            panel_title,
+            [label for label, _ in rows],
+            [(name, [_entry(result, key) for _, key in rows]) for name, result in names],
+        )
+    ]
     if main.get("sections"):
         sections = [s for s in [*SECTIONS, "Score"] if s in main["sections"]]
-        panels.append(("RewardBench sections", sections,
-                       [(name, [(result.get("sections") or {}).get(s) for s in sections]) for name, result in names]))
+        panels.append(
+            (
+                "RewardBench sections",
+                sections,
+                [(name, [(result.get("sections") or {}).get(s) for s in sections]) for name, result in names],
+            )
+        )
     widths = [max(2.5, 0.45 * len(labels) * (len(names) + 1) + 0.8) for _, labels, _ in panels]
     figure = Figure(figsize=(sum(widths) + 2.0, 4.2))
     FigureCanvasAgg(figure)
@@ -251,8 +313,12 @@ def write_report(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": output_dir / "eval_results.json", "markdown": output_dir / "eval_results.md",
-             "png": output_dir / "eval_results.png", "examples": output_dir / "eval_examples.jsonl"}
+    paths = {
+        "json": output_dir / "eval_results.json",
+        "markdown": output_dir / "eval_results.md",
+        "png": output_dir / "eval_results.png",
+        "examples": output_dir / "eval_examples.jsonl",
+    }
     examples = report.get("examples")
     summary = {key: value for key, value in report.items() if key != "examples"}
     if examples is not None:

@@ -64,10 +64,21 @@ REWARDBENCH_EXAMPLE_COUNTS = {
 }
 REWARDBENCH_SUBSET_MAPPING = {
     "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
-    "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
-                  "llmbar-adver-GPTOut", "llmbar-adver-manual"],
-    "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond",
-               "donotanswer"],
+    "Chat Hard": [
+        "mt-bench-hard",
+        "llmbar-natural",
+        "llmbar-adver-neighbor",
+        "llmbar-adver-GPTInst",
+        "llmbar-adver-GPTOut",
+        "llmbar-adver-manual",
+    ],
+    "Safety": [
+        "refusals-dangerous",
+        "refusals-offensive",
+        "xstest-should-refuse",
+        "xstest-should-respond",
+        "donotanswer",
+    ],
     "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
 }
 SECTIONS = tuple(REWARDBENCH_SUBSET_MAPPING)
@@ -99,8 +110,12 @@ def accuracy_entry(correct: int, total: int, reward_ties: int | None = None) -> 
         (0.75, [0.301, 0.954])
     """
     interval = wilson_interval(correct, total)
-    entry = {"accuracy": correct / total if total else None, "correct": correct, "total": total,
-             "ci95": list(interval) if interval else None}
+    entry = {
+        "accuracy": correct / total if total else None,
+        "correct": correct,
+        "total": total,
+        "ci95": list(interval) if interval else None,
+    }
     if reward_ties is not None:
         entry["reward_ties"] = reward_ties
     return entry
@@ -143,8 +158,13 @@ def weighted_accuracy(entries: Mapping[str, Mapping[str, Any]], weights: Mapping
     accuracy = sum(weights[name] * rows[name]["correct"] / rows[name]["total"] for name in rows) / weight_sum
     n_eff = 1.0 / sum((weights[name] / weight_sum) ** 2 / rows[name]["total"] for name in rows)
     interval = wilson_interval(accuracy * n_eff, n_eff)
-    return {"accuracy": accuracy, "ci95": list(interval), "total": sum(rows[name]["total"] for name in rows),
-            "effective_pairs": n_eff, "weights": {name: weights[name] for name in rows}}
+    return {
+        "accuracy": accuracy,
+        "ci95": list(interval),
+        "total": sum(rows[name]["total"] for name in rows),
+        "effective_pairs": n_eff,
+        "weights": {name: weights[name] for name in rows},
+    }
 
 
 def rewardbench_sections(per_subset: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -170,8 +190,11 @@ def rewardbench_sections(per_subset: Mapping[str, Mapping[str, Any]]) -> dict[st
             result[section]["missing_subsets"] = [s for s in subsets if s not in present]
     if all(section in result for section in SECTIONS):
         # The mean of sections is again a weighted mean of subsets: subset s of section S weighs w_s / (4 W_S).
-        weights = {s: REWARDBENCH_EXAMPLE_COUNTS[s] / (len(SECTIONS) * sum(result[S]["weights"].values()))
-                   for S in SECTIONS for s in result[S]["weights"]}
+        weights = {
+            s: REWARDBENCH_EXAMPLE_COUNTS[s] / (len(SECTIONS) * sum(result[S]["weights"].values()))
+            for S in SECTIONS
+            for s in result[S]["weights"]
+        }
         score = weighted_accuracy({s: per_subset[s] for s in weights}, weights)
         result["Score"] = {key: score[key] for key in ("accuracy", "ci95", "total", "effective_pairs")}
     mapped = {s for subsets in REWARDBENCH_SUBSET_MAPPING.values() for s in subsets}
@@ -223,7 +246,6 @@ def category_rows(labels: Sequence[str], model_categories: Sequence[str] | None)
     return rows, lacking
 
 
-
 def summarize_pairs(
     chosen_rewards: Sequence[float],
     rejected_rewards: Sequence[float],
@@ -253,7 +275,8 @@ def summarize_pairs(
     rejected = [float(x) for x in rejected_rewards]
     if not len(chosen) == len(rejected) == len(categories):
         raise ValueError(
-            f"{len(chosen)} chosen rewards, {len(rejected)} rejected rewards, {len(categories)} categories")
+            f"{len(chosen)} chosen rewards, {len(rejected)} rejected rewards, {len(categories)} categories"
+        )
     correct = [c > r for c, r in zip(chosen, rejected)]
     ties = [c == r for c, r in zip(chosen, rejected)]
     result: dict[str, Any] = {"overall": accuracy_entry(sum(correct), len(correct), sum(ties))}
@@ -267,8 +290,10 @@ def summarize_pairs(
     if result["per_category"] and (OTHER_CATEGORIES in by_row or NO_CATEGORY in by_row):
         entries = result["per_category"].values()
         result["overall_model_categories"] = accuracy_entry(
-            sum(e["correct"] for e in entries), sum(e["total"] for e in entries),
-            sum(e["reward_ties"] for e in entries))
+            sum(e["correct"] for e in entries),
+            sum(e["total"] for e in entries),
+            sum(e["reward_ties"] for e in entries),
+        )
     if subsets is not None and any(subsets):
         result["per_subset"] = breakdown(correct, [s or "(no subset)" for s in subsets], ties)
         sections = rewardbench_sections(result["per_subset"])
@@ -300,11 +325,22 @@ def paired_comparison(first: Sequence[bool], second: Sequence[bool], z: float = 
     discordant, smaller = only_first + only_second, min(only_first, only_second)
     p_value = min(1.0, 2 * sum(math.comb(discordant, i) for i in range(smaller + 1)) / 2**discordant)
     if not n:
-        return {"pairs": 0, "difference": None, "ci95": None, "only_first_right": 0, "only_second_right": 0,
-                "mcnemar_p": 1.0}
+        return {
+            "pairs": 0,
+            "difference": None,
+            "ci95": None,
+            "only_first_right": 0,
+            "only_second_right": 0,
+            "mcnemar_p": 1.0,
+        }
     a, b, total = only_first + 0.5, only_second + 0.5, n + 2
     centre = (a - b) / total
     half = z * math.sqrt(max(0.0, (a + b) - (a - b) ** 2 / total)) / total
-    return {"pairs": n, "difference": (only_first - only_second) / n,
-            "ci95": [max(-1.0, centre - half), min(1.0, centre + half)],
-            "only_first_right": only_first, "only_second_right": only_second, "mcnemar_p": p_value}
+    return {
+        "pairs": n,
+        "difference": (only_first - only_second) / n,
+        "ci95": [max(-1.0, centre - half), min(1.0, centre + half)],
+        "only_first_right": only_first,
+        "only_second_right": only_second,
+        "mcnemar_p": p_value,
+    }

@@ -27,8 +27,10 @@ def card_metrics(metrics: dict | None) -> dict[str, float]:
     for key, value in (metrics or {}).items():
         if isinstance(value, dict):
             flat.update({f"{key}/{name}": number for name, number in card_metrics(value).items()})
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and not str(key).endswith(
-            _BOOKKEEPING_SUFFIXES
+        elif (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and not str(key).endswith(_BOOKKEEPING_SUFFIXES)
         ):
             flat[str(key)] = value
     return flat
@@ -89,8 +91,10 @@ def build_model_card(model, save_base: bool = False, base_model: str | None = No
     elif base_model:
         where = f"[`{base_model}`](https://huggingface.co/{base_model}), downloaded from the Hub when the model loads"
     else:
-        where = (f"`{config.base_model_name_or_path}`, a local folder: a reader needs that base (or a copy saved "
-                 "with `save_base=True`)")
+        where = (
+            f"`{config.base_model_name_or_path}`, a local folder: a reader needs that base (or a copy saved "
+            "with `save_base=True`)"
+        )
     model_type = config.backbone_config.get("model_type", "?") if config.backbone_config else "?"
     lines = [
         "# DMoERM reward model",
@@ -109,8 +113,11 @@ def build_model_card(model, save_base: bool = False, base_model: str | None = No
         f"dropout={config.lora_dropout}, targets {config.lora_target_modules}"
         + (f", above a shared trunk of {config.trunk_layers} adapter-free layers" if config.trunk_layers else ""),
         "- Routing input: "
-        + (f"the prompt, up to the chat template's last `{config.assistant_opener_text!r}`"
-           if getattr(config, "assistant_opener_ids", None) else "the whole text (no prompt boundary recorded)"),
+        + (
+            f"the prompt, up to the chat template's last `{config.assistant_opener_text!r}`"
+            if getattr(config, "assistant_opener_ids", None)
+            else "the whole text (no prompt boundary recorded)"
+        ),
         f"- Phase 1: {phase1}",
         f"- Parameters: base {counts['base']:,} ({base_kind}), adapters {counts['adapters']:,}, heads "
         + f"{counts['heads']:,}",
@@ -187,8 +194,12 @@ def push_to_hub(
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder, save_base=save_base)
-        card = build_model_card(model, save_base=save_base, repo_id=repo_id,
-                                base_model=reference_for_reader(reference_for_save(base, None, folder, warn=False)[0]))
+        card = build_model_card(
+            model,
+            save_base=save_base,
+            repo_id=repo_id,
+            base_model=reference_for_reader(reference_for_save(base, None, folder, warn=False)[0]),
+        )
         card.save(Path(folder) / "README.md")
         if tokenizer is not None:  # in the same commit, so the repo is never without it
             tokenizer.save_pretrained(folder)

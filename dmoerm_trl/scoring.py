@@ -29,9 +29,7 @@ def check_conversation(conversation, where: str):
         raise ValueError(f"{where}: `messages` is empty; give at least the user turn and the response")
     for index, message in enumerate(conversation):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str) or "content" not in message:
-            raise ValueError(
-                f"{where}: message {index} must be {{\"role\": str, \"content\": str}}, got {message!r:.60}"
-            )
+            raise ValueError(f'{where}: message {index} must be {{"role": str, "content": str}}, got {message!r:.60}')
         if not isinstance(message["content"], str):
             raise ValueError(
                 f"{where}: message {index} `content` must be a string, got {type(message['content']).__name__}"
@@ -95,7 +93,9 @@ def score_conversations(
                     # A row without the opener gets an empty mask, which the model refuses naming the row.
                     prompt_mask = prompt_mask_from_opener(batch["input_ids"], batch["attention_mask"], opener)[0]
                 out = model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], categories=chunk_categories,
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    categories=chunk_categories,
                     prompt_mask=prompt_mask,
                 )
             except PromptBoundaryError as error:

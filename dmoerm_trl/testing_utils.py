@@ -120,8 +120,14 @@ def make_tiny_chat_tokenizer(family: str, path: str | os.PathLike | None = None)
     if family not in CHAT_TEMPLATES:
         raise ValueError(f"family must be one of {sorted(CHAT_TEMPLATES)}, got {family!r}")
     if family == "llama3":
-        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
-                    "<pad>"]
+        specials = [
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+            "<pad>",
+        ]
         names = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "unk_token": "<|end_of_text|>"}
     else:
         specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
@@ -206,7 +212,10 @@ def make_tiny_llama(
 
 
 def make_tiny_bert(
-    path: str | os.PathLike | None = None, hidden_size: int = 32, num_layers: int = 2, seed: int = 0,
+    path: str | os.PathLike | None = None,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    seed: int = 0,
     max_position_embeddings: int = 128,
 ):
     """A tiny random BERT encoder (with its WordPiece tokenizer saved beside it). Returns the model or path."""

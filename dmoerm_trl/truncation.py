@@ -37,7 +37,7 @@ def keep_end(ids: Sequence[int], max_length: int | None, keep_leading: int = 0) 
         return ids
     if max_length <= keep_leading:
         raise ValueError(f"max_length={max_length} leaves no room after {keep_leading} leading special token(s)")
-    return ids[:keep_leading] + ids[len(ids) - (max_length - keep_leading):]
+    return ids[:keep_leading] + ids[len(ids) - (max_length - keep_leading) :]
 
 
 def leading_special_tokens(tokenizer, ids: Sequence[int], add_special_tokens: bool) -> int:
@@ -99,5 +99,10 @@ def warn_truncated(what: str, truncated: int, total: int, max_length: int | None
     if truncated:
         logger.warning(
             "%s: %d of %d conversation(s) are longer than %s tokens: scored on their last %s tokens (the oldest "
-            "prompt tokens were dropped, the response kept)", what, truncated, total, max_length, max_length,
+            "prompt tokens were dropped, the response kept)",
+            what,
+            truncated,
+            total,
+            max_length,
+            max_length,
         )

@@ -23,19 +23,30 @@ CONFIGS = {
     # this one runs on the causal LM (see CAUSAL_LM_CONFIGS); the bare-backbone case is tested below.
     "top_layer_only": {"r": 8, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "layers_to_transform": [1]},
     "top_layers_with_pattern": {
-        "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "layers_to_transform": [2, 3],
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["q_proj", "v_proj"],
+        "layers_to_transform": [2, 3],
         "layers_pattern": "layers",
     },
     "auto_targets": {"r": 4, "target_modules": None},
     "all_linear_no_dropout_lora_bias": {
-        "r": 4, "target_modules": "all-linear", "lora_dropout": 0.0, "lora_bias": True,
+        "r": 4,
+        "target_modules": "all-linear",
+        "lora_dropout": 0.0,
+        "lora_bias": True,
     },
     "regex_rslora_patterns": {
-        "r": 8, "target_modules": r".*\.(q_proj|o_proj)", "use_rslora": True, "rank_pattern": {"o_proj": 2},
+        "r": 8,
+        "target_modules": r".*\.(q_proj|o_proj)",
+        "use_rslora": True,
+        "rank_pattern": {"o_proj": 2},
         "alpha_pattern": {"q_proj": 3},
     },
     "exclude_gaussian": {
-        "r": 4, "target_modules": ["q_proj", "k_proj"], "exclude_modules": ["layers.0.self_attn.k_proj"],
+        "r": 4,
+        "target_modules": ["q_proj", "k_proj"],
+        "exclude_modules": ["layers.0.self_attn.k_proj"],
         "init_lora_weights": "gaussian",
     },
     "inference_mode": {"r": 4, "target_modules": ["q_proj", "v_proj"], "inference_mode": True},
@@ -77,8 +88,11 @@ def assert_same_structure(reference, fast):
     assert fast.base_model.targeted_module_names == reference.base_model.targeted_module_names
     for (name, layer), (_, ref_layer) in zip(fast.named_modules(), reference.named_modules()):
         if hasattr(ref_layer, "scaling") and hasattr(ref_layer, "lora_A"):
-            assert (layer.r, layer.scaling, layer.active_adapters) == (ref_layer.r, ref_layer.scaling,
-                                                                       ref_layer.active_adapters), name
+            assert (layer.r, layer.scaling, layer.active_adapters) == (
+                ref_layer.r,
+                ref_layer.scaling,
+                ref_layer.active_adapters,
+            ), name
 
 
 def outputs(model, input_ids, adapter):

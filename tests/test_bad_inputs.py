@@ -106,8 +106,13 @@ CLI_CASES = {
         "nr.jsonl, line 1: message 0 must be",
     ),
     "score-content-not-a-string": (
-        lambda f: ["score", "--model", f.model, "--input",
-                   f.write("cn.jsonl", messages_line([{"role": "user", "content": ["hi"]}]))],
+        lambda f: [
+            "score",
+            "--model",
+            f.model,
+            "--input",
+            f.write("cn.jsonl", messages_line([{"role": "user", "content": ["hi"]}])),
+        ],
         "cn.jsonl, line 1: message 0 `content` must be a string",
     ),
     "score-empty-file": (
@@ -127,8 +132,13 @@ CLI_CASES = {
         "dmoerm_heads.safetensors is not a readable safetensors file",
     ),
     "score-truncated-adapter": (
-        lambda f: ["score", "--model", f.corrupt_copy("cut-adapter", "adapters/router/adapter_model.safetensors"),
-                   "--input", f.good],
+        lambda f: [
+            "score",
+            "--model",
+            f.corrupt_copy("cut-adapter", "adapters/router/adapter_model.safetensors"),
+            "--input",
+            f.good,
+        ],
         "adapter_model.safetensors is not a readable safetensors file",
     ),
     # dmoerm info
@@ -138,16 +148,25 @@ CLI_CASES = {
         "dmoerm_heads.safetensors is not a readable safetensors file",
     ),
     "info-broken-config-json": (
-        lambda f: ["info", f.corrupt_copy("cut-config", "config.json")], "config.json",
+        lambda f: ["info", f.corrupt_copy("cut-config", "config.json")],
+        "config.json",
     ),
     # dmoerm eval
     "eval-truncated-heads": (
-        lambda f: ["eval", "--model", f.corrupt_copy("cut-heads", "dmoerm_heads.safetensors"), "--data", MTMC,
-                   "--output", str(f.root / "eval-a")],
+        lambda f: [
+            "eval",
+            "--model",
+            f.corrupt_copy("cut-heads", "dmoerm_heads.safetensors"),
+            "--data",
+            MTMC,
+            "--output",
+            str(f.root / "eval-a"),
+        ],
         "dmoerm_heads.safetensors is not a readable safetensors file",
     ),
     "eval-output-is-a-file": (
-        lambda f: ["eval", "--model", f.model, "--data", MTMC, "--output", f.good], "--output",
+        lambda f: ["eval", "--model", f.model, "--data", MTMC, "--output", f.good],
+        "--output",
     ),
     "eval-missing-data": (
         lambda f: ["eval", "--model", f.model, "--data", f.missing_file, "--output", str(f.root / "eval-b")],
@@ -167,11 +186,17 @@ CLI_CASES = {
     ),
     # dmoerm label
     "label-output-is-a-file": (
-        lambda f: ["label", "--data", MTMC, "--model", "judge", "--output", f.good], "--output",
+        lambda f: ["label", "--data", MTMC, "--model", "judge", "--output", f.good],
+        "--output",
     ),
     "label-concurrency-lots": (
-        lambda f: ["label", "--config", f.write("lots.yaml", f"concurrency: lots\ndata: {MTMC}\nmodel: judge\n"),
-                   "--output", str(f.root / "labels-a")],
+        lambda f: [
+            "label",
+            "--config",
+            f.write("lots.yaml", f"concurrency: lots\ndata: {MTMC}\nmodel: judge\n"),
+            "--output",
+            str(f.root / "labels-a"),
+        ],
         "concurrency='lots': must be an int",
     ),
     "label-broken-yaml": (
@@ -180,7 +205,8 @@ CLI_CASES = {
     ),
     "label-config-missing": (lambda f: ["label", "--config", f.missing_file], "--config"),
     "label-config-not-a-mapping": (
-        lambda f: ["label", "--config", f.write("list.yaml", "- data\n- model\n")], "must be a YAML mapping",
+        lambda f: ["label", "--config", f.write("list.yaml", "- data\n- model\n")],
+        "must be a YAML mapping",
     ),
     "label-missing-options": (lambda f: ["label", "--output", str(f.root / "labels-b")], "--data, --model"),
     "label-missing-data": (
@@ -190,7 +216,8 @@ CLI_CASES = {
     "label-mode-bogus": (lambda f: ["label", "--mode", "bogus"], "argument --mode: invalid choice: 'bogus'"),
     # dmoerm train / train-baseline
     "train-broken-yaml": (
-        lambda f: ["train", "--config", f.write("broken-train.yaml", "output_dir: [unclosed\n")], "broken-train.yaml",
+        lambda f: ["train", "--config", f.write("broken-train.yaml", "output_dir: [unclosed\n")],
+        "broken-train.yaml",
     ),
     "train-config-missing": (lambda f: ["train", "--config", f.missing_file], "does-not-exist.jsonl"),
     "train-unknown-flag": (
@@ -202,47 +229,99 @@ CLI_CASES = {
         "invalid float value: 'fast'",
     ),
     "train-baseline-broken-yaml": (
-        lambda f: ["train-baseline", "--config", f.write("broken-baseline.yaml", "a: [\n")], "broken-baseline.yaml",
+        lambda f: ["train-baseline", "--config", f.write("broken-baseline.yaml", "a: [\n")],
+        "broken-baseline.yaml",
     ),
     # dmoerm bon / grpo
     "bon-missing-policy": (
-        lambda f: ["bon", "--policy_model_path", f.missing, "--reward_model_paths", f.model, "--dataset_path",
-                   f.prompts, "--output_dir", str(f.root / "bon")],
+        lambda f: [
+            "bon",
+            "--policy_model_path",
+            f.missing,
+            "--reward_model_paths",
+            f.model,
+            "--dataset_path",
+            f.prompts,
+            "--output_dir",
+            str(f.root / "bon"),
+        ],
         "policy_model_path",
     ),
     "bon-missing-prompts": (
-        lambda f: ["bon", "--policy_model_path", f.llama, "--reward_model_paths", f.model, "--dataset_path",
-                   f.missing_file, "--max_prompt_length", "32", "--max_new_tokens", "8",
-                   "--output_dir", str(f.root / "bon")],
+        lambda f: [
+            "bon",
+            "--policy_model_path",
+            f.llama,
+            "--reward_model_paths",
+            f.model,
+            "--dataset_path",
+            f.missing_file,
+            "--max_prompt_length",
+            "32",
+            "--max_new_tokens",
+            "8",
+            "--output_dir",
+            str(f.root / "bon"),
+        ],
         "prompt file",
     ),
     "bon-missing-reward-model": (
-        lambda f: ["bon", "--policy_model_path", f.llama, "--reward_model_paths", f.missing, "--dataset_path",
-                   f.prompts, "--max_prompt_length", "32", "--max_new_tokens", "8", "--output_dir", str(f.root / "b")],
+        lambda f: [
+            "bon",
+            "--policy_model_path",
+            f.llama,
+            "--reward_model_paths",
+            f.missing,
+            "--dataset_path",
+            f.prompts,
+            "--max_prompt_length",
+            "32",
+            "--max_new_tokens",
+            "8",
+            "--output_dir",
+            str(f.root / "b"),
+        ],
         "reward model path",
     ),
     "bon-n-not-a-number": (lambda f: ["bon", "--n", "lots"], "argument --n: invalid int value: 'lots'"),
     "grpo-missing-policy": (
-        lambda f: ["grpo", "--bf16", "false", "--use_cpu", "true", "--policy_model_path", f.missing,
-                   "--reward_model_paths", f.model, "--dataset_path", f.prompts, "--output_dir", str(f.root / "g")],
+        lambda f: [
+            "grpo",
+            "--bf16",
+            "false",
+            "--use_cpu",
+            "true",
+            "--policy_model_path",
+            f.missing,
+            "--reward_model_paths",
+            f.model,
+            "--dataset_path",
+            f.prompts,
+            "--output_dir",
+            str(f.root / "g"),
+        ],
         "policy_model_path",
     ),
     # dmoerm push / example / serve-judge / the command itself
     "push-not-a-model-folder": (lambda f: ["push", f.missing, "me/model"], "has no config.json"),
     "push-metrics-file-missing": (
-        lambda f: ["push", f.model, "me/model", "--metrics", f.missing_file], "--metrics",
+        lambda f: ["push", f.model, "me/model", "--metrics", f.missing_file],
+        "--metrics",
     ),
     "push-metric-without-value": (lambda f: ["push", f.model, "me/model", "--metric", "accuracy"], "name=value"),
     "example-missing-backbone": (
-        lambda f: ["example", "--backbone", f.missing, "--output", str(f.root / "ex")], "--backbone",
+        lambda f: ["example", "--backbone", f.missing, "--output", str(f.root / "ex")],
+        "--backbone",
     ),
     "example-output-is-a-file": (lambda f: ["example", "--backbone", f.llama, "--output", f.good], "--output"),
     "serve-judge-port-out-of-range": (
-        lambda f: ["serve-judge", "--model", f.llama, "--port", "70000"], "--port: must be 0-65535",
+        lambda f: ["serve-judge", "--model", f.llama, "--port", "70000"],
+        "--port: must be 0-65535",
     ),
     "serve-judge-missing-model": (lambda f: ["serve-judge", "--model", f.missing, "--port", "0"], "--model"),
     "serve-judge-max-new-tokens-0": (
-        lambda f: ["serve-judge", "--model", f.llama, "--max-new-tokens", "0"], "--max-new-tokens: must be at least 1",
+        lambda f: ["serve-judge", "--model", f.llama, "--max-new-tokens", "0"],
+        "--max-new-tokens: must be at least 1",
     ),
     "serve-judge-missing-chat-template": (
         lambda f: ["serve-judge", "--model", f.llama, "--port", "0", "--chat-template", f.missing_file],
@@ -285,8 +364,13 @@ def test_cli_user_mistakes_in_real_processes(files):
     cases = ["score-not-utf8", "info-truncated-heads", "bon-missing-policy"]
     env = {k: v for k, v in os.environ.items() if k != "DMOERM_TRACEBACK"}
     processes = {
-        case: subprocess.Popen([sys.executable, "-m", "dmoerm_trl.cli", *CLI_CASES[case][0](files)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        case: subprocess.Popen(
+            [sys.executable, "-m", "dmoerm_trl.cli", *CLI_CASES[case][0](files)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for case in cases
     }
     for case, process in processes.items():
@@ -329,72 +413,111 @@ def _pairs(files, name, content):
 
 API_CASES = {
     "from_pretrained-missing-folder": (
-        lambda f: _model_from(f.missing), FileNotFoundError, "does-not-exist does not exist",
+        lambda f: _model_from(f.missing),
+        FileNotFoundError,
+        "does-not-exist does not exist",
     ),
     "from_pretrained-truncated-heads": (
-        lambda f: _model_from(f.corrupt_copy("cut-heads", "dmoerm_heads.safetensors")), ValueError,
+        lambda f: _model_from(f.corrupt_copy("cut-heads", "dmoerm_heads.safetensors")),
+        ValueError,
         "dmoerm_heads.safetensors is not a readable safetensors file",
     ),
     "from_backbone-missing-path": (
-        lambda f: _from_backbone_path(f.missing), FileNotFoundError, "backbone",
+        lambda f: _from_backbone_path(f.missing),
+        FileNotFoundError,
+        "backbone",
     ),
     "from_backbone-no-categories": (lambda f: _from_backbone(f, {}), ValueError, "categories is empty"),
     "from_backbone-category-without-capabilities": (
-        lambda f: _from_backbone(f, {"chitchat": []}), ValueError, "'chitchat' has no capabilities",
+        lambda f: _from_backbone(f, {"chitchat": []}),
+        ValueError,
+        "'chitchat' has no capabilities",
     ),
     "from_backbone-router-mode-bogus": (
-        lambda f: _from_backbone(f, {"chitchat": ["empathy"]}, router_mode="bogus"), ValueError, "router_mode",
+        lambda f: _from_backbone(f, {"chitchat": ["empathy"]}, router_mode="bogus"),
+        ValueError,
+        "router_mode",
     ),
     "forward-empty-batch": (
-        lambda f: _model(f)(input_ids=torch.zeros(0, 4, dtype=torch.long)), ValueError, "input_ids has shape (0, 4)",
+        lambda f: _model(f)(input_ids=torch.zeros(0, 4, dtype=torch.long)),
+        ValueError,
+        "input_ids has shape (0, 4)",
     ),
     "forward-zero-length-input": (
-        lambda f: _model(f)(input_ids=torch.zeros(2, 0, dtype=torch.long)), ValueError, "input_ids has shape (2, 0)",
+        lambda f: _model(f)(input_ids=torch.zeros(2, 0, dtype=torch.long)),
+        ValueError,
+        "input_ids has shape (2, 0)",
     ),
     "forward-a-row-of-padding-only": (
-        lambda f: _model(f)(input_ids=torch.ones(2, 3, dtype=torch.long),
-                            attention_mask=torch.tensor([[1, 1, 1], [0, 0, 0]])),
-        ValueError, "row(s) [1] of the batch have no tokens",
+        lambda f: _model(f)(
+            input_ids=torch.ones(2, 3, dtype=torch.long), attention_mask=torch.tensor([[1, 1, 1], [0, 0, 0]])
+        ),
+        ValueError,
+        "row(s) [1] of the batch have no tokens",
     ),
     "forward-1d-input": (
-        lambda f: _model(f)(input_ids=torch.ones(3, dtype=torch.long)), ValueError, "must be (batch, length)",
+        lambda f: _model(f)(input_ids=torch.ones(3, dtype=torch.long)),
+        ValueError,
+        "must be (batch, length)",
     ),
     "compute_rewards-number": (
-        lambda f: _model(f).compute_rewards(["ok", 5], _tokenizer(f)), ValueError, "conversation 1",
+        lambda f: _model(f).compute_rewards(["ok", 5], _tokenizer(f)),
+        ValueError,
+        "conversation 1",
     ),
     "compute_rewards-empty-text": (
-        lambda f: _model(f).compute_rewards([""], _tokenizer(f)), ValueError, "conversation 0: the text is empty",
+        lambda f: _model(f).compute_rewards([""], _tokenizer(f)),
+        ValueError,
+        "conversation 0: the text is empty",
     ),
     "compute_rewards-empty-messages": (
-        lambda f: _model(f).compute_rewards([[]], _tokenizer(f)), ValueError, "`messages` is empty",
+        lambda f: _model(f).compute_rewards([[]], _tokenizer(f)),
+        ValueError,
+        "`messages` is empty",
     ),
     "compute_rewards-a-bare-string": (
-        lambda f: _model(f).compute_rewards("Q: 2+2? A: 4", _tokenizer(f)), ValueError, "wrap a single one in [...]",
+        lambda f: _model(f).compute_rewards("Q: 2+2? A: 4", _tokenizer(f)),
+        ValueError,
+        "wrap a single one in [...]",
     ),
     "compute_rewards-batch-size-0": (
-        lambda f: _model(f).compute_rewards(["ok"], _tokenizer(f), batch_size=0), ValueError, "batch_size",
+        lambda f: _model(f).compute_rewards(["ok"], _tokenizer(f), batch_size=0),
+        ValueError,
+        "batch_size",
     ),
     "load_preference_pairs-missing-file": (
-        lambda f: _load_pairs(f.missing_file), FileNotFoundError, "does-not-exist.jsonl: no such file",
+        lambda f: _load_pairs(f.missing_file),
+        FileNotFoundError,
+        "does-not-exist.jsonl: no such file",
     ),
     "load_preference_pairs-unknown-format": (
-        lambda f: _pairs(f, "half.jsonl", '{"prompt": "x", "chosen": "a"}\n'), ValueError,
+        lambda f: _pairs(f, "half.jsonl", '{"prompt": "x", "chosen": "a"}\n'),
+        ValueError,
         "half.jsonl, line 1: unknown record format",
     ),
     "load_preference_pairs-rank-not-a-number": (
-        lambda f: _pairs(f, "rank.jsonl", json.dumps(
-            {"src": ["a"], "tgt": [], "response": ["x", "y"], "rank": [1, "two"], "label": ""}) + "\n"),
-        ValueError, "rank.jsonl, line 1, field 'rank[1]'",
+        lambda f: _pairs(
+            f,
+            "rank.jsonl",
+            json.dumps({"src": ["a"], "tgt": [], "response": ["x", "y"], "rank": [1, "two"], "label": ""}) + "\n",
+        ),
+        ValueError,
+        "rank.jsonl, line 1, field 'rank[1]'",
     ),
     "load_capability_labels-missing-field": (
-        lambda f: _labels(f.write("labels.jsonl", '{"prompt": "x"}\n')), ValueError,
+        lambda f: _labels(f.write("labels.jsonl", '{"prompt": "x"}\n')),
+        ValueError,
         "labels.jsonl, line 1, field 'chosen': missing",
     ),
     "LabelingConfig-concurrency-text": (
-        lambda f: _labeling_config(concurrency="lots"), ValueError, "concurrency='lots': must be an int",
+        lambda f: _labeling_config(concurrency="lots"),
+        ValueError,
+        "concurrency='lots': must be an int",
     ),
     "RewardScorer-batch-size-0": (
-        lambda f: _scorer(f, batch_size=0), ValueError, "batch_size must be at least 1",
+        lambda f: _scorer(f, batch_size=0),
+        ValueError,
+        "batch_size must be at least 1",
     ),
 }
 

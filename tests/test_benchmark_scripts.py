@@ -22,16 +22,38 @@ def llama4(tmp_path_factory):
 
 
 def run(script, *args):
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True,
-                            timeout=600, check=False, env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                                                          "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
 
 def test_scoring_speed_with_trunk_rows(llama4, tmp_path):
-    out = run("scoring_speed.py", "--backbone", llama4, "--categories", "2", "--capabilities", "2", "--batch", "4",
-              "--length", "8", "--repeats", "1", "--trunk-layers", "0,auto,1", "--json", str(tmp_path / "s.json"))
+    out = run(
+        "scoring_speed.py",
+        "--backbone",
+        llama4,
+        "--categories",
+        "2",
+        "--capabilities",
+        "2",
+        "--batch",
+        "4",
+        "--length",
+        "8",
+        "--repeats",
+        "1",
+        "--trunk-layers",
+        "0,auto,1",
+        "--json",
+        str(tmp_path / "s.json"),
+    )
     assert "| dmoerm (sequential) |" in out and "paper loop (per sample, per expert)" in out
     assert "dmoerm, trunk 3 of 4 layers" in out and "dmoerm, trunk 1 of 4 layers" in out  # auto = 3/4 of 4 layers
     assert "faster than the paper loop" in out
@@ -43,17 +65,53 @@ def test_scoring_speed_with_trunk_rows(llama4, tmp_path):
 
 
 def test_scoring_speed_in_bfloat16(llama4, tmp_path):
-    out = run("scoring_speed.py", "--backbone", llama4, "--categories", "2", "--capabilities", "2", "--batch", "4",
-              "--length", "8", "--repeats", "1", "--trunk-layers", "0", "--dtype", "bfloat16",
-              "--json", str(tmp_path / "s.json"))
+    out = run(
+        "scoring_speed.py",
+        "--backbone",
+        llama4,
+        "--categories",
+        "2",
+        "--capabilities",
+        "2",
+        "--batch",
+        "4",
+        "--length",
+        "8",
+        "--repeats",
+        "1",
+        "--trunk-layers",
+        "0",
+        "--dtype",
+        "bfloat16",
+        "--json",
+        str(tmp_path / "s.json"),
+    )
     assert "; bfloat16;" in out and "faster than the paper loop" in out  # the loop's rewards matched in bf16 too
     assert json.loads((tmp_path / "s.json").read_text())["dtype"] == "bfloat16"
 
 
 def test_memory_params_with_a_trunk(llama4, tmp_path):
-    out = run("memory_params.py", "--backbone", llama4, "--layouts", "dmoerm,dmoerm-1", "--categories", "2",
-              "--capabilities", "2", "--batch", "2", "--length", "8", "--lora-r", "4", "--trunk-layers", "2",
-              "--json", str(tmp_path / "m.json"))
+    out = run(
+        "memory_params.py",
+        "--backbone",
+        llama4,
+        "--layouts",
+        "dmoerm,dmoerm-1",
+        "--categories",
+        "2",
+        "--capabilities",
+        "2",
+        "--batch",
+        "2",
+        "--length",
+        "8",
+        "--lora-r",
+        "4",
+        "--trunk-layers",
+        "2",
+        "--json",
+        str(tmp_path / "m.json"),
+    )
     assert "trunk 2 layers" in out and "dmoerm 2 categories / 1 category" in out
     results = json.loads((tmp_path / "m.json").read_text())
     five, one = results["dmoerm 2x2 (shared base)"], results["dmoerm 1x2 (shared base)"]

@@ -53,7 +53,10 @@ def test_example_then_info_then_score(tiny_llama_path, tmp_path, capsys):
     templated = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
     conversations.write_text(
         json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]})
-        + "\n" + json.dumps({"text": templated}) + "\n" + json.dumps({"text": "plain text", "category": "chitchat"})
+        + "\n"
+        + json.dumps({"text": templated})
+        + "\n"
+        + json.dumps({"text": "plain text", "category": "chitchat"})
         + "\n"
     )
     assert main(["score", "--model", str(output), "--input", str(conversations), "--tokenizer", tiny_llama_path]) == 0

@@ -64,7 +64,9 @@ def test_trl_flags_take_both_spellings_help_shows_one():
 
     under = parse_config(["--model_name_or_path", "m", "--output_dir", "o", "--max_length", "77"])
     dash = parse_config(["--model-name-or-path", "m", "--output-dir", "o", "--max-length", "77"])
-    assert under[2].max_length == dash[2].max_length == 77 and under[0].model_name_or_path == dash[0].model_name_or_path
+    assert (
+        under[2].max_length == dash[2].max_length == 77 and under[0].model_name_or_path == dash[0].model_name_or_path
+    )
     text = COMMAND.build_parser().format_help()
     assert "--max_length MAX_LENGTH" in text and "--max-length" not in text and "--learning_rate" in text
 
@@ -95,8 +97,12 @@ def test_old_dash_spelling_still_parses():
     assert args.batch_size == 3
     args = parser.parse_args(["score", "--model", "m", "--input", "i", "--batch_size", "4"])
     assert args.batch_size == 4
-    for flag, expected in (("--skip-invalid", True), ("--skip_invalid", True), ("--no-skip-invalid", False),
-                           ("--no_skip_invalid", False)):
+    for flag, expected in (
+        ("--skip-invalid", True),
+        ("--skip_invalid", True),
+        ("--no-skip-invalid", False),
+        ("--no_skip_invalid", False),
+    ):
         args = parser.parse_args(["label", flag])
         assert args.skip_invalid is expected, flag
 
@@ -154,15 +160,34 @@ def test_auto_classes_load_a_saved_dmoerm_after_import(tiny_llama_path, tmp_path
 
     category = DMoERMConfig.from_pretrained(output).category_names[0]
     conversations.write_text(
-        json.dumps({"id": "a-1", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]})
-        + "\n" + json.dumps({"text": "no id here", "category": category}) + "\n"
-        + json.dumps({"id": 7, "text": "numeric id", "category": category}) + "\n"
+        json.dumps(
+            {"id": "a-1", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}
+        )
+        + "\n"
+        + json.dumps({"text": "no id here", "category": category})
+        + "\n"
+        + json.dumps({"id": 7, "text": "numeric id", "category": category})
+        + "\n"
     )
     scores = tmp_path / "out" / "scores.jsonl"
     result = subprocess.run(
-        [sys.executable, "-m", "dmoerm_trl.cli", "score", "--model", str(output), "--input", str(conversations),
-         "--tokenizer", tiny_llama_path, "--output", str(scores)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "dmoerm_trl.cli",
+            "score",
+            "--model",
+            str(output),
+            "--input",
+            str(conversations),
+            "--tokenizer",
+            tiny_llama_path,
+            "--output",
+            str(scores),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     printed = [json.loads(line) for line in result.stdout.strip().splitlines()]

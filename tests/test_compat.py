@@ -20,8 +20,13 @@ def test_trainer_has_the_private_hooks_with_the_known_signatures():
 
 @pytest.mark.parametrize(
     "hook",
-    ["self._save(", "self._load_from_checkpoint(", "self._load_best_model()",
-     "self._set_signature_columns_if_needed()", "self._signature_columns"],
+    [
+        "self._save(",
+        "self._load_from_checkpoint(",
+        "self._load_best_model()",
+        "self._set_signature_columns_if_needed()",
+        "self._signature_columns",
+    ],
 )
 def test_trainer_still_calls_the_hooks_the_stage_trainers_override(hook):
     # The stage trainers' checkpoints and column handling only work if the Trainer goes through these hooks.
@@ -36,7 +41,9 @@ def test_the_stage_trainers_route_the_hooks_to_their_own_methods():
     for trainer in (AggregatorTrainer, CapabilityExpertTrainer, RouterTrainer, TaskTrainer):
         for hook in ("_save", "_load_from_checkpoint", "_load_best_model"):
             assert getattr(trainer, hook) is getattr(_compat.TrainerCheckpointHooks, hook), (trainer, hook)
-    assert RouterTrainer._set_signature_columns_if_needed is _compat.SignatureColumnsHook._set_signature_columns_if_needed
+    assert (
+        RouterTrainer._set_signature_columns_if_needed is _compat.SignatureColumnsHook._set_signature_columns_if_needed
+    )
 
 
 def test_task_and_expert_trainers_are_siblings_on_the_stage_reward_trainer():
@@ -45,7 +52,9 @@ def test_task_and_expert_trainers_are_siblings_on_the_stage_reward_trainer():
     from dmoerm_trl.trainers import CapabilityExpertTrainer, TaskTrainer
     from dmoerm_trl.trainers._stage_reward_trainer import _StageRewardTrainer
 
-    assert not issubclass(TaskTrainer, CapabilityExpertTrainer) and not issubclass(CapabilityExpertTrainer, TaskTrainer)
+    assert not issubclass(TaskTrainer, CapabilityExpertTrainer) and not issubclass(
+        CapabilityExpertTrainer, TaskTrainer
+    )
     for trainer in (TaskTrainer, CapabilityExpertTrainer):
         assert issubclass(trainer, _StageRewardTrainer) and issubclass(trainer, RewardTrainer)
 
@@ -57,7 +66,9 @@ def test_without_zero3_init_detaches_the_live_deepspeed_config():
     config = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto"}
     args = TrainingArguments(output_dir="unused", deepspeed=config, use_cpu=True, report_to="none")
     try:
-        assert args.hf_deepspeed_config.is_zero3() and is_deepspeed_zero3_enabled()  # the weak reference transformers keeps to the live config
+        assert (
+            args.hf_deepspeed_config.is_zero3() and is_deepspeed_zero3_enabled()
+        )  # the weak reference transformers keeps to the live config
         with _compat.without_zero3_init():
             assert not is_deepspeed_zero3_enabled()
         assert is_deepspeed_zero3_enabled()
@@ -111,6 +122,7 @@ def test_openai_generic_requests_return_the_raw_json():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
+
         async def main():
             client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{server.server_port}/v1", api_key="k-test")
             try:

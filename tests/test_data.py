@@ -193,8 +193,11 @@ def test_trl_text_conversational_and_implicit_prompt(tmp_path):
     assert pairs[0]["chosen"] == pairs[1]["chosen"] == [{"role": "assistant", "content": "Hello!"}]
     assert pairs["category"] == ["chitchat", ""]
     # text pairs stay text (TRL's standard format: no chat template around them), one format per dataset
-    text = load_preference_pairs(write_jsonl(tmp_path / "text.jsonl", [{"prompt": "Hi", "chosen": "Hello!",
-                                                                         "rejected": "What.", "category": "闲聊"}]))
+    text = load_preference_pairs(
+        write_jsonl(
+            tmp_path / "text.jsonl", [{"prompt": "Hi", "chosen": "Hello!", "rejected": "What.", "category": "闲聊"}]
+        )
+    )
     assert (text[0]["prompt"], text[0]["chosen"], text[0]["category"]) == ("Hi", "Hello!", "chitchat")
     records.append({"prompt": "Hi", "chosen": "Hello!", "rejected": "What.", "category": "chitchat"})
     with pytest.raises(DataValidationError, match=r"line 3, field 'prompt': a text pair among conversational"):
@@ -250,7 +253,11 @@ BAD_RECORDS = [
     ({**SINGLE_TURN, "response": ["a", None]}, "response[1]", "expected a string"),
     ({**SINGLE_TURN, "label": 5}, "label", "expected a string"),
     ({"question": "hi"}, None, "unknown record format"),
-    ({"prompt": "Hi", "chosen": [{"role": "assistant", "content": "x"}], "rejected": "y"}, "chosen", "but the pair is text"),
+    (
+        {"prompt": "Hi", "chosen": [{"role": "assistant", "content": "x"}], "rejected": "y"},
+        "chosen",
+        "but the pair is text",
+    ),
     (
         {
             "prompt": [{"role": "user", "content": "Hi"}],

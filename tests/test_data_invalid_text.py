@@ -28,7 +28,9 @@ def test_a_non_utf8_byte_names_file_line_and_field_or_is_skipped(tmp_path):
     path.write_bytes(raw)
     with pytest.raises(DataValidationError) as info:
         load(path)
-    assert str(info.value).startswith(f"{path}, line 2, field 'response[1]': not UTF-8 text (byte 0xe9 at character 3)")
+    assert str(info.value).startswith(
+        f"{path}, line 2, field 'response[1]': not UTF-8 text (byte 0xe9 at character 3)"
+    )
     assert info.value.field == "response[1]" and "\n" not in str(info.value)
     pairs, report = load(path, skip_invalid=True)
     assert len(pairs) == 2 * 3 and report.records == 3 and report.skipped_records == 1

@@ -42,8 +42,9 @@ def test_category_from_another_column_through_a_map(tmp_path, mapping):
         mapping.write_text("gsm8k: objective_qa\noasst: 闲聊\n", encoding="utf-8")  # an alias of the paper set
     path = write_jsonl(tmp_path / "pairs.jsonl", TRL_ROWS)
     report = LoadReport()
-    pairs = load_preference_pairs(path, categories="paper", category_column="source", category_map=mapping,
-                                  report=report)
+    pairs = load_preference_pairs(
+        path, categories="paper", category_column="source", category_map=mapping, report=report
+    )
     assert pairs["category"] == ["objective_qa", "chitchat", ""]
     # the unmapped value is counted and reported, not silently dropped
     assert report.uncategorised_pairs == 1 and dict(report.unmapped_category_values) == {"poems": 1}
@@ -58,20 +59,25 @@ def test_category_column_without_a_map_takes_the_values_as_categories(tmp_path):
 
 def test_category_column_works_for_ranked_records(tmp_path):
     record = {"src": ["2+2?"], "tgt": [], "response": ["4", "5"], "rank": [1, 2], "label": "", "origin": "math"}
-    pairs = load_preference_pairs(write_jsonl(tmp_path / "r.jsonl", [record]), category_column="origin",
-                                  category_map={"math": "objective_qa"})
+    pairs = load_preference_pairs(
+        write_jsonl(tmp_path / "r.jsonl", [record]), category_column="origin", category_map={"math": "objective_qa"}
+    )
     assert pairs["category"] == ["objective_qa"]
 
 
 def test_a_record_without_the_category_column_is_named(tmp_path):
     rows = [TRL_ROWS[0], {k: v for k, v in TRL_ROWS[1].items() if k != "source"}]
     path = write_jsonl(tmp_path / "p.jsonl", rows)
-    with pytest.raises(DataValidationError, match=r"p\.jsonl, line 2, field 'source': missing \(it is the "
-                                                  r"category_column\)"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"p\.jsonl, line 2, field 'source': missing \(it is the "
+        r"category_column\)",
+    ):
         load_preference_pairs(path, category_column="source", category_map={"gsm8k": "objective_qa"})
     report = LoadReport()
-    pairs = load_preference_pairs(path, category_column="source", category_map={"gsm8k": "objective_qa"},
-                                  skip_invalid=True, report=report)
+    pairs = load_preference_pairs(
+        path, category_column="source", category_map={"gsm8k": "objective_qa"}, skip_invalid=True, report=report
+    )
     assert len(pairs) == 1 and report.skipped_by_field == {"source": 1}
 
 

@@ -25,10 +25,14 @@ TEXT_PAIRS = [
     {"prompt": "Say hi to me", "chosen": " Hi there, friend!", "rejected": " No.", "category": "chitchat"},
 ]
 HH_PAIRS = [  # Anthropic HH: no prompt column, the conversation is inside both answers
-    {"chosen": "\n\nHuman: What color is the sky?\n\nAssistant: It is blue.",
-     "rejected": "\n\nHuman: What color is the sky?\n\nAssistant: It is green."},
-    {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello! How can I help?",
-     "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."},
+    {
+        "chosen": "\n\nHuman: What color is the sky?\n\nAssistant: It is blue.",
+        "rejected": "\n\nHuman: What color is the sky?\n\nAssistant: It is green.",
+    },
+    {
+        "chosen": "\n\nHuman: Hi\n\nAssistant: Hello! How can I help?",
+        "rejected": "\n\nHuman: Hi\n\nAssistant: Go away.",
+    },
 ]
 TEMPLATE = (  # ChatML that shows the tools and one extra keyword argument when given
     "{% if tools %}TOOLS:{{ tools | tojson }}\n{% endif %}{% if flavour %}FLAVOUR:{{ flavour }}\n{% endif %}"
@@ -62,8 +66,9 @@ def test_text_pairs_stay_text_and_tokenize_as_trl_does(tmp_path, tiny_llama_path
     pairs = load_preference_pairs(Dataset.from_list(TEXT_PAIRS))
     assert is_text_pairs(pairs) and pairs[0]["prompt"] == TEXT_PAIRS[0]["prompt"] and pairs[0]["chosen"] == " 4"
     tokenized = tokenize_pairs(pairs, tiny_tokenizer, None, "pairs")
-    chosen, rejected = trl_tokenized(pairs.remove_columns(["category", "pair_id"]), tiny_tokenizer,
-                                     tiny_llama_path, tmp_path)
+    chosen, rejected = trl_tokenized(
+        pairs.remove_columns(["category", "pair_id"]), tiny_tokenizer, tiny_llama_path, tmp_path
+    )
     assert tokenized["chosen_ids"] == chosen and tokenized["rejected_ids"] == rejected
     for row, record in zip(tokenized, TEXT_PAIRS):
         assert "<|im_start|>" not in tiny_tokenizer.decode(row["chosen_ids"])  # no chat template around text
@@ -80,13 +85,18 @@ def test_implicit_text_prompt_is_split_as_trl_extract_prompt(tmp_path, tiny_llam
     for row, record in zip(pairs, HH_PAIRS):
         expected = extract_prompt(record)
         assert (row["prompt"], row["chosen"], row["rejected"]) == (
-            expected["prompt"], expected["chosen"], expected["rejected"])
+            expected["prompt"],
+            expected["chosen"],
+            expected["rejected"],
+        )
     assert pairs[0]["prompt"].endswith("Assistant: It is") and pairs[0]["chosen"] == " blue."
     # TRL's RewardTrainer reads the raw HH rows whole: the same token ids as ours.
     chosen, rejected = trl_tokenized(Dataset.from_list(HH_PAIRS), tiny_tokenizer, tiny_llama_path, tmp_path)
     tokenized = tokenize_pairs(pairs, tiny_tokenizer, None, "pairs")
     assert tokenized["chosen_ids"] == chosen and tokenized["rejected_ids"] == rejected
-    with pytest.raises(DataValidationError, match=r"record 0, field 'prompt': missing, and 'chosen'/'rejected' share no"):
+    with pytest.raises(
+        DataValidationError, match=r"record 0, field 'prompt': missing, and 'chosen'/'rejected' share no"
+    ):
         load_preference_pairs(Dataset.from_list([{"chosen": "yes", "rejected": "no"}]))
 
 
@@ -95,17 +105,28 @@ def test_tools_and_chat_template_kwargs_reach_the_chat_template(tmp_path, tiny_l
     tokenizer.chat_template = TEMPLATE
     prompt = [{"role": "user", "content": "What is 2+3?"}]
     records = [
-        {"prompt": prompt, "chosen": [{"role": "assistant", "content": "5"}],
-         "rejected": [{"role": "assistant", "content": "6"}], "tools": TOOLS, "chat_template_kwargs": {}},
-        {"prompt": prompt, "chosen": [{"role": "assistant", "content": "five"}],
-         "rejected": [{"role": "assistant", "content": "six"}], "tools": None,
-         "chat_template_kwargs": {"flavour": "salty"}},
+        {
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": "5"}],
+            "rejected": [{"role": "assistant", "content": "6"}],
+            "tools": TOOLS,
+            "chat_template_kwargs": {},
+        },
+        {
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": "five"}],
+            "rejected": [{"role": "assistant", "content": "six"}],
+            "tools": None,
+            "chat_template_kwargs": {"flavour": "salty"},
+        },
     ]
     raw = Dataset.from_list([{**r, "tools": json.dumps(r["tools"]) if r["tools"] else None} for r in records])
     pairs = load_preference_pairs(raw)
     assert json.loads(pairs[0]["tools"]) == TOOLS and pairs[1]["chat_template_kwargs"] == {"flavour": "salty"}
     tokenized = tokenize_pairs(pairs, tokenizer, None, "pairs")
-    assert tokenizer.decode(tokenized[0]["chosen_ids"]).startswith('TOOLS:[{"type": "function", "function": {"name": "add"')
+    assert tokenizer.decode(tokenized[0]["chosen_ids"]).startswith(
+        'TOOLS:[{"type": "function", "function": {"name": "add"'
+    )
     assert tokenizer.decode(tokenized[1]["chosen_ids"]).startswith("FLAVOUR:salty\n<|im_start|>user")
     assert tokenizer.decode(tokenized[1]["prompt_ids"]).startswith("FLAVOUR:salty")
     chosen, rejected = trl_tokenized(raw, tokenizer, tiny_llama_path, tmp_path)
@@ -117,16 +138,20 @@ def test_tools_and_chat_template_kwargs_reach_the_chat_template(tmp_path, tiny_l
 
 def text_version(pairs):
     """The tiny conversational data as TRL text pairs (a 'User:/Assistant:' transcript, no chat template)."""
+
     def to_text(row):
         turns = "".join(f"{m['role'].title()}: {m['content']}\n" for m in row["prompt"])
-        return {"prompt": turns + "Assistant:", "chosen": " " + row["chosen"][-1]["content"],
-                "rejected": " " + row["rejected"][-1]["content"], "category": row["category"]}
+        return {
+            "prompt": turns + "Assistant:",
+            "chosen": " " + row["chosen"][-1]["content"],
+            "rejected": " " + row["rejected"][-1]["content"],
+            "category": row["category"],
+        }
 
     return Dataset.from_list([to_text(row) for row in pairs if row["category"]])
 
 
-def test_text_pairs_train_the_router_and_evaluate_on_the_prompt(tmp_path, tiny_llama_path, tiny_tokenizer,
-                                                               one_thread):
+def test_text_pairs_train_the_router_and_evaluate_on_the_prompt(tmp_path, tiny_llama_path, tiny_tokenizer, one_thread):
     from dmoerm_trl.evaluation import evaluate_pair_accuracy, evaluate_reward_models, evaluate_router, prepare_pairs
     from dmoerm_trl.trainers import RouterTrainer
     from dmoerm_trl.utils.io import atomic_write_jsonl
@@ -136,8 +161,13 @@ def test_text_pairs_train_the_router_and_evaluate_on_the_prompt(tmp_path, tiny_l
     tokenized = tokenize_pairs(pairs, tiny_tokenizer, 256, "pairs")
     model = tiny_dmoerm(tiny_llama_path, tiny_tokenizer)
     assert model.config.assistant_opener_ids  # the model ends chat prompts at the opener; text has none
-    trainer = RouterTrainer(model, args=stage_args(tmp_path, num_train_epochs=6), train_dataset=tokenized,
-                            eval_dataset=tokenized, processing_class=tiny_tokenizer)
+    trainer = RouterTrainer(
+        model,
+        args=stage_args(tmp_path, num_train_epochs=6),
+        train_dataset=tokenized,
+        eval_dataset=tokenized,
+        processing_class=tiny_tokenizer,
+    )
     examples = trainer.train_dataset
     assert set(examples["view"]) == {0} and set(examples["prompt_only"]) == {1}
     assert {tuple(ids) for ids in examples["input_ids"]} == {tuple(ids) for ids in tokenized["prompt_ids"]}
@@ -175,8 +205,9 @@ def test_text_pairs_train_the_router_and_evaluate_on_the_prompt(tmp_path, tiny_l
     model.save_pretrained(tmp_path / "model")
     tiny_tokenizer.save_pretrained(tmp_path / "model")
     atomic_write_jsonl(tmp_path / "text.jsonl", TEXT_PAIRS)
-    report = evaluate_reward_models(str(tmp_path / "model"), str(tmp_path / "text.jsonl"), batch_size=2,
-                                    text_pairs="text")
+    report = evaluate_reward_models(
+        str(tmp_path / "model"), str(tmp_path / "text.jsonl"), batch_size=2, text_pairs="text"
+    )
     assert report["dmoerm"]["overall"]["total"] == len(TEXT_PAIRS)
     # `dmoerm eval`'s default (RewardBench's convention): the text pair rendered as a user turn + the answer.
     chat = evaluate_reward_models(str(tmp_path / "model"), str(tmp_path / "text.jsonl"), batch_size=2)

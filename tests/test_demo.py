@@ -12,8 +12,23 @@ import pytest
 
 
 def _run_demo(output, backbone):
-    command = [sys.executable, "-m", "dmoerm_trl.cli", "demo", "--fast", "--backbone", str(backbone),
-               "--policy", str(backbone), "--max-length", "256", "--threads", "1", "--output", str(output)]
+    command = [
+        sys.executable,
+        "-m",
+        "dmoerm_trl.cli",
+        "demo",
+        "--fast",
+        "--backbone",
+        str(backbone),
+        "--policy",
+        str(backbone),
+        "--max-length",
+        "256",
+        "--threads",
+        "1",
+        "--output",
+        str(output),
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
@@ -34,23 +49,40 @@ def test_demo_fast_end_to_end_and_rerun_from_caches(tiny_llama_path, tmp_path):
     assert f"Report: {output}/report.md" in stdout
     assert "accuracy vs gold (clean test): DMoERM" in stdout and "best-of-n gold gain" in stdout
 
-    for name in ("report.md", "metrics.json", "accuracy.png", "overoptimization.png", "best_of_n.csv",
-                 "eval_gold/eval_results.json", "eval_human/eval_results.json", "dmoerm/config.json",
-                 "dmoerm/baseline/config.json", "labels/capability_pairs.jsonl", "data/test.jsonl"):
+    for name in (
+        "report.md",
+        "metrics.json",
+        "accuracy.png",
+        "overoptimization.png",
+        "best_of_n.csv",
+        "eval_gold/eval_results.json",
+        "eval_human/eval_results.json",
+        "dmoerm/config.json",
+        "dmoerm/baseline/config.json",
+        "labels/capability_pairs.jsonl",
+        "data/test.jsonl",
+    ):
         assert (output / name).exists(), name
     for png in ("accuracy.png", "overoptimization.png"):
         assert (output / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     metrics = json.loads((output / "metrics.json").read_text())
     head = metrics["headline"]
-    for key in ("dmoerm_gold_accuracy", "baseline_gold_accuracy", "dmoerm_human_accuracy", "baseline_human_accuracy",
-                "router_accuracy_prompt"):
+    for key in (
+        "dmoerm_gold_accuracy",
+        "baseline_gold_accuracy",
+        "dmoerm_human_accuracy",
+        "baseline_human_accuracy",
+        "router_accuracy_prompt",
+    ):
         assert _is_accuracy(head[key]), (key, head[key])
     # The "human" labels are the gold flipped at ~30%.
     assert 0.55 < head["human_labels_gold_agreement"] < 0.9
     gold_eval = metrics["evaluation"]["gold_test"]
-    assert gold_eval["dmoerm"]["pairs"] > 15 and set(gold_eval["dmoerm"]["per_category"]) == {"objective_qa",
-                                                                                            "chitchat"}
+    assert gold_eval["dmoerm"]["pairs"] > 15 and set(gold_eval["dmoerm"]["per_category"]) == {
+        "objective_qa",
+        "chitchat",
+    }
     # Labels came over HTTP from the judge through the openai client; every expert got some.
     assert metrics["labels"]["calls"] > 0 and metrics["labels"]["labels_kept"] > 0
     assert len(metrics["labels"]["labels_used_per_expert"]) == 4

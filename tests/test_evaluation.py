@@ -22,11 +22,14 @@ CATEGORIES = {
 
 
 def test_pairwise_accuracy_per_category_and_overall():
-    result = pairwise_accuracy([3.0, 1.0, 2.0, 5.0, 0.0], [1.0, 2.0, 2.0, 4.0, -1.0],
-                               ["qa", "qa", "chat", "chat", ""])
+    result = pairwise_accuracy([3.0, 1.0, 2.0, 5.0, 0.0], [1.0, 2.0, 2.0, 4.0, -1.0], ["qa", "qa", "chat", "chat", ""])
     overall = result["overall"]
     assert {k: overall[k] for k in ("accuracy", "correct", "total", "reward_ties")} == {
-        "accuracy": 3 / 5, "correct": 3, "total": 5, "reward_ties": 1}
+        "accuracy": 3 / 5,
+        "correct": 3,
+        "total": 5,
+        "reward_ties": 1,
+    }
     assert overall["ci95"] == pytest.approx(wilson_interval(3, 5))
     assert result["per_category"]["qa"]["accuracy"] == 0.5
     chat = result["per_category"]["chat"]
@@ -61,16 +64,29 @@ def test_rank_direction_end_to_end(tmp_path, tiny_tokenizer, lower_rank_is_bette
 
     # rank 1 is the best answer (mtmc-rlhf); here the best answers are the longest
     records = [
-        {"src": ["What is 2 plus 2?"], "tgt": [], "response": [
-            "4.", "The answer is 4 because 2 plus 2 equals 4, as everyone learns in school.", "Four, I think."],
-         "rank": [3, 1, 2], "label": "客观知识问答"},
-        {"src": ["Hi!", "How are you?"], "tgt": ["Hello!"], "response": ["Ok.", "Fine, thanks, and how are you?",
-                                                                         "Fine."],
-         "rank": [2, 1, 2], "label": "闲聊"},
+        {
+            "src": ["What is 2 plus 2?"],
+            "tgt": [],
+            "response": [
+                "4.",
+                "The answer is 4 because 2 plus 2 equals 4, as everyone learns in school.",
+                "Four, I think.",
+            ],
+            "rank": [3, 1, 2],
+            "label": "客观知识问答",
+        },
+        {
+            "src": ["Hi!", "How are you?"],
+            "tgt": ["Hello!"],
+            "response": ["Ok.", "Fine, thanks, and how are you?", "Fine."],
+            "rank": [2, 1, 2],
+            "label": "闲聊",
+        },
     ]
     report = LoadReport()
-    pairs = load_preference_pairs(write_ranked(tmp_path / "ranked.jsonl", records),
-                                  lower_rank_is_better=lower_rank_is_better, report=report)
+    pairs = load_preference_pairs(
+        write_ranked(tmp_path / "ranked.jsonl", records), lower_rank_is_better=lower_rank_is_better, report=report
+    )
     assert report.tied_pairs == 1  # "Ok." and "Fine." share rank 2: excluded
     pairs = tokenize_pairs(pairs, tiny_tokenizer, None, "pairs")
     model = TokenCountRewardModel(LlamaConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1))
@@ -89,8 +105,9 @@ def saved_models(tmp_path_factory, tiny_llama_path, tiny_tokenizer):
     from dmoerm_trl.testing_utils import randomize_adapters
 
     root = tmp_path_factory.mktemp("eval-models")
-    model = DMoERMForSequenceClassification.from_backbone(tiny_llama_path, CATEGORIES, tokenizer=tiny_tokenizer,
-                                                          lora_r=4, lora_alpha=8)
+    model = DMoERMForSequenceClassification.from_backbone(
+        tiny_llama_path, CATEGORIES, tokenizer=tiny_tokenizer, lora_r=4, lora_alpha=8
+    )
     randomize_adapters(model)
     model.save_pretrained(root / "dmoerm")
     tiny_tokenizer.save_pretrained(root / "dmoerm")
@@ -109,8 +126,13 @@ def test_report_with_router_experts_and_baseline(saved_models, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        report = evaluate_reward_models(root / "dmoerm", data, labels_path=FIXTURES / "capability_labels_tiny.jsonl",
-                                        baseline_path=root / "baseline", batch_size=32)
+        report = evaluate_reward_models(
+            root / "dmoerm",
+            data,
+            labels_path=FIXTURES / "capability_labels_tiny.jsonl",
+            baseline_path=root / "baseline",
+            batch_size=32,
+        )
     finally:
         torch.set_num_threads(threads)
     n = report["num_pairs"]
@@ -123,7 +145,8 @@ def test_report_with_router_experts_and_baseline(saved_models, tmp_path):
     assert report["router"]["prompt"]["total"] == labelled and "full" not in report["router"]
     experts = report["experts"]["per_expert"]
     assert {(c, cap) for c, caps in experts.items() for cap in caps} == {
-        (c, cap) for c, caps in CATEGORIES.items() for cap in caps}
+        (c, cap) for c, caps in CATEGORIES.items() for cap in caps
+    }
     for result in (report["dmoerm"], report["baseline"]):
         assert 0.0 <= result["overall"]["accuracy"] <= 1.0
     paths = write_report(report, tmp_path / "eval")
@@ -137,12 +160,27 @@ def test_dmoerm_eval_command(saved_models, tmp_path, capsys):
     from dmoerm_trl.cli import main
 
     root, data = saved_models
-    code = main(["eval", "--model", str(root / "dmoerm"), "--data", str(data), "--output", str(tmp_path / "out"),
-                 "--threads", "1"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(root / "dmoerm"),
+            "--data",
+            str(data),
+            "--output",
+            str(tmp_path / "out"),
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0
     assert "| **overall** |" in capsys.readouterr().out
-    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"eval_results.json", "eval_results.md",
-                                                               "eval_results.png", "eval_examples.jsonl"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {
+        "eval_results.json",
+        "eval_results.md",
+        "eval_results.png",
+        "eval_examples.jsonl",
+    }
 
 
 @pytest.mark.parametrize(
@@ -164,8 +202,9 @@ def test_dmoerm_eval_bad_input(saved_models, tmp_path, capsys, extra, message):
 
 def test_only_ties_is_an_error(saved_models, tmp_path):
     root, _ = saved_models
-    data = write_ranked(tmp_path / "ties.jsonl", [{"src": ["Hi"], "tgt": [], "response": ["a", "b"], "rank": [1, 1],
-                                                  "label": "闲聊"}])
+    data = write_ranked(
+        tmp_path / "ties.jsonl", [{"src": ["Hi"], "tgt": [], "response": ["a", "b"], "rank": [1, 1], "label": "闲聊"}]
+    )
     with pytest.raises(ValueError, match="no preference pairs to evaluate"):
         evaluate_reward_models(root / "dmoerm", data)
 
@@ -219,28 +258,60 @@ def test_rewardbench_schema_sections_routed_rows_and_joinable_examples(saved_mod
         key = row["routed_category"] if row["routed_category"] == row["routed_category_rejected"] else SPLIT_ROUTING
         routed.setdefault(key, []).append(row["correct"])
     assert {k: (v["correct"], v["total"]) for k, v in dmoerm["per_routed_category"].items()} == {
-        k: (sum(v), len(v)) for k, v in routed.items()}
+        k: (sum(v), len(v)) for k, v in routed.items()
+    }
 
     # per subset and per section, recomputed by hand from the per-example file with RewardBench's weights
-    weights = {"alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28,
-               "mt-bench-med": 40, "mt-bench-hard": 37, "llmbar-natural": 100, "llmbar-adver-neighbor": 134,
-               "llmbar-adver-GPTInst": 92, "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46,
-               "refusals-dangerous": 100, "refusals-offensive": 100, "xstest-should-refuse": 250,
-               "xstest-should-respond": 154, "donotanswer": 136, "math-prm": 984, "hep-python": 164, "hep-go": 164,
-               "hep-rust": 164}
-    sections = {"Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
-                "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
-                              "llmbar-adver-GPTOut", "llmbar-adver-manual"],
-                "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse",
-                           "xstest-should-respond", "donotanswer"],
-                "Reasoning": ["math-prm", "hep-python", "hep-go", "hep-rust"]}
+    weights = {
+        "alpacaeval-easy": 100,
+        "alpacaeval-length": 95,
+        "alpacaeval-hard": 95,
+        "mt-bench-easy": 28,
+        "mt-bench-med": 40,
+        "mt-bench-hard": 37,
+        "llmbar-natural": 100,
+        "llmbar-adver-neighbor": 134,
+        "llmbar-adver-GPTInst": 92,
+        "llmbar-adver-GPTOut": 47,
+        "llmbar-adver-manual": 46,
+        "refusals-dangerous": 100,
+        "refusals-offensive": 100,
+        "xstest-should-refuse": 250,
+        "xstest-should-respond": 154,
+        "donotanswer": 136,
+        "math-prm": 984,
+        "hep-python": 164,
+        "hep-go": 164,
+        "hep-rust": 164,
+    }
+    sections = {
+        "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
+        "Chat Hard": [
+            "mt-bench-hard",
+            "llmbar-natural",
+            "llmbar-adver-neighbor",
+            "llmbar-adver-GPTInst",
+            "llmbar-adver-GPTOut",
+            "llmbar-adver-manual",
+        ],
+        "Safety": [
+            "refusals-dangerous",
+            "refusals-offensive",
+            "xstest-should-refuse",
+            "xstest-should-respond",
+            "donotanswer",
+        ],
+        "Reasoning": ["math-prm", "hep-python", "hep-go", "hep-rust"],
+    }
     accuracy = {}
     for name in weights:
         rows = [row["correct"] for row in examples if row["subset"] == name]
         assert (dmoerm["per_subset"][name]["correct"], dmoerm["per_subset"][name]["total"]) == (sum(rows), len(rows))
         accuracy[name] = sum(rows) / len(rows)
-    by_hand = {section: sum(weights[s] * accuracy[s] for s in subsets) / sum(weights[s] for s in subsets)
-               for section, subsets in sections.items()}
+    by_hand = {
+        section: sum(weights[s] * accuracy[s] for s in subsets) / sum(weights[s] for s in subsets)
+        for section, subsets in sections.items()
+    }
     for section, value in by_hand.items():
         assert dmoerm["sections"][section]["accuracy"] == pytest.approx(value)
     assert dmoerm["sections"]["Score"]["accuracy"] == pytest.approx(sum(by_hand.values()) / 4)
@@ -264,7 +335,8 @@ def test_rewardbench_schema_sections_routed_rows_and_joinable_examples(saved_mod
     only_baseline = sum(row["baseline_correct"] and not row["correct"] for row in examples)
     assert (comparison["only_first_right"], comparison["only_second_right"]) == (only_dmoerm, only_baseline)
     assert comparison["difference"] == pytest.approx(
-        dmoerm["overall"]["accuracy"] - report["baseline"]["overall"]["accuracy"])
+        dmoerm["overall"]["accuracy"] - report["baseline"]["overall"]["accuracy"]
+    )
     assert report["comparison"]["per_category"]["(no category)"]["pairs"] == len(records)
     markdown = Path(paths["markdown"]).read_text()
     assert "## RewardBench sections" in markdown and "by routed category" in markdown and "| **Score** |" in markdown
@@ -284,10 +356,24 @@ def test_rewardbench_schema_sections_routed_rows_and_joinable_examples(saved_mod
 
 def test_categories_the_model_lacks_are_reported_in_their_own_row(saved_models, tmp_path):
     root, _ = saved_models
-    rows = [{"prompt": f"What is {k} plus {k}?", "chosen": f"It is {2 * k}.", "rejected": "No idea.",
-             "category": "objective_qa"} for k in range(3)]
-    rows += [{"prompt": f"Write a poem about {topic}.", "chosen": f"A {topic} poem, in rhyme.", "rejected": "No.",
-              "category": "poetry"} for topic in ("rain", "snow")]
+    rows = [
+        {
+            "prompt": f"What is {k} plus {k}?",
+            "chosen": f"It is {2 * k}.",
+            "rejected": "No idea.",
+            "category": "objective_qa",
+        }
+        for k in range(3)
+    ]
+    rows += [
+        {
+            "prompt": f"Write a poem about {topic}.",
+            "chosen": f"A {topic} poem, in rhyme.",
+            "rejected": "No.",
+            "category": "poetry",
+        }
+        for topic in ("rain", "snow")
+    ]
     rows += [{"prompt": "Hello there!", "chosen": "Hi! How can I help?", "rejected": "Go away."}]
     data = write_ranked(tmp_path / "mixed.jsonl", rows)
     report = evaluate_reward_models(root / "dmoerm", data)
@@ -311,9 +397,11 @@ def test_categories_the_model_lacks_are_reported_in_their_own_row(saved_models, 
 def test_load_preference_pairs_keeps_id_and_subset_with_their_types(tmp_path):
     from dmoerm_trl.data import load_preference_pairs
 
-    rows = [{"prompt": "a", "chosen": "b", "rejected": "c", "subset": "hep-go", "id": 7},
-            {"prompt": "a", "chosen": "b2", "rejected": "c", "subset": "hep-go", "id": "7"},
-            {"prompt": "a", "chosen": "b3", "rejected": "c"}]
+    rows = [
+        {"prompt": "a", "chosen": "b", "rejected": "c", "subset": "hep-go", "id": 7},
+        {"prompt": "a", "chosen": "b2", "rejected": "c", "subset": "hep-go", "id": "7"},
+        {"prompt": "a", "chosen": "b3", "rejected": "c"},
+    ]
     pairs = load_preference_pairs(write_ranked(tmp_path / "rb.jsonl", rows), keep_columns=("id", "subset"))
     assert [json.loads(v) if v else None for v in pairs["id"]] == [7, "7", None]  # 7 and "7" stay distinct
     assert pairs["subset"] == ['"hep-go"', '"hep-go"', ""]

@@ -49,10 +49,13 @@ def subset(correct, total):
 
 def test_sections_against_a_hand_computation():
     per_subset = {
-        "alpacaeval-easy": subset(1, 1), "mt-bench-med": subset(0, 2),  # Chat
+        "alpacaeval-easy": subset(1, 1),
+        "mt-bench-med": subset(0, 2),  # Chat
         "mt-bench-hard": subset(0, 1),  # Chat Hard
         "donotanswer": subset(1, 2),  # Safety
-        "math-prm": subset(1, 2), "hep-go": subset(2, 2), "hep-cpp": subset(0, 1),  # Reasoning
+        "math-prm": subset(1, 2),
+        "hep-go": subset(2, 2),
+        "hep-cpp": subset(0, 1),  # Reasoning
         "my-own-subset": subset(3, 3),  # in no section
     }
     sections = rewardbench_sections(per_subset)
@@ -67,7 +70,10 @@ def test_sections_against_a_hand_computation():
     n_eff = 1 / (0.75**2 / 2 + 0.125**2 / 2 + 0.125**2 / 1)
     assert sections["Reasoning"]["effective_pairs"] == pytest.approx(n_eff)
     assert sections["Reasoning"]["ci95"] == pytest.approx(wilson_interval(0.5 * n_eff, n_eff))
-    assert "math-prm" not in sections["Reasoning"]["missing_subsets"] and "hep-js" in sections["Reasoning"]["missing_subsets"]
+    assert (
+        "math-prm" not in sections["Reasoning"]["missing_subsets"]
+        and "hep-js" in sections["Reasoning"]["missing_subsets"]
+    )
     assert sections["unmapped_subsets"] == ["my-own-subset"]
     for name in ("Chat", "Chat Hard", "Safety", "Reasoning", "Score"):
         low, high = sections[name]["ci95"]
@@ -92,9 +98,12 @@ def test_summarize_pairs_rows_add_up_and_unknown_categories_get_their_own_row():
     categories = ["qa", "qa", "poetry", "poetry", "", "chat"]
     subsets = ["hep-go", "hep-go", "x", "", "math-prm", "math-prm"]
     routed = ["qa", "chat", "qa", "qa", "chat", "chat"]
-    result = summarize_pairs(chosen, rejected, categories, subsets=subsets, routed=routed,
-                             model_categories=["qa", "chat"])
-    assert result["overall"]["correct"] == 4 and result["overall"]["total"] == 6 and result["overall"]["reward_ties"] == 1
+    result = summarize_pairs(
+        chosen, rejected, categories, subsets=subsets, routed=routed, model_categories=["qa", "chat"]
+    )
+    assert (
+        result["overall"]["correct"] == 4 and result["overall"]["total"] == 6 and result["overall"]["reward_ties"] == 1
+    )
     assert set(result["per_category"]) == {"qa", "chat"}
     assert result["other_categories"]["categories"] == {"poetry": 2}
     assert (result["other_categories"]["correct"], result["other_categories"]["total"]) == (1, 2)
@@ -103,9 +112,15 @@ def test_summarize_pairs_rows_add_up_and_unknown_categories_get_their_own_row():
     assert sum(r["total"] for r in rows) == 6 and sum(r["correct"] for r in rows) == 4
     assert (result["overall_model_categories"]["correct"], result["overall_model_categories"]["total"]) == (2, 3)
     assert {k: (v["correct"], v["total"]) for k, v in result["per_routed_category"].items()} == {
-        "qa": (2, 3), "chat": (2, 3)}
+        "qa": (2, 3),
+        "chat": (2, 3),
+    }
     assert {k: v["total"] for k, v in result["per_subset"].items()} == {
-        "hep-go": 2, "x": 1, "(no subset)": 1, "math-prm": 2}
+        "hep-go": 2,
+        "x": 1,
+        "(no subset)": 1,
+        "math-prm": 2,
+    }
     assert result["sections"]["Reasoning"]["accuracy"] == pytest.approx((984 * 1.0 + 164 * 0.5) / (984 + 164))
     # without model categories (a plain reward model), every label is a category row
     plain = summarize_pairs(chosen, rejected, categories)
@@ -116,12 +131,28 @@ def small_report(with_baseline: bool, with_categories: bool = True):
     categories = ["qa", "qa", "chat", "poetry", ""] if with_categories else [""] * 5
     subsets = ["alpacaeval-easy", "mt-bench-hard", "donotanswer", "math-prm", "hep-go"]
     routed = ["qa", "chat", "chat", "qa", "qa"]
-    report = {"data": "pairs.jsonl", "num_pairs": 5, "counts": {"human_ties_excluded": 0},
-              "dmoerm": summarize_pairs([1, 0, 2, 3, 1], [0, 1, 1, 0, 2], categories, subsets=subsets,
-                                        routed=routed, model_categories=["qa", "chat"])}
+    report = {
+        "data": "pairs.jsonl",
+        "num_pairs": 5,
+        "counts": {"human_ties_excluded": 0},
+        "dmoerm": summarize_pairs(
+            [1, 0, 2, 3, 1],
+            [0, 1, 1, 0, 2],
+            categories,
+            subsets=subsets,
+            routed=routed,
+            model_categories=["qa", "chat"],
+        ),
+    }
     if with_baseline:
-        report["baseline"] = summarize_pairs([0, 1, 2, 3, 1], [1, 0, 1, 0, 2], categories, subsets=subsets,
-                                             routed=routed, model_categories=["qa", "chat"])
+        report["baseline"] = summarize_pairs(
+            [0, 1, 2, 3, 1],
+            [1, 0, 1, 0, 2],
+            categories,
+            subsets=subsets,
+            routed=routed,
+            model_categories=["qa", "chat"],
+        )
     return report
 
 
@@ -129,7 +160,9 @@ def test_markdown_has_intervals_unknown_category_note_routed_and_sections():
     markdown = report_markdown(small_report(with_baseline=True))
     assert f"| {OTHER_CATEGORIES} | 1 |" in markdown and "poetry (1)" in markdown
     assert f"| {NO_CATEGORY} | 1 |" in markdown and "| overall, model categories | 3 |" in markdown
-    assert "by routed category" in markdown and "## RewardBench sections" in markdown and "| **Score** | 5 |" in markdown
+    assert (
+        "by routed category" in markdown and "## RewardBench sections" in markdown and "| **Score** | 5 |" in markdown
+    )
     assert "| math-prm | 1 |" in markdown
     overall = next(line for line in markdown.splitlines() if line.startswith("| **overall** |"))
     assert overall.count("[") == 2  # the DMoERM's and the baseline's accuracy, each with its interval

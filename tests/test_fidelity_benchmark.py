@@ -12,16 +12,29 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity.py"
-METHODS = ["single RM (all data)", "single RM per category", "DMoERM", "DMoERM (true category)", "ensemble mean",
-           "ensemble WCO", "ensemble UWO"]
+METHODS = [
+    "single RM (all data)",
+    "single RM per category",
+    "DMoERM",
+    "DMoERM (true category)",
+    "ensemble mean",
+    "ensemble WCO",
+    "ensemble UWO",
+]
 
 
 @pytest.mark.slow
 def test_fidelity_fast_end_to_end(tmp_path):
     output = tmp_path / "fidelity"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    done = subprocess.run([sys.executable, str(SCRIPT), "--fast", "--threads", "1", "--output", str(output)],
-                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--fast", "--threads", "1", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 
     results = json.loads((output / "fidelity.json").read_text())
@@ -39,7 +52,8 @@ def test_fidelity_fast_end_to_end(tmp_path):
     assert results["router"]["full"] is None
     # The evaluation module scores the saved DMoERM on the same pairs: the same accuracy as the benchmark's scorer.
     assert results["router"]["dmoerm_accuracy_via_evaluation_module"] == pytest.approx(
-        results["accuracy"]["DMoERM"]["overall"])
+        results["accuracy"]["DMoERM"]["overall"]
+    )
     # Significance: DMoERM against every other method on the same test pairs, from the per-pair correctness file.
     per_pair = json.loads((output / "per_pair_correct.json").read_text())
     dmoerm, single = per_pair["correct"]["DMoERM"], per_pair["correct"]["single RM (all data)"]
@@ -52,8 +66,9 @@ def test_fidelity_fast_end_to_end(tmp_path):
     assert test["bootstrap_95ci"][0] <= test["difference"] <= test["bootstrap_95ci"][1]
     assert set(results["significance"]) == {f"DMoERM vs {m}" for m in METHODS if m != "DMoERM"}
     overall = results["accuracy"]["DMoERM"]
-    assert overall["stderr"] == pytest.approx((overall["overall"] * (1 - overall["overall"]) / overall["pairs"]) ** 0.5,
-                                              abs=1e-4)
+    assert overall["stderr"] == pytest.approx(
+        (overall["overall"] * (1 - overall["overall"]) / overall["pairs"]) ** 0.5, abs=1e-4
+    )
     # "Human" ranks are the gold flipped at ~30%; labels came over HTTP from the judge.
     assert 0.5 < results["data"]["human_gold_agreement"] < 0.95
     assert results["labels"]["calls"] > 0 and results["labels"]["labels"] > 0
@@ -114,8 +129,9 @@ def test_paired_comparison_exact_mcnemar_and_bootstrap():
 
 
 def test_help_prints_every_option():
-    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=120,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--router-epochs" in result.stdout and "--pairs-per-category" in result.stdout
 
@@ -137,8 +153,11 @@ def test_full_router_schedule_gives_the_prompt_only_router_enough_steps(tmp_path
 
     args = fidelity.build_parser().parse_args([])
     fidelity._fill_defaults(args)
-    dataset = generate_dataset(SyntheticDataConfig(pairs_per_category=args.pairs_per_category,
-                                                   test_pairs_per_category=1, categories=args.categories, seed=0))
+    dataset = generate_dataset(
+        SyntheticDataConfig(
+            pairs_per_category=args.pairs_per_category, test_pairs_per_category=1, categories=args.categories, seed=0
+        )
+    )
     paths = write_dataset(dataset, tmp_path)
     pairs = load_preference_pairs(paths["train"], categories=paths["categories"])
     tokenizer = make_tiny_tokenizer()

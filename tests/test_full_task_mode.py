@@ -66,7 +66,8 @@ def test_task_stage_fine_tunes_every_weight_of_the_category_copy_only(full_model
         full_model.gradient_checkpointing_enable()
     trainable = set(full_model.set_training_stage("task", category="chitchat"))
     expected = {
-        n for n, _ in full_model.named_parameters()
+        n
+        for n, _ in full_model.named_parameters()
         if n.startswith("task_heads.chitchat.") or (n.startswith("category_backbones.chitchat.") and ".lora_" not in n)
     }
     assert trainable == expected and len(expected) > 10
@@ -139,7 +140,9 @@ def test_save_and_load_keep_every_category_copy(full_model, tiny_tokenizer, tmp_
     batch = encode(tiny_tokenizer, TEXTS)
     with torch.no_grad():
         assert torch.equal(loaded(**batch).logits, full_model(**batch).logits)
-        assert torch.equal(loaded(**batch, categories="chitchat").logits, full_model(**batch, categories="chitchat").logits)
+        assert torch.equal(
+            loaded(**batch, categories="chitchat").logits, full_model(**batch, categories="chitchat").logits
+        )
     # an expert folder is a standard PEFT adapter of its category's base copy
     base = AutoModel.from_config(full_model.config.get_backbone_config())
     from safetensors.torch import load_file
@@ -148,9 +151,13 @@ def test_save_and_load_keep_every_category_copy(full_model, tiny_tokenizer, tmp_
     peft = PeftModel.from_pretrained(base, tmp_path / "m" / "adapters" / "chitchat__empathy").eval()
     with torch.no_grad():
         features = peft(**batch).last_hidden_state
-        reference = full_model._encode(batch["input_ids"], batch["attention_mask"],
-                                       (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0), ["chitchat__empathy"] * 4,
-                                       backbone=full_model.category_backbones["chitchat"])
+        reference = full_model._encode(
+            batch["input_ids"],
+            batch["attention_mask"],
+            (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0),
+            ["chitchat__empathy"] * 4,
+            backbone=full_model.category_backbones["chitchat"],
+        )
     torch.testing.assert_close(full_model._pool(features, batch["attention_mask"]), reference)
     info = describe_saved_model(tmp_path / "m")
     assert info["task_mode"] == "full"

@@ -17,14 +17,22 @@ from dmoerm_trl import DMoERMForSequenceClassification
 from dmoerm_trl.testing_utils import randomize_adapters
 
 # chat-templated (ChatML, the tiny tokenizer's template): the router reads the prompt, up to the assistant opener
-TEXTS = [f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n" for user, answer in [
-    ('What is the capital of France?', 'Paris.'),
-    ('How are you today?', 'Fine, thanks.'),
-]]
+TEXTS = [
+    f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n"
+    for user, answer in [
+        ("What is the capital of France?", "Paris."),
+        ("How are you today?", "Fine, thanks."),
+    ]
+]
 SNAPSHOT = "89abcdef0123456789abcdef0123456789abcdef"
 STAGE_METRICS = {  # what the training pipeline's stages report (trainer bookkeeping included)
-    "router": {"eval_accuracy": 0.95, "eval_loss": 0.2, "eval_runtime": 1.3, "eval_samples_per_second": 40.0,
-               "epoch": 3.0},
+    "router": {
+        "eval_accuracy": 0.95,
+        "eval_loss": 0.2,
+        "eval_runtime": 1.3,
+        "eval_samples_per_second": 40.0,
+        "epoch": 3.0,
+    },
     "aggregator/chitchat": {"eval_accuracy": 0.7, "eval_steps_per_second": 5.0},
 }
 
@@ -133,13 +141,15 @@ def _stub_hub(monkeypatch, uploaded: Path) -> list:
 
 def _model_files(model) -> set[str]:
     return {"config.json", "dmoerm_heads.safetensors", "README.md", "eval_results.json"} | {
-        f"adapters/{name}/{f}" for name in model.all_adapter_names()
+        f"adapters/{name}/{f}"
+        for name in model.all_adapter_names()
         for f in ("adapter_config.json", "adapter_model.safetensors")
     }
 
 
-def test_push_of_a_hub_base_model_names_the_base(tmp_path, tiny_llama_path, tiny_tokenizer, tiny_categories,
-                                                 monkeypatch):
+def test_push_of_a_hub_base_model_names_the_base(
+    tmp_path, tiny_llama_path, tiny_tokenizer, tiny_categories, monkeypatch
+):
     model, cache = _hub_cache_model(tmp_path, tiny_llama_path, tiny_tokenizer, tiny_categories)
     commits = _stub_hub(monkeypatch, tmp_path / "uploaded")
     model.push_to_hub("me/dmoerm", tokenizer=tiny_tokenizer)
@@ -157,8 +167,9 @@ def test_push_of_a_hub_base_model_names_the_base(tmp_path, tiny_llama_path, tiny
     torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits, rtol=0, atol=0)
 
 
-def test_push_of_a_local_base_model_needs_the_base(tmp_path, tiny_llama_path, tiny_tokenizer, tiny_categories,
-                                                   monkeypatch):
+def test_push_of_a_local_base_model_needs_the_base(
+    tmp_path, tiny_llama_path, tiny_tokenizer, tiny_categories, monkeypatch
+):
     model = DMoERMForSequenceClassification.from_backbone(tiny_llama_path, tiny_categories, tokenizer=tiny_tokenizer)
     randomize_adapters(model, seed=12)
     model.eval()
@@ -175,8 +186,9 @@ def test_push_of_a_local_base_model_needs_the_base(tmp_path, tiny_llama_path, ti
     assert "saved in this repository (`base/`)" in (tmp_path / "uploaded" / "README.md").read_text()
 
 
-def test_dmoerm_push_says_what_the_reader_needs(tmp_path, tiny_llama_path, tiny_tokenizer, tiny_categories,
-                                                monkeypatch, capsys):
+def test_dmoerm_push_says_what_the_reader_needs(
+    tmp_path, tiny_llama_path, tiny_tokenizer, tiny_categories, monkeypatch, capsys
+):
     from huggingface_hub import constants
 
     from dmoerm_trl.cli import main

@@ -10,7 +10,6 @@ from dmoerm_trl import DMoERMConfig, DMoERMForSequenceClassification
 from dmoerm_trl.testing_utils import make_tiny_tokenizer, randomize_adapters
 
 
-
 def chat(user: str, assistant: str) -> str:
     """A one-turn conversation in the tiny tokenizer's ChatML template (the router reads up to the assistant
     opener)."""
@@ -54,8 +53,16 @@ def test_from_backbone_loads_pretrained_weights(tiny_llama_path, tiny_tokenizer,
         torch.testing.assert_close(base.state_dict()[peft_name], weight, rtol=0, atol=0)
     # One frozen base, adapters per category (task + experts) and a router adapter; heads registered.
     assert sorted(model.backbone.peft_config) == sorted(
-        ["router", "objective_qa__task", "objective_qa__correctness", "objective_qa__logic", "objective_qa__depth",
-         "chitchat__task", "chitchat__empathy", "chitchat__fluency"]
+        [
+            "router",
+            "objective_qa__task",
+            "objective_qa__correctness",
+            "objective_qa__logic",
+            "objective_qa__depth",
+            "chitchat__task",
+            "chitchat__empathy",
+            "chitchat__fluency",
+        ]
     )
     names = dict(model.named_parameters())
     assert "value_heads.objective_qa__logic.weight" in names
@@ -137,8 +144,11 @@ def test_training_mode_under_no_grad_equals_eval(llama_model, tiny_tokenizer):
 STAGES = [
     ("router", {}, ("router_head.", ".router.")),
     ("task", {"category": "chitchat"}, ("task_heads.chitchat.", ".chitchat__task.")),
-    ("capability", {"category": "objective_qa", "capability": "logic"},
-     ("value_heads.objective_qa__logic.", ".objective_qa__logic.")),
+    (
+        "capability",
+        {"category": "objective_qa", "capability": "logic"},
+        ("value_heads.objective_qa__logic.", ".objective_qa__logic."),
+    ),
     ("aggregator", {"category": "objective_qa"}, ("aggregators.objective_qa.",)),
 ]
 
@@ -373,8 +383,9 @@ def test_router_mean_pooling(tiny_llama_path, tiny_tokenizer, tiny_categories, s
         for i, text in enumerate(CONVERSATIONS):
             # The mean over the prompt's tokens (up to and including the last assistant opener), computed alone.
             single = encode(tiny_tokenizer, [text[: text.rindex(opener) + len(opener)]])
-            hidden = model.backbone(input_ids=single["input_ids"], attention_mask=single["attention_mask"],
-                                    adapter_names=["router"]).last_hidden_state
+            hidden = model.backbone(
+                input_ids=single["input_ids"], attention_mask=single["attention_mask"], adapter_names=["router"]
+            ).last_hidden_state
             torch.testing.assert_close(logits[i], model.router_head(hidden.mean(1))[0], atol=1e-5, rtol=1e-4)
             last = model.router_head(hidden[:, -1])[0]
             assert not torch.allclose(logits[i], last, atol=1e-4)

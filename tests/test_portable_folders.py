@@ -17,11 +17,14 @@ from dmoerm_trl.models.dmoerm._base_reference import MissingBaseModelError
 from dmoerm_trl.testing_utils import randomize_adapters
 
 # chat-templated (ChatML, the tiny tokenizer's template): the router reads the prompt, up to the assistant opener
-TEXTS = [f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n" for user, answer in [
-    ('What is the capital of France?', 'Paris.'),
-    ('How are you today?', 'Fine, thanks.'),
-    ('hi', 'hello'),
-]]
+TEXTS = [
+    f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n"
+    for user, answer in [
+        ("What is the capital of France?", "Paris."),
+        ("How are you today?", "Fine, thanks."),
+        ("hi", "hello"),
+    ]
+]
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
 
 

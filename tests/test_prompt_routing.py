@@ -28,8 +28,11 @@ from dmoerm_trl.testing_utils import (
 )
 from dmoerm_trl.trainers.router_trainer import router_examples, routing_prompt_ids
 
-CATEGORIES = {"objective_qa": ["correctness", "logic", "depth"], "chitchat": ["empathy", "fluency"],
-              "roleplay": ["character"]}
+CATEGORIES = {
+    "objective_qa": ["correctness", "logic", "depth"],
+    "chitchat": ["empathy", "fluency"],
+    "roleplay": ["character"],
+}
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "user", "content": "How are you today?"}],
@@ -39,8 +42,11 @@ PROMPTS = [
     [{"role": "user", "content": "Is it better to rent or to buy a house?"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Explain why the sky is blue."}],
     # Multi-turn: the prompt ends at the LAST assistant opener, after the earlier assistant turn.
-    [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello! How can I help?"},
-     {"role": "user", "content": "Where do we sail, captain?"}],
+    [
+        {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Where do we sail, captain?"},
+    ],
 ]
 # Off-task answers included: whole-text routing sends some of them elsewhere; prompt-only routing cannot.
 RESPONSES = [
@@ -99,8 +105,9 @@ def conversations():
 
 
 def render(tokenizer, prompt_index, response):
-    return tokenizer.apply_chat_template(PROMPTS[prompt_index] + [{"role": "assistant", "content": response}],
-                                         tokenize=False)
+    return tokenizer.apply_chat_template(
+        PROMPTS[prompt_index] + [{"role": "assistant", "content": response}], tokenize=False
+    )
 
 
 def encode(tokenizer, texts, side):
@@ -135,8 +142,11 @@ def prompt_only_route(model, tokenizer, side):
 # ------------------------------------------------------------------------------------------- the boundary itself
 @pytest.mark.parametrize(
     "family,opener",
-    [("smollm2", "<|im_start|>assistant\n"), ("qwen2", "<|im_start|>assistant\n"),
-     ("llama3", "<|start_header_id|>assistant<|end_header_id|>\n\n")],
+    [
+        ("smollm2", "<|im_start|>assistant\n"),
+        ("qwen2", "<|im_start|>assistant\n"),
+        ("llama3", "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+    ],
 )
 def test_the_opener_comes_from_the_chat_template(family, opener):
     tokenizer = make_tiny_chat_tokenizer(family)
@@ -176,8 +186,13 @@ def test_prompt_mask_with_right_and_left_padding():
 
 
 # ------------------------------------------------------------------------------ every response routed the same
-CASES = [("smollm2", "lora", 0), ("llama3", "lora", 0), ("qwen2", "lora", 0), ("llama3", "trunk", 1),
-         ("llama3", "linear", 0)]
+CASES = [
+    ("smollm2", "lora", 0),
+    ("llama3", "lora", 0),
+    ("qwen2", "lora", 0),
+    ("llama3", "trunk", 1),
+    ("llama3", "linear", 0),
+]
 
 
 @pytest.mark.parametrize("family,router_mode,trunk_layers", CASES)
@@ -221,8 +236,11 @@ def test_trl_ppo_reward_view_routes_on_the_query(tmp_path):
     model, tokenizer = chat_model("qwen2", tmp_path)
     pad = tokenizer.pad_token_id
     pairs = [(p, r) for p, r in conversations() if r in RESPONSES[:3]]
-    queries = encode(tokenizer, [tokenizer.apply_chat_template(PROMPTS[p], tokenize=False, add_generation_prompt=True)
-                                 for p, _ in pairs], "left")
+    queries = encode(
+        tokenizer,
+        [tokenizer.apply_chat_template(PROMPTS[p], tokenize=False, add_generation_prompt=True) for p, _ in pairs],
+        "left",
+    )
     responses = encode(tokenizer, [r + "<|im_end|>" for _, r in pairs], "right")
     query_responses = torch.cat([queries["input_ids"], responses["input_ids"]], 1)
     prompt_categories = prompt_only_route(model, tokenizer, "left")
@@ -251,12 +269,19 @@ def test_router_training_features_equal_the_routing_features(tmp_path, backbone)
     else:
         path = make_tiny_bert(tmp_path / "bert", max_position_embeddings=512)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = randomised(DMoERMForSequenceClassification.from_backbone(path, CATEGORIES, tokenizer=tokenizer),
-                           tokenizer)
+        model = randomised(
+            DMoERMForSequenceClassification.from_backbone(path, CATEGORIES, tokenizer=tokenizer), tokenizer
+        )
     opener = model.config.assistant_opener_ids
-    rows = [{"prompt": PROMPTS[p], "chosen": [{"role": "assistant", "content": RESPONSES[1]}],
-             "rejected": [{"role": "assistant", "content": RESPONSES[3]}], "category": "chitchat"}
-            for p in range(len(PROMPTS))]
+    rows = [
+        {
+            "prompt": PROMPTS[p],
+            "chosen": [{"role": "assistant", "content": RESPONSES[1]}],
+            "rejected": [{"role": "assistant", "content": RESPONSES[3]}],
+            "category": "chitchat",
+        }
+        for p in range(len(PROMPTS))
+    ]
     examples = router_examples(Dataset.from_list(rows), tokenizer, model.config.category_names, opener=opener)
     assert len(examples) == len(PROMPTS) and set(examples["view"]) == {0}
     model.set_training_stage("router")
@@ -268,8 +293,12 @@ def test_router_training_features_equal_the_routing_features(tmp_path, backbone)
                     ids = tokenizer.apply_chat_template(row["prompt"] + answer, tokenize=True, return_dict=True)
                     full = torch.tensor([ids["input_ids"]])
                     assert routing_prompt_ids(full[0].tolist(), opener) == prefix
-                    torch.testing.assert_close(model(input_ids=full).logits,
-                                               model(input_ids=torch.tensor([prefix])).logits, rtol=1e-4, atol=1e-4)
+                    torch.testing.assert_close(
+                        model(input_ids=full).logits,
+                        model(input_ids=torch.tensor([prefix])).logits,
+                        rtol=1e-4,
+                        atol=1e-4,
+                    )
     finally:
         model.set_training_stage(None)
 
@@ -278,8 +307,12 @@ def test_router_training_features_equal_the_routing_features(tmp_path, backbone)
 def test_bert_encoder_routes_on_the_prompt(tmp_path, router_mode, trunk_layers):
     path = make_tiny_bert(tmp_path / "bert", max_position_embeddings=512)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = randomised(DMoERMForSequenceClassification.from_backbone(
-        path, CATEGORIES, tokenizer=tokenizer, router_mode=router_mode, trunk_layers=trunk_layers), tokenizer)
+    model = randomised(
+        DMoERMForSequenceClassification.from_backbone(
+            path, CATEGORIES, tokenizer=tokenizer, router_mode=router_mode, trunk_layers=trunk_layers
+        ),
+        tokenizer,
+    )
     assert not model._causal_backbone
     routed = routed_by_prompt(model, tokenizer, "right")
     assert all(len(c) == 1 for c in routed.values()) and len({next(iter(c)) for c in routed.values()}) > 1
@@ -289,8 +322,9 @@ def test_bert_encoder_routes_on_the_prompt(tmp_path, router_mode, trunk_layers):
 def count_layer_calls(model, texts, tokenizer, layer_indices):
     _, _, layers = decoder_layers(model.backbone)
     calls = dict.fromkeys(layer_indices, 0)
-    handles = [layers[i].register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
-               for i in layer_indices]
+    handles = [
+        layers[i].register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1)) for i in layer_indices
+    ]
     try:
         with torch.no_grad():
             out = model(**encode(tokenizer, texts, "right"))
@@ -303,8 +337,9 @@ def count_layer_calls(model, texts, tokenizer, layer_indices):
 
 @pytest.mark.parametrize("router_mode,trunk_layers,num_layers", [("lora", 0, 2), ("trunk", 2, 4)])
 def test_decoders_route_the_prompt_without_an_extra_pass(tmp_path, router_mode, trunk_layers, num_layers):
-    model, tokenizer = chat_model("smollm2", tmp_path, router_mode, trunk_layers, num_layers=num_layers,
-                                  expert_batching="sequential")
+    model, tokenizer = chat_model(
+        "smollm2", tmp_path, router_mode, trunk_layers, num_layers=num_layers, expert_batching="sequential"
+    )
     texts = [render(tokenizer, p, r) for p, r in conversations()[:12]]
     calls, experts = count_layer_calls(model, texts, tokenizer, [0, num_layers - 1])
     if router_mode == "trunk":  # trunk once; the top layer once per expert, never for the router
@@ -316,9 +351,12 @@ def test_decoders_route_the_prompt_without_an_extra_pass(tmp_path, router_mode, 
 def test_bert_trunk_router_costs_one_prompt_only_trunk_pass(tmp_path):
     path = make_tiny_bert(tmp_path / "bert4", num_layers=4, max_position_embeddings=512)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = randomised(DMoERMForSequenceClassification.from_backbone(
-        path, CATEGORIES, tokenizer=tokenizer, router_mode="trunk", trunk_layers=2, expert_batching="sequential"),
-        tokenizer)
+    model = randomised(
+        DMoERMForSequenceClassification.from_backbone(
+            path, CATEGORIES, tokenizer=tokenizer, router_mode="trunk", trunk_layers=2, expert_batching="sequential"
+        ),
+        tokenizer,
+    )
     texts = [render(tokenizer, p, r) for p, r in conversations()[:6]]
     calls, experts = count_layer_calls(model, texts, tokenizer, [0, 3])
     assert calls == {0: 2, 3: experts}  # the shared trunk + one trunk pass over the prompt alone
@@ -383,8 +421,9 @@ def test_a_model_saved_before_prompt_routing_loads(tmp_path, with_tokenizer, cap
         assert loaded.config.assistant_opener_ids is None
         assert any("set_prompt_boundary" in r.getMessage() for r in caplog.records)
         # compute_rewards gets a tokenizer, and takes the boundary from it.
-        results = loaded.compute_rewards([PROMPTS[0] + [{"role": "assistant", "content": r}] for r in RESPONSES],
-                                         tokenizer)
+        results = loaded.compute_rewards(
+            [PROMPTS[0] + [{"role": "assistant", "content": r}] for r in RESPONSES], tokenizer
+        )
         assert len({r["category"] for r in results}) == 1
 
 
@@ -394,8 +433,10 @@ def test_the_opener_is_saved_with_the_config(tmp_path):
     loaded = DMoERMForSequenceClassification.from_pretrained(tmp_path / "saved")
     assert loaded.config.assistant_opener_ids == assistant_opener_ids(tokenizer)
     assert loaded.config.assistant_opener_text == "<|im_start|>assistant\n"
-    assert "Routing input: the prompt, up to the chat template's last `'<|im_start|>assistant\\n'`" in (
-        tmp_path / "saved" / "README.md").read_text()
+    assert (
+        "Routing input: the prompt, up to the chat template's last `'<|im_start|>assistant\\n'`"
+        in (tmp_path / "saved" / "README.md").read_text()
+    )
     assert set(CHAT_TEMPLATES) == {"smollm2", "llama3", "qwen2"}
 
 

@@ -45,7 +45,9 @@ def test_saved_v1_folder_loads_as_dmoerm(loaded):
 
     model, tokenizer = loaded
     assert isinstance(model, DMoERMForSequenceClassification)
-    assert json.loads((FIXTURES / "saved_dmoerm_v1" / "config.json").read_text())["base_model_name_or_path"] == "./base"
+    assert (
+        json.loads((FIXTURES / "saved_dmoerm_v1" / "config.json").read_text())["base_model_name_or_path"] == "./base"
+    )
     assert tokenizer.decode(model.config.assistant_opener_ids) == "<|im_start|>assistant\n"
     assert all(aggregator.is_calibrated for aggregator in model.aggregators.values())
 

@@ -136,10 +136,15 @@ def test_push_to_hub_uploads_exactly_the_model_files(model_and_batch, tmp_path, 
     result = model.push_to_hub("me/dmoerm", metrics={"pairwise_accuracy": 0.71}, private=True, save_base=True)
     assert calls["create_repo"][0] == "me/dmoerm" and calls["create_repo"][1]["private"] is True
     assert calls["create_commit"][0] == "me/dmoerm" and "commit" in str(result)
-    expected = {"config.json", "dmoerm_heads.safetensors", "README.md", "eval_results.json"} | {
-        f"adapters/{name}/{f}" for name in model.all_adapter_names()
-        for f in ("adapter_config.json", "adapter_model.safetensors")
-    } | {"base/config.json", "base/model.safetensors"}
+    expected = (
+        {"config.json", "dmoerm_heads.safetensors", "README.md", "eval_results.json"}
+        | {
+            f"adapters/{name}/{f}"
+            for name in model.all_adapter_names()
+            for f in ("adapter_config.json", "adapter_model.safetensors")
+        }
+        | {"base/config.json", "base/model.safetensors"}
+    )
     assert file_set(uploaded) == expected
     card = (uploaded / "README.md").read_text()
     assert "objective_qa" in card and "correctness, logic, depth" in card and "0.7100" in card

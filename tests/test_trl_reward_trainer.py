@@ -24,7 +24,9 @@ def preference_data(n=16):
     return Dataset.from_list(rows)
 
 
-def test_reward_trainer_trains_exactly_one_capability_expert(tiny_llama_path, tiny_tokenizer, tiny_categories, tmp_path):
+def test_reward_trainer_trains_exactly_one_capability_expert(
+    tiny_llama_path, tiny_tokenizer, tiny_categories, tmp_path
+):
     model = DMoERMForSequenceClassification.from_backbone(tiny_llama_path, tiny_categories, tokenizer=tiny_tokenizer)
     randomize_adapters(model, std=0.1)
     trainable = set(model.set_training_stage("capability", category="objective_qa", capability="logic"))
@@ -54,4 +56,6 @@ def test_reward_trainer_trains_exactly_one_capability_expert(tiny_llama_path, ti
     model.set_training_stage(None)
     trainer.save_model(str(tmp_path / "final"))
     reloaded = DMoERMForSequenceClassification.from_pretrained(tmp_path / "final")
-    torch.testing.assert_close(reloaded.value_heads["objective_qa__logic"].weight, model.value_heads["objective_qa__logic"].weight)
+    torch.testing.assert_close(
+        reloaded.value_heads["objective_qa__logic"].weight, model.value_heads["objective_qa__logic"].weight
+    )

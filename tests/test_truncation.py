@@ -56,8 +56,12 @@ def test_responses_differing_only_past_the_limit_get_different_rewards(model_and
     assert "2 of 3 conversation(s) are longer than 256 tokens" in caplog.text
     assert tokenizer.truncation_side == side_before
     # The old behaviour (right truncation) would have cut both responses off and scored the same tokens.
-    right = tokenizer([tokenizer.apply_chat_template(c, tokenize=False) for c in (yes, no)], truncation=True,
-                      max_length=limit, add_special_tokens=False)["input_ids"]
+    right = tokenizer(
+        [tokenizer.apply_chat_template(c, tokenize=False) for c in (yes, no)],
+        truncation=True,
+        max_length=limit,
+        add_special_tokens=False,
+    )["input_ids"]
     assert right[0] == right[1]
     # The scored ids are the last `limit` tokens of the full conversation, and the forward on raw ids agrees.
     full = tokenizer(tokenizer.apply_chat_template(yes, tokenize=False), add_special_tokens=False)["input_ids"]
@@ -111,18 +115,27 @@ def test_eval_prepare_pairs_truncates_left_and_counts(tiny_tokenizer):
     from dmoerm_trl.evaluation import prepare_pairs
 
     prompt = [{"role": "user", "content": LONG_PROMPT}]
-    pairs = Dataset.from_list([
-        {"prompt": prompt, "chosen": [{"role": "assistant", "content": "yes"}],
-         "rejected": [{"role": "assistant", "content": "no"}]},
-        {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello"}],
-         "rejected": [{"role": "assistant", "content": "Go away"}]},
-    ])
+    pairs = Dataset.from_list(
+        [
+            {
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": "yes"}],
+                "rejected": [{"role": "assistant", "content": "no"}],
+            },
+            {
+                "prompt": [{"role": "user", "content": "Hi"}],
+                "chosen": [{"role": "assistant", "content": "Hello"}],
+                "rejected": [{"role": "assistant", "content": "Go away"}],
+            },
+        ]
+    )
     counts: dict = {}
     prepared = prepare_pairs(pairs, tiny_tokenizer, 64, "pairs", counts)
     assert len(prepared) == 2 and counts == {"pairs_truncated_left": 1}
     assert len(prepared[0]["chosen_ids"]) == 64 and prepared[0]["chosen_ids"] != prepared[0]["rejected_ids"]
-    full = tiny_tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": "yes"}], tokenize=True,
-                                              return_dict=True)["input_ids"]
+    full = tiny_tokenizer.apply_chat_template(
+        prompt + [{"role": "assistant", "content": "yes"}], tokenize=True, return_dict=True
+    )["input_ids"]
     assert prepared[0]["chosen_ids"] == list(full[-64:])
 
 

@@ -88,8 +88,9 @@ def test_split_forward_equals_the_full_forward(llama4_path, tokenizer, batching,
     assert split.category_ids.unique().numel() == 2  # both categories (and so both expert groups) are exercised
     torch.testing.assert_close(split.router_logits, reference.router_logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(split.logits, reference.logits, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(split.capability_rewards, reference.capability_rewards, rtol=1e-5, atol=1e-5,
-                               equal_nan=True)
+    torch.testing.assert_close(
+        split.capability_rewards, reference.capability_rewards, rtol=1e-5, atol=1e-5, equal_nan=True
+    )
     # Rewards depend on the experts' adapters (which live only above the trunk), not only on the trunk.
     features = model.compute_expert_features(batch["input_ids"], batch["attention_mask"], "objective_qa")
     assert not torch.allclose(features[:, :32], features[:, 32:64])
@@ -177,7 +178,9 @@ def test_save_load_and_plain_peft_loading(llama4_path, tokenizer, tmp_path):
     # An expert folder is a standard PEFT adapter: plain PEFT on the base gives the hidden states DMoERM's split
     # forward pools for that expert.
     expert = model.adapter_name("objective_qa", "logic")
-    peft = PeftModel.from_pretrained(AutoModel.from_pretrained(llama4_path), tmp_path / "rm" / "adapters" / expert).eval()
+    peft = PeftModel.from_pretrained(
+        AutoModel.from_pretrained(llama4_path), tmp_path / "rm" / "adapters" / expert
+    ).eval()
     with torch.no_grad():
         hidden = peft(**batch).last_hidden_state
         pooled = model._encode(batch["input_ids"], batch["attention_mask"], None, [expert] * 4)
@@ -215,8 +218,14 @@ class IndexedLlama(LlamaModel):
 
 
 def test_a_backbone_whose_split_changes_outputs_is_refused():
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     with pytest.raises(ValueError, match="changes the outputs"):
         DMoERMForSequenceClassification.from_backbone(IndexedLlama(config), CATEGORIES, trunk_layers=2)
     assert DMoERMForSequenceClassification.from_backbone(IndexedLlama(config), CATEGORIES).config.trunk_layers == 0
@@ -274,8 +283,9 @@ def reference_router_logits(model, path, batch, trunk_layers, pooling):
     with torch.no_grad():
         mask = batch["attention_mask"]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = plain(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions,
-                       output_hidden_states=True).hidden_states[trunk_layers]
+        hidden = plain(
+            input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, output_hidden_states=True
+        ).hidden_states[trunk_layers]
         pooled = model._pool(hidden, mask, pooling)
         return model.router_head(F.layer_norm(pooled, pooled.shape[-1:]))
 
@@ -321,8 +331,10 @@ def test_no_router_adapter_and_no_router_pass(llama4_path, tokenizer):
     assert "router" not in model.backbone.peft_config
     _, _, layers = decoder_layers(model.backbone)
     calls = {"trunk": 0, "top": 0}
-    handles = [layers[0].register_forward_hook(lambda *a: calls.__setitem__("trunk", calls["trunk"] + 1)),
-               layers[3].register_forward_hook(lambda *a: calls.__setitem__("top", calls["top"] + 1))]
+    handles = [
+        layers[0].register_forward_hook(lambda *a: calls.__setitem__("trunk", calls["trunk"] + 1)),
+        layers[3].register_forward_hook(lambda *a: calls.__setitem__("top", calls["top"] + 1)),
+    ]
     batch = batch_of(tokenizer)
     try:
         with torch.no_grad():

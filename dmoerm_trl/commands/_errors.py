@@ -39,7 +39,9 @@ def one_line(err: BaseException) -> str:
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         return f"{err.filename}: {err.strerror}"
     if isinstance(err, UnicodeDecodeError):
-        return f"not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset {err.start}); save it as UTF-8"
+        return (
+            f"not UTF-8 text (byte {err.object[err.start : err.start + 1]!r} at offset {err.start}); save it as UTF-8"
+        )
     text = " ".join(str(err).split()) or type(err).__name__
     try:
         import yaml

@@ -69,7 +69,9 @@ class TrlCommand:
         from trl import TrlParser
 
         parser = TrlParser(
-            tuple(self.dataclasses()), prog=self.prog, description=self.description,
+            tuple(self.dataclasses()),
+            prog=self.prog,
+            description=self.description,
             formatter_class=OneSpellingDefaultsHelpFormatter,
         )
         return one_line_parser_errors(parser)

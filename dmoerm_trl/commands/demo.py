@@ -13,13 +13,17 @@ import time
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(name, help=help_text, description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        name, help=help_text, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", default="outputs/demo", help="report folder (default: outputs/demo)")
     parser.add_argument("--fast", action="store_true", help="the small variant (2 categories, fewer pairs/steps)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, judge, training and sampling")
-    parser.add_argument("--backbone", default=None,
-                        help="reward backbone path (default: SmolLM2-135M-Instruct's first layers, see docs/demo.md)")
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        help="reward backbone path (default: SmolLM2-135M-Instruct's first layers, see docs/demo.md)",
+    )
     parser.add_argument("--policy", default=None, help="best-of-n policy path (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--max-length", type=int, default=None, help=argparse.SUPPRESS)  # tests: tiny backbones
@@ -30,9 +34,15 @@ def run(args: argparse.Namespace) -> int:
     from ..demo import DemoConfig, run_demo
 
     start = time.perf_counter()
-    config = DemoConfig(output=args.output, fast=args.fast, seed=args.seed, backbone=args.backbone,
-                        policy=args.policy, threads=args.threads,
-                        max_length=args.max_length)
+    config = DemoConfig(
+        output=args.output,
+        fast=args.fast,
+        seed=args.seed,
+        backbone=args.backbone,
+        policy=args.policy,
+        threads=args.threads,
+        max_length=args.max_length,
+    )
     metrics = run_demo(config)
     head = metrics["headline"]
 
@@ -43,12 +53,20 @@ def run(args: argparse.Namespace) -> int:
         return "-" if x is None else f"{x:+.3f}"
 
     print("\n" + "=" * 100)
-    print(f"Done in {(time.perf_counter() - start) / 60:.1f} min. Report: {config.output}/report.md "
-          f"(metrics: {config.output}/metrics.json)")
-    print(f"  accuracy vs gold (clean test): DMoERM {pct(head['dmoerm_gold_accuracy'])} | single RM "
-          f"{pct(head['baseline_gold_accuracy'])} | human labels {pct(head['human_labels_gold_agreement'])}")
-    print(f"  accuracy vs human ranks (validation): DMoERM {pct(head['dmoerm_human_accuracy'])} | single RM "
-          f"{pct(head['baseline_human_accuracy'])};  router (prompt only) {pct(head['router_accuracy_prompt'])}")
-    print(f"  best-of-n gold gain: DMoERM {num(head['bon_gold_gain_dmoerm'])} | single RM "
-          f"{num(head['bon_gold_gain_single_rm'])} | gold oracle {num(head['bon_gold_gain_oracle'])}")
+    print(
+        f"Done in {(time.perf_counter() - start) / 60:.1f} min. Report: {config.output}/report.md "
+        f"(metrics: {config.output}/metrics.json)"
+    )
+    print(
+        f"  accuracy vs gold (clean test): DMoERM {pct(head['dmoerm_gold_accuracy'])} | single RM "
+        f"{pct(head['baseline_gold_accuracy'])} | human labels {pct(head['human_labels_gold_agreement'])}"
+    )
+    print(
+        f"  accuracy vs human ranks (validation): DMoERM {pct(head['dmoerm_human_accuracy'])} | single RM "
+        f"{pct(head['baseline_human_accuracy'])};  router (prompt only) {pct(head['router_accuracy_prompt'])}"
+    )
+    print(
+        f"  best-of-n gold gain: DMoERM {num(head['bon_gold_gain_dmoerm'])} | single RM "
+        f"{num(head['bon_gold_gain_single_rm'])} | gold oracle {num(head['bon_gold_gain_oracle'])}"
+    )
     return 0

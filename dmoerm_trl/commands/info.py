@@ -72,8 +72,12 @@ def describe_saved_model(path: str | Path) -> dict:
         "routing_prompt_ends_at": getattr(config, "assistant_opener_text", None),
         "task_mode": task_mode,
         "trunk_layers": getattr(config, "trunk_layers", 0),
-        "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
-                 "target_modules": config.lora_target_modules},
+        "lora": {
+            "r": config.lora_r,
+            "alpha": config.lora_alpha,
+            "dropout": config.lora_dropout,
+            "target_modules": config.lora_target_modules,
+        },
         "categories": config.categories,
         "parameters": {
             "base": base_params,
@@ -100,8 +104,14 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"  router:       {info['router_mode']}: {ROUTER_DESCRIPTIONS.get(info['router_mode'], '?')}")
     opener = info["routing_prompt_ends_at"]
-    print("  routes on:    " + (f"the prompt (up to the last {opener!r})" if opener else
-                                "the whole text (no prompt boundary recorded: set_prompt_boundary(tokenizer))"))
+    print(
+        "  routes on:    "
+        + (
+            f"the prompt (up to the last {opener!r})"
+            if opener
+            else "the whole text (no prompt boundary recorded: set_prompt_boundary(tokenizer))"
+        )
+    )
     if info["task_mode"] == "full":
         print(f"  phase 1:      full fine-tuning, one base copy per category ({len(info['categories'])} + 1 bases)")
     lora = info["lora"]

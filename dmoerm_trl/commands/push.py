@@ -24,7 +24,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--metric", action="append", default=[], help="one metric as name=value (repeatable)")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument(
-        "--save-base", action="store_true",
+        "--save-base",
+        action="store_true",
         help="upload the base model weights too (base/); needed when the base is a local folder, not a hub id",
     )
     parser.add_argument("--no-tokenizer", action="store_true", help="do not upload the tokenizer files")

@@ -15,14 +15,16 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--model", required=True, help="a saved DMoERM (folder or hub id)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer path (default: the model's base model)")
     parser.add_argument(
-        "--input", required=True,
+        "--input",
+        required=True,
         help="jsonl file; each line has `messages` (a chat conversation) or `text` (already chat-templated: the "
         "router reads the prompt, up to the template's assistant opener), and optionally `category` (bypasses the "
         "router)",
     )
     parser.add_argument("--batch_size", type=positive_int, default=8, help="conversations per forward pass")
     parser.add_argument(
-        "--output", default=None,
+        "--output",
+        default=None,
         help="also write the rows to this jsonl file (written atomically; stdout still gets them)",
     )
     return parser
@@ -54,7 +56,7 @@ def read_records(path: str) -> list[tuple[int, object, str | None, object]]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise ValueError(
-                    f"{where}: not UTF-8 (byte {raw[err.start:err.start + 1]!r} at column {err.start + 1}); save the "
+                    f"{where}: not UTF-8 (byte {raw[err.start : err.start + 1]!r} at column {err.start + 1}); save the "
                     "file as UTF-8"
                 ) from None
             if not line.strip():
@@ -85,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.output is not None:  # checked before the model loads: a bad path fails in a second, not after scoring
         if Path(args.output).is_dir():
-            raise ValueError(f"--output {args.output} is a folder; pass a file path such as {args.output}/scores.jsonl")
+            raise ValueError(
+                f"--output {args.output} is a folder; pass a file path such as {args.output}/scores.jsonl"
+            )
         require_output_dir(str(Path(args.output).parent), "--output")
     records = read_records(args.input)
     if not records:

@@ -18,7 +18,9 @@ import sys
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        name, help=help_text, description=__doc__.split("\n\nExample")[0],
+        name,
+        help=help_text,
+        description=__doc__.split("\n\nExample")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="A saved DMoERM or sequence-classification RM folder.")
@@ -29,15 +31,26 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--max-queue", type=int, default=4096, help="Most queued sequences; beyond it HTTP 503.")
     parser.add_argument("--max-items-per-request", type=int, default=1024, help="More items per request: HTTP 413.")
     parser.add_argument("--max-request-bytes", type=int, default=16 * 1024 * 1024, help="Larger bodies: HTTP 413.")
-    parser.add_argument("--max-length", type=int, default=None,
-                        help="Longest sequence in tokens; longer ones get HTTP 400 (default: the model's limit).")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="Longest sequence in tokens; longer ones get HTTP 400 (default: the model's limit).",
+    )
     parser.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu).")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 is far faster on an oversubscribed CPU).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is far faster on an oversubscribed CPU).",
+    )
     parser.add_argument("--model-id", default=None, help="Name reported by /health (default: the folder name).")
-    parser.add_argument("--api-key-env", default="DMOERM_SERVE_API_KEY",
-                        help="Environment variable holding the bearer token (unset or empty: no token needed).")
+    parser.add_argument(
+        "--api-key-env",
+        default="DMOERM_SERVE_API_KEY",
+        help="Environment variable holding the bearer token (unset or empty: no token needed).",
+    )
     parser.add_argument("--max-connections", type=int, default=1024, help="Open connections beyond it: HTTP 503.")
     parser.add_argument("--keep-alive", type=float, default=30.0, help="Seconds an idle connection stays open.")
     parser.add_argument("--access-log", action="store_true", help="Log every request line (never headers).")
@@ -51,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
         from ..serving.app import ServeSettings
         from ..serving.server import exposure_warning, run_server
     except ModuleNotFoundError as err:
-        print(f"serve: {err.name} is missing; install the server with `pip install 'dmoerm-trl[serve]'`",
-              file=sys.stderr)
+        print(
+            f"serve: {err.name} is missing; install the server with `pip install 'dmoerm-trl[serve]'`", file=sys.stderr
+        )
         return 2
     from ..serving.engine import RewardEngine
 
@@ -95,8 +109,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         run_server(
-            engine, host=args.host, port=args.port, settings=settings,
-            access_log=args.access_log, max_connections=args.max_connections, keep_alive_s=args.keep_alive,
+            engine,
+            host=args.host,
+            port=args.port,
+            settings=settings,
+            access_log=args.access_log,
+            max_connections=args.max_connections,
+            keep_alive_s=args.keep_alive,
             warn=False,
         )
     except OSError as err:

@@ -42,7 +42,9 @@ def print_summary(summary: dict) -> None:
             print(f"    skipped: {info.get('reason')}")
     for warning in summary["data"]["warnings"]:
         print(f"warning: {warning}")
-    print(f"wall time: {summary['wall_seconds_this_time']:.1f} s; summary: {summary['output_dir']}/training_summary.json")
+    print(
+        f"wall time: {summary['wall_seconds_this_time']:.1f} s; summary: {summary['output_dir']}/training_summary.json"
+    )
 
 
 def pipeline_work(configure=None):

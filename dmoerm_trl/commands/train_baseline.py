@@ -18,5 +18,7 @@ def _baseline_only(training_args) -> None:
     training_args.train_baseline = True
 
 
-COMMAND = TrlCommand("dmoerm train-baseline", _dataclasses, pipeline_work(_baseline_only), "Baseline for " + DESCRIPTION)
+COMMAND = TrlCommand(
+    "dmoerm train-baseline", _dataclasses, pipeline_work(_baseline_only), "Baseline for " + DESCRIPTION
+)
 add_parser, run, main = COMMAND.add_parser, COMMAND.run, COMMAND.main

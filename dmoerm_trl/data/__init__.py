@@ -41,7 +41,6 @@ Example:
     ['conversational_sense', 'proactivity']
 """
 
-
 from .categories import (
     PAPER_CAPABILITY_NAMES_ZH,
     PAPER_CATEGORIES,

@@ -61,7 +61,6 @@ class LoadReport:
         }
 
 
-
 class TrainingDataError(DataError):
     """Training cannot go on with this data; the message says what is wrong and how to fix it."""
 

@@ -14,6 +14,7 @@ from .errors import DataValidationError, LoadReport
 
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 
+
 def pair_features(with_capability: bool = False, text: bool = False, tools: bool = False):
     """The ``datasets.Features`` of a pairs dataset (TRL's conversational format, or its standard text format with
     ``text=True``, + ``category`` + ``pair_id``; ``tools`` adds TRL's ``tools`` column as JSON text)."""
@@ -46,7 +47,6 @@ def is_text_pairs(dataset) -> bool:
 
     feature = dataset.features.get("prompt", dataset.features.get("chosen"))
     return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
-
 
 
 def _detect_format(record: Mapping) -> str | None:
@@ -202,14 +202,17 @@ def _template_columns(check: _RecordChecker, record: Mapping, conversational: bo
     if kwargs is not None and kwargs != {}:
         if not isinstance(kwargs, Mapping) or not all(isinstance(key, str) for key in kwargs):
             check.fail(
-                "chat_template_kwargs", f"expected a mapping, got {type(kwargs).__name__}",
+                "chat_template_kwargs",
+                f"expected a mapping, got {type(kwargs).__name__}",
                 'give keyword arguments of apply_chat_template, e.g. {"enable_thinking": false}',
             )
         columns["chat_template_kwargs"] = dict(kwargs)
     if columns and not conversational:
         check.fail(
-            next(iter(columns)), "only applies to conversational pairs (the chat template), but this pair is text "
-            "(TRL ignores it for text)", "store prompt/chosen/rejected as message lists, or drop the field",
+            next(iter(columns)),
+            "only applies to conversational pairs (the chat template), but this pair is text "
+            "(TRL ignores it for text)",
+            "store prompt/chosen/rejected as message lists, or drop the field",
         )
     return columns
 
@@ -225,14 +228,16 @@ def _trl_pair(check: _RecordChecker, record: Mapping, spec, text_pairs: str = "t
         for name, value in (("chosen", chosen), ("rejected", rejected), ("prompt", prompt)):
             if value is not None and not isinstance(value, str):
                 check.fail(
-                    name, f"'{name}' is {type(value).__name__} but the pair is text",
+                    name,
+                    f"'{name}' is {type(value).__name__} but the pair is text",
                     "use text for prompt, chosen and rejected, or messages for all three",
                 )
         if prompt is None:  # implicit prompt: the shared text prefix of chosen and rejected (TRL's extract_prompt)
             prompt, chosen, rejected = extract_text_prompt(chosen, rejected)
             if not prompt:
                 check.fail(
-                    "prompt", "missing, and 'chosen'/'rejected' share no text prefix to take as the prompt",
+                    "prompt",
+                    "missing, and 'chosen'/'rejected' share no text prefix to take as the prompt",
                     "add a 'prompt' column, or include the prompt at the start of both chosen and rejected",
                 )
         if not prompt:
@@ -242,9 +247,11 @@ def _trl_pair(check: _RecordChecker, record: Mapping, spec, text_pairs: str = "t
                 check.fail(name, "empty answer", f"give '{name}' a non-empty answer")
         pair = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
         if text_pairs == "chat":  # RewardBench's convention: the prompt as a user turn, each answer as the reply
-            pair = {"prompt": [{"role": "user", "content": prompt}],
-                    "chosen": [{"role": "assistant", "content": chosen}],
-                    "rejected": [{"role": "assistant", "content": rejected}]}
+            pair = {
+                "prompt": [{"role": "user", "content": prompt}],
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+            }
             text = False
     else:
         pair = _message_prompt(check, prompt, chosen, rejected)
@@ -266,7 +273,8 @@ def _message_prompt(check: _RecordChecker, prompt, chosen, rejected) -> dict[str
         chosen_messages, rejected_messages = chosen_messages[shared:], rejected_messages[shared:]
     elif isinstance(prompt, str):
         check.fail(
-            "prompt", "the prompt is text but 'chosen'/'rejected' are messages",
+            "prompt",
+            "the prompt is text but 'chosen'/'rejected' are messages",
             "use text for prompt, chosen and rejected, or messages for all three",
         )
     else:

@@ -17,6 +17,7 @@ from .sources import parse_category_map
 
 logger = logging.getLogger("dmoerm_trl.data")
 
+
 def load_preference_pairs(
     source,
     *,
@@ -97,8 +98,10 @@ def load_preference_pairs(
                 check.fail(None, f"expected a JSON object, got {type(record).__name__}", "store one object per record")
             invalid_text = _invalid_text_field(record)
             if invalid_text:
-                check.fail(*invalid_text, "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or skip such "
-                           "records (--skip-invalid)")
+                check.fail(
+                    *invalid_text,
+                    "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or skip such records (--skip-invalid)",
+                )
             record_format = format if format != "auto" else _detect_format(record)
             if record_format is not None and (category_column is not None or category_map is not None):
                 record = _take_category(check, record, record_format, category_column, mapping, report)
@@ -118,8 +121,9 @@ def load_preference_pairs(
                 data_format = data_format or pair_format
                 if pair_format != data_format:
                     check.fail(
-                        "prompt", f"a {pair_format} pair among {data_format} pairs (one dataset holds one format, "
-                        "as in TRL)", f"convert it to the {data_format} format, or load the two kinds separately",
+                        "prompt",
+                        f"a {pair_format} pair among {data_format} pairs (one dataset holds one format, as in TRL)",
+                        f"convert it to the {data_format} format, or load the two kinds separately",
                     )
         except DataValidationError as error:
             if not skip_invalid:
@@ -185,8 +189,11 @@ def _take_category(check, record: Mapping, record_format: str, column, mapping, 
     target = "label" if record_format == "mtmc" else "category"
     column = column or target
     if column not in record:
-        check.fail(column, "missing (it is the category_column)", f"add '{column}' or set category_column to a column "
-                   "the records have")
+        check.fail(
+            column,
+            "missing (it is the category_column)",
+            f"add '{column}' or set category_column to a column the records have",
+        )
     value = record[column]
     if mapping is not None:
         key = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
@@ -247,4 +254,3 @@ def write_jsonl_atomic(rows: Iterable[Mapping], path: str | os.PathLike) -> int:
     from ..utils.io import atomic_write_jsonl
 
     return atomic_write_jsonl(path, rows)
-

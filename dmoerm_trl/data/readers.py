@@ -13,6 +13,7 @@ from .errors import DataValidationError
 
 DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
+
 def _iter_source_files(source: str | os.PathLike) -> list[Path]:
     path = Path(source)
     if path.is_dir():
@@ -140,5 +141,3 @@ def _iter_records(source) -> Iterator[tuple[str, str, Any]]:
         for path in _iter_source_files(one_source):
             for location, record in readers[path.suffix](path):
                 yield str(path), location, record
-
-

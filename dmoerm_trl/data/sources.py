@@ -71,4 +71,3 @@ def load_dataset_split(name: str, config: str | None = None, split: str = "train
     if not isinstance(loaded, datasets.Dataset):  # an IterableDataset would need streaming=False
         raise TypeError(f"{where}: got a {type(loaded).__name__}; load one split as a Dataset")
     return loaded
-

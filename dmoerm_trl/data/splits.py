@@ -18,7 +18,6 @@ Example:
     ['aggregator', 'task', 'validation']
 """
 
-
 from __future__ import annotations
 
 import hashlib

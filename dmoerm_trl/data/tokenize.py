@@ -32,7 +32,9 @@ def chat_template_kwargs(row) -> dict[str, Any]:
 def tokenize_messages(tokenizer, messages: list[dict[str, str]], **template_kwargs) -> list[int]:
     """Token ids of a conversation, as TRL's RewardTrainer tokenizes conversational rows (the chat template, with the
     row's ``tools``/``chat_template_kwargs``)."""
-    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **template_kwargs)["input_ids"])
+    return list(
+        tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **template_kwargs)["input_ids"]
+    )
 
 
 def tokenize_text(tokenizer, prompt: str, answer: str) -> tuple[list[int], int]:
@@ -119,8 +121,11 @@ def tokenize_pairs(dataset, tokenizer, max_length: int | None, what: str, report
             chosen, chosen_count = tokenize_text(tokenizer, row["prompt"], row["chosen"])
             rejected, rejected_count = tokenize_text(tokenizer, row["prompt"], row["rejected"])
             return {
-                "prompt_ids": chosen[:chosen_count], "chosen_ids": chosen, "rejected_ids": rejected,
-                "chosen_prompt_length": chosen_count, "rejected_prompt_length": rejected_count,
+                "prompt_ids": chosen[:chosen_count],
+                "chosen_ids": chosen,
+                "rejected_ids": rejected,
+                "chosen_prompt_length": chosen_count,
+                "rejected_prompt_length": rejected_count,
             }
         kwargs = chat_template_kwargs(row)
         return {

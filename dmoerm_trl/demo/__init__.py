@@ -86,8 +86,10 @@ class _Progress:
         self.index += 1
         self._current, self._current_start = title, time.perf_counter()
         bar = "=" * 100
-        print(f"\n{bar}\n[{self.index}/{self.total}] {title}   (t = {time.perf_counter() - self.start:.0f} s)\n{bar}",
-              flush=True)
+        print(
+            f"\n{bar}\n[{self.index}/{self.total}] {title}   (t = {time.perf_counter() - self.start:.0f} s)\n{bar}",
+            flush=True,
+        )
 
     def done(self) -> None:
         if self._current is not None:
@@ -183,9 +185,15 @@ def run_demo(config: DemoConfig) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
     progress = _Progress(6)
-    metrics: dict = {"config": {k: v for k, v in asdict(config).items() if k != "sizes"}, "sizes": asdict(sizes),
-                     "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                                 "load_average_at_start": list(os.getloadavg())}}
+    metrics: dict = {
+        "config": {k: v for k, v in asdict(config).items() if k != "sizes"},
+        "sizes": asdict(sizes),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_at_start": list(os.getloadavg()),
+        },
+    }
 
     # 1. models -------------------------------------------------------------------------------------------------
     progress.stage("Models: SmolLM2-135M-Instruct (policy) and the reward backbone")
@@ -203,18 +211,29 @@ def run_demo(config: DemoConfig) -> dict:
     progress.stage(f"Data: synthetic ground-truth world, {len(sizes.categories)} categories")
     world = SyntheticWorld(sizes.categories)
     categories = {name: caps[: sizes.max_capabilities] for name, caps in world.categories.items()}
-    dataset = generate_dataset(SyntheticDataConfig(
-        pairs_per_category=sizes.pairs_per_category, test_pairs_per_category=sizes.test_pairs_per_category,
-        categories=sizes.categories, seed=config.seed))
+    dataset = generate_dataset(
+        SyntheticDataConfig(
+            pairs_per_category=sizes.pairs_per_category,
+            test_pairs_per_category=sizes.test_pairs_per_category,
+            categories=sizes.categories,
+            seed=config.seed,
+        )
+    )
     paths = write_dataset(dataset, out / "data")
     categories_yaml = out / "data" / "demo_categories.yaml"
     _write_categories(world, categories, categories_yaml)
     human_agreement = _heldout_accuracy_of_human_labels(dataset.train)
-    print(f"{len(dataset.train)} training pairs (human ranks agree with the gold on {human_agreement:.0%}), "
-          f"{len(dataset.test)} clean gold test pairs; experts: {categories}")
-    metrics["data"] = {"train_pairs": len(dataset.train), "test_pairs": len(dataset.test),
-                       "human_gold_agreement": round(human_agreement, 4), "categories": categories,
-                       "gold_formulas": {k: v["gold_formula"] for k, v in world.describe().items()}}
+    print(
+        f"{len(dataset.train)} training pairs (human ranks agree with the gold on {human_agreement:.0%}), "
+        f"{len(dataset.test)} clean gold test pairs; experts: {categories}"
+    )
+    metrics["data"] = {
+        "train_pairs": len(dataset.train),
+        "test_pairs": len(dataset.test),
+        "human_gold_agreement": round(human_agreement, 4),
+        "categories": categories,
+        "gold_formulas": {k: v["gold_formula"] for k, v in world.describe().items()},
+    }
 
     # 3. labels -------------------------------------------------------------------------------------------------
     progress.stage("Capability labels: openai client -> synthetic judge on 127.0.0.1 (position-swap filter)")
@@ -224,21 +243,44 @@ def run_demo(config: DemoConfig) -> dict:
     labels_dir = out / "labels"
     with capability_judge_server(world, flip_rate=0.1, seed=config.seed, port=0) as server:
         print(f"judge serving at {server.base_url}")
-        result = run_labeling(LabelingConfig(
-            data=paths["train"], output=str(labels_dir), model="synthetic-judge", base_url=server.base_url,
-            mode="per_capability", categories=str(categories_yaml), concurrency=8), api_key="local-demo-judge")
+        result = run_labeling(
+            LabelingConfig(
+                data=paths["train"],
+                output=str(labels_dir),
+                model="synthetic-judge",
+                base_url=server.base_url,
+                mode="per_capability",
+                categories=str(categories_yaml),
+                concurrency=8,
+            ),
+            api_key="local-demo-judge",
+        )
         judge_stats = dict(server.answer.stats)
-    print(f"judge stopped; {len(result.labels)} consistent labels from {result.summary.get('calls')} calls "
-          f"({result.summary.get('cache_hits')} cache hits)")
-    label_counts = _subsample_labels(labels_dir / "capability_pairs.jsonl", labels_dir / "demo_labels.jsonl",
-                                     sizes.max_labels_per_capability, config.seed)
+    print(
+        f"judge stopped; {len(result.labels)} consistent labels from {result.summary.get('calls')} calls "
+        f"({result.summary.get('cache_hits')} cache hits)"
+    )
+    label_counts = _subsample_labels(
+        labels_dir / "capability_pairs.jsonl",
+        labels_dir / "demo_labels.jsonl",
+        sizes.max_labels_per_capability,
+        config.seed,
+    )
     per_capability = result.summary.get("per_capability", {})
     metrics["labels"] = {
-        "calls": result.summary.get("calls"), "cache_hits": result.summary.get("cache_hits"),
-        "labels_kept": len(result.labels), "labels_used_per_expert": label_counts, "judge_stats": judge_stats,
-        "per_capability": {f"{c}/{k}": {"consistency_rate": v.get("consistency_rate"),
-                                         "human_agreement_rate": v.get("human_agreement_rate")}
-                           for c, caps in per_capability.items() for k, v in caps.items()},
+        "calls": result.summary.get("calls"),
+        "cache_hits": result.summary.get("cache_hits"),
+        "labels_kept": len(result.labels),
+        "labels_used_per_expert": label_counts,
+        "judge_stats": judge_stats,
+        "per_capability": {
+            f"{c}/{k}": {
+                "consistency_rate": v.get("consistency_rate"),
+                "human_agreement_rate": v.get("human_agreement_rate"),
+            }
+            for c, caps in per_capability.items()
+            for k, v in caps.items()
+        },
     }
 
     # 4. training + evaluation ----------------------------------------------------------------------------------
@@ -246,17 +288,28 @@ def run_demo(config: DemoConfig) -> dict:
     from .training import evaluate_both, train_models
 
     run_dir = out / "dmoerm"
-    metrics["training"] = train_models(backbone, paths["train"], labels_dir / "demo_labels.jsonl", categories_yaml,
-                                       run_dir, sizes, config.seed, config.threads)
+    metrics["training"] = train_models(
+        backbone,
+        paths["train"],
+        labels_dir / "demo_labels.jsonl",
+        categories_yaml,
+        run_dir,
+        sizes,
+        config.seed,
+        config.threads,
+    )
     print("Evaluating against the human ranks (held-out validation) and the gold (clean test split) ...")
     metrics["evaluation"] = evaluate_both(run_dir, paths["train"], paths["test"], out)
 
     # 5. best-of-n ----------------------------------------------------------------------------------------------
-    progress.stage(f"Best-of-n: {Path(policy_path).name} as the policy, {sizes.bon_prompts} held-out prompts x N={sizes.bon_samples}")
+    progress.stage(
+        f"Best-of-n: {Path(policy_path).name} as the policy, {sizes.bon_prompts} held-out prompts x N={sizes.bon_samples}"
+    )
     from .best_of_n import run_best_of_n
 
-    metrics["best_of_n"] = run_best_of_n(policy_path, run_dir, paths["heldout_prompts"], world, sizes, config.seed,
-                                         out)
+    metrics["best_of_n"] = run_best_of_n(
+        policy_path, run_dir, paths["heldout_prompts"], world, sizes, config.seed, out
+    )
 
     # 6. report -------------------------------------------------------------------------------------------------
     progress.stage("Report")

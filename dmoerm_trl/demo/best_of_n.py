@@ -33,8 +33,13 @@ def policy_samples(sampler, policy_path: str, prompts: list, sizes, seed: int, o
 
     from ..utils.io import atomic_write_text
 
-    key = {"policy": str(policy_path), "prompts": prompts, "n": sizes.bon_samples,
-           "max_new_tokens": sizes.bon_max_new_tokens, "seed": seed}
+    key = {
+        "policy": str(policy_path),
+        "prompts": prompts,
+        "n": sizes.bon_samples,
+        "max_new_tokens": sizes.bon_max_new_tokens,
+        "seed": seed,
+    }
     path = out / "bon_samples.json"
     if path.exists():
         cached = json.loads(path.read_text(encoding="utf-8"))
@@ -55,8 +60,11 @@ def policy_sample_routing(model, tokenizer, prompts: list, candidates: list[list
     and its (calibrated) rewards on them per category, next to each category's calibration statistics."""
     import statistics
 
-    conversations = [list(prompt) + [{"role": "assistant", "content": text}]
-                     for prompt, texts in zip(prompts, candidates) for text in texts]
+    conversations = [
+        list(prompt) + [{"role": "assistant", "content": text}]
+        for prompt, texts in zip(prompts, candidates)
+        for text in texts
+    ]
     true = [category for category, texts in zip(categories, candidates) for _ in texts]
     scored = model.compute_rewards(conversations, tokenizer, batch_size=16)
     misrouted = [s["category"] != c for s, c in zip(scored, true)]
@@ -66,15 +74,20 @@ def policy_sample_routing(model, tokenizer, prompts: list, candidates: list[list
         rewards = [scored[i]["reward"] for i in rows]
         aggregator = model.aggregators[model._slug(category)]
         per_category[category] = {
-            "samples": len(rows), "misrouted": sum(misrouted[i] for i in rows),
+            "samples": len(rows),
+            "misrouted": sum(misrouted[i] for i in rows),
             "reward_mean": round(statistics.fmean(rewards), 4) if rewards else None,
             "reward_std": round(statistics.stdev(rewards), 4) if len(rewards) > 1 else None,
             "calibration_mean": round(aggregator.reward_mean.item(), 4),
             "calibration_std": round(aggregator.reward_std.item(), 4),
         }
-    return {"samples": len(true), "misrouted": sum(misrouted),
-            "misrouting_rate": round(sum(misrouted) / max(1, len(true)), 4),
-            "calibrated": bool(model.config.calibrate_rewards), "per_category": per_category}
+    return {
+        "samples": len(true),
+        "misrouted": sum(misrouted),
+        "misrouting_rate": round(sum(misrouted) / max(1, len(true)), 4),
+        "calibrated": bool(model.config.calibrate_rewards),
+        "per_category": per_category,
+    }
 
 
 def run_best_of_n(policy_path: str, run_dir: Path, heldout_path: str, world, sizes, seed: int, out: Path) -> dict:
@@ -96,49 +109,95 @@ def run_best_of_n(policy_path: str, run_dir: Path, heldout_path: str, world, siz
     dmoerm, dmoerm_tokenizer = load_reward_model(run_dir)
     baseline, baseline_tokenizer = load_reward_model(run_dir / "baseline")
     gold = GoldReward(world, on_unknown="nan")
-    generation = GenerationConfig(max_new_tokens=sizes.bon_max_new_tokens, do_sample=True, temperature=1.0, top_k=0,
-                                  top_p=1.0)
-    sampler = BestOfNSampler(policy, tokenizer, (dmoerm, dmoerm_tokenizer), n=sizes.bon_samples,
-                             generation_config=generation, batch_size=4, reward_batch_size=16, seed=seed)
+    generation = GenerationConfig(
+        max_new_tokens=sizes.bon_max_new_tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0
+    )
+    sampler = BestOfNSampler(
+        policy,
+        tokenizer,
+        (dmoerm, dmoerm_tokenizer),
+        n=sizes.bon_samples,
+        generation_config=generation,
+        batch_size=4,
+        reward_batch_size=16,
+        seed=seed,
+    )
     candidates = policy_samples(sampler, policy_path, prompts, sizes, seed, out)
-    result = sampler.evaluate(prompts, gold=gold, n=sizes.bon_samples, candidates=candidates, proxies={
-        "DMoERM": (dmoerm, dmoerm_tokenizer), "single RM": (baseline, baseline_tokenizer), "gold (oracle)": gold})
+    result = sampler.evaluate(
+        prompts,
+        gold=gold,
+        n=sizes.bon_samples,
+        candidates=candidates,
+        proxies={
+            "DMoERM": (dmoerm, dmoerm_tokenizer),
+            "single RM": (baseline, baseline_tokenizer),
+            "gold (oracle)": gold,
+        },
+    )
     routing = policy_sample_routing(dmoerm, dmoerm_tokenizer, prompts, candidates, [row["category"] for row in rows])
     write_records_csv(result.records, out / "best_of_n.csv")
-    fits = plot_overoptimization(result.records, out / "overoptimization.png",
-                                 title="Best-of-n with SmolLM2: gold and proxy reward gain vs sqrt(KL)")
+    fits = plot_overoptimization(
+        result.records,
+        out / "overoptimization.png",
+        title="Best-of-n with SmolLM2: gold and proxy reward gain vs sqrt(KL)",
+    )
     curves: dict[str, dict] = {}
     for record in result.records:
         curves.setdefault(record["proxy"], {})[record["n"]] = {
-            "sqrt_kl": round(record["sqrt_kl"], 4), "gold": round(record["gold_reward"], 4),
-            "gold_sem": round(record["gold_sem"], 4), "proxy": round(record["proxy_reward"], 4)}
+            "sqrt_kl": round(record["sqrt_kl"], 4),
+            "gold": round(record["gold_reward"], 4),
+            "gold_sem": round(record["gold_sem"], 4),
+            "proxy": round(record["proxy_reward"], 4),
+        }
     # Per prompt: the expected gold of the best-of-N pick minus the mean gold of the prompt's samples (its standard
     # error over prompts is the uncertainty of the gain).
     gold_scores = result.gold_scores
-    gains = {name: [round(v, 4) for v in (expected_best_of_n(scores, gold_scores, sizes.bon_samples)
-                                          - gold_scores.double().nanmean(dim=1)).tolist()]
-             for name, scores in result.proxy_scores.items()}
+    gains = {
+        name: [
+            round(v, 4)
+            for v in (
+                expected_best_of_n(scores, gold_scores, sizes.bon_samples) - gold_scores.double().nanmean(dim=1)
+            ).tolist()
+        ]
+        for name, scores in result.proxy_scores.items()
+    }
     summary = {}
     for name, curve in curves.items():
         ns = sorted(curve)
         values = torch.tensor(gains[name], dtype=torch.float64)
         values = values[~torch.isnan(values)]
-        summary[name] = {"gold_at_1": curve[ns[0]]["gold"], "gold_at_N": curve[ns[-1]]["gold"],
-                         "gold_gain": round(curve[ns[-1]]["gold"] - curve[ns[0]]["gold"], 4),
-                         "gold_gain_sem": round(float(values.std() / len(values) ** 0.5), 4) if len(values) > 1
-                         else None,
-                         "peak_gold": max(c["gold"] for c in curve.values())}
+        summary[name] = {
+            "gold_at_1": curve[ns[0]]["gold"],
+            "gold_at_N": curve[ns[-1]]["gold"],
+            "gold_gain": round(curve[ns[-1]]["gold"] - curve[ns[0]]["gold"], 4),
+            "gold_gain_sem": round(float(values.std() / len(values) ** 0.5), 4) if len(values) > 1 else None,
+            "peak_gold": max(c["gold"] for c in curve.values()),
+        }
     examples = []
     for i, row in enumerate(rows[: min(3, len(rows))]):
         pick = {name: int(scores[i].argmax()) for name, scores in result.proxy_scores.items()}
-        examples.append({
-            "category": row["category"], "prompt": row["prompt"][-1]["content"],
-            "picked": {name: {"text": result.candidates[i][j], "gold": round(float(gold_scores[i, j]), 3)}
-                       for name, j in pick.items()},
-            "gold_mean_of_samples": round(float(torch.nan_to_num(gold_scores[i]).mean()), 3)})
-    return {"prompts": len(prompts), "samples_per_prompt": sizes.bon_samples, "max_new_tokens": sizes.bon_max_new_tokens,
-            "nan_gold": int(torch.isnan(gold_scores).sum()), "curves": curves, "summary": summary,
-            "sampling_seconds": policy_samples.last_seconds,  # None: samples reused from bon_samples.json
-            "fits": [fit.summary() for fit in fits], "examples": examples, "policy_sample_routing": routing,
-            "gain_at_N_per_prompt": gains,
-            "fit_note": f"{len(fit_records(result.records))} curves fitted with Gao et al.'s best-of-n form"}
+        examples.append(
+            {
+                "category": row["category"],
+                "prompt": row["prompt"][-1]["content"],
+                "picked": {
+                    name: {"text": result.candidates[i][j], "gold": round(float(gold_scores[i, j]), 3)}
+                    for name, j in pick.items()
+                },
+                "gold_mean_of_samples": round(float(torch.nan_to_num(gold_scores[i]).mean()), 3),
+            }
+        )
+    return {
+        "prompts": len(prompts),
+        "samples_per_prompt": sizes.bon_samples,
+        "max_new_tokens": sizes.bon_max_new_tokens,
+        "nan_gold": int(torch.isnan(gold_scores).sum()),
+        "curves": curves,
+        "summary": summary,
+        "sampling_seconds": policy_samples.last_seconds,  # None: samples reused from bon_samples.json
+        "fits": [fit.summary() for fit in fits],
+        "examples": examples,
+        "policy_sample_routing": routing,
+        "gain_at_N_per_prompt": gains,
+        "fit_note": f"{len(fit_records(result.records))} curves fitted with Gao et al.'s best-of-n form",
+    }

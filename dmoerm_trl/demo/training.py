@@ -20,35 +20,66 @@ DEMO_ROUTER_LEARNING_RATE = 3e-3  # at 1e-3 and one epoch the router still sent 
 DEMO_ROUTER_POOLING = "mean"
 
 
-def train_models(backbone: str, train_path: str, labels_path, categories_yaml, run_dir: Path, sizes, seed: int,
-                 threads: int | None) -> dict:
+def train_models(
+    backbone: str, train_path: str, labels_path, categories_yaml, run_dir: Path, sizes, seed: int, threads: int | None
+) -> dict:
     """Run :class:`~dmoerm_trl.trainers.DMoERMTrainingPipeline` (finished stages are reused on a rerun)."""
     from ..trainers import DMoERMDataArguments, DMoERMModelArguments, DMoERMTrainingConfig, DMoERMTrainingPipeline
 
-    model_args = DMoERMModelArguments(model_name_or_path=backbone, categories=str(categories_yaml),
-                                      lora_r=sizes.lora_r, lora_alpha=2 * sizes.lora_r, lora_dropout=0.0,
-                                      router_pooling=DEMO_ROUTER_POOLING)
-    data_args = DMoERMDataArguments(dataset_path=str(train_path), capability_labels_path=str(labels_path),
-                                    validation_split_ratio=0.15, min_capability_labels=8)
+    model_args = DMoERMModelArguments(
+        model_name_or_path=backbone,
+        categories=str(categories_yaml),
+        lora_r=sizes.lora_r,
+        lora_alpha=2 * sizes.lora_r,
+        lora_dropout=0.0,
+        router_pooling=DEMO_ROUTER_POOLING,
+    )
+    data_args = DMoERMDataArguments(
+        dataset_path=str(train_path),
+        capability_labels_path=str(labels_path),
+        validation_split_ratio=0.15,
+        min_capability_labels=8,
+    )
     training_args = DMoERMTrainingConfig(
-        output_dir=str(run_dir), num_train_epochs=sizes.epochs, per_device_train_batch_size=8,
-        per_device_eval_batch_size=16, max_length=sizes.max_length, seed=seed, report_to="none", use_cpu=True,
-        logging_steps=5, save_total_limit=1, train_baseline=True, early_stopping_patience=None,
-        router_learning_rate=DEMO_ROUTER_LEARNING_RATE, router_num_train_epochs=sizes.epochs,
+        output_dir=str(run_dir),
+        num_train_epochs=sizes.epochs,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        max_length=sizes.max_length,
+        seed=seed,
+        report_to="none",
+        use_cpu=True,
+        logging_steps=5,
+        save_total_limit=1,
+        train_baseline=True,
+        early_stopping_patience=None,
+        router_learning_rate=DEMO_ROUTER_LEARNING_RATE,
+        router_num_train_epochs=sizes.epochs,
         task_learning_rate=DEMO_LEARNING_RATE,
-        capability_learning_rate=DEMO_LEARNING_RATE, aggregator_learning_rate=DEMO_AGGREGATOR_LEARNING_RATE,
-        aggregator_num_train_epochs=max(3.0, sizes.epochs * 2), baseline_learning_rate=DEMO_LEARNING_RATE,
-        torch_num_threads=threads, dataloader_num_workers=0,
+        capability_learning_rate=DEMO_LEARNING_RATE,
+        aggregator_learning_rate=DEMO_AGGREGATOR_LEARNING_RATE,
+        aggregator_num_train_epochs=max(3.0, sizes.epochs * 2),
+        baseline_learning_rate=DEMO_LEARNING_RATE,
+        torch_num_threads=threads,
+        dataloader_num_workers=0,
     )
     summary = DMoERMTrainingPipeline(model_args, data_args, training_args).run()
     stages = {}
     for name, info in summary.get("stages", {}).items():
         stage_metrics = info.get("metrics") or {}
-        stages[name] = {"status": info.get("status"), "seconds": info.get("train_seconds"),
-                        "eval_accuracy": stage_metrics.get("eval_accuracy"),
-                        "eval_loss": stage_metrics.get("eval_loss"), "reason": info.get("reason")}
-    return {"stages": stages, "ran_this_time": summary.get("ran_this_time"), "splits": summary.get("splits"),
-            "learning_rate": DEMO_LEARNING_RATE}
+        stages[name] = {
+            "status": info.get("status"),
+            "seconds": info.get("train_seconds"),
+            "eval_accuracy": stage_metrics.get("eval_accuracy"),
+            "eval_loss": stage_metrics.get("eval_loss"),
+            "reason": info.get("reason"),
+        }
+    return {
+        "stages": stages,
+        "ran_this_time": summary.get("ran_this_time"),
+        "splits": summary.get("splits"),
+        "learning_rate": DEMO_LEARNING_RATE,
+    }
 
 
 def _accuracy_table(report: dict) -> dict:
@@ -56,13 +87,15 @@ def _accuracy_table(report: dict) -> dict:
     for name in ("dmoerm", "baseline"):
         result = report.get(name) or {}
         per_category = result.get("per_category") or {}
-        out[name] = {"overall": (result.get("overall") or {}).get("accuracy"),
-                     "per_category": {c: v.get("accuracy") for c, v in per_category.items()},
-                     "pairs": (result.get("overall") or {}).get("total"),
-                     # 95% Wilson intervals (dmoerm_trl.evaluation_stats)
-                     "ci95": (result.get("overall") or {}).get("ci95"),
-                     "per_category_ci95": {c: v.get("ci95") for c, v in per_category.items()},
-                     "per_category_pairs": {c: v.get("total") for c, v in per_category.items()}}
+        out[name] = {
+            "overall": (result.get("overall") or {}).get("accuracy"),
+            "per_category": {c: v.get("accuracy") for c, v in per_category.items()},
+            "pairs": (result.get("overall") or {}).get("total"),
+            # 95% Wilson intervals (dmoerm_trl.evaluation_stats)
+            "ci95": (result.get("overall") or {}).get("ci95"),
+            "per_category_ci95": {c: v.get("ci95") for c, v in per_category.items()},
+            "per_category_pairs": {c: v.get("total") for c, v in per_category.items()},
+        }
     router = report.get("router") or {}
     out["router_accuracy_prompt"] = (router.get("prompt") or {}).get("accuracy")
     out["router_accuracy_full"] = (router.get("full") or {}).get("accuracy")

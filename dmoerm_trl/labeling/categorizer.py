@@ -109,8 +109,12 @@ class CategoryClassifier:
                 outcome = "inconsistent"
             else:
                 outcome = "kept"
-            return {"key": key, "category": answers[0] if outcome == "kept" else None, "answers": answers,
-                    "status": outcome}
+            return {
+                "key": key,
+                "category": answers[0] if outcome == "kept" else None,
+                "answers": answers,
+                "status": outcome,
+            }
 
         outcomes = await asyncio.gather(*(one(key, prompt) for key, prompt in unique.items()))
         counts = Counter(row["status"] for row in outcomes)
@@ -142,15 +146,28 @@ def classify_prompts(config, prompts, spec, *, api_key: str | None = None) -> Ca
         openai = require_openai()
 
         key = api_key if api_key is not None else os.environ.get(config.api_key_env)
-        client = openai.AsyncOpenAI(base_url=config.base_url, api_key=key or "no-key-needed", max_retries=0,
-                                    timeout=config.timeout)
+        client = openai.AsyncOpenAI(
+            base_url=config.base_url, api_key=key or "no-key-needed", max_retries=0, timeout=config.timeout
+        )
         cache = LabelCache(config.cache_path)
         stats = CallStats()
         judge = JudgeClient(
-            client, config.model, cache, template_sha256=TEMPLATE_SHA256, temperature=config.temperature,
-            seed=config.seed, response_format="none", concurrency=config.concurrency, timeout=config.timeout,
-            max_retries=config.max_retries, backoff_base=config.backoff_base, backoff_max=config.backoff_max,
-            budget_calls=config.budget_calls, budget_tokens=config.budget_tokens, secret=key, stats=stats,
+            client,
+            config.model,
+            cache,
+            template_sha256=TEMPLATE_SHA256,
+            temperature=config.temperature,
+            seed=config.seed,
+            response_format="none",
+            concurrency=config.concurrency,
+            timeout=config.timeout,
+            max_retries=config.max_retries,
+            backoff_base=config.backoff_base,
+            backoff_max=config.backoff_max,
+            budget_calls=config.budget_calls,
+            budget_tokens=config.budget_tokens,
+            secret=key,
+            stats=stats,
         )
         try:
             result = await CategoryClassifier(judge, spec).aclassify(prompts)

@@ -379,9 +379,7 @@ class JudgeClient:
         # chat.completions.create) with the raw JSON answer: less client CPU per request, which is what limits
         # throughput at high concurrency (docs/benchmarks.md, "Labeling").
         hard_limit = timeout * MAX_WAIT_FACTOR
-        request = asyncio.ensure_future(
-            openai_post_json(self.client, "/chat/completions", body, hard_limit)
-        )
+        request = asyncio.ensure_future(openai_post_json(self.client, "/chat/completions", body, hard_limit))
         try:
             waited, counted = 0.0, False
             while True:

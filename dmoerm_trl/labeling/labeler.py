@@ -121,7 +121,9 @@ class CapabilityLabeler:
 
     def _messages(self, row: dict, request: _Request) -> list[dict]:
         # Text pairs (TRL's standard format) are shown to the judge as one user turn and the answers' text.
-        chosen, rejected = (side if isinstance(side, str) else side[-1]["content"] for side in (row["chosen"], row["rejected"]))
+        chosen, rejected = (
+            side if isinstance(side, str) else side[-1]["content"] for side in (row["chosen"], row["rejected"])
+        )
         first, second = (rejected, chosen) if request.swapped else (chosen, rejected)
         prompt = [{"role": "user", "content": row["prompt"]}] if isinstance(row["prompt"], str) else row["prompt"]
         return self.template.render(

@@ -205,8 +205,12 @@ class RewardEnsemble(PreTrainedModel):
         if tokenizer is None and self.tokenizers is None:
             raise ValueError("standardize() needs tokenizer= (or an ensemble built with tokenizers=[...])")
         scorers = [
-            RewardScorer(member, tokenizer if tokenizer is not None else self.tokenizers[i], batch_size,
-                         name=f"ensemble member {i}")
+            RewardScorer(
+                member,
+                tokenizer if tokenizer is not None else self.tokenizers[i],
+                batch_size,
+                name=f"ensemble member {i}",
+            )
             for i, member in enumerate(self.members)
         ]
         return self.set_member_statistics(torch.stack([scorer(prompts, completions) for scorer in scorers], dim=-1))

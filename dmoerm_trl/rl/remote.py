@@ -89,8 +89,11 @@ class RemoteReward:
             ) from None
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {url!r}")
-        for field, value, least in (("batch_size", batch_size, 1), ("max_concurrency", max_concurrency, 1),
-                                    ("max_retries", max_retries, 0)):
+        for field, value, least in (
+            ("batch_size", batch_size, 1),
+            ("max_concurrency", max_concurrency, 1),
+            ("max_retries", max_retries, 0),
+        ):
             if not isinstance(value, int) or value < least:
                 raise ValueError(f"{field} must be an integer >= {least}, got {value!r}")
         if timeout <= 0:

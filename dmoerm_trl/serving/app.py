@@ -133,8 +133,9 @@ def _string_list(data: dict, field: str, settings: ServeSettings, required: bool
         raise ApiError(400, f"`{field}` is empty; send at least one text")
     if len(value) > settings.max_items_per_request:
         raise ApiError(
-            413, f"`{field}` has {len(value)} items, more than this server accepts per request "
-            f"({settings.max_items_per_request}); split the request"
+            413,
+            f"`{field}` has {len(value)} items, more than this server accepts per request "
+            f"({settings.max_items_per_request}); split the request",
         )
     for index, text in enumerate(value):
         if not isinstance(text, str):
@@ -152,8 +153,9 @@ def _conversations(data: dict, settings: ServeSettings) -> list:
         raise ApiError(400, "`conversations` is empty; send at least one conversation")
     if len(value) > settings.max_items_per_request:
         raise ApiError(
-            413, f"`conversations` has {len(value)} items, more than this server accepts per request "
-            f"({settings.max_items_per_request}); split the request"
+            413,
+            f"`conversations` has {len(value)} items, more than this server accepts per request "
+            f"({settings.max_items_per_request}); split the request",
         )
     for index, conversation in enumerate(value):
         where = f"conversations[{index}]"
@@ -168,8 +170,9 @@ def _conversations(data: dict, settings: ServeSettings) -> list:
                 raise ApiError(400, f"{where}[{turn}]: a message needs string `role` and `content`")
         if conversation[-1]["role"] != "assistant":
             raise ApiError(
-                400, f"{where}: the last message must be the assistant's response to score, got role "
-                f"{conversation[-1]['role']!r}"
+                400,
+                f"{where}: the last message must be the assistant's response to score, got role "
+                f"{conversation[-1]['role']!r}",
             )
     return value
 
@@ -182,8 +185,9 @@ def _categories(data: dict, n: int) -> list | None:
         return [value] * n
     if not isinstance(value, list) or len(value) != n:
         raise ApiError(
-            400, f"`categories` must be a category name or an array of {n} names (null: route), got "
-            f"{_type_name(value) if not isinstance(value, list) else f'{len(value)} entries'}"
+            400,
+            f"`categories` must be a category name or an array of {n} names (null: route), got "
+            f"{_type_name(value) if not isinstance(value, list) else f'{len(value)} entries'}",
         )
     for index, category in enumerate(value):
         if category is not None and not isinstance(category, str):
@@ -256,8 +260,9 @@ def create_app(engine: RewardEngine, settings: ServeSettings | None = None, on_r
             return
         given = request.headers.get("authorization", "").encode()
         if not hmac.compare_digest(given, expected_auth):
-            raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer ...)",
-                           {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401, "missing or wrong bearer token (Authorization: Bearer ...)", {"WWW-Authenticate": "Bearer"}
+            )
 
     async def read_json(request: Request) -> dict:
         limit = settings.max_request_bytes

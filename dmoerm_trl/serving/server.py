@@ -38,8 +38,10 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
     """The warning printed when ``host`` is not a loopback address (None for loopback)."""
     if is_loopback(host):
         return None
-    advice = "requests need the bearer token" if api_key else (
-        "anyone who can reach it can use it: set DMOERM_SERVE_API_KEY to require a bearer token"
+    advice = (
+        "requests need the bearer token"
+        if api_key
+        else ("anyone who can reach it can use it: set DMOERM_SERVE_API_KEY to require a bearer token")
     )
     return f"dmoerm serve: warning: binding {host} exposes the reward model beyond this machine; {advice}."
 
@@ -90,8 +92,11 @@ def run_server(
     url = url_of(sock)
 
     def on_ready(app):
-        print(f"dmoerm serve: ready at {url} (model {engine.model_id}; POST /get_reward, POST /v1/rewards, "
-              "GET /health, GET /metrics)", flush=True)
+        print(
+            f"dmoerm serve: ready at {url} (model {engine.model_id}; POST /get_reward, POST /v1/rewards, "
+            "GET /health, GET /metrics)",
+            flush=True,
+        )
 
     app = create_app(engine, settings, on_ready=on_ready)
     config = uvicorn.Config(

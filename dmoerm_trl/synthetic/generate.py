@@ -21,8 +21,9 @@ from .generator import SyntheticDataConfig, generate_dataset, write_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dmoerm_trl.synthetic.generate",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dmoerm_trl.synthetic.generate", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", "--output-dir", dest="out", required=True, help="Output directory.")
     defaults = SyntheticDataConfig()
     for field in dataclasses.fields(SyntheticDataConfig):
@@ -31,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         if field.name == "categories":
             parser.add_argument(flag, default=",".join(default), help=field.metadata["help"] + " Comma-separated.")
         else:
-            parser.add_argument(flag, type=type(default), default=default,
-                                help=f"{field.metadata['help']} (default: {default})")
+            parser.add_argument(
+                flag, type=type(default), default=default, help=f"{field.metadata['help']} (default: {default})"
+            )
     return parser
 
 
@@ -48,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     summary = dataset.summary
-    print(f"Wrote {summary['train_pairs']} training pairs (human flip rate measured "
-          f"{summary['human_flip_rate_measured']}) and {summary['test_pairs']} gold test pairs in "
-          f"{time.perf_counter() - started:.1f} s:")
+    print(
+        f"Wrote {summary['train_pairs']} training pairs (human flip rate measured "
+        f"{summary['human_flip_rate_measured']}) and {summary['test_pairs']} gold test pairs in "
+        f"{time.perf_counter() - started:.1f} s:"
+    )
     print(json.dumps(paths, indent=2))
     return 0
 

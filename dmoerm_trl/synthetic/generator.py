@@ -41,8 +41,13 @@ from .world import DEFAULT_CATEGORIES, PromptInfo, SyntheticWorld
 
 __all__ = ["SyntheticDataConfig", "SyntheticDataset", "generate_dataset", "generate_files", "write_dataset"]
 
-FILES = {"train": "train.jsonl", "test": "test.jsonl", "heldout_prompts": "heldout_prompts.jsonl",
-         "categories": "categories.yaml", "world": "world.json"}
+FILES = {
+    "train": "train.jsonl",
+    "test": "test.jsonl",
+    "heldout_prompts": "heldout_prompts.jsonl",
+    "categories": "categories.yaml",
+    "world": "world.json",
+}
 
 
 @dataclass
@@ -126,8 +131,16 @@ def _split_units(world, seed: int, fraction: float) -> tuple[list[str], list[str
     return sorted(units[n_test:]), sorted(units[:n_test])
 
 
-def _make_record(world, synthetic_world, unit: str, rng: random.Random, config: SyntheticDataConfig, split: str,
-                 index: int, counters: Counter) -> dict:
+def _make_record(
+    world,
+    synthetic_world,
+    unit: str,
+    rng: random.Random,
+    config: SyntheticDataConfig,
+    split: str,
+    index: int,
+    counters: Counter,
+) -> dict:
     for _ in range(1000):
         conversation = world.sample_conversation(unit, rng, config.multi_turn_probability)
         info = PromptInfo(world.name, conversation.item)
@@ -177,12 +190,15 @@ def generate_dataset(config: SyntheticDataConfig | None = None, **overrides) -> 
     for name, category in world.worlds.items():
         train_units, test_units = _split_units(category, config.seed, config.heldout_fraction)
         stats = {"train_units": len(train_units), "test_units": len(test_units)}
-        for split, units, count, out in (("train", train_units, config.pairs_per_category, train),
-                                         ("test", test_units, config.test_pairs_per_category, test)):
+        for split, units, count, out in (
+            ("train", train_units, config.pairs_per_category, train),
+            ("test", test_units, config.test_pairs_per_category, test),
+        ):
             rng = _rng(config.seed, name, split)
             counters: Counter = Counter()
-            records = [_make_record(category, world, rng.choice(units), rng, config, split, i, counters)
-                       for i in range(count)]
+            records = [
+                _make_record(category, world, rng.choice(units), rng, config, split, i, counters) for i in range(count)
+            ]
             out += records
             stats[f"{split}_pairs"] = count
             stats[f"{split}_resampled_ties"] = counters["resampled_ties"]

@@ -66,16 +66,19 @@ class GoldReward:
     def __call__(self, prompts=None, completions=None, **kwargs) -> list[float]:
         if completions is None:
             if prompts is None:
-                raise TypeError("GoldReward needs prompts= and completions=, a list of (prompt, response) pairs, "
-                                "or a list of texts")
+                raise TypeError(
+                    "GoldReward needs prompts= and completions=, a list of (prompt, response) pairs, "
+                    "or a list of texts"
+                )
             items = list(prompts)
             if all(isinstance(item, str) for item in items):
                 return self.score_texts(items)
             return self.score_pairs(items)
         prompts, completions = list(prompts), list(completions)
         if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions: pass one prompt per "
-                             "completion")
+            raise ValueError(
+                f"{len(prompts)} prompts but {len(completions)} completions: pass one prompt per completion"
+            )
         return self.score_pairs(list(zip(prompts, completions)))
 
     def _score(self, prompt, response: str) -> float:

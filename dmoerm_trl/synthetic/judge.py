@@ -87,8 +87,9 @@ class CapabilityJudge:
         '2'
     """
 
-    def __init__(self, world: SyntheticWorld | None = None, *, flip_rate: float = 0.1, seed: int = 0,
-                 style: str = "digit"):
+    def __init__(
+        self, world: SyntheticWorld | None = None, *, flip_rate: float = 0.1, seed: int = 0, style: str = "digit"
+    ):
         if not 0.0 <= flip_rate <= 1.0:
             raise ValueError(f"flip_rate={flip_rate}: must be in [0, 1].")
         if style not in ("digit", "sentence"):
@@ -167,7 +168,7 @@ class CapabilityJudge:
         if info is None:
             self._count("unknown_conversation")
             return "I cannot judge this conversation."
-        instructions = user[: match.start()] + "\n" + user[match.end():]
+        instructions = user[: match.start()] + "\n" + user[match.end() :]
         single = _EN_SINGLE.search(instructions) or _ZH_SINGLE.search(instructions)
         if single:
             capability = self._capability(info.category, single.group(1))
@@ -182,8 +183,10 @@ class CapabilityJudge:
             self._count("unknown_capability")
             return "I cannot decide."
         self._count("answered")
-        return json.dumps({name: self.verdict(info, capability, first, second) for name, capability in listed.items()},
-                          ensure_ascii=False)
+        return json.dumps(
+            {name: self.verdict(info, capability, first, second) for name, capability in listed.items()},
+            ensure_ascii=False,
+        )
 
     def __call__(self, body: Mapping) -> str:
         users = [m for m in body.get("messages", []) if m.get("role") == "user"]
@@ -193,9 +196,18 @@ class CapabilityJudge:
         return self.answer_text(str(content))
 
 
-def capability_judge_server(world: SyntheticWorld | None = None, *, flip_rate: float = 0.1, seed: int = 0,
-                            style: str = "digit", latency: float = 0.0, model: str = "synthetic-judge",
-                            host: str = "127.0.0.1", port: int = 0, **server_options):
+def capability_judge_server(
+    world: SyntheticWorld | None = None,
+    *,
+    flip_rate: float = 0.1,
+    seed: int = 0,
+    style: str = "digit",
+    latency: float = 0.0,
+    model: str = "synthetic-judge",
+    host: str = "127.0.0.1",
+    port: int = 0,
+    **server_options,
+):
     """An unstarted OpenAI-compatible server answering with a :class:`CapabilityJudge` (``with ... as server`` or
     ``server.start()``; ``server.base_url``, ``server.answer.stats``). ``server_options`` go to
     :class:`~dmoerm_trl.labeling.scripted_judge_server.ScriptedJudgeServer` (e.g. ``faults=``)."""
@@ -217,8 +229,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--categories", default=None, help="Comma-separated categories (default: all).")
     args = parser.parse_args(argv)
     world = SyntheticWorld(args.categories.split(",") if args.categories else None)
-    server = capability_judge_server(world, flip_rate=args.flip_rate, seed=args.seed, latency=args.latency,
-                                     model=args.model, host=args.host, port=args.port).start()
+    server = capability_judge_server(
+        world,
+        flip_rate=args.flip_rate,
+        seed=args.seed,
+        latency=args.latency,
+        model=args.model,
+        host=args.host,
+        port=args.port,
+    ).start()
     print(f"READY {server.base_url}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -66,8 +66,22 @@ EMPATHY_MARKERS = (
 REASONING_CONNECTIVES = ("because", "therefore", "which means", "as a result", "that is why", "this explains")
 # Evocative adjectives (text creation expressiveness); PLAIN_WORDS fill the same slots without counting.
 VIVID_WORDS = (
-    "shimmering", "whispering", "golden", "velvet", "restless", "ancient", "luminous", "silver",
-    "fierce", "gentle", "glowing", "crimson", "endless", "secret", "wild", "radiant",
+    "shimmering",
+    "whispering",
+    "golden",
+    "velvet",
+    "restless",
+    "ancient",
+    "luminous",
+    "silver",
+    "fierce",
+    "gentle",
+    "glowing",
+    "crimson",
+    "endless",
+    "secret",
+    "wild",
+    "radiant",
 )
 PLAIN_WORDS = ("nice", "good", "big", "small", "usual", "normal", "simple", "plain")
 
@@ -126,8 +140,11 @@ def count_markers(text: str, markers: Iterable[str]) -> int:
 
 def is_informative(segment: str) -> bool:
     stripped = segment.rstrip()
-    return (word_count(stripped) >= 4 and not stripped.endswith(("?", "!", ":"))
-            and count_markers(stripped, EMPATHY_MARKERS) == 0)
+    return (
+        word_count(stripped) >= 4
+        and not stripped.endswith(("?", "!", ":"))
+        and count_markers(stripped, EMPATHY_MARKERS) == 0
+    )
 
 
 def informative_segments(text: str) -> list[str]:

@@ -69,8 +69,9 @@ def conversation_text(prompt) -> str:
         return prompt
     if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) and "content" in m for m in prompt):
         return "\n".join(str(m["content"]) for m in prompt)
-    raise TypeError(f"a prompt must be a string or a list of {{'role', 'content'}} messages, "
-                    f"got {type(prompt).__name__}")
+    raise TypeError(
+        f"a prompt must be a string or a list of {{'role', 'content'}} messages, got {type(prompt).__name__}"
+    )
 
 
 class SyntheticWorld:
@@ -113,8 +114,9 @@ class SyntheticWorld:
         return CategorySpec(
             categories=self.categories,
             aliases={world.zh_name: name for name, world in self.worlds.items()},
-            capability_names={"zh": {c: PAPER_CAPABILITY_NAMES_ZH[c] for c in sorted(capabilities)
-                                     if c in PAPER_CAPABILITY_NAMES_ZH}},
+            capability_names={
+                "zh": {c: PAPER_CAPABILITY_NAMES_ZH[c] for c in sorted(capabilities) if c in PAPER_CAPABILITY_NAMES_ZH}
+            },
             capability_descriptions={"en": {c: descriptions[c] for c in sorted(capabilities)}},
             source="synthetic",
         )
@@ -128,8 +130,14 @@ class SyntheticWorld:
 
     def describe(self) -> dict:
         """Categories, capabilities, capability descriptions and gold formulas (for reports and world.json)."""
-        return {name: {"zh_name": world.zh_name, "capabilities": dict(world.descriptions),
-                       "gold_formula": world.gold_formula} for name, world in self.worlds.items()}
+        return {
+            name: {
+                "zh_name": world.zh_name,
+                "capabilities": dict(world.descriptions),
+                "gold_formula": world.gold_formula,
+            }
+            for name, world in self.worlds.items()
+        }
 
     # -- recognising prompts ----------------------------------------------------------------------------------------
     def find(self, prompt) -> PromptInfo | None:

@@ -21,7 +21,9 @@ class _StageRewardTrainer(StageCheckpointMixin, RewardTrainer):
     def __init__(self, model, category: str, capability: str | None = None, args=None, **kwargs):
         self.category, self.capability = category, capability
         self.stage_name = "/".join(part for part in (self.stage_kind, category, capability) if part is not None)
-        self.stage_parameter_names = model.set_training_stage(self.stage_kind, category=category, capability=capability)
+        self.stage_parameter_names = model.set_training_stage(
+            self.stage_kind, category=category, capability=capability
+        )
         if args is not None:
             cast_trainable_parameters_for_deepspeed(model, args)
         super().__init__(model=model, args=args, **kwargs)

@@ -99,8 +99,10 @@ def _experts_fingerprint(model, category: str, pair_ids: list[str]) -> str:
     digest = hashlib.sha1("\n".join(pair_ids).encode())
     experts = model.expert_adapter_names(category)
     for name, parameter in model.named_parameters():
-        if any(f".{expert}." in name or name.endswith(f".{expert}") or f"value_heads.{expert}." in name
-               for expert in experts):
+        if any(
+            f".{expert}." in name or name.endswith(f".{expert}") or f"value_heads.{expert}." in name
+            for expert in experts
+        ):
             digest.update(name.encode())
             digest.update(parameter.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()
@@ -126,7 +128,12 @@ class AggregatorTrainer(CountedMetricsMixin, SignatureColumnsHook, StageCheckpoi
             (a fixed schedule: every epoch, the last weights); from it on, selection on validation loss.
     """
 
-    signature_columns = ("chosen_ids", "rejected_ids", "chosen_features", "rejected_features")  # what the collator reads
+    signature_columns = (
+        "chosen_ids",
+        "rejected_ids",
+        "chosen_features",
+        "rejected_features",
+    )  # what the collator reads
 
     def __init__(
         self,
@@ -162,7 +169,12 @@ class AggregatorTrainer(CountedMetricsMixin, SignatureColumnsHook, StageCheckpoi
         self.calibrate_rewards = calibrate_rewards
         if cache_expert_features:
             train_dataset, eval_dataset = self._cached_features(
-                model, args, train_dataset, eval_dataset, processing_class.pad_token_id, feature_batch_size,
+                model,
+                args,
+                train_dataset,
+                eval_dataset,
+                processing_class.pad_token_id,
+                feature_batch_size,
                 feature_cache_path,
             )
             self.train_features = torch.cat([train_dataset.chosen, train_dataset.rejected]) if train_dataset else None
@@ -171,10 +183,16 @@ class AggregatorTrainer(CountedMetricsMixin, SignatureColumnsHook, StageCheckpoi
             self.train_features = None
             if train_dataset is not None and (normalize_expert_features or calibrate_rewards):
                 # One pass for the statistics; training itself still runs the experts at every step.
-                self.train_features = torch.cat(compute_pair_features(
-                    model, train_dataset, category, processing_class.pad_token_id, feature_batch_size,
-                    desc=f"Expert features for the statistics ({category})",
-                ))
+                self.train_features = torch.cat(
+                    compute_pair_features(
+                        model,
+                        train_dataset,
+                        category,
+                        processing_class.pad_token_id,
+                        feature_batch_size,
+                        desc=f"Expert features for the statistics ({category})",
+                    )
+                )
             keep = ["chosen_ids", "rejected_ids"]
             train_dataset = train_dataset.select_columns(keep) if train_dataset is not None else None
             eval_dataset = eval_dataset.select_columns(keep) if eval_dataset is not None else None
@@ -206,8 +224,9 @@ class AggregatorTrainer(CountedMetricsMixin, SignatureColumnsHook, StageCheckpoi
 
         callbacks = list(callbacks or [])
         size = len(eval_dataset) if eval_dataset is not None else 0
-        if args is None or not (args.load_best_model_at_end or any(
-                isinstance(c, EarlyStoppingCallback) for c in callbacks)):
+        if args is None or not (
+            args.load_best_model_at_end or any(isinstance(c, EarlyStoppingCallback) for c in callbacks)
+        ):
             self.selection = "fixed schedule"
             return args, callbacks
         if size >= min_validation_pairs:
@@ -216,7 +235,10 @@ class AggregatorTrainer(CountedMetricsMixin, SignatureColumnsHook, StageCheckpoi
         logger.warning(
             "aggregator/%s: %d validation pairs (< min_validation_pairs=%d): no best-checkpoint selection and no early "
             "stopping; phase 3 trains its fixed schedule (%s epochs) and keeps the last weights",
-            self.category, size, min_validation_pairs, args.num_train_epochs,
+            self.category,
+            size,
+            min_validation_pairs,
+            args.num_train_epochs,
         )
         self.selection = f"fixed schedule ({size} validation pairs < {min_validation_pairs})"
         args = dataclasses.replace(args, load_best_model_at_end=False, metric_for_best_model=None)
@@ -248,8 +270,12 @@ class AggregatorTrainer(CountedMetricsMixin, SignatureColumnsHook, StageCheckpoi
             gathered = deepspeed.zero.GatheredParameters(list(aggregator.parameters()))
         with gathered:
             weight = aggregator.out.weight
-            raw = torch.cat([aggregator(chunk.to(weight.device, weight.dtype)).float().cpu()
-                             for chunk in self.train_features.split(1024)])
+            raw = torch.cat(
+                [
+                    aggregator(chunk.to(weight.device, weight.dtype)).float().cpu()
+                    for chunk in self.train_features.split(1024)
+                ]
+            )
         aggregator.set_reward_calibration(raw)
         stats = {"reward_mean": aggregator.reward_mean.item(), "reward_std": aggregator.reward_std.item()}
         logger.info("aggregator/%s: calibrated on %d training texts: %s", self.category, len(raw), stats)
@@ -260,11 +286,19 @@ class AggregatorTrainer(CountedMetricsMixin, SignatureColumnsHook, StageCheckpoi
 
         from safetensors import safe_open
 
-        pair_ids = [f"train:{pid}" for pid in (train_dataset["pair_id"] if "pair_id" in train_dataset.column_names
-                                              else range(len(train_dataset)))]
+        pair_ids = [
+            f"train:{pid}"
+            for pid in (
+                train_dataset["pair_id"] if "pair_id" in train_dataset.column_names else range(len(train_dataset))
+            )
+        ]
         if eval_dataset is not None:
-            pair_ids += [f"eval:{pid}" for pid in (eval_dataset["pair_id"] if "pair_id" in eval_dataset.column_names
-                                                  else range(len(eval_dataset)))]
+            pair_ids += [
+                f"eval:{pid}"
+                for pid in (
+                    eval_dataset["pair_id"] if "pair_id" in eval_dataset.column_names else range(len(eval_dataset))
+                )
+            ]
         fingerprint = _experts_fingerprint(model, self.category, pair_ids)
         first = args.main_process_first(desc="expert feature cache") if (args is not None and cache_path) else None
         with first if first is not None else nullcontext():
@@ -277,18 +311,28 @@ class AggregatorTrainer(CountedMetricsMixin, SignatureColumnsHook, StageCheckpoi
             if tensors is None:
                 tensors = {}
                 tensors["train_chosen"], tensors["train_rejected"] = compute_pair_features(
-                    model, train_dataset, self.category, pad_token_id, batch_size,
+                    model,
+                    train_dataset,
+                    self.category,
+                    pad_token_id,
+                    batch_size,
                     desc=f"Expert features, phase-3 pairs ({self.category})",
                 )
                 if eval_dataset is not None:
                     tensors["eval_chosen"], tensors["eval_rejected"] = compute_pair_features(
-                        model, eval_dataset, self.category, pad_token_id, batch_size,
+                        model,
+                        eval_dataset,
+                        self.category,
+                        pad_token_id,
+                        batch_size,
                         desc=f"Expert features, validation pairs ({self.category})",
                     )
                 if cache_path and (args is None or args.should_save):
                     atomic_save_tensors(tensors, cache_path, {"fingerprint": fingerprint})
         train = ExpertFeaturePairs(tensors["train_chosen"], tensors["train_rejected"])
-        evaluation = ExpertFeaturePairs(tensors["eval_chosen"], tensors["eval_rejected"]) if "eval_chosen" in tensors else None
+        evaluation = (
+            ExpertFeaturePairs(tensors["eval_chosen"], tensors["eval_rejected"]) if "eval_chosen" in tensors else None
+        )
         return train, evaluation
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

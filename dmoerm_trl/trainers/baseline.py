@@ -71,7 +71,10 @@ def train_baseline_reward_model(
             del probe
         # task_type SEQ_CLS: PEFT also trains and saves the (new, random) score head.
         peft_config = LoraConfig(
-            task_type="SEQ_CLS", r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            task_type="SEQ_CLS",
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
             target_modules=lora_target_modules,
         )
     callbacks = list(callbacks or [])

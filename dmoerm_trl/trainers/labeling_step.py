@@ -43,8 +43,13 @@ def label_capabilities(label_config: str, dataset_path: str, spec, output_dir, l
     spec = replace(spec, aliases={**aliases, **spec.aliases})
     categories_file = output_dir / "categories.yaml"
     atomic_write_text(categories_file, yaml.safe_dump(spec.to_yaml_dict(), allow_unicode=True, sort_keys=False))
-    config = _labeling_config(label_config, data=dataset_path, output=str(output_dir / "labels"),
-                              categories=str(categories_file), lower_rank_is_better=lower_rank_is_better)
+    config = _labeling_config(
+        label_config,
+        data=dataset_path,
+        output=str(output_dir / "labels"),
+        categories=str(categories_file),
+        lower_rank_is_better=lower_rank_is_better,
+    )
     logger.info("Labeling the capability preferences of %s with the judge %s", config.data, config.model)
     summary = run_labeling(config).summary
     if summary["aborted"] or not summary["complete"]:
@@ -82,14 +87,20 @@ def categorize_prompts(label_config: str, prompts, spec, output_dir) -> dict:
 
     labels_dir = Path(output_dir) / "labels"
     config = _labeling_config(label_config, data="", output=str(labels_dir))
-    logger.info("Classifying %d prompt(s) into %s with the judge %s", len(prompts), list(spec.categories),
-                config.model)
+    logger.info(
+        "Classifying %d prompt(s) into %s with the judge %s", len(prompts), list(spec.categories), config.model
+    )
     result = classify_prompts(config, prompts, spec)
     write_jsonl_atomic(result.outcomes, labels_dir / CATEGORIES_FILE)
     report = result.report
     logger.info(
         "Judge categories: %d of %d prompts kept (consistency %s; %d inconsistent, %d undecided, %d failed): %s",
-        report["kept"], report["prompts"], report["consistency"], report["inconsistent"], report["undecided"],
-        report["failed"], report["per_category"],
+        report["kept"],
+        report["prompts"],
+        report["consistency"],
+        report["inconsistent"],
+        report["undecided"],
+        report["failed"],
+        report["per_category"],
     )
     return report

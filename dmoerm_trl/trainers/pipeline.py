@@ -147,15 +147,19 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
                     f"the tokenizer of {self.backbone_path} has neither a pad nor an EOS token; add a pad token "
                     "(tokenizer.add_special_tokens({'pad_token': '<pad>'}) and save it) before training"
                 )
-            logger.info("The tokenizer has no pad token; using its EOS token %r for padding (as TRL does).",
-                        tokenizer.eos_token)
+            logger.info(
+                "The tokenizer has no pad token; using its EOS token %r for padding (as TRL does).",
+                tokenizer.eos_token,
+            )
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
 
     @property
     def _single_process(self) -> bool:
-        return self.args.world_size == 1 and getattr(self.args, "deepspeed_plugin", None) is None and not (
-            self.args.deepspeed
+        return (
+            self.args.world_size == 1
+            and getattr(self.args, "deepspeed_plugin", None) is None
+            and not (self.args.deepspeed)
         )
 
     def _build_model(self):
@@ -262,8 +266,9 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
             return RouterTrainer(model, train_dataset=train, eval_dataset=eval_dataset, **common)
         if stage.kind in ("task", "capability"):
             columns = ["chosen_ids", "rejected_ids"]
-            train, eval_dataset = train.select_columns(columns), (
-                eval_dataset.select_columns(columns) if eval_dataset is not None else None
+            train, eval_dataset = (
+                train.select_columns(columns),
+                (eval_dataset.select_columns(columns) if eval_dataset is not None else None),
             )
             if stage.kind == "task":
                 return TaskTrainer(model, stage.category, train_dataset=train, eval_dataset=eval_dataset, **common)
@@ -302,7 +307,11 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
                 "for this stage (it trains all epochs). Fix: more data or a larger validation_split_ratio"
             )
         logger.info(
-            "[%s] %s: %d training pairs, %d validation pairs%s", position, stage.name, len(train), len(validation),
+            "[%s] %s: %d training pairs, %d validation pairs%s",
+            position,
+            stage.name,
+            len(train),
+            len(validation),
             f", resuming from {resume}" if resume else "",
         )
         args = self._stage_args(stage, has_validation=bool(len(validation)))
@@ -320,8 +329,14 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
             atomic_save_tensors(tensors, stage_dir / FINAL_WEIGHTS, {"dmoerm_stage": stage.name})
             atomic_write_json(stage_dir / "log_history.json", trainer.state.log_history)
         self._mark(
-            stage, "done", metrics=metrics, train_seconds=round(seconds, 3), resumed_from=resume,
-            num_train=len(train), num_validation=len(validation), global_step=trainer.state.global_step,
+            stage,
+            "done",
+            metrics=metrics,
+            train_seconds=round(seconds, 3),
+            resumed_from=resume,
+            num_train=len(train),
+            num_validation=len(validation),
+            global_step=trainer.state.global_step,
         )
         self.ran_stages.append(stage.name)
         del trainer, model
@@ -386,8 +401,12 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
         self._check_categories()
         self.expert_data = (
             select_capability_labels(
-                self.labels, self.categories, self.validation_conversations, self.data_args.min_capability_labels,
-                [c for c in self.categories_to_train if c not in self.skipped_categories], self.report,
+                self.labels,
+                self.categories,
+                self.validation_conversations,
+                self.data_args.min_capability_labels,
+                [c for c in self.categories_to_train if c not in self.skipped_categories],
+                self.report,
             )
             if self.labels is not None
             else {}
@@ -412,8 +431,9 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
                 self._run_baseline(stage)
             else:
                 self._run_stage(stage, position)
-        finished = sorted(n for n, i in self.state["stages"].items()
-                          if i["status"] == "done" and n not in ("baseline", "label"))
+        finished = sorted(
+            n for n, i in self.state["stages"].items() if i["status"] == "done" and n not in ("baseline", "label")
+        )
         if finished and finished != sorted(self.state.get("exported_after", [])):
             self._export()
         self._finish(finished)
@@ -450,6 +470,12 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
             early_stopping_patience=self.args.early_stopping_patience,
             callbacks=self.callbacks,
         )
-        self._mark(stage, "done", metrics=metrics, train_seconds=round(time.perf_counter() - start, 3),
-                   num_train=len(train), num_validation=len(validation))
+        self._mark(
+            stage,
+            "done",
+            metrics=metrics,
+            train_seconds=round(time.perf_counter() - start, 3),
+            num_train=len(train),
+            num_validation=len(validation),
+        )
         self.ran_stages.append(stage.name)

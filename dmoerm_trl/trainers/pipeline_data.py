@@ -39,7 +39,9 @@ class PipelineDataMixin:
                 f"categories_to_train names {unknown}, which are not categories of the model {list(self.categories)}"
             )
         limit = self._backbone_max_length()
-        self.max_length = min(x for x in (self.args.max_length, limit) if x) if (self.args.max_length or limit) else None
+        self.max_length = (
+            min(x for x in (self.args.max_length, limit) if x) if (self.args.max_length or limit) else None
+        )
 
         load_report = LoadReport()
         human = self._load_human_pairs(load_report)
@@ -62,7 +64,8 @@ class PipelineDataMixin:
         if self.data_args.capability_labels_path:
             label_report = LoadReport()
             labels = load_capability_labels(
-                self.data_args.capability_labels_path, skip_invalid=self.data_args.skip_invalid_records,
+                self.data_args.capability_labels_path,
+                skip_invalid=self.data_args.skip_invalid_records,
                 report=label_report,
             )
             self.report.counts["capability_labels_read"] = len(labels)
@@ -147,10 +150,15 @@ class PipelineDataMixin:
             pairs = self._load_human_pairs(LoadReport(), with_judge_categories=False)
             prompts = [prompt for prompt, category in zip(pairs["prompt"], pairs["category"]) if not category]
             if prompts:
-                report = categorize_prompts(self.data_args.label_config, prompts,
-                                            load_category_spec(self.model_args.categories), self.output_dir)
-                self.report.counts.update({f"judge_categories_{k}": v for k, v in report.items()
-                                           if isinstance(v, int)})
+                report = categorize_prompts(
+                    self.data_args.label_config,
+                    prompts,
+                    load_category_spec(self.model_args.categories),
+                    self.output_dir,
+                )
+                self.report.counts.update(
+                    {f"judge_categories_{k}": v for k, v in report.items() if isinstance(v, int)}
+                )
                 if report["consistency"] is not None:
                     self.report.counts["judge_categories_consistency_percent"] = round(100 * report["consistency"])
         self._barrier()
@@ -195,9 +203,11 @@ class PipelineDataMixin:
             summary = None
             if self.is_main:
                 summary = label_capabilities(
-                    self.data_args.label_config, self._labeling_source(),
+                    self.data_args.label_config,
+                    self._labeling_source(),
                     load_category_spec(self.model_args.categories),
-                    self.output_dir, lower_rank_is_better=self.data_args.lower_rank_is_better,
+                    self.output_dir,
+                    lower_rank_is_better=self.data_args.lower_rank_is_better,
                 )
             self._barrier()
             self._mark(stage, "done", labels=summary["labels"] if summary else None)
@@ -273,9 +283,15 @@ class PipelineDataMixin:
             routed_rows, self.data_args.validation_split_ratio, self.data_args.task_split_ratio, self.args.seed
         )
         for category, split in extra.items():
-            target = self.splits.setdefault(category, {"task": [], "aggregator": [], "validation": [],
-                                                       "conversations": {"task": 0, "aggregator": 0,
-                                                                         "validation": 0}})
+            target = self.splits.setdefault(
+                category,
+                {
+                    "task": [],
+                    "aggregator": [],
+                    "validation": [],
+                    "conversations": {"task": 0, "aggregator": 0, "validation": 0},
+                },
+            )
             for name in ("task", "aggregator", "validation"):
                 target[name] = target[name] + split[name]
                 target["conversations"][name] += split["conversations"][name]

@@ -34,21 +34,59 @@ SECTIONS = ("model_args", "data_args", "training_args")
 RESULT_NEUTRAL_KEYS = frozenset(
     {
         # logging and reporting
-        "logging_dir", "logging_strategy", "logging_steps", "logging_first_step", "logging_nan_inf_filter",
-        "log_on_each_node", "log_level", "log_level_replica", "disable_tqdm", "report_to", "run_name", "project",
-        "trackio_space_id", "trackio_bucket_id", "trackio_static_space_id", "include_num_input_tokens_seen",
-        "include_tokens_per_second", "skip_memory_metrics",
+        "logging_dir",
+        "logging_strategy",
+        "logging_steps",
+        "logging_first_step",
+        "logging_nan_inf_filter",
+        "log_on_each_node",
+        "log_level",
+        "log_level_replica",
+        "disable_tqdm",
+        "report_to",
+        "run_name",
+        "project",
+        "trackio_space_id",
+        "trackio_bucket_id",
+        "trackio_static_space_id",
+        "include_num_input_tokens_seen",
+        "include_tokens_per_second",
+        "skip_memory_metrics",
         # hub upload (of the finished model; stages never push)
-        "push_to_hub", "hub_token", "hub_private_repo", "hub_model_id", "hub_strategy", "hub_always_push",
+        "push_to_hub",
+        "hub_token",
+        "hub_private_repo",
+        "hub_model_id",
+        "hub_strategy",
+        "hub_always_push",
         "hub_revision",
         # threads, workers, processes' bookkeeping
-        "torch_num_threads", "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
-        "dataloader_prefetch_factor", "dataloader_multiprocessing_context", "dataset_num_proc", "ddp_timeout",
-        "local_rank", "torch_empty_cache_steps",
+        "torch_num_threads",
+        "dataloader_num_workers",
+        "dataloader_pin_memory",
+        "dataloader_persistent_workers",
+        "dataloader_prefetch_factor",
+        "dataloader_multiprocessing_context",
+        "dataset_num_proc",
+        "ddp_timeout",
+        "local_rank",
+        "torch_empty_cache_steps",
         # what runs now and how the folder is kept
-        "output_dir", "overwrite_output_dir", "stages", "categories_to_train", "train_baseline", "skip_empty_categories",
-        "restart", "resume_from_checkpoint", "do_train", "do_eval", "do_predict", "save_total_limit",
-        "save_on_each_node", "enable_jit_checkpoint", "restore_callback_states_from_checkpoint",
+        "output_dir",
+        "overwrite_output_dir",
+        "stages",
+        "categories_to_train",
+        "train_baseline",
+        "skip_empty_categories",
+        "restart",
+        "resume_from_checkpoint",
+        "do_train",
+        "do_eval",
+        "do_predict",
+        "save_total_limit",
+        "save_on_each_node",
+        "enable_jit_checkpoint",
+        "restore_callback_states_from_checkpoint",
     }
 )
 RESTART_FLAG = "--restart true"
@@ -148,8 +186,16 @@ def check_rerun(output_dir: str | Path, new: dict[str, Any], state: dict[str, An
 
 
 # What a run writes into its output folder besides the labels (labels/ keeps the judge's cache: relabeling is free).
-RESULT_FILES = ("pipeline_state.json", "splits.json", "training_summary.json", RUN_CONFIG_FILE, "config.json",
-                "dmoerm_heads.safetensors", "README.md", "eval_results.json")
+RESULT_FILES = (
+    "pipeline_state.json",
+    "splits.json",
+    "training_summary.json",
+    RUN_CONFIG_FILE,
+    "config.json",
+    "dmoerm_heads.safetensors",
+    "README.md",
+    "eval_results.json",
+)
 RESULT_FOLDERS = ("stages", "adapters", "category_bases", "base", "baseline", "backbone")
 
 

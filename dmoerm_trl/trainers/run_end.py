@@ -29,9 +29,12 @@ def check_push_settings(model_args, training_args) -> None:
 
     if model_args.tiny_backbone:
         where = f"the tiny backbone ({training_args.output_dir}/backbone)"
-    elif reference_for_reader(
-        reference_for_save(model_args.model_name_or_path, None, Path(training_args.output_dir), warn=False)[0]
-    ) is None:
+    elif (
+        reference_for_reader(
+            reference_for_save(model_args.model_name_or_path, None, Path(training_args.output_dir), warn=False)[0]
+        )
+        is None
+    ):
         where = f"model_name_or_path {model_args.model_name_or_path!r}"
     else:
         return
@@ -89,8 +92,12 @@ def push_trained_model(output_dir: Path, model_args, args, tokenizer) -> str:
     model = DMoERMForSequenceClassification.from_pretrained(output_dir)
     repo_id = args.hub_model_id or Path(output_dir).absolute().name
     commit = model.push_to_hub(
-        repo_id, save_base=model_args.save_base_model, private=args.hub_private_repo, token=args.hub_token,
-        revision=getattr(args, "hub_revision", None), tokenizer=tokenizer,
+        repo_id,
+        save_base=model_args.save_base_model,
+        private=args.hub_private_repo,
+        token=args.hub_token,
+        revision=getattr(args, "hub_revision", None),
+        tokenizer=tokenizer,
         commit_message=f"Upload DMoERM trained in {Path(output_dir).name}",
     )
     logger.info("pushed the trained DMoERM to %s: %s", repo_id, commit)

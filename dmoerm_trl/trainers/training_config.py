@@ -125,33 +125,44 @@ class DMoERMModelArguments:
     )
     router_mode: str = field(
         default="lora",
-        metadata={"help": "'lora': router adapter + head; 'linear': head on frozen base features; 'trunk': head on "
-                  "the shared trunk's output (needs trunk_layers > 0; no extra pass).",
-                  "choices": ["lora", "linear", "trunk"]},
+        metadata={
+            "help": "'lora': router adapter + head; 'linear': head on frozen base features; 'trunk': head on "
+            "the shared trunk's output (needs trunk_layers > 0; no extra pass).",
+            "choices": ["lora", "linear", "trunk"],
+        },
     )
     pooling: str | None = field(
         default=None, metadata={"help": "'last' or 'first' token pooling; detected from the backbone if unset."}
     )
     router_pooling: str | None = field(
         default=None,
-        metadata={"help": "Router pooling: 'last', 'first' or 'mean' (default: same as pooling; 'mean' with "
-                  "router_mode trunk); 'mean' trains more easily on small or shallow backbones.",
-                  "choices": [None, "last", "first", "mean"]},
+        metadata={
+            "help": "Router pooling: 'last', 'first' or 'mean' (default: same as pooling; 'mean' with "
+            "router_mode trunk); 'mean' trains more easily on small or shallow backbones.",
+            "choices": [None, "last", "first", "mean"],
+        },
     )
     task_mode: str = field(
         default="lora",
-        metadata={"help": "Phase 1: 'lora' (task adapter on the shared base) or 'full' (the paper's layout: one fully "
-                  "fine-tuned base copy per category).", "choices": ["lora", "full"]},
+        metadata={
+            "help": "Phase 1: 'lora' (task adapter on the shared base) or 'full' (the paper's layout: one fully "
+            "fine-tuned base copy per category).",
+            "choices": ["lora", "full"],
+        },
     )
     trunk_layers: int = field(
         default=0,
-        metadata={"help": "Shared trunk: the bottom N layers carry no adapters and run once per sequence (0: adapters "
-                  "in every layer, the paper's design)."},
+        metadata={
+            "help": "Shared trunk: the bottom N layers carry no adapters and run once per sequence (0: adapters "
+            "in every layer, the paper's design)."
+        },
     )
     dtype: str = field(
         default="float32",
-        metadata={"help": "Backbone dtype: float32, bfloat16, float16 or auto.",
-                  "choices": ["float32", "bfloat16", "float16", "auto"]},
+        metadata={
+            "help": "Backbone dtype: float32, bfloat16, float16 or auto.",
+            "choices": ["float32", "bfloat16", "float16", "auto"],
+        },
     )
     save_base_model: bool = field(
         default=False, metadata={"help": "Also save the backbone weights inside the output folder (base/)."}
@@ -368,9 +379,7 @@ class DMoERMTrainingConfig(RewardConfig):
         default=None,
         metadata={"help": "Deprecated alias of activation_checkpointing (off by default here, unlike TRL)."},
     )
-    bf16: bool | None = field(
-        default=False, metadata={"help": "bf16 mixed precision (GPU, or CPU with use_cpu)."}
-    )
+    bf16: bool | None = field(default=False, metadata={"help": "bf16 mixed precision (GPU, or CPU with use_cpu)."})
     max_length: int | None = field(
         default=1024,
         metadata={"help": "Longest tokenized sequence; longer pairs are dropped (counted and reported)."},
@@ -407,13 +416,17 @@ class DMoERMTrainingConfig(RewardConfig):
     feature_batch_size: int = field(default=32, metadata={"help": "Batch size for the phase-3 feature cache."})
     aggregator_min_validation_pairs: int = field(
         default=32,
-        metadata={"help": "Phase 3: fewest validation pairs for best-checkpoint selection on validation loss; below "
-                  "it a fixed schedule (all epochs, last weights)."},
+        metadata={
+            "help": "Phase 3: fewest validation pairs for best-checkpoint selection on validation loss; below "
+            "it a fixed schedule (all epochs, last weights)."
+        },
     )
     calibrate_rewards: bool = field(
         default=True,
-        metadata={"help": "Standardise each category's reward on its training texts after phase 3 (one scale for "
-                  "all categories); false: raw aggregator outputs."},
+        metadata={
+            "help": "Standardise each category's reward on its training texts after phase 3 (one scale for "
+            "all categories); false: raw aggregator outputs."
+        },
     )
     train_baseline: bool = field(
         default=False, metadata={"help": "Also train the single-RM baseline into <output_dir>/baseline."}

@@ -21,7 +21,7 @@ def require_extra(module: str, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as err:
         raise MissingExtraError(
-            f"{purpose} needs the `{module}` package, which is not installed: pip install \"dmoerm-trl[{extra}]\"",
+            f'{purpose} needs the `{module}` package, which is not installed: pip install "dmoerm-trl[{extra}]"',
             name=module,
         ) from err
 

@@ -65,9 +65,12 @@ def test_ppo_contract_matches_each_member_read_by_trl(proxies, dmoerm, policy_to
     ensemble = RewardEnsemble(models, mode="uwo", uwo_lambda=0.5).train()
     pad = policy_tokenizer.pad_token_id
     # PPO queries: chat-templated prompts ending with the generation prompt (the DMoERM member routes on them).
-    texts = [policy_tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                  add_generation_prompt=True)
-             for text in ("hello there", "What is the capital of France?")]
+    texts = [
+        policy_tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+        for text in ("hello there", "What is the capital of France?")
+    ]
     queries = policy_tokenizer(texts, padding=True, return_tensors="pt")
     responses = torch.tensor([[11, 12, 13, pad, pad], [21, 22, 23, 24, 25]])
     query_responses = torch.cat([queries["input_ids"], responses], dim=1)
@@ -146,8 +149,9 @@ def test_standardized_members_make_wco_more_than_the_lowest_offset_member(tmp_pa
     reference_prompts = [p for p in prompts for _ in range(2)]
     reference_completions = [" Yes, of course.", " No idea, sorry."] * len(prompts)
     raw = RewardEnsemble([low, high], mode="wco")
-    raw_members = torch.stack([RewardScorer(m, tokenizer)(reference_prompts, reference_completions)
-                               for m in (low, high)], dim=-1)
+    raw_members = torch.stack(
+        [RewardScorer(m, tokenizer)(reference_prompts, reference_completions) for m in (low, high)], dim=-1
+    )
     raw_wco = RewardScorer(raw, tokenizer)(reference_prompts, reference_completions)
     assert (raw_members[:, 1] > raw_members[:, 0]).all()
     torch.testing.assert_close(raw_wco, raw_members[:, 0])  # WCO = the lowest-offset member on every text
@@ -156,7 +160,8 @@ def test_standardized_members_make_wco_more_than_the_lowest_offset_member(tmp_pa
     assert ensemble.is_standardized and ensemble.config.num_reference_texts == len(reference_prompts)
     assert ensemble.config.member_means[1] - ensemble.config.member_means[0] > 4  # the offset was measured
     standardized = (raw_members.double() - torch.tensor(ensemble.config.member_means)) / torch.tensor(
-        ensemble.config.member_stds)
+        ensemble.config.member_stds
+    )
     torch.testing.assert_close(standardized.mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-5, rtol=0)
     wco = RewardScorer(ensemble, tokenizer)(reference_prompts, reference_completions)
     torch.testing.assert_close(wco.double(), standardized.min(-1).values, atol=1e-5, rtol=1e-5)
@@ -166,8 +171,11 @@ def test_standardized_members_make_wco_more_than_the_lowest_offset_member(tmp_pa
     batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
     with torch.no_grad():
         members = member_rewards([low, high], batch).double()
-        expected = ((members - torch.tensor(ensemble.config.member_means)) / torch.tensor(
-            ensemble.config.member_stds)).min(-1).values
+        expected = (
+            ((members - torch.tensor(ensemble.config.member_means)) / torch.tensor(ensemble.config.member_stds))
+            .min(-1)
+            .values
+        )
         torch.testing.assert_close(ensemble(**batch).logits[:, 0].double(), expected, atol=1e-5, rtol=1e-5)
     ensemble.save_pretrained(tmp_path / "ens")
     reloaded = RewardEnsemble.from_pretrained(tmp_path / "ens")

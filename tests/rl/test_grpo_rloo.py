@@ -56,8 +56,9 @@ def test_grpo_with_dmoerm_rewards_are_the_dmoerm_scores(tmp_path, rl_assets, dmo
     logged_prompts, logged_completions = list(trainer._logs["prompt"]), list(trainer._logs["completion"])
     # trl 1.16 logs the prompt messages, trl 1.12 their decoded text: map each back to its conversation.
     by_content = {p[-1]["content"]: p for p in prompts[:4]}
-    logged_prompts = [p if isinstance(p, list) else next(v for k, v in by_content.items() if k in p)
-                      for p in logged_prompts]
+    logged_prompts = [
+        p if isinstance(p, list) else next(v for k, v in by_content.items() if k in p) for p in logged_prompts
+    ]
     logged_rewards = torch.tensor(list(trainer._logs["rewards"]["dmoerm"]))
     ours = RewardScorer(model, reward_tokenizer, append_eos=False)(logged_prompts, logged_completions)
     torch.testing.assert_close(ours, logged_rewards, rtol=1e-4, atol=1e-5)

@@ -74,13 +74,28 @@ def servers(serve_assets, tmp_path_factory):
     logs = tmp_path_factory.mktemp("serve-logs")
     started = {
         "dmoerm": ServerProcess(serve_assets["dmoerm"], "--threads", "1", log_dir=logs, name="dmoerm"),
-        "gold": ServerProcess(serve_assets["gold"], "--threads", "1", "--max-batch-size", "16", log_dir=logs,
-                              name="gold"),
+        "gold": ServerProcess(
+            serve_assets["gold"], "--threads", "1", "--max-batch-size", "16", log_dir=logs, name="gold"
+        ),
         "strict": ServerProcess(
-            serve_assets["dmoerm"], "--threads", "1",
-            "--max-items-per-request", "8", "--max-queue", "8", "--max-request-bytes", "4000",
-            "--max-length", "64", "--max-batch-size", "64", "--max-wait-ms", "3000",
-            log_dir=logs, name="strict", env={"DMOERM_SERVE_API_KEY": API_KEY},
+            serve_assets["dmoerm"],
+            "--threads",
+            "1",
+            "--max-items-per-request",
+            "8",
+            "--max-queue",
+            "8",
+            "--max-request-bytes",
+            "4000",
+            "--max-length",
+            "64",
+            "--max-batch-size",
+            "64",
+            "--max-wait-ms",
+            "3000",
+            log_dir=logs,
+            name="strict",
+            env={"DMOERM_SERVE_API_KEY": API_KEY},
         ),
     }
     for server in started.values():

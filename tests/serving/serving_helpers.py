@@ -93,8 +93,9 @@ def chat_texts(tokenizer, prompts, responses=RESPONSES):
 
 def post(url, path, body, headers=None, timeout=120.0):
     if isinstance(body, bytes):
-        return httpx.post(url + path, content=body, headers={"Content-Type": "application/json", **(headers or {})},
-                          timeout=timeout)
+        return httpx.post(
+            url + path, content=body, headers={"Content-Type": "application/json", **(headers or {})}, timeout=timeout
+        )
     return httpx.post(url + path, json=body, headers=headers, timeout=timeout)
 
 

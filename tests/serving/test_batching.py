@@ -177,7 +177,10 @@ def test_exception_reaches_only_the_requests_in_the_failing_batch():
         b = DynamicBatcher(rec, max_batch_size=2, max_wait_ms=5000)
         await b.start()
         outcomes = await asyncio.gather(
-            b.submit([1, 2]), b.submit([-1, 3]), b.submit([4, 5]), b.submit([6, 7, -2, 8]),
+            b.submit([1, 2]),
+            b.submit([-1, 3]),
+            b.submit([4, 5]),
+            b.submit([6, 7, -2, 8]),
             return_exceptions=True,
         )
         after = await b.submit([9, 10])

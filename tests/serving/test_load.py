@@ -57,8 +57,9 @@ def test_load_2048_requests_at_concurrency_64_with_malformed_ones(servers, dmoer
 
     async def check(client, kind, payload, expectation):
         if kind == "malformed":
-            response = await client.post(url + "/get_reward", content=payload,
-                                         headers={"Content-Type": "application/json"})
+            response = await client.post(
+                url + "/get_reward", content=payload, headers={"Content-Type": "application/json"}
+            )
             ok = response.status_code == 400 and expectation in response.json()["error"]["message"]
         elif kind == "rewards":
             response = await client.post(url + "/v1/rewards", json=payload)

@@ -31,9 +31,19 @@ def test_grpo_step_with_the_reward_from_the_server(tmp_path, servers, serve_asse
     policy = AutoModelForCausalLM.from_pretrained(serve_assets["policy"])
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     args = GRPOConfig(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
-        max_steps=1, bf16=False, use_cpu=True, report_to=[], logging_steps=1, save_strategy="no", seed=0,
-        learning_rate=1e-3, reward_weights=[1.0, 0.0],
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=8,
+        max_steps=1,
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        learning_rate=1e-3,
+        reward_weights=[1.0, 0.0],
     )
     trainer = GRPOTrainer(
         model=policy,
@@ -54,14 +64,30 @@ def test_grpo_step_with_the_reward_from_the_server(tmp_path, servers, serve_asse
     assert log["reward"] == pytest.approx(log["rewards/served_dmoerm/mean"], abs=1e-5)  # trained on the served one
 
 
-def test_best_of_n_with_served_rewards_picks_what_the_local_models_pick(servers, serve_assets, policy_tokenizer,
-                                                                       dmoerm_local, gold_local):
+def test_best_of_n_with_served_rewards_picks_what_the_local_models_pick(
+    servers, serve_assets, policy_tokenizer, dmoerm_local, gold_local
+):
     policy = AutoModelForCausalLM.from_pretrained(serve_assets["policy"])
     prompts = tiny_prompts(3)
-    served = BestOfNSampler(policy, policy_tokenizer, RemoteReward(servers["dmoerm"].url), n=4,
-                            generation_config=GEN, seed=0, show_progress=False)
-    local = BestOfNSampler(policy, policy_tokenizer, dmoerm_local[0], dmoerm_local[1], n=4, generation_config=GEN,
-                           seed=0, show_progress=False)
+    served = BestOfNSampler(
+        policy,
+        policy_tokenizer,
+        RemoteReward(servers["dmoerm"].url),
+        n=4,
+        generation_config=GEN,
+        seed=0,
+        show_progress=False,
+    )
+    local = BestOfNSampler(
+        policy,
+        policy_tokenizer,
+        dmoerm_local[0],
+        dmoerm_local[1],
+        n=4,
+        generation_config=GEN,
+        seed=0,
+        show_progress=False,
+    )
     got, want = served(prompts), local(prompts)
     assert got.candidates == want.candidates
     torch.testing.assert_close(got.candidate_scores, want.candidate_scores, atol=1e-5, rtol=1e-4)
@@ -71,15 +97,26 @@ def test_best_of_n_with_served_rewards_picks_what_the_local_models_pick(servers,
     torch.testing.assert_close(served_eval.gold_scores, local_eval.gold_scores, atol=1e-5, rtol=1e-4)
 
 
-def test_gold_reward_callback_with_served_gold_and_proxy(tmp_path, servers, serve_assets, policy_tokenizer,
-                                                         dmoerm_local, gold_local):
+def test_gold_reward_callback_with_served_gold_and_proxy(
+    tmp_path, servers, serve_assets, policy_tokenizer, dmoerm_local, gold_local
+):
     policy = AutoModelForCausalLM.from_pretrained(serve_assets["policy"])
     prompts = tiny_prompts(3)
     reference = AutoModelForCausalLM.from_pretrained(serve_assets["policy"]).eval()
-    kwargs = {"eval_steps": 1, "samples_per_prompt": 2, "generation_config": GEN, "output_dir": tmp_path,
-              "plot": False, "ref_model": reference}
-    served = GoldRewardCallback(prompts, gold=RemoteReward(servers["gold"].url),
-                                proxy=RemoteReward(servers["dmoerm"].url, name="served"), **kwargs)
+    kwargs = {
+        "eval_steps": 1,
+        "samples_per_prompt": 2,
+        "generation_config": GEN,
+        "output_dir": tmp_path,
+        "plot": False,
+        "ref_model": reference,
+    }
+    served = GoldRewardCallback(
+        prompts,
+        gold=RemoteReward(servers["gold"].url),
+        proxy=RemoteReward(servers["dmoerm"].url, name="served"),
+        **kwargs,
+    )
     local = GoldRewardCallback(prompts, gold=gold_local, proxy=dmoerm_local, **kwargs)
     got, want = served.evaluate(policy, policy_tokenizer, step=0), local.evaluate(policy, policy_tokenizer, step=0)
     assert got["proxy"] == "served"

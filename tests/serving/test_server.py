@@ -130,8 +130,17 @@ def test_health_and_metrics(servers, dmoerm_local):
     assert post(url, "/get_reward", {"query": texts}).status_code == 200
     post(url, "/get_reward", {"query": 3})
     after = metrics(url)
-    batcher_keys = {"requests", "items", "batches", "mean_batch_size", "queue_depth", "errors", "latency_p50_ms",
-                    "latency_p99_ms", "dropped_cancelled"}
+    batcher_keys = {
+        "requests",
+        "items",
+        "batches",
+        "mean_batch_size",
+        "queue_depth",
+        "errors",
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "dropped_cancelled",
+    }
     assert batcher_keys <= set(after["batcher"])
     assert after["batcher"]["requests"] - before["batcher"]["requests"] == 1  # the bad one never reached the queue
     assert after["batcher"]["items"] - before["batcher"]["items"] == 3

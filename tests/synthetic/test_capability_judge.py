@@ -36,8 +36,10 @@ def test_verdicts_flip_at_the_configured_rate_independently_per_order(synthetic_
         second_scores = synthetic_world.capability_scores(prompt, second)
         for capability in synthetic_world.categories[category]:
             a, b = first_scores[capability], second_scores[capability]
-            forward, backward = judge.verdict(prompt, capability, first, second), judge.verdict(
-                prompt, capability, second, first)
+            forward, backward = (
+                judge.verdict(prompt, capability, first, second),
+                judge.verdict(prompt, capability, second, first),
+            )
             assert forward == judge.verdict(prompt, capability, first, second)  # deterministic
             if a == b:
                 tie_answers += [forward, backward]
@@ -54,7 +56,8 @@ def test_verdicts_flip_at_the_configured_rate_independently_per_order(synthetic_
     assert abs(tie_answers.count(2) / len(tie_answers) - flip_rate) < 0.03
     other_seed = CapabilityJudge(synthetic_world, flip_rate=flip_rate, seed=4)
     assert [other_seed.is_flipped("x", "c", str(i), "y") for i in range(400)] != [
-        judge.is_flipped("x", "c", str(i), "y") for i in range(400)]
+        judge.is_flipped("x", "c", str(i), "y") for i in range(400)
+    ]
 
 
 @pytest.mark.parametrize("language", ["en", "zh"])
@@ -71,12 +74,14 @@ def test_every_builtin_template_is_answered_from_the_attributes(synthetic_world,
             b = synthetic_world.capability_scores(prompt, second)[capability]
             truth[capability] = 1 if a >= b else 2  # ties: the first shown
         for capability in capabilities:
-            messages = per_capability.render(prompt=prompt, response_1=first, response_2=second,
-                                             capabilities=[capability], spec=spec)
+            messages = per_capability.render(
+                prompt=prompt, response_1=first, response_2=second, capabilities=[capability], spec=spec
+            )
             assert parse_pairwise_verdict(judge({"messages": messages})) == truth[capability]
             checked += 1
-        messages = joint.render(prompt=prompt, response_1=first, response_2=second, capabilities=capabilities,
-                                spec=spec)
+        messages = joint.render(
+            prompt=prompt, response_1=first, response_2=second, capabilities=capabilities, spec=spec
+        )
         assert parse_joint_verdict(judge({"messages": messages}), joint.json_keys(capabilities, spec)) == truth
     assert judge.stats["answered"] == checked + 48 and not judge.stats["unparsed"]
     unrelated = {"messages": [{"role": "user", "content": "Which is better, A or B?"}]}
@@ -106,22 +111,32 @@ def test_real_labeler_over_http_in_both_modes(small_synthetic_data, synthetic_wo
     ties = sum(
         synthetic_world.capability_scores(row["prompt"], row["chosen"][0]["content"])[capability]
         == synthetic_world.capability_scores(row["prompt"], row["rejected"][0]["content"])[capability]
-        for row in pairs for capability in spec.categories[row["category"]]
+        for row in pairs
+        for capability in spec.categories[row["category"]]
     )
     results = {}
     for mode, language in (("per_capability", "en"), ("joint", "en"), ("joint", "zh")):
         with capability_judge_server(synthetic_world, flip_rate=0.1, seed=0) as server:
-            config = LabelingConfig(data=small_synthetic_data["train"], categories=small_synthetic_data["categories"],
-                                    output=str(tmp_path / f"{mode}-{language}"), model="synthetic-judge",
-                                    base_url=server.base_url, mode=mode, language=language, progress=False,
-                                    timeout=30)
+            config = LabelingConfig(
+                data=small_synthetic_data["train"],
+                categories=small_synthetic_data["categories"],
+                output=str(tmp_path / f"{mode}-{language}"),
+                model="synthetic-judge",
+                base_url=server.base_url,
+                mode=mode,
+                language=language,
+                progress=False,
+                timeout=30,
+            )
             result = run_labeling(config)
             stats = dict(server.answer.stats)
         summary = result.summary
         assert summary["complete"] and summary["calls"] == summary["requests"] == stats["answered"]
         assert not stats.get("unparsed") and not stats.get("unknown_capability")
-        got = {(r["category"], r["capability"], r["chosen"][0]["content"], r["rejected"][0]["content"])
-               for r in result.labels}
+        got = {
+            (r["category"], r["capability"], r["chosen"][0]["content"], r["rejected"][0]["content"])
+            for r in result.labels
+        }
         assert got == predicted, (mode, language)
         tallies = [t for caps in summary["per_capability"].values() for t in caps.values()]
         labeled = sum(t["labeled"] for t in tallies)
@@ -156,16 +171,24 @@ def test_standalone_judge_process_serves_the_openai_client():
     import openai
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen([sys.executable, "-m", "dmoerm_trl.synthetic.judge", "--port", "0", "--flip-rate", "0"],
-                               stdout=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dmoerm_trl.synthetic.judge", "--port", "0", "--flip-rate", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = process.stdout.readline()
         assert line.startswith("READY http://127.0.0.1:"), line
         client = openai.OpenAI(base_url=line.split()[1], api_key="unused", max_retries=0)
         spec = load_category_spec({"chitchat": ["empathy_ability"]})
         messages = load_template("per_capability", "en").render(
-            prompt=[{"role": "user", "content": "I lost my phone on the bus today."}], response_1="Okay.",
-            response_2="I'm sorry you're dealing with this.", capabilities=["empathy_ability"], spec=spec)
+            prompt=[{"role": "user", "content": "I lost my phone on the bus today."}],
+            response_1="Okay.",
+            response_2="I'm sorry you're dealing with this.",
+            capabilities=["empathy_ability"],
+            spec=spec,
+        )
         answer = client.chat.completions.create(model="synthetic-judge", messages=messages, max_tokens=8)
         assert answer.choices[0].message.content == "2"
     finally:

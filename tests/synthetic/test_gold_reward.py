@@ -10,8 +10,11 @@ import torch
 from dmoerm_trl.synthetic import GoldReward
 from dmoerm_trl.synthetic.world import UnknownPromptError
 
-QA = [{"role": "user", "content": "Hi there!"}, {"role": "assistant", "content": "Hello! How can I help you today?"},
-      {"role": "user", "content": "Quick question: What is the capital of Japan?"}]
+QA = [
+    {"role": "user", "content": "Hi there!"},
+    {"role": "assistant", "content": "Hello! How can I help you today?"},
+    {"role": "user", "content": "Quick question: What is the capital of Japan?"},
+]
 GOOD, BAD = "The capital of Japan is Tokyo. It was known as Edo before 1868.", "Great question! It is Osaka."
 
 
@@ -26,8 +29,10 @@ def test_trl_signature_pairs_and_flat_texts_agree(tiny_tokenizer):
     text_prompt = "\n".join(m["content"] for m in QA)
     assert gold(prompts=[text_prompt], completions=[BAD]) == scores[1:]
     # flat texts: a real chat template (ChatML) around prompt and response, and a plain concatenation
-    templated = [tiny_tokenizer.apply_chat_template(QA + [{"role": "assistant", "content": c}], tokenize=False)
-                 for c in (GOOD, BAD)]
+    templated = [
+        tiny_tokenizer.apply_chat_template(QA + [{"role": "assistant", "content": c}], tokenize=False)
+        for c in (GOOD, BAD)
+    ]
     assert gold(templated) == scores
     assert gold.score_texts([text_prompt + "\n" + GOOD + "</s>"]) == scores[:1]
     assert gold(prompts=[], completions=[]) == []
@@ -35,17 +40,26 @@ def test_trl_signature_pairs_and_flat_texts_agree(tiny_tokenizer):
 
 def test_scores_match_capabilities_and_categories():
     gold = GoldReward()
-    prompts = [QA, "I lost my phone on the bus today.", "Write a short poem about rain.",
-               ("Pretend you are Merlin, a wise old wizard, and answer in character.\n"
-                "I keep forgetting to water my plants.")]
-    completions = [GOOD, "That sounds really hard. Did you call the bus company yet?",
-                   ("The golden rain taps on the roof\nPuddles gather silver reflections\n"
-                    "Umbrellas bloom on wild streets"),
-                   "No spell is needed to see that you are troubled. I hear you. Which plants do you have?"]
+    prompts = [
+        QA,
+        "I lost my phone on the bus today.",
+        "Write a short poem about rain.",
+        ("Pretend you are Merlin, a wise old wizard, and answer in character.\nI keep forgetting to water my plants."),
+    ]
+    completions = [
+        GOOD,
+        "That sounds really hard. Did you call the bus company yet?",
+        ("The golden rain taps on the roof\nPuddles gather silver reflections\nUmbrellas bloom on wild streets"),
+        "No spell is needed to see that you are troubled. I hear you. Which plants do you have?",
+    ]
     assert gold.categories_of(prompts) == ["objective_qa", "chitchat", "text_creation", "roleplay"]
     capabilities = gold.capability_scores(prompts, completions)
-    assert capabilities[2] == {"intent_conformity": 1.0, "expressiveness": 0.75, "readability": 1.0,
-                               "content_richness": 0.75}
+    assert capabilities[2] == {
+        "intent_conformity": 1.0,
+        "expressiveness": 0.75,
+        "readability": 1.0,
+        "content_richness": 0.75,
+    }
     assert capabilities[3]["character_setting_and_emotional_investment"] == pytest.approx(1 / 3)
     scores = gold(prompts=prompts, completions=completions)
     for category, capability_scores, score in zip(gold.categories_of(prompts), capabilities, scores):

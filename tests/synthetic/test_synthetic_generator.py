@@ -92,8 +92,23 @@ def test_human_flip_rate_is_close_to_the_configured_one(flip_rate, tmp_path):
 
 def test_module_cli_writes_files_and_rejects_bad_options(tmp_path, capsys):
     out = tmp_path / "cli"
-    assert generate_main(["--out", str(out), "--pairs-per-category", "8", "--test-pairs-per-category", "2",
-                          "--categories", "objective_qa,chitchat", "--seed", "1"]) == 0
+    assert (
+        generate_main(
+            [
+                "--out",
+                str(out),
+                "--pairs-per-category",
+                "8",
+                "--test-pairs-per-category",
+                "2",
+                "--categories",
+                "objective_qa,chitchat",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "16 training pairs" in capsys.readouterr().out
     assert len(_read(out / "train.jsonl")) == 16 and len(_read(out / "test.jsonl")) == 4
     assert sorted(load_category_spec(out / "categories.yaml").categories) == ["chitchat", "objective_qa"]

@@ -38,8 +38,12 @@ def test_catalogue_sentences_carry_no_accidental_markers():
     from dmoerm_trl.synthetic.categories import chitchat, objective_qa, roleplay, text_creation
 
     for fact in objective_qa.FACTS:
-        assert all(contains_phrase(fact.question, k) and contains_phrase(fact.statement, k)
-                   and contains_phrase(fact.topic_phrase, k) for k in fact.keywords), fact.key
+        assert all(
+            contains_phrase(fact.question, k)
+            and contains_phrase(fact.statement, k)
+            and contains_phrase(fact.topic_phrase, k)
+            for k in fact.keywords
+        ), fact.key
         aliases = [*fact.answer, *(a for wrong in fact.wrong for a in wrong)]
         for sentence in (*fact.details, fact.reason):
             forbidden = [*fact.keywords, *aliases, *EMPATHY_MARKERS]
@@ -86,10 +90,12 @@ def test_unknown_prompts_fail_clearly_and_flat_texts_split(synthetic_world):
     with pytest.raises(UnknownPromptError, match="not a conversation of the synthetic world"):
         synthetic_world.gold("Tell me a joke about penguins.", "No.")
     assert synthetic_world.find([{"role": "user", "content": "Who are you?"}]) is None
-    text = ("<|im_start|>user\nLet's play a role-play game. You are Merlin, a wise old wizard. Stay in character."
-            "<|im_end|>\n<|im_start|>assistant\nAh, a visitor!<|im_end|>\n<|im_start|>user\n"
-            "I have a big exam tomorrow and I'm scared I'll fail.<|im_end|>\n<|im_start|>assistant\n"
-            "No spell is needed to see that you are troubled. Which subject is it?<|im_end|>\n")
+    text = (
+        "<|im_start|>user\nLet's play a role-play game. You are Merlin, a wise old wizard. Stay in character."
+        "<|im_end|>\n<|im_start|>assistant\nAh, a visitor!<|im_end|>\n<|im_start|>user\n"
+        "I have a big exam tomorrow and I'm scared I'll fail.<|im_end|>\n<|im_start|>assistant\n"
+        "No spell is needed to see that you are troubled. Which subject is it?<|im_end|>\n"
+    )
     conversation, response = synthetic_world.split_text(text)
     assert response == "No spell is needed to see that you are troubled. Which subject is it?"
     assert synthetic_world.identify(conversation) == PromptInfo("roleplay", "wizard")

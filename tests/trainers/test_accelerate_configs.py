@@ -12,8 +12,14 @@ from dmoerm_trl.trainers.distributed import cast_trainable_parameters_for_deepsp
 CONFIGS = REPO / "accelerate_configs"
 DEEPSPEED = sorted(p.name for p in CONFIGS.glob("deepspeed_*.yaml"))
 EXPECTED = {
-    "single_gpu.yaml", "multi_gpu.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml",
-    "deepspeed_zero3_offload.yaml", "cpu_multi_process.yaml", "deepspeed_zero2_cpu.yaml", "deepspeed_zero3_cpu.yaml",
+    "single_gpu.yaml",
+    "multi_gpu.yaml",
+    "deepspeed_zero2.yaml",
+    "deepspeed_zero3.yaml",
+    "deepspeed_zero3_offload.yaml",
+    "cpu_multi_process.yaml",
+    "deepspeed_zero2_cpu.yaml",
+    "deepspeed_zero3_cpu.yaml",
 }
 
 

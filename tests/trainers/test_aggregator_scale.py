@@ -36,17 +36,24 @@ def rewards_of(model, pairs, category, pad_token_id):
 
 
 def train_aggregator(model, category, train, validation, tokenizer, output_dir, **kwargs):
-    args = stage_args(output_dir, num_train_epochs=kwargs.pop("epochs", 4), learning_rate=1e-3,
-                      eval_strategy="epoch" if validation is not None else "no",
-                      save_strategy="epoch" if validation is not None else "no",
-                      load_best_model_at_end=validation is not None, metric_for_best_model="eval_accuracy",
-                      logging_steps=100)
-    return AggregatorTrainer(model, category, args=args, train_dataset=train, eval_dataset=validation,
-                             processing_class=tokenizer, **kwargs)
+    args = stage_args(
+        output_dir,
+        num_train_epochs=kwargs.pop("epochs", 4),
+        learning_rate=1e-3,
+        eval_strategy="epoch" if validation is not None else "no",
+        save_strategy="epoch" if validation is not None else "no",
+        load_best_model_at_end=validation is not None,
+        metric_for_best_model="eval_accuracy",
+        logging_steps=100,
+    )
+    return AggregatorTrainer(
+        model, category, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer, **kwargs
+    )
 
 
 def test_phase3_selects_on_validation_loss_moves_the_aggregator_and_lowers_validation_loss(
-        tmp_path, pairs, tiny_llama_path, tiny_tokenizer, one_thread):
+    tmp_path, pairs, tiny_llama_path, tiny_tokenizer, one_thread
+):
     rows = category_pairs(pairs, "chitchat")
     train, validation = rows.select(range(len(rows) - 40)), rows.select(range(len(rows) - 40, len(rows)))
     model = tiny_dmoerm(tiny_llama_path, tiny_tokenizer)
@@ -80,8 +87,16 @@ def test_small_validation_split_trains_a_fixed_schedule(tmp_path, pairs, tiny_ll
     train, validation = rows.select(range(40)), rows.select(range(40, 47))
     model = tiny_dmoerm(tiny_llama_path, tiny_tokenizer)
     randomize_adapters(model)
-    trainer = train_aggregator(model, "chitchat", train, validation, tiny_tokenizer, tmp_path, epochs=3,
-                               callbacks=[EarlyStoppingCallback(early_stopping_patience=1)])
+    trainer = train_aggregator(
+        model,
+        "chitchat",
+        train,
+        validation,
+        tiny_tokenizer,
+        tmp_path,
+        epochs=3,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=1)],
+    )
     assert trainer.selection.startswith("fixed schedule (7 validation pairs")
     assert trainer.args.load_best_model_at_end is False and trainer.args.metric_for_best_model is None
     assert not any(isinstance(c, EarlyStoppingCallback) for c in trainer.callback_handler.callbacks)
@@ -127,7 +142,8 @@ def test_feature_standardisation_lets_the_mlp_use_a_small_variation_on_a_dominan
 
 
 def test_calibration_puts_each_category_at_mean_0_std_1_and_keeps_the_order(
-        tmp_path, pairs, tiny_llama_path, tiny_tokenizer, one_thread):
+    tmp_path, pairs, tiny_llama_path, tiny_tokenizer, one_thread
+):
     model = tiny_dmoerm(tiny_llama_path, tiny_tokenizer)
     randomize_adapters(model)
     pad = tiny_tokenizer.pad_token_id
@@ -153,8 +169,12 @@ def test_calibration_puts_each_category_at_mean_0_std_1_and_keeps_the_order(
     for category, train in data.items():
         raw = rewards_of(model, train, category, pad)
         aggregator = model.aggregators[model._slug(category)]
-        torch.testing.assert_close(raw, calibrated[category] * aggregator.reward_std.item()
-                                   + aggregator.reward_mean.item(), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            raw,
+            calibrated[category] * aggregator.reward_std.item() + aggregator.reward_mean.item(),
+            atol=1e-4,
+            rtol=1e-4,
+        )
         assert abs(raw.mean()) > 0.5  # the offsets were really there
         # a monotone transform: every pair is ordered the same way (pairwise accuracy unchanged)
         n = len(train)
@@ -166,8 +186,9 @@ def test_calibration_puts_each_category_at_mean_0_std_1_and_keeps_the_order(
     loaded = DMoERMForSequenceClassification.from_pretrained(tmp_path / "saved")
     assert loaded.config.calibrate_rewards is True
     for category, train in data.items():
-        torch.testing.assert_close(rewards_of(loaded, train, category, pad), calibrated[category], atol=1e-5,
-                                   rtol=1e-5)
+        torch.testing.assert_close(
+            rewards_of(loaded, train, category, pad), calibrated[category], atol=1e-5, rtol=1e-5
+        )
     heads = load_file(str(tmp_path / "saved" / "dmoerm_heads.safetensors"))
     assert {"aggregators.chitchat.reward_mean", "aggregators.chitchat.feature_std"} <= set(heads)
 
@@ -175,8 +196,9 @@ def test_calibration_puts_each_category_at_mean_0_std_1_and_keeps_the_order(
 def test_calibrate_rewards_false_leaves_raw_rewards(tmp_path, pairs, tiny_llama_path, tiny_tokenizer, one_thread):
     model = tiny_dmoerm(tiny_llama_path, tiny_tokenizer)
     train = category_pairs(pairs, "chitchat").select(range(32))
-    trainer = train_aggregator(model, "chitchat", train, None, tiny_tokenizer, tmp_path, epochs=1,
-                               calibrate_rewards=False)
+    trainer = train_aggregator(
+        model, "chitchat", train, None, tiny_tokenizer, tmp_path, epochs=1, calibrate_rewards=False
+    )
     trainer.train()
     aggregator = model.aggregators["chitchat"]
     assert aggregator.reward_mean.item() == 0.0 and aggregator.reward_std.item() == 1.0
@@ -184,15 +206,17 @@ def test_calibrate_rewards_false_leaves_raw_rewards(tmp_path, pairs, tiny_llama_
     assert "aggregators.chitchat.reward_mean" in trainer.stage_state_dict()  # the stage file holds the statistics
 
 
-def test_a_model_saved_without_the_statistics_loads_and_scores_as_before(tmp_path, pairs, tiny_llama_path,
-                                                                         tiny_tokenizer):
+def test_a_model_saved_without_the_statistics_loads_and_scores_as_before(
+    tmp_path, pairs, tiny_llama_path, tiny_tokenizer
+):
     model = tiny_dmoerm(tiny_llama_path, tiny_tokenizer)
     randomize_adapters(model)
     model.save_pretrained(tmp_path / "old")
     path = tmp_path / "old" / "dmoerm_heads.safetensors"
     heads = load_file(str(path))
-    old = {k: v for k, v in heads.items() if not k.endswith(("feature_mean", "feature_std", "reward_mean",
-                                                               "reward_std"))}
+    old = {
+        k: v for k, v in heads.items() if not k.endswith(("feature_mean", "feature_std", "reward_mean", "reward_std"))
+    }
     assert len(old) < len(heads)
     save_file(old, str(path))  # the layout written before the statistics existed
     loaded = DMoERMForSequenceClassification.from_pretrained(tmp_path / "old")

@@ -14,13 +14,19 @@ from trainer_helpers import REPO, quick_args, subprocess_env
 
 def launch(accelerate_config: str, output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(REPO / "accelerate_configs" / accelerate_config), "--main_process_port", "0",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "accelerate_configs" / accelerate_config),
+        "--main_process_port",
+        "0",
         str(REPO / "recipes" / "train_dmoerm.py"),
         *quick_args(output_dir, "--train_baseline", "false", *extra),
     ]
-    return subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900,
-                          check=False)
+    return subprocess.run(
+        command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900, check=False
+    )
 
 
 @pytest.mark.slow
@@ -36,8 +42,7 @@ def test_two_process_deepspeed_trains_a_stage(tmp_path, accelerate_config, preci
     import dmoerm_trl  # noqa: F401
 
     output_dir = tmp_path / "run"
-    result = launch(accelerate_config, output_dir, "--stages", "task", "--categories_to_train", "chitchat",
-                    *precision)
+    result = launch(accelerate_config, output_dir, "--stages", "task", "--categories_to_train", "chitchat", *precision)
     assert result.returncode == 0, result.stderr[-4000:]
     entry = json.loads((output_dir / "pipeline_state.json").read_text())["stages"]["task/chitchat"]
     assert entry["status"] == "done"
@@ -62,7 +67,9 @@ def test_two_process_deepspeed_trains_a_stage(tmp_path, accelerate_config, preci
     for answer in ("I am sorry to hear that, that sounds hard for you. Do you want to talk about it?", "Ok."):
         ids = tokenizer.apply_chat_template(
             [{"role": "user", "content": "I feel tired after work."}, {"role": "assistant", "content": answer}],
-            tokenize=True, return_dict=True)["input_ids"]
+            tokenize=True,
+            return_dict=True,
+        )["input_ids"]
         with torch.no_grad():
             rewards.append(float(model(input_ids=torch.tensor([ids])).logits[0, 0]))
     assert rewards[0] > rewards[1]
@@ -75,15 +82,32 @@ def test_two_process_zero3_fine_tunes_a_whole_category_copy(tmp_path):
     import torch
 
     output_dir = tmp_path / "run"
-    result = launch("deepspeed_zero3_cpu.yaml", output_dir, "--stages", "task", "--categories_to_train", "chitchat",
-                    "--task_mode", "full", "--bf16", "true", "--dtype", "bfloat16", "--num_train_epochs", "1",
-                    "--task_learning_rate", "1e-3")
+    result = launch(
+        "deepspeed_zero3_cpu.yaml",
+        output_dir,
+        "--stages",
+        "task",
+        "--categories_to_train",
+        "chitchat",
+        "--task_mode",
+        "full",
+        "--bf16",
+        "true",
+        "--dtype",
+        "bfloat16",
+        "--num_train_epochs",
+        "1",
+        "--task_learning_rate",
+        "1e-3",
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert json.loads((output_dir / "pipeline_state.json").read_text())["stages"]["task/chitchat"]["status"] == "done"
     weights = load_file(str(output_dir / "stages" / "task__chitchat" / "final.safetensors"))
     original = load_file(str(output_dir / "backbone" / "model.safetensors"))
     suffix = "layers.0.mlp.down_proj.weight"
-    trained = next(v for k, v in weights.items() if k.startswith("category_backbones.chitchat.") and k.endswith(suffix))
+    trained = next(
+        v for k, v in weights.items() if k.startswith("category_backbones.chitchat.") and k.endswith(suffix)
+    )
     before = next(v for k, v in original.items() if k.endswith(suffix))
     assert trained.shape == before.shape  # gathered from the shards, not a ZeRO-3 placeholder
     assert not torch.equal(trained.float(), before.float())
@@ -103,9 +127,24 @@ def test_two_process_zero3_trains_above_a_shared_trunk(tmp_path):
     import dmoerm_trl  # noqa: F401
 
     output_dir = tmp_path / "run"
-    result = launch("deepspeed_zero3_cpu.yaml", output_dir, "--stages", "router,task", "--categories_to_train",
-                    "chitchat", "--trunk_layers", "1", "--router_mode", "trunk", "--bf16", "true", "--dtype",
-                    "bfloat16", "--num_train_epochs", "1")
+    result = launch(
+        "deepspeed_zero3_cpu.yaml",
+        output_dir,
+        "--stages",
+        "router,task",
+        "--categories_to_train",
+        "chitchat",
+        "--trunk_layers",
+        "1",
+        "--router_mode",
+        "trunk",
+        "--bf16",
+        "true",
+        "--dtype",
+        "bfloat16",
+        "--num_train_epochs",
+        "1",
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     stages = json.loads((output_dir / "pipeline_state.json").read_text())["stages"]
     assert stages["task/chitchat"]["status"] == "done" and stages["router"]["status"] == "done"

@@ -42,8 +42,9 @@ def test_full_phase1_fine_tunes_the_category_copy_and_experts_build_on_it(tmp_pa
     model = AutoModelForSequenceClassification.from_pretrained(output_dir)
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     assert model.config.task_mode == "full"
-    rewards = model.compute_rewards([[{"role": "user", "content": "What is 3 plus 4?"},
-                                      {"role": "assistant", "content": "It is 7."}]], tokenizer)
+    rewards = model.compute_rewards(
+        [[{"role": "user", "content": "What is 3 plus 4?"}, {"role": "assistant", "content": "It is 7."}]], tokenizer
+    )
     assert len(rewards) == 1 and isinstance(rewards[0]["reward"], float)
 
     # A rerun loads the finished stages (full copy included) and trains nothing

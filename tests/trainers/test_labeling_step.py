@@ -32,13 +32,38 @@ def test_pipeline_labels_then_trains_the_experts(tmp_path, one_thread):
     data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records), encoding="utf-8")
     with ScriptedJudgeServer(VerdictJudge(chitchat_scores(records))) as server:
         label_config = tmp_path / "label.yaml"
-        label_config.write_text(yaml.safe_dump({"model": "scripted-judge", "base_url": server.base_url,
-                                                "mode": "joint", "concurrency": 4, "progress": False}))
-        args = quick_args(tmp_path / "run", "--dataset_path", str(data), "--capability_labels_path", "",
-                          "--label_config", str(label_config), "--categories",
-                          '{"chitchat": ["empathy_ability", "proactivity"]}', "--stages", "label,task,capability",
-                          "--min_capability_labels", "4", "--validation_split_ratio", "0.2",
-                          "--num_train_epochs", "1", "--train_baseline", "false")
+        label_config.write_text(
+            yaml.safe_dump(
+                {
+                    "model": "scripted-judge",
+                    "base_url": server.base_url,
+                    "mode": "joint",
+                    "concurrency": 4,
+                    "progress": False,
+                }
+            )
+        )
+        args = quick_args(
+            tmp_path / "run",
+            "--dataset_path",
+            str(data),
+            "--capability_labels_path",
+            "",
+            "--label_config",
+            str(label_config),
+            "--categories",
+            '{"chitchat": ["empathy_ability", "proactivity"]}',
+            "--stages",
+            "label,task,capability",
+            "--min_capability_labels",
+            "4",
+            "--validation_split_ratio",
+            "0.2",
+            "--num_train_epochs",
+            "1",
+            "--train_baseline",
+            "false",
+        )
         assert train_main(args) == 0
         labels_file = tmp_path / "run" / "labels" / "capability_pairs.jsonl"
         labels = [json.loads(line) for line in labels_file.read_text(encoding="utf-8").splitlines()]
@@ -49,8 +74,10 @@ def test_pipeline_labels_then_trains_the_experts(tmp_path, one_thread):
     assert labels and {row["capability"] for row in labels} == {"empathy_ability", "proactivity"}
     for row in labels:  # the judge's verdicts survived the swap-consistency filter the right way round
         score = chitchat_scores(records)
-        assert score[row["chosen"][0]["content"]][row["capability"]] > score[row["rejected"][0]["content"]][
-            row["capability"]]
+        assert (
+            score[row["chosen"][0]["content"]][row["capability"]]
+            > score[row["rejected"][0]["content"]][row["capability"]]
+        )
     assert state["label"]["status"] == "done" and state["label"]["labels"] == len(labels)
     for capability in ("empathy_ability", "proactivity"):
         assert state[f"capability/chitchat/{capability}"]["status"] == "done"

@@ -51,8 +51,12 @@ def test_tiny_pipeline_trains_every_stage_into_one_loadable_folder(finished_tiny
     better = "The answer is 7. Because 3 plus 4 equals 7, step by step."
     worse = "Maybe it is 8, I guess."
     results = model.compute_rewards(
-        [[{"role": "user", "content": "What is 3 plus 4?"}, {"role": "assistant", "content": text}]
-         for text in (better, worse)], tokenizer)
+        [
+            [{"role": "user", "content": "What is 3 plus 4?"}, {"role": "assistant", "content": text}]
+            for text in (better, worse)
+        ],
+        tokenizer,
+    )
     assert [r["category"] for r in results] == ["objective_qa", "objective_qa"]
     assert results[0]["reward"] > results[1]["reward"]
     assert results[0]["capabilities"]["correctness"] > results[1]["capabilities"]["correctness"]
@@ -96,8 +100,18 @@ def test_category_without_data_stops_with_the_fix(tmp_path, capsys, one_thread):
 
 def test_category_without_data_is_a_reported_skip_when_asked(tmp_path, capsys, one_thread):
     categories = '{"chitchat": ["empathy_ability"], "text_creation": ["readability"]}'
-    code, _ = run_cli(tmp_path / "run", "--categories", categories, "--stages", "task", "--num_train_epochs", "1",
-                      "--skip_empty_categories", "true", capsys=capsys)
+    code, _ = run_cli(
+        tmp_path / "run",
+        "--categories",
+        categories,
+        "--stages",
+        "task",
+        "--num_train_epochs",
+        "1",
+        "--skip_empty_categories",
+        "true",
+        capsys=capsys,
+    )
     assert code == 0
     state = state_of(tmp_path / "run")["stages"]
     assert state["task/chitchat"]["status"] == "done"
@@ -121,8 +135,16 @@ def test_label_file_that_does_not_match_the_model(tmp_path, capsys):
 
 
 def test_capability_with_too_few_labels_is_skipped(tmp_path, capsys):
-    code, _ = run_cli(tmp_path / "run", "--stages", "capability", "--categories_to_train", "chitchat",
-                      "--min_capability_labels", "100000", capsys=capsys)
+    code, _ = run_cli(
+        tmp_path / "run",
+        "--stages",
+        "capability",
+        "--categories_to_train",
+        "chitchat",
+        "--min_capability_labels",
+        "100000",
+        capsys=capsys,
+    )
     assert code == 0
     state = state_of(tmp_path / "run")["stages"]
     for capability in ("empathy_ability", "proactivity"):
@@ -131,8 +153,18 @@ def test_capability_with_too_few_labels_is_skipped(tmp_path, capsys):
 
 
 def test_empty_validation_split_trains_without_selection(tmp_path, capsys, one_thread):
-    code, _ = run_cli(tmp_path / "run", "--stages", "task", "--categories_to_train", "chitchat",
-                      "--validation_split_ratio", "0", "--num_train_epochs", "1", capsys=capsys)
+    code, _ = run_cli(
+        tmp_path / "run",
+        "--stages",
+        "task",
+        "--categories_to_train",
+        "chitchat",
+        "--validation_split_ratio",
+        "0",
+        "--num_train_epochs",
+        "1",
+        capsys=capsys,
+    )
     assert code == 0
     entry = state_of(tmp_path / "run")["stages"]["task/chitchat"]
     assert entry["status"] == "done" and entry["num_validation"] == 0 and entry["metrics"] == {}
@@ -141,20 +173,55 @@ def test_empty_validation_split_trains_without_selection(tmp_path, capsys, one_t
 
 
 def test_changed_data_after_finished_stages_is_refused(tmp_path, capsys, one_thread):
-    assert run_cli(tmp_path / "run", "--stages", "task", "--categories_to_train", "chitchat",
-                   "--num_train_epochs", "1", capsys=capsys)[0] == 0
-    code, err = run_cli(tmp_path / "run", "--stages", "task", "--categories_to_train", "chitchat",
-                        "--num_train_epochs", "1", "--validation_split_ratio", "0.3", capsys=capsys)
+    assert (
+        run_cli(
+            tmp_path / "run",
+            "--stages",
+            "task",
+            "--categories_to_train",
+            "chitchat",
+            "--num_train_epochs",
+            "1",
+            capsys=capsys,
+        )[0]
+        == 0
+    )
+    code, err = run_cli(
+        tmp_path / "run",
+        "--stages",
+        "task",
+        "--categories_to_train",
+        "chitchat",
+        "--num_train_epochs",
+        "1",
+        "--validation_split_ratio",
+        "0.3",
+        capsys=capsys,
+    )
     assert code == 2 and "changed since" in err and "--restart true" in err
 
 
 @pytest.mark.slow
 def test_a_stage_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     output_dir = tmp_path / "run"
-    args = quick_args(output_dir, "--stages", "task", "--categories_to_train", "roleplay",
-                      "--task_num_train_epochs", "12", "--early_stopping_patience", "1000")
-    process = subprocess.Popen([sys.executable, str(REPO / "recipes" / "train_dmoerm.py"), *args], cwd=REPO,
-                               env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = quick_args(
+        output_dir,
+        "--stages",
+        "task",
+        "--categories_to_train",
+        "roleplay",
+        "--task_num_train_epochs",
+        "12",
+        "--early_stopping_patience",
+        "1000",
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "recipes" / "train_dmoerm.py"), *args],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     stage_dir = output_dir / "stages" / "task__roleplay"
     deadline = time.time() + 240
     try:
@@ -188,8 +255,17 @@ def test_each_stage_gets_its_own_trainer_arguments(tmp_path):
     from dmoerm_trl.trainers import DMoERMTrainingPipeline, Stage
 
     model_args, data_args, training_args = parse_config(
-        quick_args(tmp_path / "run", "--report_to", "tensorboard", "--run_name", "exp1", "--push_to_hub", "true",
-                   "--hub_model_id", "me/x")
+        quick_args(
+            tmp_path / "run",
+            "--report_to",
+            "tensorboard",
+            "--run_name",
+            "exp1",
+            "--push_to_hub",
+            "true",
+            "--hub_model_id",
+            "me/x",
+        )
     )
     pipeline = DMoERMTrainingPipeline(model_args, data_args, training_args)
     pipeline.max_length = 128

@@ -23,8 +23,19 @@ def write_jsonl(path, rows):
 
 
 def train(output_dir, *extra):
-    return train_main(["--config", str(TINY_CONFIG), "--output_dir", str(output_dir), "--disable_tqdm", "true",
-                       "--logging_steps", "50", *extra])
+    return train_main(
+        [
+            "--config",
+            str(TINY_CONFIG),
+            "--output_dir",
+            str(output_dir),
+            "--disable_tqdm",
+            "true",
+            "--logging_steps",
+            "50",
+            *extra,
+        ]
+    )
 
 
 def test_data_without_categories_stops_with_the_way_to_get_them(tmp_path, capsys, one_thread):
@@ -42,9 +53,25 @@ def test_dataset_name_and_category_map_train_the_router(tmp_path, capsys, one_th
     rows = [{**r, "origin": ORIGIN.get(r["label"], "unknown"), "label": ""} for r in records()]
     write_jsonl(folder / "train.jsonl", rows)
     output = tmp_path / "run"
-    code = train(output, "--dataset_path", "", "--dataset_name", str(folder), "--dataset_train_split", "train",
-                 "--category_column", "origin", "--category_map", "math=objective_qa,chat=chitchat,play=roleplay",
-                 "--capability_labels_path", str(LABELS), "--stages", "router", "--num_train_epochs", "1")
+    code = train(
+        output,
+        "--dataset_path",
+        "",
+        "--dataset_name",
+        str(folder),
+        "--dataset_train_split",
+        "train",
+        "--category_column",
+        "origin",
+        "--category_map",
+        "math=objective_qa,chat=chitchat,play=roleplay",
+        "--capability_labels_path",
+        str(LABELS),
+        "--stages",
+        "router",
+        "--num_train_epochs",
+        "1",
+    )
     assert code == 0, capsys.readouterr().err
     splits = json.loads((output / "splits.json").read_text())
     assert set(splits) == {"objective_qa", "chitchat", "roleplay"}
@@ -67,18 +94,45 @@ def test_the_labeling_step_reads_the_mapped_categories(tmp_path, one_thread):
     from dmoerm_trl.labeling.scripted_judge_server import ScriptedJudgeServer, VerdictJudge
 
     chat = [r for r in records() if r["label"] == "闲聊"][:6]
-    scores = {text: {"empathy_ability": float("sorry" in text or "hope" in text), "proactivity": float("?" in text)}
-              for r in chat for text in r["response"]}
+    scores = {
+        text: {"empathy_ability": float("sorry" in text or "hope" in text), "proactivity": float("?" in text)}
+        for r in chat
+        for text in r["response"]
+    }
     folder = tmp_path / "prefs"
     write_jsonl(folder / "train.jsonl", [{**r, "label": "", "origin": "chat"} for r in chat])
     with ScriptedJudgeServer(VerdictJudge(scores)) as server:
         label_config = tmp_path / "label.yaml"
-        label_config.write_text(yaml.safe_dump({"model": "scripted-judge", "base_url": server.base_url,
-                                                "mode": "joint", "concurrency": 4, "progress": False}))
-        code = train(tmp_path / "run", "--dataset_path", "", "--dataset_name", str(folder),
-                     "--category_column", "origin", "--category_map", "chat=chitchat",
-                     "--capability_labels_path", "", "--label_config", str(label_config),
-                     "--categories", '{"chitchat": ["empathy_ability", "proactivity"]}', "--stages", "label")
+        label_config.write_text(
+            yaml.safe_dump(
+                {
+                    "model": "scripted-judge",
+                    "base_url": server.base_url,
+                    "mode": "joint",
+                    "concurrency": 4,
+                    "progress": False,
+                }
+            )
+        )
+        code = train(
+            tmp_path / "run",
+            "--dataset_path",
+            "",
+            "--dataset_name",
+            str(folder),
+            "--category_column",
+            "origin",
+            "--category_map",
+            "chat=chitchat",
+            "--capability_labels_path",
+            "",
+            "--label_config",
+            str(label_config),
+            "--categories",
+            '{"chitchat": ["empathy_ability", "proactivity"]}',
+            "--stages",
+            "label",
+        )
     assert code == 0
     labels_dir = tmp_path / "run" / "labels"
     # the labeler read the loaded pairs with their mapped category (the raw rows have none)
@@ -96,8 +150,11 @@ def test_categories_from_the_judge_keep_only_order_consistent_answers(tmp_path, 
     from dmoerm_trl.labeling.scripted_judge_server import ScriptedJudgeServer
 
     readable = {"objective_qa": "objective qa", "chitchat": "chitchat", "roleplay": "roleplay"}
-    truth = {r["src"][-1]: {"客观知识问答": "objective_qa", "闲聊": "chitchat", "角色扮演": "roleplay"}[r["label"]]
-             for r in records() if r["label"]}
+    truth = {
+        r["src"][-1]: {"客观知识问答": "objective_qa", "闲聊": "chitchat", "角色扮演": "roleplay"}[r["label"]]
+        for r in records()
+        if r["label"]
+    }
     biased = sorted(truth)[0]  # for this prompt the judge always answers "1": the two orders disagree
 
     def judge(body):
@@ -111,23 +168,41 @@ def test_categories_from_the_judge_keep_only_order_consistent_answers(tmp_path, 
     data = write_jsonl(tmp_path / "pairs.jsonl", [{**r, "label": ""} for r in records() if r["src"][-1] in truth])
     with ScriptedJudgeServer(judge) as server:
         label_config = tmp_path / "label.yaml"
-        label_config.write_text(yaml.safe_dump({"model": "scripted-judge", "base_url": server.base_url,
-                                                "concurrency": 4, "progress": False}))
-        args = ("--dataset_path", str(data), "--capability_labels_path", str(LABELS), "--label_config",
-                str(label_config), "--categorize_with_judge", "true", "--stages", "router", "--num_train_epochs", "1")
+        label_config.write_text(
+            yaml.safe_dump(
+                {"model": "scripted-judge", "base_url": server.base_url, "concurrency": 4, "progress": False}
+            )
+        )
+        args = (
+            "--dataset_path",
+            str(data),
+            "--capability_labels_path",
+            str(LABELS),
+            "--label_config",
+            str(label_config),
+            "--categorize_with_judge",
+            "true",
+            "--stages",
+            "router",
+            "--num_train_epochs",
+            "1",
+        )
         assert train(tmp_path / "run", *args) == 0
         calls = server.counts["requests"]
         assert train(tmp_path / "run", *args) == 0  # the rerun reads the judge's answers from the cache
         assert server.counts["requests"] == calls
     conversations = {json.dumps([r["src"], r["tgt"]]) for r in records() if r["src"][-1] in truth}
     assert calls == 2 * len(conversations)  # two orders per distinct prompt
-    outcomes = [json.loads(line) for line in (tmp_path / "run" / "labels" / "categories.jsonl").read_text()
-                .splitlines()]
+    outcomes = [
+        json.loads(line) for line in (tmp_path / "run" / "labels" / "categories.jsonl").read_text().splitlines()
+    ]
     assert sum(row["status"] == "inconsistent" for row in outcomes) >= 1
     assert all(row["status"] == "kept" for row in outcomes if row["status"] != "inconsistent")
     splits = json.loads((tmp_path / "run" / "splits.json").read_text())
     assert set(splits) == {"objective_qa", "chitchat", "roleplay"}
     counts = json.loads((tmp_path / "run" / "training_summary.json").read_text())["data"]["counts"]
-    assert counts["judge_categories_inconsistent"] >= 1 and counts["judge_categories_kept"] == len(outcomes) - \
-        counts["judge_categories_inconsistent"]
+    assert (
+        counts["judge_categories_inconsistent"] >= 1
+        and counts["judge_categories_kept"] == len(outcomes) - counts["judge_categories_inconsistent"]
+    )
     assert 0 < counts["judge_categories_consistency_percent"] < 100

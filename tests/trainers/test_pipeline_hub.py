@@ -81,8 +81,16 @@ def test_push_to_hub_at_the_end_and_final_metrics_to_the_trackers(tmp_path, monk
 
     monkeypatch.setattr(pipeline_module.DMoERMTrainingPipeline, "__init__", with_recorder)
     run = tmp_path / "run"
-    push = ("--push_to_hub", "true", "--hub_model_id", "me/tiny-run", "--save_base_model", "true",
-            "--report_to", "tensorboard")
+    push = (
+        "--push_to_hub",
+        "true",
+        "--hub_model_id",
+        "me/tiny-run",
+        "--save_base_model",
+        "true",
+        "--report_to",
+        "tensorboard",
+    )
     cli_args = train_one_category(run, "chitchat", "empathy_ability", *push)
 
     # Pushed once, at the end: the exported model, its base and the tokenizer in one commit.
@@ -93,8 +101,11 @@ def test_push_to_hub_at_the_end_and_final_metrics_to_the_trackers(tmp_path, monk
     assert {p.split("/")[1] for p in files if p.startswith("adapters/")} == set(exported.all_adapter_names())
     reloaded = DMoERMForSequenceClassification.from_pretrained(uploaded)
     tokenizer = AutoTokenizer.from_pretrained(run)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello"}],
-                                        return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello"}],
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     torch.testing.assert_close(reloaded(input_ids=ids).logits, exported(input_ids=ids).logits, rtol=0, atol=0)
     state = json.loads((run / "pipeline_state.json").read_text())
     assert state["pushed_commit"].endswith("/commit/1")

@@ -35,7 +35,9 @@ def test_split_keeps_each_conversation_in_one_split(pairs):
         assert conversations["aggregator"] > 0
     unlabeled = sum(1 for c in pairs["category"] if not c)
     assert unlabeled > 0
-    assert sum(len(s[n]) for s in splits.values() for n in ("task", "aggregator", "validation")) == len(pairs) - unlabeled
+    assert (
+        sum(len(s[n]) for s in splits.values() for n in ("task", "aggregator", "validation")) == len(pairs) - unlabeled
+    )
 
 
 def test_split_is_deterministic_and_seeded(pairs):
@@ -56,15 +58,18 @@ def test_resolve_categories_drops_and_counts_unknown(pairs):
 
 def test_resolve_categories_stops_when_nothing_matches(pairs):
     with pytest.raises(TrainingDataError, match="none of its .* rows belongs to a category of the model"):
-        resolve_categories(pairs.filter(lambda r: r["category"] == "roleplay"), None, {"math": ["rigor"]}, "human",
-                           DataReport())
+        resolve_categories(
+            pairs.filter(lambda r: r["category"] == "roleplay"), None, {"math": ["rigor"]}, "human", DataReport()
+        )
 
 
 def test_capability_labels_per_expert(pairs):
     labels = load_capability_labels(LABELS)
     splits = split_by_conversation(pairs, 0.15, 0.6, seed=0)
     validation_ids = {pid for s in splits.values() for pid in s["validation"]}
-    validation_keys = {conversation_key(p) for p, pid in zip(pairs["prompt"], pairs["pair_id"]) if pid in validation_ids}
+    validation_keys = {
+        conversation_key(p) for p, pid in zip(pairs["prompt"], pairs["pair_id"]) if pid in validation_ids
+    }
     report = DataReport()
     experts = select_capability_labels(labels, TINY_CATEGORIES, validation_keys, 8, list(TINY_CATEGORIES), report)
     assert set(experts) == {(c, cap) for c, caps in TINY_CATEGORIES.items() for cap in caps}

@@ -64,11 +64,26 @@ def test_a_rerun_with_only_logging_and_thread_changes_resumes(tmp_path, capsys, 
     # every file and folder of the run (stages, checkpoints, backbone, model) got the umask's permissions
     modes = {str(p.relative_to(output_dir)): stat.S_IMODE(p.stat().st_mode) for p in output_dir.rglob("*")}
     assert any(name.endswith("model.safetensors") for name in modes) and "dmoerm_heads.safetensors" in modes
-    assert {name: oct(mode) for name, mode in modes.items()
-            if mode != (0o750 if (output_dir / name).is_dir() else 0o640)} == {}
+    assert {
+        name: oct(mode) for name, mode in modes.items() if mode != (0o750 if (output_dir / name).is_dir() else 0o640)
+    } == {}
     before = read_json(output_dir / "pipeline_state.json")["stages"]
-    code, err = run(output_dir, "--logging_steps", "1", "--report_to", "tensorboard", "--torch_num_threads", "2",
-                    "--run_name", "again", "--disable_tqdm", "false", "--save_total_limit", "1", capsys=capsys)
+    code, err = run(
+        output_dir,
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "tensorboard",
+        "--torch_num_threads",
+        "2",
+        "--run_name",
+        "again",
+        "--disable_tqdm",
+        "false",
+        "--save_total_limit",
+        "1",
+        capsys=capsys,
+    )
     assert code == 0, err
     assert read_json(output_dir / "training_summary.json")["ran_this_time"] == []  # finished router kept
     assert read_json(output_dir / "pipeline_state.json")["stages"] == before
@@ -82,17 +97,33 @@ def test_changed_settings_are_compared_key_by_key(tmp_path):
     for key in ("logging_steps", "report_to", "torch_num_threads", "stages", "push_to_hub", "hub_token"):
         assert key in RESULT_NEUTRAL_KEYS
     model_args, data_args, training_args = parse_config(
-        quick_args(tmp_path / "run", "--logging_steps", "1", "--report_to", "tensorboard", "--seed", "3",
-                   "--tiny_backbone_hidden_size", "64", "--validation_split_ratio", "0.3")
+        quick_args(
+            tmp_path / "run",
+            "--logging_steps",
+            "1",
+            "--report_to",
+            "tensorboard",
+            "--seed",
+            "3",
+            "--tiny_backbone_hidden_size",
+            "64",
+            "--validation_split_ratio",
+            "0.3",
+        )
     )
     new = build_run_config(model_args, data_args, training_args)
     assert changed_settings(stored, new) == [
-        ("tiny_backbone_hidden_size", 32, 64), ("validation_split_ratio", 0.15, 0.3), ("seed", 0, 3),
+        ("tiny_backbone_hidden_size", 32, 64),
+        ("validation_split_ratio", 0.15, 0.3),
+        ("seed", 0, 3),
     ]
     new["training_args"]["an_argument_of_a_newer_transformers"] = 1  # keys on one side only are not compared
     del new["training_args"]["max_grad_norm"]
-    assert [key for key, _, _ in changed_settings(stored, new)] == ["tiny_backbone_hidden_size",
-                                                                     "validation_split_ratio", "seed"]
+    assert [key for key, _, _ in changed_settings(stored, new)] == [
+        "tiny_backbone_hidden_size",
+        "validation_split_ratio",
+        "seed",
+    ]
 
 
 def test_a_killed_run_with_only_a_checkpoint_is_protected_too(tmp_path):
@@ -110,8 +141,14 @@ def test_a_killed_run_with_only_a_checkpoint_is_protected_too(tmp_path):
 
 def test_a_failed_first_run_does_not_pin_its_settings(tmp_path, capsys, one_thread):
     output_dir = tmp_path / "run"
-    code, err = run(output_dir, "--dataset_path", str(tmp_path / "missing.jsonl"), "--tiny_backbone_hidden_size",
-                    "48", capsys=capsys)
+    code, err = run(
+        output_dir,
+        "--dataset_path",
+        str(tmp_path / "missing.jsonl"),
+        "--tiny_backbone_hidden_size",
+        "48",
+        capsys=capsys,
+    )
     assert code == 2 and "missing.jsonl" in err
     assert read_json(output_dir / "backbone" / "config.json")["hidden_size"] == 48
     assert run(output_dir, capsys=capsys)[0] == 0  # other settings: fine, nothing was trained
@@ -134,8 +171,20 @@ def test_a_resumed_stage_stops_early_at_the_same_epoch(tmp_path, one_thread):
     # lr 0: the validation accuracy never improves after the first evaluation, so with patience 2 an uninterrupted
     # stage stops after epoch 3 of 8. Interrupted after epoch 2 (patience count 1), the resumed stage must stop
     # after epoch 3 as well, not count afresh and stop after epoch 4.
-    args = ("--stages", "router", "--train_baseline", "false", "--num_train_epochs", "8", "--router_learning_rate",
-            "0", "--early_stopping_patience", "2", "--save_total_limit", "3")
+    args = (
+        "--stages",
+        "router",
+        "--train_baseline",
+        "false",
+        "--num_train_epochs",
+        "8",
+        "--router_learning_rate",
+        "0",
+        "--early_stopping_patience",
+        "2",
+        "--save_total_limit",
+        "3",
+    )
 
     def pipeline(output_dir, callbacks=()):
         return DMoERMTrainingPipeline(*parse_config(quick_args(output_dir, *args)), callbacks=list(callbacks))

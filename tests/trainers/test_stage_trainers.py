@@ -50,8 +50,13 @@ def test_task_trainer_trains_only_its_adapter_and_head(tmp_path, data, tiny_llam
     pairs, _ = data
     model = tiny_dmoerm(tiny_llama_path, tiny_tokenizer)
     before = snapshot(model)
-    trainer = TaskTrainer(model, "chitchat", args=stage_args(tmp_path, save_strategy="epoch"),
-                          train_dataset=category_pairs(pairs, "chitchat"), processing_class=tiny_tokenizer)
+    trainer = TaskTrainer(
+        model,
+        "chitchat",
+        args=stage_args(tmp_path, save_strategy="epoch"),
+        train_dataset=category_pairs(pairs, "chitchat"),
+        processing_class=tiny_tokenizer,
+    )
     assert isinstance(trainer, RewardTrainer)
     trainer.train()
     updated = changed(model, before)
@@ -66,12 +71,18 @@ def test_task_trainer_trains_only_its_adapter_and_head(tmp_path, data, tiny_llam
     assert not (Path(checkpoint) / "training_args.bin").exists()  # no pickle
 
 
-def test_capability_expert_trainer_starts_from_the_task_adapter(tmp_path, data, tiny_llama_path, tiny_tokenizer,
-                                                                 one_thread):
+def test_capability_expert_trainer_starts_from_the_task_adapter(
+    tmp_path, data, tiny_llama_path, tiny_tokenizer, one_thread
+):
     pairs, labels = data
     model = tiny_dmoerm(tiny_llama_path, tiny_tokenizer)
-    TaskTrainer(model, "objective_qa", args=stage_args(tmp_path / "task"),
-                train_dataset=category_pairs(pairs, "objective_qa"), processing_class=tiny_tokenizer).train()
+    TaskTrainer(
+        model,
+        "objective_qa",
+        args=stage_args(tmp_path / "task"),
+        train_dataset=category_pairs(pairs, "objective_qa"),
+        processing_class=tiny_tokenizer,
+    ).train()
     model.init_experts_from_task("objective_qa")
     task_head = model.task_heads["objective_qa"].weight.detach().clone()
     assert torch.equal(model.value_heads["objective_qa__correctness"].weight, task_head)
@@ -79,8 +90,12 @@ def test_capability_expert_trainer_starts_from_the_task_adapter(tmp_path, data, 
     train, held_out = logic.select(range(0, len(logic), 2)), logic.select(range(1, len(logic), 2))
     before = snapshot(model)
     trainer = CapabilityExpertTrainer(
-        model, "objective_qa", "reasoning_ability", args=stage_args(tmp_path / "expert", num_train_epochs=3),
-        train_dataset=train.select_columns(PAIR_COLUMNS), processing_class=tiny_tokenizer,
+        model,
+        "objective_qa",
+        "reasoning_ability",
+        args=stage_args(tmp_path / "expert", num_train_epochs=3),
+        train_dataset=train.select_columns(PAIR_COLUMNS),
+        processing_class=tiny_tokenizer,
     )
     trainer.train()
     updated = changed(model, before)
@@ -92,22 +107,35 @@ def test_capability_expert_trainer_starts_from_the_task_adapter(tmp_path, data, 
 def test_capability_expert_trainer_needs_a_capability(tiny_llama_path, tiny_tokenizer, tmp_path, data):
     model = tiny_dmoerm(tiny_llama_path, tiny_tokenizer)
     with pytest.raises(ValueError, match="needs capability="):
-        CapabilityExpertTrainer(model, "chitchat", None, args=stage_args(tmp_path), train_dataset=data[0],
-                                processing_class=tiny_tokenizer)
+        CapabilityExpertTrainer(
+            model, "chitchat", None, args=stage_args(tmp_path), train_dataset=data[0], processing_class=tiny_tokenizer
+        )
     with pytest.raises(ValueError, match="unknown capability 'humour'"):
-        CapabilityExpertTrainer(model, "chitchat", "humour", args=stage_args(tmp_path), train_dataset=data[0],
-                                processing_class=tiny_tokenizer)
+        CapabilityExpertTrainer(
+            model,
+            "chitchat",
+            "humour",
+            args=stage_args(tmp_path),
+            train_dataset=data[0],
+            processing_class=tiny_tokenizer,
+        )
 
 
-def test_resuming_a_stage_checkpoint_gives_the_uninterrupted_result(tmp_path, data, tiny_llama_path, tiny_tokenizer,
-                                                                     one_thread):
+def test_resuming_a_stage_checkpoint_gives_the_uninterrupted_result(
+    tmp_path, data, tiny_llama_path, tiny_tokenizer, one_thread
+):
     pairs, _ = data
     train = category_pairs(pairs, "roleplay")
 
     def run(output_dir, resume=None):
         model = tiny_dmoerm(tiny_llama_path, tiny_tokenizer)
-        trainer = TaskTrainer(model, "roleplay", args=stage_args(output_dir, save_strategy="epoch"),
-                              train_dataset=train, processing_class=tiny_tokenizer)
+        trainer = TaskTrainer(
+            model,
+            "roleplay",
+            args=stage_args(output_dir, save_strategy="epoch"),
+            train_dataset=train,
+            processing_class=tiny_tokenizer,
+        )
         trainer.train(resume_from_checkpoint=resume)
         return trainer.stage_state_dict()
 
@@ -119,8 +147,9 @@ def test_resuming_a_stage_checkpoint_gives_the_uninterrupted_result(tmp_path, da
         torch.testing.assert_close(resumed[name], full[name], rtol=1e-5, atol=1e-6)
 
 
-def test_router_trainer_learns_the_prompt_as_the_model_routes_it(tmp_path, data, tiny_llama_path, tiny_tokenizer,
-                                                                  one_thread):
+def test_router_trainer_learns_the_prompt_as_the_model_routes_it(
+    tmp_path, data, tiny_llama_path, tiny_tokenizer, one_thread
+):
     from dmoerm_trl.trainers.router_trainer import routing_prompt_ids
 
     pairs, _ = data
@@ -131,15 +160,20 @@ def test_router_trainer_learns_the_prompt_as_the_model_routes_it(tmp_path, data,
     model = tiny_dmoerm(tiny_llama_path, tiny_tokenizer)
     opener = model.config.assistant_opener_ids
     before = snapshot(model)
-    trainer = RouterTrainer(model, args=stage_args(tmp_path, eval_strategy="no", num_train_epochs=10),
-                            train_dataset=train, eval_dataset=validation, processing_class=tiny_tokenizer)
+    trainer = RouterTrainer(
+        model,
+        args=stage_args(tmp_path, eval_strategy="no", num_train_epochs=10),
+        train_dataset=train,
+        eval_dataset=validation,
+        processing_class=tiny_tokenizer,
+    )
     # One example per conversation (about 54 here, so 10 epochs for enough steps): its tokens up to the assistant
     # opener, exactly what the router reads when the model scores any response to it.
     examples = trainer.train_dataset
     assert set(examples["view"]) == {0}
     expected = {tuple(routing_prompt_ids(ids, opener)) for ids in train["chosen_ids"]}
     assert {tuple(ids) for ids in examples["input_ids"]} == expected and len(examples) == len(expected)
-    assert all(list(ids[-len(opener):]) == opener for ids in examples["input_ids"])
+    assert all(list(ids[-len(opener) :]) == opener for ids in examples["input_ids"])
     trainer.train()
     assert all(name.startswith("router_head") or ".router." in name for name in changed(model, before))
     metrics = trainer.evaluate()
@@ -150,7 +184,9 @@ def test_router_trainer_learns_the_prompt_as_the_model_routes_it(tmp_path, data,
     conversations = list(validation["chosen_ids"]) + list(validation["rejected_ids"])
     collate = RouterCollator(tiny_tokenizer.pad_token_id)
     batch = collate([{"input_ids": ids, "labels": 0, "view": 1} for ids in conversations])
-    prompts = collate([{"input_ids": routing_prompt_ids(ids, opener), "labels": 0, "view": 0} for ids in conversations])
+    prompts = collate(
+        [{"input_ids": routing_prompt_ids(ids, opener), "labels": 0, "view": 0} for ids in conversations]
+    )
     routed_full = model.route(batch["input_ids"], batch["attention_mask"]).argmax(-1)
     routed_prompt = model.route(prompts["input_ids"], prompts["attention_mask"]).argmax(-1)
     assert routed_full.tolist() == routed_prompt.tolist()
@@ -161,14 +197,16 @@ def test_router_trainer_without_a_prompt_boundary_trains_both_views(tmp_path, da
     labelled = pairs.filter(lambda r: r["category"] != "")
     model = tiny_dmoerm(tiny_llama_path, tiny_tokenizer)
     model.config.assistant_opener_ids = None  # routes on the whole text (e.g. a template without an opener)
-    trainer = RouterTrainer(model, args=stage_args(tmp_path), train_dataset=labelled.select(range(6)),
-                            processing_class=tiny_tokenizer)
+    trainer = RouterTrainer(
+        model, args=stage_args(tmp_path), train_dataset=labelled.select(range(6)), processing_class=tiny_tokenizer
+    )
     views = trainer.train_dataset["view"]
     assert 0 < sum(views) < len(views)  # both the prompt-only and the full view
 
 
-def test_aggregator_cache_gives_the_uncached_result_and_is_reused(tmp_path, data, tiny_llama_path, tiny_tokenizer,
-                                                                  one_thread):
+def test_aggregator_cache_gives_the_uncached_result_and_is_reused(
+    tmp_path, data, tiny_llama_path, tiny_tokenizer, one_thread
+):
     from dmoerm_trl.testing_utils import randomize_adapters
 
     pairs, _ = data
@@ -188,10 +226,16 @@ def test_aggregator_cache_gives_the_uncached_result_and_is_reused(tmp_path, data
     for cached in (True, False):
         model.load_state_dict(initial, strict=False)
         cache = tmp_path / "features.safetensors"
-        trainer = AggregatorTrainer(model, "chitchat", args=stage_args(tmp_path / str(cached), num_train_epochs=2),
-                                    train_dataset=train, processing_class=tiny_tokenizer,
-                                    cache_expert_features=cached, feature_batch_size=16,
-                                    feature_cache_path=str(cache) if cached else None)
+        trainer = AggregatorTrainer(
+            model,
+            "chitchat",
+            args=stage_args(tmp_path / str(cached), num_train_epochs=2),
+            train_dataset=train,
+            processing_class=tiny_tokenizer,
+            cache_expert_features=cached,
+            feature_batch_size=16,
+            feature_cache_path=str(cache) if cached else None,
+        )
         calls["n"] = 0
         trainer.train()
         results[cached] = ({k: v.clone() for k, v in trainer.stage_state_dict().items()}, calls["n"])
@@ -210,11 +254,23 @@ def test_aggregator_cache_gives_the_uncached_result_and_is_reused(tmp_path, data
     # the cache file is reused as long as the pairs and the experts are the same, recomputed otherwise
     model.load_state_dict(initial, strict=False)
     calls["n"] = 0
-    AggregatorTrainer(model, "chitchat", args=stage_args(tmp_path / "again"), train_dataset=train,
-                      processing_class=tiny_tokenizer, feature_cache_path=str(tmp_path / "features.safetensors"))
+    AggregatorTrainer(
+        model,
+        "chitchat",
+        args=stage_args(tmp_path / "again"),
+        train_dataset=train,
+        processing_class=tiny_tokenizer,
+        feature_cache_path=str(tmp_path / "features.safetensors"),
+    )
     assert calls["n"] == 0
     with torch.no_grad():
         model.value_heads["chitchat__proactivity"].weight.add_(1.0)
-    AggregatorTrainer(model, "chitchat", args=stage_args(tmp_path / "changed"), train_dataset=train,
-                      processing_class=tiny_tokenizer, feature_cache_path=str(tmp_path / "features.safetensors"))
+    AggregatorTrainer(
+        model,
+        "chitchat",
+        args=stage_args(tmp_path / "changed"),
+        train_dataset=train,
+        processing_class=tiny_tokenizer,
+        feature_cache_path=str(tmp_path / "features.safetensors"),
+    )
     assert calls["n"] > 0

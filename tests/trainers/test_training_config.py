@@ -15,8 +15,16 @@ def parse(args):
 
 def test_yaml_config_and_cli_override(tmp_path):
     model_args, data_args, training_args = parse(
-        ["--config", str(TINY_CONFIG), "--output_dir", str(tmp_path), "--task_learning_rate", "0.5",
-         "--categories_to_train", "chitchat"]
+        [
+            "--config",
+            str(TINY_CONFIG),
+            "--output_dir",
+            str(tmp_path),
+            "--task_learning_rate",
+            "0.5",
+            "--categories_to_train",
+            "chitchat",
+        ]
     )
     assert model_args.tiny_backbone == "llama"
     assert model_args.categories == TINY_CATEGORIES  # an inline mapping in the YAML
@@ -88,8 +96,17 @@ def test_a_missing_backbone_folder_is_named(tmp_path, capsys):
     from dmoerm_trl.cli import main
 
     paper = TINY_CONFIG.parent / "paper_lora.yaml"
-    code = main(["train", "--config", str(paper), "--output_dir", str(tmp_path), "--model_name_or_path",
-                 str(tmp_path / "no-such-model")])
+    code = main(
+        [
+            "train",
+            "--config",
+            str(paper),
+            "--output_dir",
+            str(tmp_path),
+            "--model_name_or_path",
+            str(tmp_path / "no-such-model"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "no-such-model' is not a folder" in err and "Traceback" not in err
@@ -99,7 +116,8 @@ def test_the_paper_layout_recipe_parses_to_full_phase1(tmp_path):
     from dmoerm_trl.commands.train import parse_config
 
     model_args, _, training_args = parse_config(
-        ["--config", str(TINY_CONFIG.parent / "paper_full.yaml"), "--output_dir", str(tmp_path)])
+        ["--config", str(TINY_CONFIG.parent / "paper_full.yaml"), "--output_dir", str(tmp_path)]
+    )
     assert model_args.task_mode == "full" and model_args.categories == "paper"
     assert training_args.task_learning_rate == 1e-7  # the paper's phase-1 rate for the full fine-tune
     with pytest.raises((ValueError, SystemExit)):

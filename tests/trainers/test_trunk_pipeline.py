@@ -13,7 +13,9 @@ def test_pipeline_trains_every_stage_above_the_trunk(tmp_path, one_thread):
     import dmoerm_trl  # noqa: F401
 
     output_dir = tmp_path / "run"
-    train_one_category(output_dir, "chitchat", "empathy_ability", "--trunk_layers", "2", "--tiny_backbone_num_layers", "3")
+    train_one_category(
+        output_dir, "chitchat", "empathy_ability", "--trunk_layers", "2", "--tiny_backbone_num_layers", "3"
+    )
     # Each adapter stage trained LoRA weights of the top layer only (layers 0-1 are the trunk)
     for stage in ("router", "task__chitchat", "capability__chitchat__proactivity"):
         weights = load_file(output_dir / "stages" / stage / "final.safetensors")
@@ -23,8 +25,11 @@ def test_pipeline_trains_every_stage_above_the_trunk(tmp_path, one_thread):
     model = AutoModelForSequenceClassification.from_pretrained(output_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     assert model.config.trunk_layers == 2
-    batch = tokenizer(["I feel tired after work. Sorry to hear that, rest well.", "What is 3 plus 4? 7."],
-                      return_tensors="pt", padding=True)
+    batch = tokenizer(
+        ["I feel tired after work. Sorry to hear that, rest well.", "What is 3 plus 4? 7."],
+        return_tensors="pt",
+        padding=True,
+    )
     with torch.no_grad():
         split = model(**batch, categories="chitchat").logits
         model.config.trunk_layers = 0  # the same weights through the unsplit backbone
@@ -40,8 +45,17 @@ def test_pipeline_with_the_router_on_the_trunk(tmp_path, one_thread):
     import dmoerm_trl  # noqa: F401
 
     output_dir = tmp_path / "run"
-    train_one_category(output_dir, "chitchat", "empathy_ability", "--trunk_layers", "2", "--tiny_backbone_num_layers",
-                       "3", "--router_mode", "trunk")
+    train_one_category(
+        output_dir,
+        "chitchat",
+        "empathy_ability",
+        "--trunk_layers",
+        "2",
+        "--tiny_backbone_num_layers",
+        "3",
+        "--router_mode",
+        "trunk",
+    )
     # The router stage trained the head alone: no LoRA weights, no router adapter folder
     router = load_file(output_dir / "stages" / "router" / "final.safetensors")
     assert router and all(name.startswith("router_head.") for name in router), sorted(router)[:5]

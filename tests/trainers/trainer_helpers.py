@@ -20,14 +20,22 @@ TINY_CATEGORIES = {
 def quick_args(output_dir, *extra: str) -> list[str]:
     """CLI args of a fast tiny run: the shipped tiny config with fewer epochs (every stage still runs)."""
     return [
-        "--config", str(TINY_CONFIG),
-        "--output_dir", str(output_dir),
-        "--dataset_path", str(DATA),
-        "--capability_labels_path", str(LABELS),
-        "--num_train_epochs", "2",
-        "--aggregator_num_train_epochs", "3",
-        "--logging_steps", "50",
-        "--disable_tqdm", "true",
+        "--config",
+        str(TINY_CONFIG),
+        "--output_dir",
+        str(output_dir),
+        "--dataset_path",
+        str(DATA),
+        "--capability_labels_path",
+        str(LABELS),
+        "--num_train_epochs",
+        "2",
+        "--aggregator_num_train_epochs",
+        "3",
+        "--logging_steps",
+        "50",
+        "--disable_tqdm",
+        "true",
         *extra,
     ]
 
@@ -39,8 +47,17 @@ def train_one_category(output_dir, category: str, capability: str, *extra: str) 
 
     from dmoerm_trl.commands.train import main as train_main
 
-    args = ("--categories_to_train", category, "--num_train_epochs", "1", "--aggregator_num_train_epochs", "2",
-            "--train_baseline", "false", *extra)
+    args = (
+        "--categories_to_train",
+        category,
+        "--num_train_epochs",
+        "1",
+        "--aggregator_num_train_epochs",
+        "2",
+        "--train_baseline",
+        "false",
+        *extra,
+    )
     cli_args = quick_args(output_dir, *args)
     assert train_main(cli_args) == 0
     stages = json.loads((Path(output_dir) / "pipeline_state.json").read_text())["stages"]
@@ -51,8 +68,16 @@ def train_one_category(output_dir, category: str, capability: str, *extra: str) 
 
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-                "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_DISABLED": "true"})
+    env.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "WANDB_DISABLED": "true",
+        }
+    )
     return env
 
 
@@ -69,10 +94,19 @@ def stage_args(output_dir, **overrides):
     from dmoerm_trl.trainers import DMoERMTrainingConfig
 
     values = {
-        "output_dir": str(output_dir), "use_cpu": True, "learning_rate": 3e-3, "num_train_epochs": 2,
-        "per_device_train_batch_size": 8, "per_device_eval_batch_size": 32, "eval_strategy": "no",
-        "save_strategy": "no", "load_best_model_at_end": False, "logging_steps": 1, "report_to": "none",
-        "disable_tqdm": True, "seed": 0,
+        "output_dir": str(output_dir),
+        "use_cpu": True,
+        "learning_rate": 3e-3,
+        "num_train_epochs": 2,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 32,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "load_best_model_at_end": False,
+        "logging_steps": 1,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "seed": 0,
     }
     values.update(overrides)
     return DMoERMTrainingConfig(**values)

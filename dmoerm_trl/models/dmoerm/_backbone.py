@@ -12,7 +12,6 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 _LORA_TARGET_CANDIDATES = (["q_proj", "v_proj"], ["query", "value"], ["c_attn"], ["query_key_value"], ["Wqkv"])
 
 
-
 def detect_lora_target_modules(backbone: nn.Module, requested: list[str] | None = None) -> list[str]:
     """The backbone's attention projections to put LoRA on (or check ``requested`` against the backbone).
 
@@ -115,8 +114,6 @@ def detect_pooling(backbone_config) -> str:
     return "first" if backbone_config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "last"
 
 
-
-
 def backbone_is_causal(backbone) -> bool:
     """Whether a token's hidden state ignores later tokens (a causal decoder), checked on a few tokens.
 
@@ -181,12 +178,18 @@ def resolve_backbone(backbone, backbone_kwargs: dict) -> tuple[PreTrainedModel, 
         check_load_kwargs(backbone_kwargs, "from_backbone", BACKBONE_KWARGS + HUB_KWARGS)
         base_path = str(backbone)
         base = load_pretrained_backbone(base_path, **backbone_kwargs)
-        base_revision = None if os.path.isdir(base_path) else pinned_revision(
-            base_path, backbone_kwargs.get("revision"), backbone_kwargs.get("cache_dir")
+        base_revision = (
+            None
+            if os.path.isdir(base_path)
+            else pinned_revision(base_path, backbone_kwargs.get("revision"), backbone_kwargs.get("cache_dir"))
         )
     elif isinstance(backbone, PreTrainedModel):
-        check_load_kwargs(backbone_kwargs, "from_backbone with an already loaded backbone (pass options when you "
-                          "load it, e.g. AutoModel.from_pretrained(..., attn_implementation=...))", ())
+        check_load_kwargs(
+            backbone_kwargs,
+            "from_backbone with an already loaded backbone (pass options when you "
+            "load it, e.g. AutoModel.from_pretrained(..., attn_implementation=...))",
+            (),
+        )
         base_path, base_revision = backbone.name_or_path or None, None
         inner = getattr(backbone, backbone.base_model_prefix, None)
         base = inner if isinstance(inner, PreTrainedModel) else backbone

@@ -45,7 +45,7 @@ def hub_id_from_cache_path(path) -> tuple[str, str] | None:
     parts = Path(path).parts
     if len(parts) < 3 or parts[-2] != "snapshots" or not parts[-3].startswith("models--"):
         return None
-    return parts[-3][len("models--"):].replace("--", "/"), parts[-1]
+    return parts[-3][len("models--") :].replace("--", "/"), parts[-1]
 
 
 def pinned_revision(repo_id: str, revision: str | None = None, cache_dir=None) -> str | None:
@@ -100,7 +100,8 @@ def reference_for_save(
     if warn:
         logger.warning(
             "the base model %s is a local folder outside the saved model: the folder loads on this machine only. "
-            "Save with save_base=True (or build the model from a hub id) to make it portable", local,
+            "Save with save_base=True (or build the model from a hub id) to make it portable",
+            local,
         )
     return str(local), None
 
@@ -142,9 +143,11 @@ def resolve_base(folder: Path, config, override: str | None) -> tuple[str, str |
             return cached  # an older folder's path into another machine's hub cache: the same commit by hub id
         if not (Path(reference).expanduser() / "config.json").is_file():
             nearby = folder / Path(reference).name
-            hint = f" (a folder {nearby} exists: pass base_model_name_or_path={str(nearby)!r})" if (
-                nearby / "config.json"
-            ).is_file() else ""
+            hint = (
+                f" (a folder {nearby} exists: pass base_model_name_or_path={str(nearby)!r})"
+                if (nearby / "config.json").is_file()
+                else ""
+            )
             raise MissingBaseModelError(
                 f"{folder}: the base model {reference} does not exist on this machine (the model was saved with an "
                 f"absolute local path to its base){hint}. {fix}"

@@ -104,8 +104,15 @@ class BackbonePassMixin:
             return backbone(**kwargs).last_hidden_state
 
     def _encode(
-        self, input_ids, attention_mask, position_ids, adapter_names: list[str] | None = None, backbone=None,
-        pooling: str | None = None, trunk: torch.Tensor | None = None, pool_mask: torch.Tensor | None = None,
+        self,
+        input_ids,
+        attention_mask,
+        position_ids,
+        adapter_names: list[str] | None = None,
+        backbone=None,
+        pooling: str | None = None,
+        trunk: torch.Tensor | None = None,
+        pool_mask: torch.Tensor | None = None,
     ):
         """One backbone pass; returns the pooled hidden state (N, H). ``adapter_names`` picks an adapter per row
         (``"__base__"``: none); ``backbone`` defaults to the shared one, ``pooling`` to ``config.pooling``,
@@ -141,8 +148,12 @@ class BackbonePassMixin:
             k = len(experts)
             names = [name for name in experts for _ in range(n)]
             pooled = self._encode(
-                input_ids.repeat(k, 1), attention_mask.repeat(k, 1), position_ids.repeat(k, 1), adapter_names=names,
-                backbone=backbone, trunk=None if trunk is None else trunk.repeat(k, 1, 1),
+                input_ids.repeat(k, 1),
+                attention_mask.repeat(k, 1),
+                position_ids.repeat(k, 1),
+                adapter_names=names,
+                backbone=backbone,
+                trunk=None if trunk is None else trunk.repeat(k, 1, 1),
             )
             return pooled.view(k, n, -1).transpose(0, 1)
         return torch.stack(

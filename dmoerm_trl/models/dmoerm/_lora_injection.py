@@ -62,12 +62,23 @@ logger = logging.getLogger(__name__)
 _LOCAL_INITS = (True, False, "gaussian")
 # LoraConfig fields that add modules or steps beyond per-layer LoRA weights (any truthy value -> PEFT's loop).
 _UNSUPPORTED_FIELDS = (
-    "modules_to_save", "trainable_token_indices", "target_parameters", "layer_replication", "ensure_weight_tying",
-    "use_qalora", "megatron_config",
+    "modules_to_save",
+    "trainable_token_indices",
+    "target_parameters",
+    "layer_replication",
+    "ensure_weight_tying",
+    "use_qalora",
+    "megatron_config",
 )
 # Low-precision float dtypes PEFT up-casts adapter weights from (peft.tuners.tuners_utils.cast_adapter_dtype).
 _UPCAST_DTYPE_NAMES = (
-    "float16", "bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu",
+    "float16",
+    "bfloat16",
+    "float8_e4m3fn",
+    "float8_e4m3fnuz",
+    "float8_e5m2",
+    "float8_e5m2fnuz",
+    "float8_e8m0fnu",
 )
 
 
@@ -383,7 +394,9 @@ class AdapterLayoutMixin:
             copies = {self._slug(c): copy.deepcopy(backbone) for c in self.config.categories}
             self.category_backbones = nn.ModuleDict(
                 {
-                    self._slug(c): self._wrap_with_adapters(copies[self._slug(c)], self.expert_adapter_names(c), lora_config)
+                    self._slug(c): self._wrap_with_adapters(
+                        copies[self._slug(c)], self.expert_adapter_names(c), lora_config
+                    )
                     for c in self.config.categories
                 }
             )

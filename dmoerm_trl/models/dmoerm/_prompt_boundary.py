@@ -184,6 +184,6 @@ def router_prompt_mask(config, input_ids, attention_mask, prompt_mask=None) -> t
             "from its response and the router (which reads the prompt only) cannot route it. Fix: build the text "
             "with the tokenizer's chat template (the conversation ending with the assistant response), or pass "
             "prompt_mask= (1 on prompt tokens) or categories= (bypass the router); in GRPO/RLOO use conversational "
-            "prompts, or reward_funcs=[RewardScorer(model, tokenizer).as_reward_function()] for text prompts"
+            "prompts, or reward_funcs=[RewardScorer(model, tokenizer).as_reward_function()] for text prompts",
         )
     return mask

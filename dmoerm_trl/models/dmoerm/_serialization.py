@@ -75,7 +75,9 @@ def save_dmoerm(model, save_directory, state_dict=None, save_base: bool = False,
         )
     saved_config = copy.deepcopy(config)
     saved_config.base_model_name_or_path, saved_config.base_model_revision = reference_for_save(
-        config.base_model_name_or_path, getattr(config, "base_model_revision", None), final_directory or folder,
+        config.base_model_name_or_path,
+        getattr(config, "base_model_revision", None),
+        final_directory or folder,
         warn=not save_base,
     )
     if saved_config.base_model_name_or_path is None and save_base:
@@ -96,7 +98,9 @@ def save_dmoerm(model, save_directory, state_dict=None, save_base: bool = False,
         # PEFT reads this as a hub id or a path from the working directory: the hub id when there is one.
         peft_config.base_model_name_or_path = hub_base or config.base_model_name_or_path
         peft_config.revision = saved_config.base_model_revision if hub_base else None
-        atomic_write_text(adapter_dir / "adapter_config.json", json.dumps(peft_config.to_dict(), indent=2, default=list))
+        atomic_write_text(
+            adapter_dir / "adapter_config.json", json.dumps(peft_config.to_dict(), indent=2, default=list)
+        )
 
     if model.full_task_mode:
         for slug in model.category_backbones:
@@ -245,7 +249,9 @@ def _prompt_boundary_from_saved_tokenizer(model, folder: Path) -> None:
     logger.info(
         "%s was saved without a prompt boundary; routing on the prompt up to %r (token ids %s), from its saved "
         "tokenizer",
-        folder, model.config.assistant_opener_text, opener,
+        folder,
+        model.config.assistant_opener_text,
+        opener,
     )
 
 

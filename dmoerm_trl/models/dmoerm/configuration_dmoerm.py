@@ -83,8 +83,10 @@ def validate_categories(categories: Any) -> dict[str, list[str]]:
             if not cap_slug:
                 raise ValueError(f"category {category!r}: capability {capability!r} has no letter or digit")
             if cap_slug in seen_capability_slugs:
-                what = "is listed twice" if seen_capability_slugs[cap_slug] == capability else (
-                    f"and {seen_capability_slugs[cap_slug]!r} map to the same adapter name {cap_slug!r}"
+                what = (
+                    "is listed twice"
+                    if seen_capability_slugs[cap_slug] == capability
+                    else (f"and {seen_capability_slugs[cap_slug]!r} map to the same adapter name {cap_slug!r}")
                 )
                 raise ValueError(f"category {category!r}: capability {capability!r} {what}; remove or rename it")
             if cap_slug in ("task",):

@@ -210,8 +210,13 @@ class DMoERMRouter(nn.Linear):
         else:
             adapter_names = [adapter] * input_ids.shape[0]
         return model._encode(
-            input_ids, attention, position_ids, adapter_names=adapter_names, pooling=model.config.router_pooling,
-            trunk=trunk, pool_mask=prompt_mask,
+            input_ids,
+            attention,
+            position_ids,
+            adapter_names=adapter_names,
+            pooling=model.config.router_pooling,
+            trunk=trunk,
+            pool_mask=prompt_mask,
         )
 
     def route(self, model, input_ids, attention_mask, position_ids, trunk=None, prompt_mask=None) -> torch.Tensor:
@@ -270,7 +275,11 @@ class DMoERMForSequenceClassification(
         self.router_head = DMoERMRouter(hidden_size, config.num_categories)
         self.task_heads = nn.ModuleDict({self._slug(c): nn.Linear(hidden_size, 1) for c in config.categories})
         self.value_heads = nn.ModuleDict(
-            {self.adapter_name(c, cap): nn.Linear(hidden_size, 1) for c, caps in config.categories.items() for cap in caps}
+            {
+                self.adapter_name(c, cap): nn.Linear(hidden_size, 1)
+                for c, caps in config.categories.items()
+                for cap in caps
+            }
         )
         self.aggregators = nn.ModuleDict(
             {
@@ -441,7 +450,9 @@ class DMoERMForSequenceClassification(
             category_ids = torch.full(
                 (expert_features.shape[0],), self.config.category_id(category), device=expert_features.device
             )
-            return DMoERMOutput(logits=aggregator(self._head_input(expert_features, aggregator)), category_ids=category_ids)
+            return DMoERMOutput(
+                logits=aggregator(self._head_input(expert_features, aggregator)), category_ids=category_ids
+            )
         input_ids, attention_mask, position_ids = self._prepare_inputs(input_ids, attention_mask, position_ids)
         with self._eval_mode_if_no_grad():
             if stage is None:
@@ -479,7 +490,10 @@ class DMoERMForSequenceClassification(
             category = self.config.category_names[category_id]
             rows = (category_ids == category_id).nonzero(as_tuple=True)[0]
             features = self._expert_features(
-                input_ids[rows], attention_mask[rows], position_ids[rows], category,
+                input_ids[rows],
+                attention_mask[rows],
+                position_ids[rows],
+                category,
                 None if trunk is None else trunk[rows],
             )
             experts = self.expert_adapter_names(category)
