@@ -51,9 +51,9 @@ def main() -> None:
 
     from dmoerm_trl import DMoERMForSequenceClassification
     from dmoerm_trl.data import load_preference_pairs
+    from dmoerm_trl.data.tokenize import tokenize_pairs
     from dmoerm_trl.testing_utils import make_tiny_llama, randomize_adapters
     from dmoerm_trl.trainers import AggregatorTrainer, DMoERMTrainingConfig
-    from dmoerm_trl.data.tokenize import tokenize_pairs
 
     workdir = Path(tempfile.mkdtemp(prefix="phase3-bench-"))
     if args.backbone == "tiny":

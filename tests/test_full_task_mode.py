@@ -14,8 +14,10 @@ from dmoerm_trl.testing_utils import randomize_adapters
 
 # One-turn conversations in the tiny tokenizer's ChatML template: the router reads up to the assistant opener.
 TEXTS = [
-    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
-    "<|im_start|>assistant\nThe capital of France is Paris.<|im_end|>\n",
+    (
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+        "<|im_start|>assistant\nThe capital of France is Paris.<|im_end|>\n"
+    ),
     "<|im_start|>user\nHow are you today?<|im_end|>\n<|im_start|>assistant\nI am fine, thank you.<|im_end|>\n",
     "<|im_start|>user\nSolve 12 * 7.<|im_end|>\n<|im_start|>assistant\nThe answer is 84.<|im_end|>\n",
     "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel
 
 from dmoerm_trl import DMoERMConfig, DMoERMForSequenceClassification
 from dmoerm_trl.testing_utils import make_tiny_tokenizer, randomize_adapters
@@ -300,7 +300,7 @@ def test_backbone_without_lora_targets(tiny_categories):
     class NoAttention(torch.nn.Module):
         pass
 
-    from transformers import PreTrainedModel, PretrainedConfig
+    from transformers import PretrainedConfig, PreTrainedModel
 
     class Bare(PreTrainedModel):
         config_class = PretrainedConfig

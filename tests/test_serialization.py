@@ -87,7 +87,7 @@ def test_save_base_makes_a_self_contained_folder(tmp_path, tiny_tokenizer, tiny_
 
 
 def test_trainer_style_save_with_a_given_state_dict(model_and_batch, tmp_path):
-    model, batch = model_and_batch
+    model, _batch = model_and_batch
     state = {k: v.clone() for k, v in model.state_dict().items()}
     state["router_head.bias"] += 1.0  # what a gathered (e.g. ZeRO-3) state dict would carry
     model.save_pretrained(tmp_path, state_dict=state, safe_serialization=True)

@@ -51,7 +51,7 @@ def load_price_table(path: str | os.PathLike) -> dict[str, tuple[float, float]]:
     else:
         data = json.loads(text)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping {{model: {{input: X, output: Y}}}}.")  # noqa: TRY004 - bad file
+        raise ValueError(f"{path}: expected a mapping {{model: {{input: X, output: Y}}}}.")
     table = {}
     for model, entry in data.items():
         try:

@@ -155,7 +155,7 @@ def test_categories_from_the_judge_keep_only_order_consistent_answers(tmp_path, 
         for r in records()
         if r["label"]
     }
-    biased = sorted(truth)[0]  # for this prompt the judge always answers "1": the two orders disagree
+    biased = min(truth)  # for this prompt the judge always answers "1": the two orders disagree
 
     def judge(body):
         user = body["messages"][-1]["content"]

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 from trainer_helpers import quick_args, train_one_category
-from transformers import TrainerCallback
+from transformers import AutoTokenizer, TrainerCallback
 
 
 def _tensorboard_scalars(folder: Path) -> dict[str, float]:

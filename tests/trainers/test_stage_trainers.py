@@ -12,8 +12,8 @@ from trainer_helpers import stage_args, tiny_dmoerm, tokenized_data
 from trl import RewardTrainer
 
 from dmoerm_trl.trainers import AggregatorTrainer, CapabilityExpertTrainer, RouterTrainer, TaskTrainer
-from dmoerm_trl.trainers.router_trainer import RouterCollator
 from dmoerm_trl.trainers.checkpointing import last_complete_checkpoint
+from dmoerm_trl.trainers.router_trainer import RouterCollator
 
 PAIR_COLUMNS = ["chosen_ids", "rejected_ids"]
 

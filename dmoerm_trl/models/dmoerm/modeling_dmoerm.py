@@ -443,7 +443,7 @@ class DMoERMForSequenceClassification(
             expert_features: ``(B, k*H)`` cached expert features, only in the aggregator stage.
             **kwargs: accepted and ignored (TRL passes ``use_cache=``, ``margin=``).
         """
-        stage, category, capability = self._stage
+        stage, category, _capability = self._stage
         if stage == "aggregator" and expert_features is not None:
             # Phase 3 on cached features: the backbone does not run, token ids are not needed.
             aggregator = self.aggregators[self._slug(category)]
