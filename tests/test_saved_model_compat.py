@@ -64,6 +64,19 @@ def test_saved_v1_folder_experts_score_the_same(loaded, category):
     _assert_same(results, EXPECTED["by_category"][category])
 
 
+def test_info_counts_the_v1_folder_parameters_without_its_statistics(loaded):
+    from safetensors import safe_open
+
+    from dmoerm_trl.commands.info import describe_saved_model
+
+    model, _ = loaded
+    with safe_open(str(FIXTURES / "saved_dmoerm_v1" / "dmoerm_heads.safetensors"), "pt") as handle:
+        assert "dmoerm_statistics" not in handle.metadata()  # saved before the list: the aggregator's buffer names
+    counted = describe_saved_model(FIXTURES / "saved_dmoerm_v1")["parameters"]
+    assert counted["heads"] == sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone."))
+    assert counted["total"] == sum(p.numel() for p in model.parameters())
+
+
 @pytest.mark.parametrize(
     "first",
     [

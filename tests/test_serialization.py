@@ -54,6 +54,35 @@ def test_round_trip_with_auto_class_and_no_remote_code(model_and_batch, tmp_path
     assert out.category_ids.tolist() == expected.category_ids.tolist()
 
 
+def test_info_counts_parameters_not_the_statistics_the_heads_metadata_lists(model_and_batch, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from dmoerm_trl.commands.info import describe_saved_model
+
+    model, _ = model_and_batch
+    for aggregator in model.aggregators.values():  # statistics set, as after phase 3
+        aggregator.set_feature_statistics(torch.randn(4, aggregator.feature_mean.numel()))
+        aggregator.set_reward_calibration(torch.tensor([0.5, 2.0]))
+    model.save_pretrained(tmp_path)
+    counted = describe_saved_model(tmp_path)["parameters"]
+    heads = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("backbone."))
+    assert counted["heads"] == heads
+    assert counted["total"] == sum(p.numel() for p in model.parameters())
+    path = tmp_path / "dmoerm_heads.safetensors"
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+    listed = json.loads(metadata["dmoerm_statistics"])
+    assert set(listed) == {f"aggregators.{name}" for name, _ in model.aggregators.named_buffers()}
+    # info reads the list from the metadata ...
+    tensors, more = load_file(path), json.dumps([*listed, "router_head.bias"])
+    save_file(tensors, str(path), metadata={**metadata, "dmoerm_statistics": more})
+    assert describe_saved_model(tmp_path)["parameters"]["heads"] == heads - model.router_head.bias.numel()
+    # ... and a heads file saved before the list existed falls back to the aggregator's own buffer names
+    save_file(tensors, str(path), metadata={k: v for k, v in metadata.items() if k != "dmoerm_statistics"})
+    assert describe_saved_model(tmp_path)["parameters"]["heads"] == heads
+
+
 def test_each_adapter_is_a_standard_peft_folder(model_and_batch, tmp_path, tiny_llama_path):
     from peft import PeftModel
 

@@ -14,19 +14,19 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     return parser
 
 
-# The aggregators' calibration statistics are buffers saved beside the weights, not parameters.
-_STATISTICS = ("feature_mean", "feature_std", "reward_mean", "reward_std")
-
-
-def _safetensors_numel(path: Path) -> int:
-    """Parameters stored in a safetensors file (the aggregators' calibration statistics are not counted)."""
+def _safetensors_numel(path: Path, heads: bool = False) -> int:
+    """Parameters stored in a safetensors file; ``heads=True`` (the heads file): without the tensors that are
+    statistics, not parameters (the aggregators' calibration, as the file's metadata lists them)."""
     from safetensors import SafetensorError, safe_open
+
+    from ..models.dmoerm._serialization import heads_statistics
 
     total = 0
     try:
         with safe_open(str(path), framework="pt") as handle:
+            statistics = heads_statistics(handle) if heads else set()
             for key in handle.keys():  # noqa: SIM118 - a safe_open handle, not a dict
-                if key.rsplit(".", 1)[-1] in _STATISTICS:
+                if key in statistics:
                     continue
                 numel = 1
                 for dim in handle.get_slice(key).get_shape():
@@ -57,7 +57,7 @@ def describe_saved_model(path: str | Path) -> dict:
         for adapter in sorted((folder / "adapters").iterdir())
         if (adapter / "adapter_model.safetensors").exists()
     }
-    heads = _safetensors_numel(folder / "dmoerm_heads.safetensors")
+    heads = _safetensors_numel(folder / "dmoerm_heads.safetensors", heads=True)
     task_mode = config.task_mode
     if task_mode == "full":  # the paper's layout: the shared base + one full base copy per category
         base_params *= 1 + config.num_categories

@@ -3,7 +3,8 @@
 ```
 my-dmoerm/
   config.json                      DMoERMConfig (model_type "dmoerm")
-  dmoerm_heads.safetensors         router head, task heads, value heads, aggregators
+  dmoerm_heads.safetensors         router head, task heads, value heads, aggregators (metadata: the categories'
+                                   order, and which tensors are statistics, not parameters)
   adapters/<name>/                 one standard PEFT LoRA folder per adapter (adapter_config.json +
                                    adapter_model.safetensors): router, <category>__task, <category>__<capability>
   base/                            only with save_base=True: the backbone (config.json + model.safetensors)
@@ -39,7 +40,6 @@ def _base_state_dict(backbone_state: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 BACKBONE_PREFIXES = ("backbone.", "category_backbones.")
-OPTIONAL_AGGREGATOR_BUFFERS = (".feature_mean", ".feature_std", ".reward_mean", ".reward_std")
 CATEGORY_BASES = "category_bases"
 
 
@@ -49,12 +49,41 @@ def _sub_state(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, to
 
 HEADS_FILE = "dmoerm_heads.safetensors"
 CATEGORIES_METADATA = "dmoerm_categories"
+STATISTICS_METADATA = "dmoerm_statistics"
 
 
 def categories_metadata(config) -> str:
     """The ordered ``[[category, [capability, ...]], ...]`` a heads file was saved with (its safetensors metadata):
     the order sets the router's classes and the order of the aggregator's inputs."""
     return json.dumps([[category, list(caps)] for category, caps in config.categories.items()])
+
+
+def statistics_metadata(model, heads: dict) -> str:
+    """The names of the tensors in ``heads`` that are not parameters of ``model`` (buffers: the aggregators'
+    feature statistics and reward calibration), as JSON for the heads file's metadata (``dmoerm info`` counts the
+    rest as parameters)."""
+    parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    return json.dumps(sorted(key for key in heads if key not in parameters))
+
+
+def heads_statistics(handle) -> set[str]:
+    """The statistics (not parameters) among the tensors of an open heads file (``safe_open``): as its metadata lists
+    them; for a file saved before they were listed, the tensors named like a [`CapabilityAggregator`]'s buffers.
+
+    Example:
+        >>> from safetensors import safe_open
+        >>> with safe_open("tests/fixtures/saved_dmoerm_v1/dmoerm_heads.safetensors", "pt") as handle:
+        ...     sorted(heads_statistics(handle))[:2]
+        ['aggregators.chitchat.feature_mean', 'aggregators.chitchat.feature_std']
+    """
+    listed = (handle.metadata() or {}).get(STATISTICS_METADATA)
+    if listed is not None:
+        return set(json.loads(listed))
+    from .modeling_dmoerm import CapabilityAggregator
+
+    buffers = {name for name, _ in CapabilityAggregator(1, 1, 1).named_buffers()}
+    keys = handle.keys()  # a safe_open handle, not a dict
+    return {key for key in keys if key.startswith("aggregators.") and key.rsplit(".", 1)[-1] in buffers}
 
 
 def save_dmoerm(model, save_directory, state_dict=None, save_base: bool = False, final_directory=None) -> None:
@@ -86,7 +115,11 @@ def save_dmoerm(model, save_directory, state_dict=None, save_base: bool = False,
     state_dict = state_dict if state_dict is not None else model.state_dict()
     heads = {k: v for k, v in state_dict.items() if not k.startswith(BACKBONE_PREFIXES)}
     backbone_state = _sub_state(state_dict, "backbone.")
-    metadata = {"format": "pt", CATEGORIES_METADATA: categories_metadata(config)}
+    metadata = {
+        "format": "pt",
+        CATEGORIES_METADATA: categories_metadata(config),
+        STATISTICS_METADATA: statistics_metadata(model, heads),
+    }
     atomic_save_safetensors(heads, folder / HEADS_FILE, metadata=metadata)
 
     for name in model.all_adapter_names():
@@ -263,7 +296,8 @@ def load_dmoerm_weights(model, folder) -> None:
     check_categories_metadata(model.config, folder / HEADS_FILE)
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(BACKBONE_PREFIXES)}
     # Models saved before the aggregators stored feature/reward statistics load with the identity ones (as before).
-    missing = sorted(k for k in set(own) - set(heads) if not k.endswith(OPTIONAL_AGGREGATOR_BUFFERS))
+    optional = {f"aggregators.{name}" for name, _ in model.aggregators.named_buffers()}
+    missing = sorted(k for k in set(own) - set(heads) - optional)
     unexpected = sorted(set(heads) - set(own))
     reshaped = sorted(k for k in set(own) & set(heads) if own[k].shape != heads[k].shape)
     if missing or unexpected or reshaped:
