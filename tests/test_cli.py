@@ -87,3 +87,60 @@ def test_score_reports_bad_lines(tmp_path):
     bad.write_text('{"text": "ok"}\n{"oops": 1}\n')
     with pytest.raises(ValueError, match="bad.jsonl, line 2: needs a `messages` list or a `text` string"):
         read_conversations(str(bad))
+
+
+def test_score_batches_records_per_named_category_with_the_rewards_of_one_at_a_time(
+    tiny_llama_path, tiny_tokenizer, tiny_categories, tmp_path, capsys, monkeypatch
+):
+    from dmoerm_trl import DMoERMForSequenceClassification
+    from dmoerm_trl.testing_utils import randomize_adapters
+
+    model = DMoERMForSequenceClassification.from_backbone(tiny_llama_path, tiny_categories, tokenizer=tiny_tokenizer)
+    randomize_adapters(model, seed=5)  # experts differ, so a row scored by the wrong category would show
+    model.save_pretrained(tmp_path / "m")
+
+    def chat(question, answer):
+        return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+    records = [  # routed and named categories interleaved, texts and messages, with and without ids
+        {"id": "r1", "messages": chat("What is 2+2?", "4")},
+        {"id": "q1", "text": "plain text, a fact", "category": "objective_qa"},
+        {"messages": chat("How are you?", "Great, and you? I hope your day went well."), "category": "chitchat"},
+        {"id": 4, "text": "a longer plain text: Paris is the capital of France", "category": "objective_qa"},
+        {"id": "r2", "messages": chat("Tell me a joke", "No.")},
+        {"id": "c2", "text": "hi", "category": "chitchat"},
+        {"id": "q3", "messages": chat("Why is the sky blue?", "Rayleigh scattering."), "category": "objective_qa"},
+    ]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in records))
+    calls = []  # what each compute_rewards call scored: (number of conversations, categories=)
+    original = DMoERMForSequenceClassification.compute_rewards
+
+    def recording(self, conversations, tokenizer, *args, **kwargs):
+        calls.append((len(conversations), kwargs.get("categories")))
+        return original(self, conversations, tokenizer, *args, **kwargs)
+
+    monkeypatch.setattr(DMoERMForSequenceClassification, "compute_rewards", recording)
+    command = ["score", "--model", str(tmp_path / "m"), "--input", str(data), "--tokenizer", tiny_llama_path]
+    assert main([*command, "--batch_size", "2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert calls == [(2, None), (3, "objective_qa"), (2, "chitchat")]  # the routed rows, then one call per category
+    monkeypatch.undo()
+
+    loaded = DMoERMForSequenceClassification.from_pretrained(tmp_path / "m")
+    assert [row.get("id") for row in rows] == [record.get("id") for record in records]
+    for row, record in zip(rows, records):
+        conversation = record.get("messages", record.get("text"))
+        alone = loaded.compute_rewards([conversation], tiny_tokenizer, categories=record.get("category"))[0]
+        assert row["category"] == alone["category"] == record.get("category", alone["category"])
+        assert row["reward"] == pytest.approx(alone["reward"], abs=1e-5)
+        assert row["capabilities"] == pytest.approx(alone["capabilities"], abs=1e-5)
+        if "category" in record:
+            assert row["router_prob"] is None and alone["router_prob"] is None
+        else:
+            assert row["router_prob"] == pytest.approx(alone["router_prob"], abs=1e-5)
+    # a name the model does not know is refused before scoring, naming the line
+    data.write_text(json.dumps(records[0]) + "\n" + json.dumps({"text": "x", "category": "poetry"}) + "\n")
+    assert main(command) == 2
+    error = capsys.readouterr().err
+    assert "mixed.jsonl, line 2: unknown category 'poetry'" in error and "objective_qa" in error

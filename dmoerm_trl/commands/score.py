@@ -99,10 +99,21 @@ def run(args: argparse.Namespace) -> int:
         f"{args.model}/base" if model.config.base_model_name_or_path is None else model.config.base_model_name_or_path
     )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    by_category: dict[str, list[int]] = {}  # records that name their category (the router is bypassed), by category
+    for i, (number, _, category, _) in enumerate(records):
+        if category is None:
+            continue
+        if category not in model.config.categories:
+            raise ValueError(
+                f"{args.input}, line {number}: unknown category {category!r}; this model's categories are "
+                f"{model.config.category_names} (or leave `category` out to route the conversation)"
+            )
+        by_category.setdefault(category, []).append(i)
     by_index: dict[int, dict] = {}
     routed = [i for i, record in enumerate(records) if record[2] is None]
     try:
-        scored = model.compute_rewards([records[i][1] for i in routed], tokenizer, batch_size=args.batch_size)
+        conversations = [records[i][1] for i in routed]
+        scored = model.compute_rewards(conversations, tokenizer, batch_size=args.batch_size) if routed else []
     except PromptBoundaryError as error:
         if error.row is None:
             raise
@@ -111,9 +122,10 @@ def run(args: argparse.Namespace) -> int:
             + " (in the file: a `category` field)"
         ) from None
     by_index.update(zip(routed, scored))
-    for i, (_, conversation, category, _) in enumerate(records):
-        if category is not None:  # the record names its category: the router is bypassed
-            by_index[i] = model.compute_rewards([conversation], tokenizer, categories=category)[0]
+    for category, indices in by_category.items():  # batched per category, results put back in file order
+        conversations = [records[i][1] for i in indices]
+        scored = model.compute_rewards(conversations, tokenizer, batch_size=args.batch_size, categories=category)
+        by_index.update(zip(indices, scored))
     results = [by_index[i] for i in range(len(records))]
     rows = [({"id": records[i][3]} if records[i][3] is not None else {}) | result for i, result in enumerate(results)]
     for row in rows:
