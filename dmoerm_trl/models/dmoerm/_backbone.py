@@ -198,3 +198,22 @@ def resolve_backbone(backbone, backbone_kwargs: dict) -> tuple[PreTrainedModel, 
             f"backbone must be a model id/path or a transformers PreTrainedModel, got {type(backbone).__name__}"
         )
     return base, base_path, base_revision
+
+
+def resolve_pad_token_id(base: PreTrainedModel, tokenizer=None) -> int | None:
+    """The pad token id a DMoERM records in its config: the tokenizer's when one is given (it must have a pad token),
+    else the base config's (``None`` when it has none).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> resolve_pad_token_id(SimpleNamespace(config=SimpleNamespace(pad_token_id=0)))
+        0
+    """
+    if tokenizer is None:
+        return getattr(base.config, "pad_token_id", None)
+    if tokenizer.pad_token_id is None:
+        raise ValueError(
+            f"the tokenizer ({type(tokenizer).__name__}) has no pad token; set one before building the reward model, "
+            "e.g. tokenizer.pad_token = tokenizer.eos_token (decoders) or add a '[PAD]' token"
+        )
+    return tokenizer.pad_token_id

@@ -36,7 +36,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
-from ._backbone import backbone_is_causal, detect_pooling, resolve_backbone
+from ._backbone import backbone_is_causal, detect_pooling, resolve_backbone, resolve_pad_token_id
 from ._encoding import BackbonePassMixin
 from ._lora_injection import AdapterLayoutMixin
 from ._ppo_reward_view import BroadcastRewardScore, SequenceRewardView
@@ -110,10 +110,8 @@ class CapabilityAggregator(nn.Module):
 
     def forward(self, expert_features: torch.Tensor, calibrated: bool = False) -> torch.Tensor:
         """``(N, 1)`` rewards of ``(N, k*H)`` features; ``calibrated=True`` applies the category's calibration."""
-        normalized = (expert_features - self.feature_mean.to(expert_features.dtype)) / self.feature_std.to(
-            expert_features.dtype
-        )
-        reward = self.out(self.act(self.proj(normalized)))
+        mean, std = self.feature_mean.to(expert_features.dtype), self.feature_std.to(expert_features.dtype)
+        reward = self.out(self.act(self.proj((expert_features - mean) / std)))
         if calibrated:
             reward = (reward - self.reward_mean.to(reward.dtype)) / self.reward_std.to(reward.dtype)
         return reward
@@ -342,20 +340,11 @@ class DMoERMForSequenceClassification(
             ...     "path/to/SmolLM2-135M-Instruct", {"objective_qa": ["correctness", "logic"]}, tokenizer=tokenizer)
         """
         base, base_path, base_revision = resolve_backbone(backbone, backbone_kwargs)
-        pad_token_id = base.config.pad_token_id if hasattr(base.config, "pad_token_id") else None
-        if tokenizer is not None:
-            if tokenizer.pad_token_id is None:
-                raise ValueError(
-                    f"the tokenizer ({type(tokenizer).__name__}) has no pad token; set one before building the reward "
-                    "model, e.g. tokenizer.pad_token = tokenizer.eos_token (decoders) or add a '[PAD]' token"
-                )
-            pad_token_id = tokenizer.pad_token_id
-        backbone_config = base.config.to_dict()
         config = DMoERMConfig(
             categories=categories,
             base_model_name_or_path=base_path,
             base_model_revision=base_revision,
-            backbone_config=backbone_config,
+            backbone_config=base.config.to_dict(),
             lora_r=lora_r,
             lora_alpha=lora_alpha,
             lora_dropout=lora_dropout,
@@ -369,7 +358,7 @@ class DMoERMForSequenceClassification(
             trunk_layers=trunk_layers,
             hidden_size=base.config.hidden_size,
             max_position_embeddings=getattr(base.config, "max_position_embeddings", None),
-            pad_token_id=pad_token_id,
+            pad_token_id=resolve_pad_token_id(base, tokenizer),
         )
         model = cls(config, backbone=base)
         model.config._attn_implementation = base.config._attn_implementation  # report what the backbone runs
