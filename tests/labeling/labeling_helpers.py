@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 from types import SimpleNamespace
 
+JUDGE_NAME = "tiny-judge"  # the served name of the tiny local judge (conftest.py's judge servers)
 CATEGORIES = {"objective_qa": ["correctness", "logic", "depth"], "chitchat": ["empathy", "fluency"]}
 CATEGORY_YAML = """\
 categories:
@@ -121,3 +123,33 @@ def fast_config(data, output, server, **overrides):
     }
     options.update(overrides)
     return LabelingConfig(**options)
+
+
+def judge_config(data, output, server, mode, **overrides):
+    """A LabelingConfig for a `serve-judge` server on the tiny judge: short answers, no progress bar, the labeler's
+    defaults for everything else (concurrency, timeouts, retries) unless ``overrides`` set them."""
+    from dmoerm_trl.labeling import LabelingConfig
+
+    options = {
+        "data": data.data,
+        "output": str(output),
+        "model": JUDGE_NAME,
+        "mode": mode,
+        "base_url": server.base_url,
+        "categories": data.categories,
+        "max_completion_tokens": 8,
+        "progress": False,
+    }
+    options.update(overrides)
+    return LabelingConfig(**options)
+
+
+def http_request(server, method: str, path: str, body: bytes | None = None, headers=None, timeout: float = 30):
+    """``(status, headers, JSON payload)`` of one plain HTTP request to ``server`` (no client-side checks)."""
+    host, port = server.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    connection.request(method, path, body=body, headers=headers or {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    result = response.status, dict(response.getheaders()), json.loads(response.read() or b"{}")
+    connection.close()
+    return result

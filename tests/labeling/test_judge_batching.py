@@ -3,7 +3,6 @@ and the real labeler driving it (0 retries)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import threading
@@ -11,24 +10,11 @@ import time
 
 import openai
 import pytest
-from labeling_helpers import make_labeling_data
+from labeling_helpers import http_request, judge_config, make_labeling_data
 
 from dmoerm_trl.labeling import LabelingConfig, run_labeling
-from dmoerm_trl.labeling.judge_server import start_judge_server
 
 STORY = [{"role": "user", "content": "Tell me a story about dogs and cats"}]
-
-
-@pytest.fixture(scope="module")
-def judge_model_path(tiny_llama_path, tmp_path_factory):
-    from test_judge_server import judge_model_path as make  # the tiny Llama with a 1024-token context
-
-    return make.__wrapped__(tiny_llama_path, tmp_path_factory)
-
-
-def serve(path, **options):
-    options = {"port": 0, "model_name": "tiny-judge", "max_new_tokens": 24, **options}
-    return start_judge_server(path, **options)
 
 
 class Gate:
@@ -51,14 +37,8 @@ class Gate:
         self._open.set()
 
 
-def post(server, body: dict, timeout: float = 30):
-    host, port = server.server_address[:2]
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
-    connection.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "x"})
-    response = connection.getresponse()
-    result = response.status, dict(response.getheaders()), json.loads(response.read() or b"{}")
-    connection.close()
-    return result
+def post(server, body: dict):
+    return http_request(server, "POST", "/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "x"})
 
 
 def in_thread(function, *args):
@@ -82,35 +62,32 @@ def wait_until(condition, seconds=20.0):
         time.sleep(0.02)
 
 
-def test_requests_arriving_together_share_one_generate_call_with_the_same_answers(judge_model_path):
+def test_requests_arriving_together_share_one_generate_call_with_the_same_answers(start_judge):
     prompts = ["Which is better, 1 or 2?", "hi", "word " * 40, "Tell me a story about dogs and cats", "x", "1 or 2"]
-    server = serve(judge_model_path, max_batch_size=8, max_wait_ms=300)
-    try:
-        client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+    server = start_judge(max_batch_size=8, max_wait_ms=300)
+    client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
 
-        def ask(prompt, max_tokens):
-            messages = [{"role": "user", "content": prompt}]
-            answer = client.chat.completions.create(
-                model="tiny-judge", messages=messages, temperature=0, max_tokens=max_tokens
-            )
-            return answer.choices[0].message.content, answer.usage.completion_tokens, answer.choices[0].finish_reason
+    def ask(prompt, max_tokens):
+        messages = [{"role": "user", "content": prompt}]
+        answer = client.chat.completions.create(
+            model="tiny-judge", messages=messages, temperature=0, max_tokens=max_tokens
+        )
+        return answer.choices[0].message.content, answer.usage.completion_tokens, answer.choices[0].finish_reason
 
-        alone = [ask(p, 4 + 3 * i) for i, p in enumerate(prompts)]  # one at a time: batches of 1
-        assert server.metrics()["max_batch_size_seen"] == 1
-        threads = [in_thread(ask, p, 4 + 3 * i) for i, p in enumerate(prompts)]
-        for thread, _ in threads:
-            thread.join(60)
-        together = [box["result"] for _, box in threads]
-        metrics = server.metrics()
-    finally:
-        server.stop()
+    alone = [ask(p, 4 + 3 * i) for i, p in enumerate(prompts)]  # one at a time: batches of 1
+    assert server.metrics()["max_batch_size_seen"] == 1
+    threads = [in_thread(ask, p, 4 + 3 * i) for i, p in enumerate(prompts)]
+    for thread, _ in threads:
+        thread.join(60)
+    together = [box["result"] for _, box in threads]
+    metrics = server.metrics()
     assert together == alone  # left padding and per-row max_tokens change nothing in the answers
     assert metrics["generate_calls"] < 2 * len(prompts) and metrics["max_batch_size_seen"] > 1
     assert metrics["completed"] == 2 * len(prompts) and metrics["errors"] == 0
 
 
-def test_a_full_queue_answers_503_with_retry_after_and_the_queued_requests_still_get_answers(judge_model_path):
-    server = serve(judge_model_path, max_batch_size=1, max_wait_ms=0, max_queue=1)
+def test_a_full_queue_answers_503_with_retry_after_and_the_queued_requests_still_get_answers(start_judge):
+    server = start_judge(max_batch_size=1, max_wait_ms=0, max_queue=1)
     gate = Gate(server)
     body = {"model": "tiny-judge", "messages": STORY, "max_tokens": 3, "temperature": 0}
     try:
@@ -127,12 +104,11 @@ def test_a_full_queue_answers_503_with_retry_after_and_the_queued_requests_still
             assert box["result"][0] == 200
         assert server.metrics()["rejected_queue_full"] == 1
     finally:
-        gate.open()
-        server.stop()
+        gate.open()  # before the server stops: a held batch would hold up the stop
 
 
-def test_a_client_that_disconnects_while_queued_is_never_generated(judge_model_path):
-    server = serve(judge_model_path, max_batch_size=1, max_wait_ms=0)
+def test_a_client_that_disconnects_while_queued_is_never_generated(start_judge):
+    server = start_judge(max_batch_size=1, max_wait_ms=0)
     gate = Gate(server)
     try:
         first = in_thread(post, server, {"model": "tiny-judge", "messages": STORY, "max_tokens": 3})
@@ -154,14 +130,13 @@ def test_a_client_that_disconnects_while_queued_is_never_generated(judge_model_p
         metrics = server.metrics()
     finally:
         gate.open()
-        server.stop()
     leaving_ids = server.judge.prepare(leaving["messages"], max_tokens=3).input_ids
     assert all(ids != tuple(leaving_ids) for batch in gate.batches for ids, _ in batch)  # never reached the model
     assert metrics["dropped_cancelled"] == 1 and metrics["generate_calls"] == 2
 
 
-def test_a_client_that_disconnects_during_generation_stops_its_row(judge_model_path):
-    server = serve(judge_model_path, max_batch_size=1)
+def test_a_client_that_disconnects_during_generation_stops_its_row(start_judge):
+    server = start_judge(max_batch_size=1)
     steps, reached = [], threading.Event()
 
     def on_forward(module, args, output):  # one call per generated token
@@ -183,56 +158,40 @@ def test_a_client_that_disconnects_during_generation_stops_its_row(judge_model_p
         metrics = server.metrics()
     finally:
         hook.remove()
-        server.stop()
     assert metrics["cancelled_in_batch"] == 1
     assert len(steps) <= 4  # stopped at the next token, not after 24 (this prompt runs to max_tokens alone)
 
 
-def test_negative_or_broken_content_length_gets_400_and_a_stalled_client_times_out(judge_model_path):
-    server = serve(judge_model_path, read_timeout=0.5)
+def test_negative_or_broken_content_length_gets_400_and_a_stalled_client_times_out(start_judge):
+    server = start_judge(read_timeout=0.5)
     host, port = server.server_address[:2]
-    try:
-        for length in (b"-5", b"abc"):
-            with socket.create_connection((host, port), timeout=10) as sock:
-                head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + length
-                sock.sendall(head + b"\r\n\r\n")
-                reply = read_until_closed(sock)  # the server closes the connection after its answer
-                assert reply.startswith(b"HTTP/1.1 400") and b"non-negative integer" in reply
-        baseline = threading.active_count()
-        with socket.create_connection((host, port), timeout=10) as body_staller:
-            body_staller.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
-            with socket.create_connection((host, port), timeout=10) as header_staller:
-                header_staller.sendall(b"POST /v1/chat/compl")  # not even a complete request line
-                started = time.monotonic()
-                assert read_until_closed(body_staller).startswith(b"HTTP/1.1 408")
-                assert read_until_closed(header_staller) == b""  # closed without a reply
-                assert time.monotonic() - started < 10
-        wait_until(lambda: threading.active_count() <= baseline, 10)  # their threads are gone
-        status, _, _ = post(server, {"model": "tiny-judge", "messages": STORY, "max_tokens": 2})
-        assert status == 200  # the server still serves
-    finally:
-        server.stop()
+    for length in (b"-5", b"abc"):
+        with socket.create_connection((host, port), timeout=10) as sock:
+            head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + length
+            sock.sendall(head + b"\r\n\r\n")
+            reply = read_until_closed(sock)  # the server closes the connection after its answer
+            assert reply.startswith(b"HTTP/1.1 400") and b"non-negative integer" in reply
+    baseline = threading.active_count()
+    with socket.create_connection((host, port), timeout=10) as body_staller:
+        body_staller.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        with socket.create_connection((host, port), timeout=10) as header_staller:
+            header_staller.sendall(b"POST /v1/chat/compl")  # not even a complete request line
+            started = time.monotonic()
+            assert read_until_closed(body_staller).startswith(b"HTTP/1.1 408")
+            assert read_until_closed(header_staller) == b""  # closed without a reply
+            assert time.monotonic() - started < 10
+    wait_until(lambda: threading.active_count() <= baseline, 10)  # their threads are gone
+    status, _, _ = post(server, {"model": "tiny-judge", "messages": STORY, "max_tokens": 2})
+    assert status == 200  # the server still serves
 
 
 @pytest.mark.parametrize("mode", ["joint", "per_capability"])
-def test_the_real_labeler_with_its_defaults_gets_batches_and_makes_no_retries(judge_model_path, tmp_path, mode):
+def test_the_real_labeler_with_its_defaults_gets_batches_and_makes_no_retries(start_judge, tmp_path, mode):
     data = make_labeling_data(tmp_path, records=4 if mode == "joint" else 2)  # 24 / 30 requests
-    server = serve(judge_model_path)  # the server's defaults too
-    try:
-        config = LabelingConfig(
-            data=data.data,
-            output=str(tmp_path / "out"),
-            model="tiny-judge",
-            mode=mode,
-            base_url=server.base_url,
-            categories=data.categories,
-            max_completion_tokens=8,
-            progress=False,
-        )
-        summary = run_labeling(config).summary
-        metrics = server.metrics()
-    finally:
-        server.stop()
+    server = start_judge()  # the server's defaults too
+    config = judge_config(data, tmp_path / "out", server, mode)
+    summary = run_labeling(config).summary
+    metrics = server.metrics()
     assert config.concurrency == 8 and config.timeout == LabelingConfig.timeout  # the labeler's defaults
     refused_probe = 1 if mode == "joint" else 0  # the server refuses JSON mode once; the labeler falls back
     assert summary["requests"] == data.requests[mode]

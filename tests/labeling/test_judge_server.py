@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,40 +14,15 @@ import urllib.request
 
 import openai
 import pytest
-from labeling_helpers import make_labeling_data
+from labeling_helpers import http_request, judge_config, make_labeling_data
 
-from dmoerm_trl.labeling import LabelingConfig, run_labeling
-from dmoerm_trl.labeling.judge_server import API_KEY_ENV, start_judge_server
-
-
-@pytest.fixture(scope="module")
-def judge_model_path(tiny_llama_path, tmp_path_factory):
-    """The tiny Llama with a 1024-token context (RoPE: no weight depends on it), long enough for judge prompts."""
-    path = tmp_path_factory.mktemp("tiny-judge")
-    for file in os.listdir(tiny_llama_path):
-        shutil.copy(os.path.join(tiny_llama_path, file), path / file)
-    config = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1024}))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def judge_server(judge_model_path):
-    server = start_judge_server(
-        judge_model_path, port=0, model_name="tiny-judge", max_request_bytes=20_000, max_new_tokens=24
-    )
-    yield server
-    server.stop()
+from dmoerm_trl.labeling import run_labeling
+from dmoerm_trl.labeling.judge_server import API_KEY_ENV
 
 
 def raw_request(server, method, path, body: bytes | None = None, headers=None):
-    host, port = server.server_address[:2]
-    connection = http.client.HTTPConnection(host, port, timeout=30)
-    connection.request(method, path, body=body, headers=headers or {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    payload = json.loads(response.read() or b"{}")
-    connection.close()
-    return response.status, payload
+    status, _, payload = http_request(server, method, path, body, headers)
+    return status, payload
 
 
 def test_openai_client_models_and_deterministic_chat(judge_server, tiny_tokenizer):
@@ -134,17 +107,7 @@ def test_labeling_offline_through_the_judge_server(judge_server, tmp_path, mode)
     too_long = {"src": ["word " * 1100], "tgt": [], "response": ["a", "b"], "rank": [1, 2], "label": "闲聊"}
     with open(data.data, "a", encoding="utf-8") as handle:  # one pair longer than the judge's context
         handle.write(json.dumps(too_long, ensure_ascii=False) + "\n")
-    config = LabelingConfig(
-        data=data.data,
-        output=str(tmp_path / "out"),
-        model="tiny-judge",
-        mode=mode,
-        base_url=judge_server.base_url,
-        categories=data.categories,
-        max_completion_tokens=8,
-        concurrency=2,
-        progress=False,
-    )
+    config = judge_config(data, tmp_path / "out", judge_server, mode, concurrency=2)
     summary = run_labeling(config).summary
     assert summary["complete"] and summary["failed_requests"] == 0 and summary["retries"] == 0
     assert summary["aborted"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -32,6 +33,18 @@ class Recorder:
         return [x * x if isinstance(x, int) else len(x) for x in items]
 
 
+@contextlib.asynccontextmanager
+async def running(process_batch, **options):
+    """A started ``DynamicBatcher(process_batch, **options)``, stopped (draining its queue) when the block ends, also
+    when an assertion inside fails, so no worker thread outlives its test. A test may stop it itself first."""
+    batcher = DynamicBatcher(process_batch, **options)
+    await batcher.start()
+    try:
+        yield batcher
+    finally:
+        await batcher.stop()
+
+
 async def _wait_thread_event(event: threading.Event, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not event.is_set():
@@ -42,11 +55,9 @@ async def _wait_thread_event(event: threading.Event, timeout: float = 10.0) -> N
 def test_results_in_request_order_across_split_batches():
     async def main():
         rec = Recorder()
-        b = DynamicBatcher(rec, max_batch_size=3, max_wait_ms=1)
-        await b.start()
-        requests = [list(range(i, i + n)) for i, n in [(0, 1), (10, 7), (100, 3), (50, 0), (200, 5)]]
-        results = await asyncio.gather(*(b.submit(r) for r in requests))
-        await b.stop()
+        async with running(rec, max_batch_size=3, max_wait_ms=1) as b:
+            requests = [list(range(i, i + n)) for i, n in [(0, 1), (10, 7), (100, 3), (50, 0), (200, 5)]]
+            results = await asyncio.gather(*(b.submit(r) for r in requests))
         return rec, requests, results, b.metrics()
 
     rec, requests, results, metrics = asyncio.run(main())
@@ -59,12 +70,10 @@ def test_results_in_request_order_across_split_batches():
 def test_concurrent_submits_share_full_batches():
     async def main():
         rec = Recorder()
-        b = DynamicBatcher(rec, max_batch_size=8, max_wait_ms=5000)
-        await b.start()
-        t0 = time.perf_counter()
-        results = await asyncio.gather(*(b.submit([i]) for i in range(16)))
-        elapsed = time.perf_counter() - t0
-        await b.stop()
+        async with running(rec, max_batch_size=8, max_wait_ms=5000) as b:
+            t0 = time.perf_counter()
+            results = await asyncio.gather(*(b.submit([i]) for i in range(16)))
+            elapsed = time.perf_counter() - t0
         return rec, results, elapsed, b.metrics()
 
     rec, results, elapsed, metrics = asyncio.run(main())
@@ -77,17 +86,15 @@ def test_concurrent_submits_share_full_batches():
 def test_max_wait_collects_late_arrivals_then_runs_a_partial_batch():
     async def main():
         rec = Recorder()
-        b = DynamicBatcher(rec, max_batch_size=3, max_wait_ms=400)
-        await b.start()
-        t0 = time.perf_counter()
-        first = asyncio.create_task(b.submit([1]))
-        await asyncio.sleep(0.05)
-        second = asyncio.create_task(b.submit([2]))
-        results = await asyncio.gather(first, second)
-        elapsed = time.perf_counter() - t0
-        # after the window, a new item starts a new batch
-        third = await b.submit([3])
-        await b.stop()
+        async with running(rec, max_batch_size=3, max_wait_ms=400) as b:
+            t0 = time.perf_counter()
+            first = asyncio.create_task(b.submit([1]))
+            await asyncio.sleep(0.05)
+            second = asyncio.create_task(b.submit([2]))
+            results = await asyncio.gather(first, second)
+            elapsed = time.perf_counter() - t0
+            # after the window, a new item starts a new batch
+            third = await b.submit([3])
         return rec, results, third, elapsed
 
     rec, results, third, elapsed = asyncio.run(main())
@@ -100,22 +107,20 @@ def test_queue_full_raises_and_queue_recovers():
     async def main():
         gate = threading.Event()
         rec = Recorder(gate=gate)
-        b = DynamicBatcher(rec, max_batch_size=1, max_wait_ms=0, max_queue=4)
-        await b.start()
-        in_flight = asyncio.create_task(b.submit([0]))
-        await _wait_thread_event(rec.started)  # item 0 is in the worker, the queue is empty
-        queued = [asyncio.create_task(b.submit([i])) for i in (1, 2)]
-        queued.append(asyncio.create_task(b.submit([3, 4])))
-        await asyncio.sleep(0.01)
-        with pytest.raises(QueueFull):
-            await b.submit([5])
-        with pytest.raises(ValueError, match="exceed the queue size"):
-            await b.submit(list(range(5)))
-        depth = b.metrics()["queue_depth"]
-        gate.set()
-        results = await asyncio.gather(in_flight, *queued)
-        after = await b.submit([6])  # room again
-        await b.stop()
+        async with running(rec, max_batch_size=1, max_wait_ms=0, max_queue=4) as b:
+            in_flight = asyncio.create_task(b.submit([0]))
+            await _wait_thread_event(rec.started)  # item 0 is in the worker, the queue is empty
+            queued = [asyncio.create_task(b.submit([i])) for i in (1, 2)]
+            queued.append(asyncio.create_task(b.submit([3, 4])))
+            await asyncio.sleep(0.01)
+            with pytest.raises(QueueFull):
+                await b.submit([5])
+            with pytest.raises(ValueError, match="exceed the queue size"):
+                await b.submit(list(range(5)))
+            depth = b.metrics()["queue_depth"]
+            gate.set()
+            results = await asyncio.gather(in_flight, *queued)
+            after = await b.submit([6])  # room again
         return results, after, depth, b.metrics()
 
     results, after, depth, metrics = asyncio.run(main())
@@ -127,18 +132,16 @@ def test_cancelled_request_items_are_dropped_before_processing():
     async def main():
         gate = threading.Event()
         rec = Recorder(gate=gate)
-        b = DynamicBatcher(rec, max_batch_size=2, max_wait_ms=0)
-        await b.start()
-        first = asyncio.create_task(b.submit([1, 2]))
-        await _wait_thread_event(rec.started)
-        doomed = asyncio.create_task(b.submit([7, 8, 9]))
-        survivor = asyncio.create_task(b.submit([3]))
-        await asyncio.sleep(0.01)
-        doomed.cancel()
-        await asyncio.sleep(0.01)
-        gate.set()
-        results = await asyncio.gather(first, survivor)
-        await b.stop()
+        async with running(rec, max_batch_size=2, max_wait_ms=0) as b:
+            first = asyncio.create_task(b.submit([1, 2]))
+            await _wait_thread_event(rec.started)
+            doomed = asyncio.create_task(b.submit([7, 8, 9]))
+            survivor = asyncio.create_task(b.submit([3]))
+            await asyncio.sleep(0.01)
+            doomed.cancel()
+            await asyncio.sleep(0.01)
+            gate.set()
+            results = await asyncio.gather(first, survivor)
         return rec, results, doomed, b.metrics()
 
     rec, results, doomed, metrics = asyncio.run(main())
@@ -153,16 +156,14 @@ def test_request_cancelled_while_in_flight_does_not_disturb_its_batch_mates():
     async def main():
         gate = threading.Event()
         rec = Recorder(gate=gate)
-        b = DynamicBatcher(rec, max_batch_size=4, max_wait_ms=0)
-        await b.start()
-        gone, stays = asyncio.create_task(b.submit([1, 2])), asyncio.create_task(b.submit([3]))
-        await _wait_thread_event(rec.started)
-        gone.cancel()
-        await asyncio.sleep(0.01)
-        gate.set()
-        result = await stays
-        again = await b.submit([4])
-        await b.stop()
+        async with running(rec, max_batch_size=4, max_wait_ms=0) as b:
+            gone, stays = asyncio.create_task(b.submit([1, 2])), asyncio.create_task(b.submit([3]))
+            await _wait_thread_event(rec.started)
+            gone.cancel()
+            await asyncio.sleep(0.01)
+            gate.set()
+            result = await stays
+            again = await b.submit([4])
         return rec, result, again, b.metrics()
 
     rec, result, again, metrics = asyncio.run(main())
@@ -174,17 +175,15 @@ def test_request_cancelled_while_in_flight_does_not_disturb_its_batch_mates():
 def test_exception_reaches_only_the_requests_in_the_failing_batch():
     async def main():
         rec = Recorder(fail_on=lambda x: x < 0)
-        b = DynamicBatcher(rec, max_batch_size=2, max_wait_ms=5000)
-        await b.start()
-        outcomes = await asyncio.gather(
-            b.submit([1, 2]),
-            b.submit([-1, 3]),
-            b.submit([4, 5]),
-            b.submit([6, 7, -2, 8]),
-            return_exceptions=True,
-        )
-        after = await b.submit([9, 10])
-        await b.stop()
+        async with running(rec, max_batch_size=2, max_wait_ms=5000) as b:
+            outcomes = await asyncio.gather(
+                b.submit([1, 2]),
+                b.submit([-1, 3]),
+                b.submit([4, 5]),
+                b.submit([6, 7, -2, 8]),
+                return_exceptions=True,
+            )
+            after = await b.submit([9, 10])
         return rec, outcomes, after, b.metrics()
 
     _rec, outcomes, after, metrics = asyncio.run(main())
@@ -197,13 +196,9 @@ def test_exception_reaches_only_the_requests_in_the_failing_batch():
 
 def test_wrong_result_count_is_an_error_for_that_batch():
     async def main():
-        b = DynamicBatcher(lambda xs: xs[:-1], max_batch_size=4, max_wait_ms=0)
-        await b.start()
-        try:
+        async with running(lambda xs: xs[:-1], max_batch_size=4, max_wait_ms=0) as b:
             with pytest.raises(RuntimeError, match="returned 1 results for 2 items"):
                 await b.submit([1, 2])
-        finally:
-            await b.stop()
 
     asyncio.run(main())
 
@@ -211,11 +206,9 @@ def test_wrong_result_count_is_an_error_for_that_batch():
 def test_padding_aware_grouping_puts_similar_lengths_together_and_keeps_order():
     async def main():
         rec = Recorder()
-        b = DynamicBatcher(rec, max_batch_size=4, max_wait_ms=5000, sort_key=len)
-        await b.start()
         texts = ["a" * n for n in (3, 100, 1, 99, 4, 97, 2, 98)]
-        results = await asyncio.gather(*(b.submit([t]) for t in texts))
-        await b.stop()
+        async with running(rec, max_batch_size=4, max_wait_ms=5000, sort_key=len) as b:
+            results = await asyncio.gather(*(b.submit([t]) for t in texts))
         return rec, texts, results
 
     rec, texts, results = asyncio.run(main())
@@ -226,11 +219,9 @@ def test_padding_aware_grouping_puts_similar_lengths_together_and_keeps_order():
 def test_grouping_always_includes_the_oldest_item():
     async def main():
         rec = Recorder()
-        b = DynamicBatcher(rec, max_batch_size=2, max_wait_ms=5000, sort_key=len)
-        await b.start()
         texts = ["a" * n for n in (50, 1, 2, 3, 4, 200)]
-        await asyncio.gather(*(b.submit([t]) for t in texts))
-        await b.stop()
+        async with running(rec, max_batch_size=2, max_wait_ms=5000, sort_key=len) as b:
+            await asyncio.gather(*(b.submit([t]) for t in texts))
         return rec
 
     rec = asyncio.run(main())
@@ -252,12 +243,10 @@ def test_forward_runs_off_the_event_loop():
             time.sleep(0.5)
             return items
 
-        b = DynamicBatcher(slow, max_batch_size=4, max_wait_ms=0, name="slowpoke")
-        await b.start()
-        tick_task = asyncio.create_task(ticker())
-        await b.submit([1])
-        tick_task.cancel()
-        await b.stop()
+        async with running(slow, max_batch_size=4, max_wait_ms=0, name="slowpoke") as b:
+            tick_task = asyncio.create_task(ticker())
+            await b.submit([1])
+            tick_task.cancel()
         return ticks
 
     assert asyncio.run(main()) >= 10  # the loop kept running while the batch slept in the worker thread
@@ -266,10 +255,8 @@ def test_forward_runs_off_the_event_loop():
 def test_worker_thread_is_named_and_single():
     async def main():
         rec = Recorder()
-        b = DynamicBatcher(rec, max_batch_size=1, max_wait_ms=0, name="judge")
-        await b.start()
-        await asyncio.gather(*(b.submit([i]) for i in range(5)))
-        await b.stop()
+        async with running(rec, max_batch_size=1, max_wait_ms=0, name="judge") as b:
+            await asyncio.gather(*(b.submit([i]) for i in range(5)))
         return rec
 
     rec = asyncio.run(main())
@@ -280,16 +267,15 @@ def test_stop_drains_queued_work_then_refuses_new_work():
     async def main():
         gate = threading.Event()
         rec = Recorder(gate=gate)
-        b = DynamicBatcher(rec, max_batch_size=2, max_wait_ms=5000)
-        await b.start()
-        tasks = [asyncio.create_task(b.submit([i])) for i in range(5)]
-        await _wait_thread_event(rec.started)
-        stopper = asyncio.create_task(b.stop(drain=True))
-        await asyncio.sleep(0.01)
-        with pytest.raises(RuntimeError, match="not running"):
-            await b.submit([99])
-        gate.set()
-        await stopper
+        async with running(rec, max_batch_size=2, max_wait_ms=5000) as b:
+            tasks = [asyncio.create_task(b.submit([i])) for i in range(5)]
+            await _wait_thread_event(rec.started)
+            stopper = asyncio.create_task(b.stop(drain=True))
+            await asyncio.sleep(0.01)
+            with pytest.raises(RuntimeError, match="not running"):
+                await b.submit([99])
+            gate.set()
+            await stopper
         return await asyncio.gather(*tasks)
 
     assert asyncio.run(main()) == [[i * i] for i in range(5)]
@@ -299,16 +285,15 @@ def test_stop_without_drain_fails_queued_items():
     async def main():
         gate = threading.Event()
         rec = Recorder(gate=gate)
-        b = DynamicBatcher(rec, max_batch_size=1, max_wait_ms=0)
-        await b.start()
-        first = asyncio.create_task(b.submit([1]))
-        await _wait_thread_event(rec.started)
-        queued = asyncio.create_task(b.submit([2]))
-        await asyncio.sleep(0.01)
-        stopper = asyncio.create_task(b.stop(drain=False))
-        await asyncio.sleep(0.01)
-        gate.set()
-        await stopper
+        async with running(rec, max_batch_size=1, max_wait_ms=0) as b:
+            first = asyncio.create_task(b.submit([1]))
+            await _wait_thread_event(rec.started)
+            queued = asyncio.create_task(b.submit([2]))
+            await asyncio.sleep(0.01)
+            stopper = asyncio.create_task(b.stop(drain=False))
+            await asyncio.sleep(0.01)
+            gate.set()
+            await stopper
         return await asyncio.gather(first, queued, return_exceptions=True), rec
 
     (first, queued), rec = asyncio.run(main())
