@@ -1,4 +1,4 @@
-"""The backbone of a DMoERM: loading pretrained weights (never random ones), LoRA targets, pooling."""
+"""The backbone of a DMoERM: loading pretrained weights (never random ones), LoRA targets, pooling, pad token."""
 
 from __future__ import annotations
 

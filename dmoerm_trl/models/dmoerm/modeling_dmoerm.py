@@ -19,9 +19,10 @@ Reading guide (top to bottom):
 (``category_backbones[category]``), fully fine-tuned in phase 1 in place of a task adapter; the category's experts are
 LoRA adapters on that copy, the router stays on the original base (``backbone``).
 
-Private helpers beside this file: ``_lora_injection.py`` (adapter names, the PEFT-wrapped backbone(s)),
-``_encoding.py`` (the backbone passes and pooling), ``_trunk.py`` (the shared bottom layers), ``training_stages.py``
-(what one forward trains), ``_serialization.py`` (the saved folder), ``_ppo_reward_view.py`` (TRL PPO's contract).
+Private helpers beside this file: ``_backbone.py`` (loading the base, its LoRA targets, pooling and pad token),
+``_lora_injection.py`` (adapter names, the PEFT-wrapped backbone(s)), ``_encoding.py`` (the backbone passes and
+pooling), ``_trunk.py`` (the shared bottom layers), ``training_stages.py`` (what one forward trains),
+``_serialization.py`` (the saved folder), ``_ppo_reward_view.py`` (TRL PPO's contract).
 """
 
 from __future__ import annotations
