@@ -1,4 +1,5 @@
-"""Statistics and the report of ``benchmarks/fidelity.py``: standard errors, paired tests, the markdown table, the plot.
+"""Statistics and the report of ``benchmarks/fidelity.py``: standard errors, paired tests, the seed summary, the markdown
+table, the plot.
 
 Example:
     >>> from fidelity_report import paired_comparison  # doctest: +SKIP
@@ -238,3 +239,28 @@ def plot_accuracy(results: dict, path: Path) -> None:
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
+
+
+def seed_summary(results: dict) -> dict:
+    """Mean and standard deviation over training seeds of DMoERM's and the single RM's accuracy and best-of-N gain."""
+    out = {}
+    for method in ("DMoERM", "single RM"):
+        names = [("DMoERM" if method == "DMoERM" else "single RM (all data)")]
+        names += sorted(n for n in results["accuracy"] if n.startswith(f"{method} (seed "))
+        accuracies = [results["accuracy"][n]["overall"] for n in names]
+        entry = {
+            "runs": names,
+            "accuracy": accuracies,
+            "accuracy_mean": statistics.fmean(accuracies),
+            "accuracy_sd_over_seeds": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
+        }
+        bon = results.get("best_of_n", {}).get("gain_at_N_per_prompt")
+        if bon:
+            gains = [statistics.fmean([g for g in bon[n] if not math.isnan(g)]) for n in names]
+            entry.update(
+                bon_gain=gains,
+                bon_gain_mean=statistics.fmean(gains),
+                bon_gain_sd_over_seeds=statistics.stdev(gains) if len(gains) > 1 else None,
+            )
+        out[method] = entry
+    return out
