@@ -13,7 +13,12 @@ logger = logging.getLogger("dmoerm_trl.data")
 class DataError(ValueError):
     """Base of the data errors: the data cannot be used as it is; the message says what is wrong and how to fix it.
     Catch this (or ``ValueError``) for both :class:`DataValidationError` (one malformed record, named) and
-    :class:`TrainingDataError` (the data as a whole cannot train a phase)."""
+    :class:`TrainingDataError` (the data as a whole cannot train a phase).
+
+    Two kinds remain because they are handled differently: a record's error carries its source, location and field,
+    so ``skip_invalid`` can skip that record and count it in a :class:`LoadReport`; a :class:`TrainingDataError` is
+    about the data or the settings as a whole (no pairs, a category without data, changed splits), which no skip
+    can mend, so it always stops the run."""
 
 
 class DataValidationError(DataError):
@@ -27,7 +32,12 @@ class DataValidationError(DataError):
 
 @dataclass
 class LoadReport:
-    """What a load did: counts of records, pairs, ties and skips (with reasons), for logs and summaries."""
+    """What a load did: counts of records, pairs, ties and skips (with reasons), for logs and summaries.
+
+    One load's fixed fields, read by name (``report.tied_pairs``); a training run keeps a :class:`DataReport`
+    instead, because it gathers several loads and steps under prefixed names plus warnings, and folds each load's
+    :class:`LoadReport` into it (:meth:`DataReport.add_load`).
+    """
 
     records: int = 0
     pairs: int = 0
@@ -67,10 +77,26 @@ class TrainingDataError(DataError):
 
 @dataclass
 class DataReport:
-    """Counts of what the preparation kept, dropped and why; saved in the run's ``training_summary.json``."""
+    """Counts of what the preparation kept, dropped and why; saved in the run's ``training_summary.json``.
+
+    A run's open-ended account (counts named by the step that made them, e.g. ``categories_skipped_no_data``,
+    and warnings); it stays apart from :class:`LoadReport`, whose fixed fields describe one load, and takes in a
+    load's counts with :meth:`add_load`.
+
+    Example:
+        >>> from dmoerm_trl.data import DataReport, LoadReport
+        >>> report = DataReport()
+        >>> report.add_load("human", LoadReport(records=3, pairs=5, tied_pairs=1))
+        >>> report.counts["human_pairs"], report.counts["human_tied_pairs"]
+        (5, 1)
+    """
 
     counts: Counter = field(default_factory=Counter)
     warnings: list[str] = field(default_factory=list)
+
+    def add_load(self, prefix: str, load: LoadReport) -> None:
+        """Add ``load``'s counts (its integer fields) as ``<prefix>_<field>``."""
+        self.counts.update({f"{prefix}_{k}": v for k, v in load.to_dict().items() if isinstance(v, int)})
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)

@@ -41,13 +41,12 @@ from pathlib import Path
 from typing import Any
 
 from ..data.errors import DataReport, TrainingDataError
-from ..data.splits import select_capability_labels
 from ..utils.io import atomic_path, replace_path
 from .checkpointing import atomic_save_tensors, atomic_write_json, last_complete_checkpoint, load_tensors_into
-from .pipeline_data import PipelineDataMixin
+from .pipeline_data import PipelineData
 from .run_config import RUN_CONFIG_FILE, build_run_config, check_rerun, delete_results
 from .run_end import check_push_settings, final_metrics, log_final_metrics, push_trained_model
-from .stage import Stage, without_zero3_init
+from .stage import Stage, wait_for_everyone, without_zero3_init
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ SUMMARY_FILE = "training_summary.json"
 FINAL_WEIGHTS = "final.safetensors"
 
 
-class DMoERMTrainingPipeline(PipelineDataMixin):
+class DMoERMTrainingPipeline:
     """Runs (and resumes) the DMoERM training pipeline described in the module docstring.
 
     Args:
@@ -64,6 +63,8 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
         data_args: [`DMoERMDataArguments`].
         training_args: [`DMoERMTrainingConfig`].
         callbacks: extra `TrainerCallback`s given to every stage's Trainer.
+
+    The data (loaded, split, routed; each stage's rows) is a [`PipelineData`] the pipeline owns, ``pipeline.data``.
     """
 
     def __init__(self, model_args, data_args, training_args, callbacks=None):
@@ -72,8 +73,13 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
         self.output_dir = Path(training_args.output_dir)
         self.stages_dir = self.output_dir / "stages"
         self.report = DataReport()
+        self.data = PipelineData(model_args, data_args, training_args, self.output_dir, self.report)
         self.state: dict[str, Any] = {}
         self.ran_stages: list[str] = []
+        self.backbone_path: str | None = None  # set by run(): the backbone folder or hub id
+        self.tokenizer = None  # set by run()
+        self.plan: list[Stage] = []  # set by run(): every stage, in order
+        self._model = None  # the model every stage reuses in one plain process (see _build_model)
 
     # ------------------------------------------------------------------------------------------ processes, files
     @property
@@ -81,9 +87,7 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
         return self.args.process_index == 0
 
     def _barrier(self) -> None:
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
+        wait_for_everyone()
 
     def _read_state(self) -> dict[str, Any]:
         path = self.output_dir / STATE_FILE
@@ -174,7 +178,7 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
 
         from ..models.dmoerm.modeling_dmoerm import DMoERMForSequenceClassification
 
-        if self._single_process and getattr(self, "_model", None) is not None:
+        if self._single_process and self._model is not None:
             self._model.set_training_stage(None)
             self._load_finished_stages(self._model)
             return self._model
@@ -184,7 +188,7 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
         with without_zero3_init():
             model = DMoERMForSequenceClassification.from_backbone(
                 self.backbone_path,
-                categories=self.categories,
+                categories=self.data.categories,
                 tokenizer=self.tokenizer,
                 lora_r=self.model_args.lora_r,
                 lora_alpha=self.model_args.lora_alpha,
@@ -215,9 +219,9 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
 
     def _plan(self) -> list[Stage]:
         plan = [Stage("router")]
-        for category in self.categories_to_train:
+        for category in self.data.categories_to_train:
             plan.append(Stage("task", category))
-            plan += [Stage("capability", category, capability) for capability in self.categories[category]]
+            plan += [Stage("capability", category, capability) for capability in self.data.categories[category]]
             plan.append(Stage("aggregator", category))
         plan.append(Stage("baseline"))
         return plan
@@ -225,15 +229,62 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
     def _skip_reason(self, stage: Stage) -> str | None:
         if stage.kind not in self.args.stage_kinds:
             return f"stage kind {stage.kind!r} not selected (stages={self.args.stages!r})"
-        if stage.category in self.skipped_categories:
-            return f"category skipped: {self.skipped_categories[stage.category]}"
+        if stage.category in self.data.skipped_categories:
+            return f"category skipped: {self.data.skipped_categories[stage.category]}"
         if stage.kind == "capability":
-            if self.labels is None:
+            if self.data.labels is None:
                 return "no capability labels (capability_labels_path not set)"
-            entry = self.expert_data[(stage.category, stage.capability)]
+            entry = self.data.expert_data[(stage.category, stage.capability)]
             if "skip" in entry:
                 return entry["skip"]
         return None
+
+    # --------------------------------------------------------------------------- labeling and routing the data
+    def _run_labeling(self) -> None:
+        """The optional first step: categories for uncategorised pairs (``categorize_with_judge``) and capability
+        labels from an LLM judge (``label_config``), into ``labels/``."""
+        if self.data_args.categorize_with_judge:
+            self.data.categorize_with_judge()
+        if not self.data_args.label_config or self.data_args.capability_labels_path:
+            return
+        from ..data import load_category_spec
+        from ..labeling.labeler import LABELS_FILE
+        from .labeling_step import label_capabilities
+
+        stage = Stage("label")
+        labels_dir = self.output_dir / "labels"
+        if "label" in self.args.stage_kinds and self._status(stage) != "done":
+            summary = None
+            if self.is_main:
+                summary = label_capabilities(
+                    self.data_args.label_config,
+                    self.data.labeling_source(),
+                    load_category_spec(self.model_args.categories),
+                    self.output_dir,
+                    lower_rank_is_better=self.data_args.lower_rank_is_better,
+                )
+            self._barrier()
+            self._mark(stage, "done", labels=summary["labels"] if summary else None)
+        if (labels_dir / LABELS_FILE).exists():
+            self.data_args.capability_labels_path = str(labels_dir / LABELS_FILE)
+
+    def _route_unlabeled(self) -> None:
+        """Records without a category: routed by the trained router (prompt only; the routing is kept in the state
+        file, so a rerun routes them the same), then split like the others."""
+        unlabeled = self.data.uncategorised_rows()
+        if not unlabeled:
+            return
+        if not self.data_args.route_unlabeled or self._status(Stage("router")) != "done":
+            why = "route_unlabeled is false" if not self.data_args.route_unlabeled else "the router is not trained"
+            self.report.counts["human_pairs_without_category_dropped"] = len(unlabeled)
+            self.report.warn(f"{len(unlabeled)} human pairs have no category and are not used ({why})")
+            return
+        if "routing" not in self.state:
+            model = self._build_model().eval()
+            self.state["routing"] = self.data.route(model, unlabeled)
+            self._write_state()
+            del model
+        self.data.add_routed(self.state["routing"], unlabeled)
 
     # ------------------------------------------------------------------------------------------------- stages
     def _stage_args(self, stage: Stage, has_validation: bool):
@@ -243,7 +294,7 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
             "learning_rate": self.args.phase_value(kind, "learning_rate"),
             "num_train_epochs": self.args.phase_value(kind, "num_train_epochs"),
             "run_name": f"{self.args.run_name or self.output_dir.name}-{stage.dirname}",
-            "max_length": self.max_length,
+            "max_length": self.data.max_length,
             "restart": False,
             "push_to_hub": False,  # a stage is part of a model; `dmoerm push` uploads the finished DMoERM
             # A resumed stage continues its early-stopping count (kept in the checkpoint's trainer_state.json with
@@ -291,7 +342,7 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
     def _run_stage(self, stage: Stage, position: str) -> None:
         from transformers import EarlyStoppingCallback
 
-        train, validation = self._stage_data(stage)
+        train, validation = self.data.stage_data(stage)
         if len(train) == 0:
             self._mark(stage, "skipped", reason="no training data after the splits")
             return
@@ -373,10 +424,12 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
         summary = {
             "output_dir": str(self.output_dir),
             "backbone": self.backbone_path,
-            "categories": self.categories,
+            "categories": self.data.categories,
             "stages": self.state["stages"],
             "ran_this_time": self.ran_stages,
-            "splits": {c: {k: len(v) for k, v in s.items() if k != "conversations"} for c, s in self.splits.items()},
+            "splits": {
+                c: {k: len(v) for k, v in s.items() if k != "conversations"} for c, s in self.data.splits.items()
+            },
             "data": self.report.to_dict(),
             "wall_seconds_this_time": round(seconds, 2),
         }
@@ -392,25 +445,11 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
             import torch
 
             torch.set_num_threads(self.args.torch_num_threads)
-        self.skipped_categories: dict[str, str] = {}
         self._prepare_output_dir()
         self.backbone_path = self._backbone_path()
         self.tokenizer = self._load_tokenizer()
         self._run_labeling()
-        self._prepare_data()
-        self._check_categories()
-        self.expert_data = (
-            select_capability_labels(
-                self.labels,
-                self.categories,
-                self.validation_conversations,
-                self.data_args.min_capability_labels,
-                [c for c in self.categories_to_train if c not in self.skipped_categories],
-                self.report,
-            )
-            if self.labels is not None
-            else {}
-        )
+        self.data.prepare(self.tokenizer, self.backbone_path, self.state)
         self.plan = self._plan()
         self._write_state()
         routed = False
@@ -453,7 +492,7 @@ class DMoERMTrainingPipeline(PipelineDataMixin):
     def _run_baseline(self, stage: Stage) -> None:
         from .baseline import train_baseline_reward_model
 
-        train, validation = self._stage_data(stage)
+        train, validation = self.data.stage_data(stage)
         start = time.perf_counter()
         metrics = train_baseline_reward_model(
             self.backbone_path,

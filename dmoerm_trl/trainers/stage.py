@@ -1,4 +1,5 @@
-"""A stage of the DMoERM pipeline (one Trainer run), and building models outside DeepSpeed's ``zero.Init``."""
+"""A stage of the DMoERM pipeline (one Trainer run), building models outside DeepSpeed's ``zero.Init``, and the
+barrier where the pipeline's processes wait for each other."""
 
 from __future__ import annotations
 
@@ -24,3 +25,10 @@ class Stage:
         from ..models.dmoerm.configuration_dmoerm import slugify
 
         return "__".join(slugify(part) for part in (self.kind, self.category, self.capability) if part)
+
+
+def wait_for_everyone() -> None:
+    """Every process of the run waits here (a no-op in one process)."""
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()

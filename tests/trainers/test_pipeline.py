@@ -268,7 +268,7 @@ def test_each_stage_gets_its_own_trainer_arguments(tmp_path):
         )
     )
     pipeline = DMoERMTrainingPipeline(model_args, data_args, training_args)
-    pipeline.max_length = 128
+    pipeline.data.max_length = 128
     args = pipeline._stage_args(Stage("capability", "chitchat", "proactivity"), has_validation=True)
     assert args.report_to == ["tensorboard"]  # report_to reaches every stage's Trainer
     assert args.run_name == "exp1-capability__chitchat__proactivity"
