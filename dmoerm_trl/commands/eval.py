@@ -55,7 +55,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         help="Only the pairs a `dmoerm train` run put in this split (e.g. held-out validation).",
     )
     parser.add_argument("--splits-file", default=None, help="The run's splits.json (default: <model>/splits.json).")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (tiny models: 1 is fastest).")
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (tiny models: 1 is fastest)."
+    )
     return parser
 
 
