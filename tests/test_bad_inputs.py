@@ -184,6 +184,14 @@ CLI_CASES = {
         lambda f: ["eval", "--model", f.model, "--data", MTMC, "--max-length", "-5"],
         "--max-length: must be at least 1",
     ),
+    "eval-missing-labels": (
+        lambda f: ["eval", "--model", f.model, "--data", MTMC, "--labels", f.missing_file],
+        "--labels",
+    ),
+    "eval-missing-baseline": (
+        lambda f: ["eval", "--model", f.model, "--data", MTMC, "--baseline", f.missing],
+        "--baseline",
+    ),
     "eval-threads-negative": (
         lambda f: ["eval", "--model", f.model, "--data", MTMC, "--threads", "-1"],
         "--threads: must be at least 1",
