@@ -192,6 +192,10 @@ CLI_CASES = {
         lambda f: ["eval", "--model", f.model, "--data", MTMC, "--baseline", f.missing],
         "--baseline",
     ),
+    "eval-model-is-a-causal-lm": (
+        lambda f: ["eval", "--model", f.llama, "--data", MTMC, "--output", str(f.root / "eval-lm")],
+        "is not a reward model: score.weight would be newly initialized",
+    ),
     "eval-threads-negative": (
         lambda f: ["eval", "--model", f.model, "--data", MTMC, "--threads", "-1"],
         "--threads: must be at least 1",
