@@ -88,7 +88,17 @@ def load_reward_model(path: str | os.PathLike, device: str | None = None):
         tokenizer_source = path if os.path.exists(os.path.join(path, "tokenizer_config.json")) else base
     else:
         config = AutoConfig.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path)
+        if config.model_type == "dmoerm":
+            model = AutoModelForSequenceClassification.from_pretrained(path)
+        else:
+            model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True)
+            if info.get("missing_keys"):  # e.g. a causal LM or bare encoder: its reward head would be random
+                missing = sorted(info["missing_keys"])
+                raise ValueError(
+                    f"{path} is not a reward model: {', '.join(missing[:3])} would be newly initialized (random) "
+                    f"for {(config.architectures or [config.model_type])[0]}; pass a saved DMoERM or "
+                    "sequence-classification reward model"
+                )
         tokenizer_source = path
         if not os.path.exists(os.path.join(path, "tokenizer_config.json")) and config.model_type == "dmoerm":
             tokenizer_source = model.config.base_model_name_or_path  # resolved at load (./backbone -> a real path)

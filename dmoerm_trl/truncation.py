@@ -63,6 +63,8 @@ def encode_keep_end(
     Example:
         >>> ids, truncated = encode_keep_end(tokenizer, ["a long chat ..."], max_length=512)  # doctest: +SKIP
     """
+    if not texts:  # a fast tokenizer given [] raises IndexError (every line of a `dmoerm score` file categorised)
+        return [], []
     encoded = tokenizer(list(texts), add_special_tokens=add_special_tokens, verbose=False)["input_ids"]
     ids, flags = [], []
     for row in encoded:

@@ -184,6 +184,22 @@ CLI_CASES = {
         lambda f: ["eval", "--model", f.model, "--data", MTMC, "--max-length", "-5"],
         "--max-length: must be at least 1",
     ),
+    "eval-missing-labels": (
+        lambda f: ["eval", "--model", f.model, "--data", MTMC, "--labels", f.missing_file],
+        "--labels",
+    ),
+    "eval-missing-baseline": (
+        lambda f: ["eval", "--model", f.model, "--data", MTMC, "--baseline", f.missing],
+        "--baseline",
+    ),
+    "eval-model-is-a-causal-lm": (
+        lambda f: ["eval", "--model", f.llama, "--data", MTMC, "--output", str(f.root / "eval-lm")],
+        "is not a reward model: score.weight would be newly initialized",
+    ),
+    "eval-threads-negative": (
+        lambda f: ["eval", "--model", f.model, "--data", MTMC, "--threads", "-1"],
+        "--threads: must be at least 1",
+    ),
     # dmoerm label
     "label-output-is-a-file": (
         lambda f: ["label", "--data", MTMC, "--model", "judge", "--output", f.good],
@@ -377,6 +393,18 @@ def test_cli_user_mistakes_in_real_processes(files):
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 2, (case, stderr)
         assert_one_error_line(stderr, CLI_CASES[case][1])
+
+
+def test_demo_threads_below_1_is_refused_by_the_parser(capsys):
+    # Parsed only (never run): a regression here would otherwise start the whole demo. `--threads 0` was ignored
+    # silently and `--threads -1` ended in torch's RuntimeError traceback.
+    from dmoerm_trl.cli import build_parser
+
+    for value in ("0", "-1"):
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args(["demo", "--threads", value])
+        assert exit_info.value.code == 2
+        assert_one_error_line(capsys.readouterr().err, "--threads: must be at least 1")
 
 
 def test_the_traceback_is_there_on_request(files, capsys, monkeypatch):

@@ -31,3 +31,7 @@ def test_usage_example_runs(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "torch.Size([1, 1])" in printed
     assert (tmp_path / "outputs" / "readme-dmoerm" / "adapters" / "chitchat__engagement").is_dir()
+    # The folder is usable as the RL snippets' reward_path: AutoTokenizer.from_pretrained(reward_path) loads.
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tmp_path / "outputs" / "readme-dmoerm").chat_template

@@ -156,3 +156,28 @@ def test_grpo_style_call_keeps_each_rows_end(model_and_tokenizer):
     expected = [r["reward"] for r in model.compute_rewards(texts, tokenizer)]
     assert rewards == pytest.approx(expected, abs=1e-5)
     assert rewards[0] != pytest.approx(rewards[1], abs=1e-7)
+
+
+def test_no_texts_give_no_rows_and_a_fully_categorised_score_file_is_scored(
+    model_and_tokenizer, tiny_llama_path, tmp_path, capsys
+):
+    # A tokenizer given [] raises IndexError; `dmoerm score` passes [] to the router path when every line of the
+    # file names its `category`, which crashed with a traceback before.
+    from dmoerm_trl.cli import main
+
+    model, tokenizer = model_and_tokenizer
+    assert encode_keep_end(tokenizer, [], 16) == ([], [])
+    assert model.compute_rewards([], tokenizer) == []
+    model.save_pretrained(tmp_path / "model")
+    data = tmp_path / "categorised.jsonl"
+    rows = [("chitchat", conversation("Hello!", "Hi")), ("objective_qa", conversation("4.", "2 + 2?"))]
+    data.write_text("".join(json.dumps({"messages": m, "category": c}) + "\n" for c, m in rows))
+    code = main(["score", "--model", str(tmp_path / "model"), "--input", str(data), "--tokenizer", tiny_llama_path])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    results = [json.loads(line) for line in captured.out.strip().splitlines()]
+    assert [r["category"] for r in results] == ["chitchat", "objective_qa"]
+    for (category, messages), result in zip(rows, results):
+        expected = model.compute_rewards([messages], tokenizer, categories=category)[0]
+        assert result["reward"] == pytest.approx(expected["reward"], abs=1e-6)
+        assert result["router_prob"] is None

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from ._errors import positive_int
+
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -25,7 +27,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         help="reward backbone path (default: SmolLM2-135M-Instruct's first layers, see docs/demo.md)",
     )
     parser.add_argument("--policy", default=None, help="best-of-n policy path (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--max-length", type=int, default=None, help=argparse.SUPPRESS)  # tests: tiny backbones
     return parser
 

@@ -10,9 +10,10 @@ accuracy with a 95% Wilson interval. Writes eval_results.json/.md/.png and eval_
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from ._errors import positive_int, require_output_dir
+from ._errors import positive_int, require_model, require_output_dir
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -55,7 +56,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         help="Only the pairs a `dmoerm train` run put in this split (e.g. held-out validation).",
     )
     parser.add_argument("--splits-file", default=None, help="The run's splits.json (default: <model>/splits.json).")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (tiny models: 1 is fastest).")
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (tiny models: 1 is fastest)."
+    )
     return parser
 
 
@@ -69,6 +72,17 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     output = args.output or f"{args.model.rstrip('/')}/eval"
     require_output_dir(output, "--output")  # before the scoring, not after it
+    try:  # the other paths too: a missing --labels or --baseline was found only after the model had scored the data
+        require_model(args.model, "--model")
+        if args.baseline is not None:
+            require_model(args.baseline, "--baseline")
+        if args.labels is not None and not os.path.exists(args.labels):
+            raise FileNotFoundError(
+                f"--labels {args.labels} does not exist; pass the capability_pairs.jsonl of `dmoerm label`"
+            )
+    except FileNotFoundError as err:
+        print(f"dmoerm eval: error: {err}", file=sys.stderr)
+        return 2
     try:
         report = evaluate_reward_models(
             args.model,
