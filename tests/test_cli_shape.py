@@ -240,6 +240,11 @@ def test_setup_cfg_extras():
     assert tuple(int(x) for x in floor.split(".")[:2]) <= tested  # the floor is not above what this venv runs
     setup_sh = (Path(__file__).parents[1] / "scripts" / "setup.sh").read_text()
     assert setup_sh.count("label") >= 2
+    assert 'pins="transformers==$floor"' in setup_sh  # the trl 1.12 venv (CI's main run) is set up on the floor
+    import trl
+
+    if trl.__version__.startswith("1.12."):
+        assert tuple(int(x) for x in floor.split(".")[:2]) == tested, "the trl 1.12 venv must run the floor"
 
 
 def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
