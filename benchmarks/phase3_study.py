@@ -41,8 +41,24 @@ VARIANTS = (
 REFERENCE = "mlp-e6"
 
 
-def _run_settings(run: Path) -> dict:
-    config = json.loads((run / "dmoerm" / "run_config.json").read_text())
+def _layout(run: Path) -> dict | None:
+    """Where a run keeps its model, gold test split and category set: a ``demo_sizes.py`` output folder
+    (``dmoerm/``, ``data/test.jsonl``, ``data/demo_categories.yaml``), or a trained model folder whose
+    ``run_config.json`` names its training data (``test.jsonl`` beside it) and category set (``fidelity.py`` runs)."""
+    if (run / "dmoerm" / "run_config.json").is_file():
+        layout = {"model": run / "dmoerm", "test": run / "data" / "test.jsonl"}
+        layout["categories"] = run / "data" / "demo_categories.yaml"
+    elif (run / "run_config.json").is_file():
+        config = json.loads((run / "run_config.json").read_text())
+        layout = {"model": run, "test": Path(config["data_args"]["dataset_path"]).parent / "test.jsonl"}
+        layout["categories"] = Path(config["model_args"]["categories"])
+    else:
+        return None
+    return layout if layout["test"].is_file() and layout["categories"].is_file() else None
+
+
+def _run_settings(model_dir: Path) -> dict:
+    config = json.loads((model_dir / "run_config.json").read_text())
     args = config["training_args"]
     return {
         "lr": args.get("aggregator_learning_rate") or args["learning_rate"],
@@ -51,21 +67,18 @@ def _run_settings(run: Path) -> dict:
     }
 
 
-def _cached(run: Path, category: str):
+def _cached(model_dir: Path, category: str):
     from safetensors.torch import load_file
 
-    tensors = load_file(str(run / "dmoerm" / "stages" / f"aggregator__{category}" / "features.safetensors"))
-    return tensors
+    return load_file(str(model_dir / "stages" / f"aggregator__{category}" / "features.safetensors"))
 
 
-def _test_features(model, tokenizer, run: Path, category: str, max_length):
+def _test_features(model, tokenizer, layout: dict, category: str, max_length):
     from dmoerm_trl.data import load_preference_pairs
     from dmoerm_trl.data.tokenize import tokenize_pairs
     from dmoerm_trl.trainers.aggregator_trainer import compute_pair_features
 
-    pairs = load_preference_pairs(
-        str(run / "data" / "test.jsonl"), categories=str(run / "data" / "demo_categories.yaml")
-    )
+    pairs = load_preference_pairs(str(layout["test"]), categories=str(layout["categories"]))
     pairs = pairs.filter(lambda row: row["category"] == category)
     pairs = tokenize_pairs(pairs, tokenizer, max_length, f"gold test pairs ({category})")
     return compute_pair_features(model, pairs, category, tokenizer.pad_token_id, desc=f"test features ({category})")
@@ -175,12 +188,13 @@ def study(runs: list[Path], seeds: int, variants=VARIANTS, threads: int = 1) -> 
     torch.set_num_threads(threads)
     results = {}
     for run in runs:
-        model, tokenizer = load_reward_model(run / "dmoerm")
-        settings = _run_settings(run)
+        layout = _layout(run)
+        model, tokenizer = load_reward_model(layout["model"])
+        settings = _run_settings(layout["model"])
         for category in model.config.category_names:
-            data = _cached(run, category)
+            data = _cached(layout["model"], category)
             data["test_chosen"], data["test_rejected"] = _test_features(
-                model, tokenizer, run, category, settings["max_length"]
+                model, tokenizer, layout, category, settings["max_length"]
             )
             for name in variants:
                 correct, val_losses = torch.zeros(len(data["test_chosen"])), []
@@ -240,15 +254,20 @@ def summarise(results: dict, variants=VARIANTS) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="finished benchmarks/demo_sizes.py output folders")
+    parser.add_argument(
+        "runs", nargs="+", help="finished benchmarks/demo_sizes.py output folders or fidelity.py model folders"
+    )
     parser.add_argument("--seeds", type=int, default=5, help="initialisation seeds per trained variant")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", help="also write the per-cell results and the summary as JSON here")
     args = parser.parse_args(argv)
     runs = [Path(r) for r in args.runs]
     for run in runs:
-        if not (run / "dmoerm" / "run_config.json").is_file() or not (run / "data" / "test.jsonl").is_file():
-            parser.error(f"{run}: not a finished benchmarks/demo_sizes.py run (needs dmoerm/ and data/test.jsonl)")
+        if _layout(run) is None:
+            parser.error(
+                f"{run}: not a finished benchmarks/demo_sizes.py run (dmoerm/, data/test.jsonl) nor a trained model "
+                "folder whose run_config.json names its data (test.jsonl beside it) and category set"
+            )
     results = study(runs, args.seeds, threads=args.threads)
     rows = summarise(results)
     sizes = sorted({(c["train_pairs"], c["val_pairs"]) for c in results.values()})

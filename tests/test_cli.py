@@ -80,6 +80,20 @@ def test_info_on_a_folder_that_is_not_a_model(tmp_path, capsys):
     assert "not a saved DMoERM" in capsys.readouterr().err
 
 
+def test_info_on_a_path_that_does_not_exist(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "typo")]) == 2
+    err = capsys.readouterr().err
+    assert "typo does not exist" in err and "not a saved DMoERM" not in err and "Traceback" not in err
+
+
+def test_score_reads_a_file_that_starts_with_a_bom(tmp_path):
+    from dmoerm_trl.commands.score import read_records
+
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "Q: 2+2? A: 4"}\n{"text": "Q: 3+3? A: 6", "id": 2}\n')
+    assert read_records(str(path)) == [(1, "Q: 2+2? A: 4", None, None), (2, "Q: 3+3? A: 6", None, 2)]
+
+
 def test_score_reports_bad_lines(tmp_path):
     from dmoerm_trl.commands.score import read_conversations
 

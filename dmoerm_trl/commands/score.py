@@ -54,6 +54,8 @@ def read_records(path: str) -> list[tuple[int, object, str | None, object]]:
             where = f"{path}, line {number}"
             try:
                 line = raw.decode("utf-8")
+                if number == 1:
+                    line = line.removeprefix("\ufeff")  # a UTF-8 BOM (Windows editors write one)
             except UnicodeDecodeError as err:
                 raise ValueError(
                     f"{where}: not UTF-8 (byte {raw[err.start : err.start + 1]!r} at column {err.start + 1}); save the "
