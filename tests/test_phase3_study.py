@@ -104,3 +104,21 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 2 and "not a finished benchmarks/demo_sizes.py run" in result.stderr
+
+
+def test_a_fidelity_model_folder_finds_its_data_through_run_config(fake_run, tmp_path):
+    model = tmp_path / "run_seed1"
+    shutil.copytree(fake_run / "dmoerm", model)
+    config = json.loads((model / "run_config.json").read_text())
+    config["data_args"] = {"dataset_path": str(fake_run / "data" / "train.jsonl")}
+    config["model_args"] = {"categories": str(fake_run / "data" / "demo_categories.yaml")}
+    (model / "run_config.json").write_text(json.dumps(config))
+    layout = phase3_study._layout(model)
+    assert layout == {
+        "model": model,
+        "test": fake_run / "data" / "test.jsonl",
+        "categories": fake_run / "data" / "demo_categories.yaml",
+    }
+    config["model_args"]["categories"] = str(tmp_path / "gone.yaml")
+    (model / "run_config.json").write_text(json.dumps(config))
+    assert phase3_study._layout(model) is None and phase3_study._layout(tmp_path) is None
