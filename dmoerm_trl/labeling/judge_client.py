@@ -233,6 +233,25 @@ class JudgeClient:
         self._pending: dict[str, asyncio.Future] = {}
         self._json_confirmed = False
 
+    @classmethod
+    def from_config(cls, client, config, cache: LabelCache, **overrides) -> JudgeClient:
+        """A client with a :class:`~dmoerm_trl.labeling.LabelingConfig`'s model, sampling, concurrency, retry and
+        budget settings (what every labeling step shares); ``overrides`` sets the rest (``template_sha256``,
+        ``secret``, ``stats``, or a ``response_format`` other than the config's)."""
+        settings = {
+            "temperature": config.temperature,
+            "seed": config.seed,
+            "response_format": config.response_format,
+            "concurrency": config.concurrency,
+            "timeout": config.timeout,
+            "max_retries": config.max_retries,
+            "backoff_base": config.backoff_base,
+            "backoff_max": config.backoff_max,
+            "budget_calls": config.budget_calls,
+            "budget_tokens": config.budget_tokens,
+        }
+        return cls(client, config.model, cache, **(settings | overrides))
+
     # -- JSON mode -------------------------------------------------------------------------------------------------
     def json_mode_active(self) -> bool:
         if self.response_format == "none":
