@@ -120,7 +120,7 @@ def test_category_without_data_is_a_reported_skip_when_asked(tmp_path, capsys, o
     summary = json.loads((tmp_path / "run" / "training_summary.json").read_text())
     assert summary["data"]["counts"]["categories_skipped_no_data"] == 1
     # the rows of categories the model does not have (objective_qa, roleplay) are counted, not silently lost
-    assert summary["data"]["counts"]["human pairs_unknown_category_rows"] > 0
+    assert summary["data"]["counts"]["human_pairs_unknown_category_rows"] > 0
 
 
 def test_label_file_that_does_not_match_the_model(tmp_path, capsys):
