@@ -276,6 +276,28 @@ CLI_CASES = {
         lambda f: ["train", "--tiny_backbone", "llama", "--output_dir", str(f.root / "t"), "--no_such_flag", "3"],
         "--no_such_flag",
     ),
+    "train-unknown-flag-says-so": (
+        lambda f: ["train", "--tiny_backbone", "llama", "--output_dir", str(f.root / "t"), "--lora_rr", "3"],
+        "unknown flag(s) --lora_rr; `dmoerm train --help` lists the flags it takes",
+    ),
+    "train-unknown-yaml-key": (
+        lambda f: [
+            "train",
+            "--config",
+            f.write("typo.yaml", "tiny_backbone: llama\nlora_rr: 4\n"),
+            "--output_dir",
+            str(f.root / "t"),
+        ],
+        "typo.yaml: unknown key(s) lora_rr",
+    ),
+    "train-output-dir-is-a-file": (
+        lambda f: ["train", "--tiny_backbone", "llama", "--output_dir", f.good],
+        "good.jsonl is a file, not a folder",
+    ),
+    "train-baseline-output-dir-is-a-file": (
+        lambda f: ["train-baseline", "--tiny_backbone", "llama", "--output_dir", f.good],
+        "--output_dir",
+    ),
     "train-learning-rate-not-a-number": (
         lambda f: ["train", "--output_dir", str(f.root / "t"), "--learning_rate", "fast"],
         "invalid float value: 'fast'",

@@ -80,9 +80,10 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from ..labeling.judge_server import start_judge_server
+    from ..utils.network import is_loopback
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback(args.host):
         print(
             f"serve-judge: warning: binding {args.host} exposes the model beyond this machine; set "
             "DMOERM_JUDGE_API_KEY to require a bearer token.",
