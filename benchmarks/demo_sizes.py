@@ -13,26 +13,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import resource
 import sys
 import time
 from pathlib import Path
-
-
-def wilson(successes: float, total: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion.
-
-    >>> [round(x, 3) for x in wilson(80, 128)]
-    [0.538, 0.704]
-    """
-    if total == 0:
-        return (float("nan"), float("nan"))
-    p = successes / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return (centre - half, centre + half)
 
 
 def main(argv=None) -> int:
@@ -50,12 +35,10 @@ def main(argv=None) -> int:
     import torch
 
     from dmoerm_trl.assets import prepare_smollm2
-    from dmoerm_trl.demo import FULL, _subsample_labels, _write_categories, prepare_reward_backbone
+    from dmoerm_trl.demo import FULL, _subsample_labels, prepare_reward_backbone
     from dmoerm_trl.demo.training import evaluate_both, train_models
-    from dmoerm_trl.labeling import LabelingConfig, run_labeling
-    from dmoerm_trl.synthetic import SyntheticWorld
-    from dmoerm_trl.synthetic.generator import SyntheticDataConfig, generate_dataset, write_dataset
-    from dmoerm_trl.synthetic.judge import capability_judge_server
+    from dmoerm_trl.demo.world import demo_world_data, label_with_synthetic_judge
+    from dmoerm_trl.evaluation_stats import wilson_interval
 
     torch.set_num_threads(args.threads)
     sizes = dataclasses.replace(
@@ -70,32 +53,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     load_start, start = os.getloadavg(), time.perf_counter()
     backbone = prepare_reward_backbone(prepare_smollm2(), sizes.reward_layers)
-    world = SyntheticWorld(sizes.categories)
-    categories = {name: caps[: sizes.max_capabilities] for name, caps in world.categories.items()}
-    dataset = generate_dataset(
-        SyntheticDataConfig(
-            pairs_per_category=sizes.pairs_per_category,
-            test_pairs_per_category=sizes.test_pairs_per_category,
-            categories=sizes.categories,
-            seed=args.seed,
-        )
-    )
-    paths = write_dataset(dataset, out / "data")
-    categories_yaml = out / "data" / "demo_categories.yaml"
-    _write_categories(world, categories, categories_yaml)
-    with capability_judge_server(world, flip_rate=0.1, seed=args.seed, port=0) as server:
-        run_labeling(
-            LabelingConfig(
-                data=paths["train"],
-                output=str(out / "labels"),
-                model="synthetic-judge",
-                base_url=server.base_url,
-                mode="per_capability",
-                categories=str(categories_yaml),
-                concurrency=8,
-            ),
-            api_key="local-demo-judge",
-        )
+    data = demo_world_data(sizes, args.seed, out)
+    paths, categories_yaml = data.paths, data.categories_yaml
+    label_with_synthetic_judge(data, out / "labels", seed=args.seed)
     _subsample_labels(
         out / "labels" / "capability_pairs.jsonl",
         out / "labels" / "demo_labels.jsonl",
@@ -132,7 +92,7 @@ def main(argv=None) -> int:
     }
     for name in ("dmoerm", "baseline"):
         accuracy, total = gold[name]["overall"], gold[name]["pairs"]
-        low, high = wilson(accuracy * total, total)
+        low, high = wilson_interval(accuracy * total, total) or (float("nan"), float("nan"))
         row[f"{name}_gold"] = round(accuracy, 4)
         row[f"{name}_gold_ci"] = [round(low, 4), round(high, 4)]
         row[f"{name}_human_val"] = evaluation["human_validation"][name]["overall"]

@@ -256,7 +256,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"== {step} done ({times[step]} s; total {time.perf_counter() - start:.0f} s)", flush=True)
 
     backbone, policy = prepare_backbone(args, out)
-    world, categories, paths, categories_yaml, agreement, n_train, n_test = make_data(args, out)
+    data, agreement = make_data(args, out)
+    world, categories, paths, categories_yaml = data.world, data.categories, data.paths, data.categories_yaml
+    n_train, n_test = len(data.dataset.train), len(data.dataset.test)
     tick("data")
     if args.sample_only:
         from dmoerm_trl.synthetic import GoldReward
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         tick("policy samples")
         return {"seconds": times}
-    labels = label(args, world, paths, categories_yaml, out)
+    labels = label(args, data, out)
     tick("labels")
     if args.train_seed_only is not None:
         stages = train_seed(args, backbone, paths, labels["path"], categories_yaml, out, args.train_seed_only, False)

@@ -3,8 +3,8 @@ categories file, and the capability labels from the real labeler against the syn
 
 Example:
     >>> from fidelity_world import make_data, label  # doctest: +SKIP
-    >>> world, categories, paths, categories_yaml, agreement, n_train, n_test = make_data(args, out)  # doctest: +SKIP
-    >>> label(args, world, paths, categories_yaml, out)["labels"] > 0  # doctest: +SKIP
+    >>> data, agreement = make_data(args, out)  # doctest: +SKIP
+    >>> label(args, data, out)["labels"] > 0  # doctest: +SKIP
     True
 """
 
@@ -14,50 +14,29 @@ from pathlib import Path
 
 
 def make_data(args, out: Path):
-    import dataclasses
+    from dmoerm_trl.demo.world import make_world_data
 
-    import yaml
-
-    from dmoerm_trl.synthetic import SyntheticWorld
-    from dmoerm_trl.synthetic.generator import SyntheticDataConfig, generate_dataset, write_dataset
-    from dmoerm_trl.utils.io import atomic_write_text
-
-    world = SyntheticWorld(args.categories)
-    categories = {name: caps[: args.max_capabilities] for name, caps in world.categories.items()}
-    dataset = generate_dataset(
-        SyntheticDataConfig(
-            pairs_per_category=args.pairs_per_category,
-            test_pairs_per_category=args.test_pairs_per_category,
-            categories=args.categories,
-            human_flip_rate=args.human_flip,
-            seed=args.seed,
-        )
+    data = make_world_data(
+        args.categories,
+        args.pairs_per_category,
+        args.test_pairs_per_category,
+        max_capabilities=args.max_capabilities,
+        seed=args.seed,
+        out=out,
+        human_flip_rate=args.human_flip,
+        categories_file="fidelity_categories.yaml",
+        header="",
     )
-    paths = write_dataset(dataset, out / "data")
-    spec = dataclasses.replace(world.category_spec(), categories=categories)
-    categories_yaml = out / "data" / "fidelity_categories.yaml"
-    atomic_write_text(categories_yaml, yaml.safe_dump(spec.to_yaml_dict(), allow_unicode=True, sort_keys=False))
-    agreement = sum(not r["human_flipped"] for r in dataset.train) / max(1, len(dataset.train))
-    return world, categories, paths, categories_yaml, agreement, len(dataset.train), len(dataset.test)
+    agreement = sum(not r["human_flipped"] for r in data.dataset.train) / max(1, len(data.dataset.train))
+    return data, agreement
 
 
-def label(args, world, paths, categories_yaml, out: Path) -> dict:
-    from dmoerm_trl.labeling import LabelingConfig, run_labeling
-    from dmoerm_trl.synthetic.judge import capability_judge_server
+def label(args, data, out: Path) -> dict:
+    from dmoerm_trl.demo.world import label_with_synthetic_judge
 
-    with capability_judge_server(world, flip_rate=args.judge_flip, seed=args.seed, port=0) as server:
-        result = run_labeling(
-            LabelingConfig(
-                data=paths["train"],
-                output=str(out / "labels"),
-                model="synthetic-judge",
-                base_url=server.base_url,
-                mode="per_capability",
-                categories=str(categories_yaml),
-                concurrency=8,
-            ),
-            api_key="local-fidelity-judge",
-        )
+    result, _ = label_with_synthetic_judge(
+        data, out / "labels", seed=args.seed, flip_rate=args.judge_flip, api_key="local-fidelity-judge"
+    )
     return {
         "calls": result.summary.get("calls"),
         "cache_hits": result.summary.get("cache_hits"),

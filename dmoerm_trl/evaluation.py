@@ -68,6 +68,16 @@ def pairwise_accuracy(
 
 
 # ----------------------------------------------------------------------------------------------------- scoring
+def reward_tokenizer_source(path: str | os.PathLike, model) -> str:
+    """Where a saved reward model's tokenizer is: the model folder when it holds one (``tokenizer_config.json``),
+    else, for a DMoERM, its base model (``config.base_model_name_or_path``, resolved at load: ``./base`` -> a real
+    path), else the folder."""
+    path = str(path)
+    if os.path.exists(os.path.join(path, "tokenizer_config.json")) or not _is_dmoerm(model):
+        return path
+    return model.config.base_model_name_or_path
+
+
 def load_reward_model(path: str | os.PathLike, device: str | None = None):
     """``(model, tokenizer)`` of a saved DMoERM or any sequence-classification reward model (a PEFT adapter folder
     of one is merged). The tokenizer comes from the folder, else from the DMoERM's base model."""
@@ -99,9 +109,7 @@ def load_reward_model(path: str | os.PathLike, device: str | None = None):
                     f"for {(config.architectures or [config.model_type])[0]}; pass a saved DMoERM or "
                     "sequence-classification reward model"
                 )
-        tokenizer_source = path
-        if not os.path.exists(os.path.join(path, "tokenizer_config.json")) and config.model_type == "dmoerm":
-            tokenizer_source = model.config.base_model_name_or_path  # resolved at load (./backbone -> a real path)
+        tokenizer_source = reward_tokenizer_source(path, model)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -79,6 +79,18 @@ def _table(title: str, rows: list[tuple[str, str]], main: dict, baseline: dict |
     return lines
 
 
+def _input_counts_line(counts: dict[str, int]) -> list[str]:
+    """One line on what did not enter the table as it was in the file: skipped records, pairs scored on their end."""
+    parts = []
+    if counts.get("skipped_records"):
+        parts.append(f"{counts['skipped_records']} invalid record(s) skipped (--skip-invalid)")
+    for key, value in sorted(counts.items()):
+        if key.endswith("_truncated_left") and value:
+            what = key.removesuffix("_truncated_left").replace("_", " ")
+            parts.append(f"{value} {what} longer than the model accepts, scored on their end (oldest tokens dropped)")
+    return ["", "Input: " + "; ".join(parts) + "."] if parts else []
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     """The report as markdown: accuracy by category (model vs baseline), by routed category, RewardBench sections
     and subsets when the data has ``subset``, router and expert accuracy. Cells: accuracy [95% Wilson interval]."""
@@ -98,6 +110,7 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"({main['overall'].get('reward_ties', 0)} ties)."
         ),
     ]
+    lines += _input_counts_line(report["counts"])
     if "other_categories" in main:
         labels = ", ".join(f"{label} ({count})" for label, count in main["other_categories"]["categories"].items())
         lines.append(

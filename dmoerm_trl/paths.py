@@ -51,3 +51,39 @@ def require_model(path: str, flag: str) -> str:
         what = "is a file, not a model folder" if os.path.exists(path) else "does not exist"
         raise FileNotFoundError(f"{flag} {path} {what}; pass a folder written by save_pretrained (or a hub id)")
     return path
+
+
+def unloadable_model(flag: str, path: str, error: Exception) -> ValueError:
+    """The one-line error for a ``flag`` value that passed :func:`require_model` (a folder or a hub id) and still
+    could not be loaded, e.g. a hub id that does not exist or is not in the cache while offline.
+
+    Example:
+        >>> str(unloadable_model("--model", "org/typo", OSError("org/typo is not a valid model identifier\\nmore")))
+        '--model org/typo: cannot be loaded (org/typo is not a valid model identifier); pass a folder written by save_pretrained, or a hub id that exists (with HF_HUB_OFFLINE=1: one already in the local cache)'
+    """
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return ValueError(
+        f"{flag} {path}: cannot be loaded ({first_line}); pass a folder written by save_pretrained, or a hub id that "
+        "exists (with HF_HUB_OFFLINE=1: one already in the local cache)"
+    )
+
+
+def read_yaml_file(path: str | os.PathLike, error: type[Exception] = ValueError):
+    """The YAML (or JSON) document in the file ``path``; a file that is not valid YAML or not UTF-8 text raises
+    ``error`` (a ``ValueError`` subclass of the caller's choosing) naming the file and the fix, in one line.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        ...     _ = f.write("a: [1, 2\\n")
+        >>> read_yaml_file(f.name)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: ...yaml: not valid YAML (while parsing a flow sequence). Fix the YAML syntax.
+    """
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise error(f"{path}: not valid YAML ({first_line}). Fix the YAML syntax.") from None

@@ -34,6 +34,11 @@ def check_conversation(conversation, where: str):
             raise ValueError(
                 f"{where}: message {index} `content` must be a string, got {type(message['content']).__name__}"
             )
+    if conversation[-1]["role"] != "assistant":
+        raise ValueError(
+            f"{where}: the last message is the {conversation[-1]['role']}'s, but a reward scores a response; end "
+            "`messages` with the assistant's response to score"
+        )
     return conversation
 
 
@@ -41,7 +46,7 @@ def check_conversation(conversation, where: str):
 def score_conversations(
     model, conversations, tokenizer, batch_size: int = 16, max_length: int | None = None, categories=None
 ):
-    """A list of ``{reward, category, router_prob, capabilities, truncated}`` dicts, one per text or conversation.
+    """A list of ``{reward, category, router_prob, capability_rewards, truncated}`` dicts, one per text or conversation.
 
     Conversations are rendered with the tokenizer's chat template. Encoders (pooling "first") get their special
     tokens ([CLS] ... [SEP]); decoders get the template's text as is. A conversation longer than ``max_length``
@@ -52,7 +57,7 @@ def score_conversations(
 
     Example:
         >>> score_conversations(model, ["Q: 2+2? A: 4"], tokenizer)  # doctest: +SKIP
-        [{'reward': 0.31, 'category': 'objective_qa', 'router_prob': 0.88, 'capabilities': {...}}]
+        [{'reward': 0.31, 'category': 'objective_qa', 'router_prob': 0.88, 'capability_rewards': {...}}]
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -116,7 +121,7 @@ def score_conversations(
                         "reward": float(out.logits[i, 0]),
                         "category": category,
                         "router_prob": None if probs is None else float(probs[i, out.category_ids[i]]),
-                        "capabilities": {
+                        "capability_rewards": {
                             capability: float(out.capability_rewards[i, j])
                             for j, capability in enumerate(model.config.categories[category])
                         },

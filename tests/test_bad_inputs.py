@@ -31,6 +31,24 @@ class Files:
         self.good = self.write("good.jsonl", json.dumps({"text": "Q: 2+2? A: 4"}) + "\n")
         self.prompts = self.write("prompts.jsonl", json.dumps({"prompt": "Say hi."}) + "\n")
 
+    @property
+    def chat(self) -> str:
+        return self.write(
+            "chat.jsonl",
+            messages_line([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]),
+        )
+
+    def tokenizer_without_template(self) -> str:
+        from transformers import AutoTokenizer
+
+        folder = self.root / "tokenizer-without-template"
+        if not folder.exists():
+            tokenizer = AutoTokenizer.from_pretrained(self.model)
+            tokenizer.chat_template = None
+            tokenizer.save_pretrained(folder)
+            (folder / "chat_template.jinja").unlink(missing_ok=True)
+        return str(folder)
+
     def write(self, name: str, content: str | bytes) -> str:
         path = self.root / name
         if isinstance(content, bytes):
@@ -114,6 +132,24 @@ CLI_CASES = {
             f.write("cn.jsonl", messages_line([{"role": "user", "content": ["hi"]}])),
         ],
         "cn.jsonl, line 1: message 0 `content` must be a string",
+    ),
+    "score-messages-end-with-the-user": (
+        lambda f: [
+            "score",
+            "--model",
+            f.model,
+            "--input",
+            f.write("eu.jsonl", messages_line([{"role": "user", "content": "hi"}])),
+        ],
+        "eu.jsonl, line 1: the last message is the user's, but a reward scores a response",
+    ),
+    "score-tokenizer-without-chat-template": (
+        lambda f: ["score", "--model", f.model, "--tokenizer", f.tokenizer_without_template(), "--input", f.chat],
+        "chat.jsonl, line 1: `messages` need a chat template, but the tokenizer",
+    ),
+    "score-unknown-hub-id": (
+        lambda f: ["score", "--model", "someorg/no-such-reward-model", "--input", f.good],
+        "--model someorg/no-such-reward-model: cannot be loaded",
     ),
     "score-empty-file": (
         lambda f: ["score", "--model", f.model, "--input", f.write("empty.jsonl", "\n\n")],
@@ -239,6 +275,28 @@ CLI_CASES = {
     "train-unknown-flag": (
         lambda f: ["train", "--tiny_backbone", "llama", "--output_dir", str(f.root / "t"), "--no_such_flag", "3"],
         "--no_such_flag",
+    ),
+    "train-unknown-flag-says-so": (
+        lambda f: ["train", "--tiny_backbone", "llama", "--output_dir", str(f.root / "t"), "--lora_rr", "3"],
+        "unknown flag(s) --lora_rr; `dmoerm train --help` lists the flags it takes",
+    ),
+    "train-unknown-yaml-key": (
+        lambda f: [
+            "train",
+            "--config",
+            f.write("typo.yaml", "tiny_backbone: llama\nlora_rr: 4\n"),
+            "--output_dir",
+            str(f.root / "t"),
+        ],
+        "typo.yaml: unknown key(s) lora_rr",
+    ),
+    "train-output-dir-is-a-file": (
+        lambda f: ["train", "--tiny_backbone", "llama", "--output_dir", f.good],
+        "good.jsonl is a file, not a folder",
+    ),
+    "train-baseline-output-dir-is-a-file": (
+        lambda f: ["train-baseline", "--tiny_backbone", "llama", "--output_dir", f.good],
+        "--output_dir",
     ),
     "train-learning-rate-not-a-number": (
         lambda f: ["train", "--output_dir", str(f.root / "t"), "--learning_rate", "fast"],

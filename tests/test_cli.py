@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,7 +64,7 @@ def test_example_then_info_then_score(tiny_llama_path, tmp_path, capsys):
     )
     assert main(["score", "--model", str(output), "--input", str(conversations), "--tokenizer", tiny_llama_path]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    assert len(lines) == 3 and all("reward" in line and "capabilities" in line for line in lines)
+    assert len(lines) == 3 and all("reward" in line and "capability_rewards" in line for line in lines)
     # messages, and the same conversation as chat-templated text (batched with other rows: float noise only)
     assert lines[0]["category"] == lines[1]["category"]
     assert lines[0]["reward"] == pytest.approx(lines[1]["reward"], abs=1e-6)
@@ -78,6 +79,20 @@ def test_example_then_info_then_score(tiny_llama_path, tmp_path, capsys):
 def test_info_on_a_folder_that_is_not_a_model(tmp_path, capsys):
     assert main(["info", str(tmp_path)]) == 2
     assert "not a saved DMoERM" in capsys.readouterr().err
+
+
+def test_info_on_a_path_that_does_not_exist(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "typo")]) == 2
+    err = capsys.readouterr().err
+    assert "typo does not exist" in err and "not a saved DMoERM" not in err and "Traceback" not in err
+
+
+def test_score_reads_a_file_that_starts_with_a_bom(tmp_path):
+    from dmoerm_trl.commands.score import read_records
+
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "Q: 2+2? A: 4"}\n{"text": "Q: 3+3? A: 6", "id": 2}\n')
+    assert read_records(str(path)) == [(1, "Q: 2+2? A: 4", None, None), (2, "Q: 3+3? A: 6", None, 2)]
 
 
 def test_score_reports_bad_lines(tmp_path):
@@ -134,7 +149,7 @@ def test_score_batches_records_per_named_category_with_the_rewards_of_one_at_a_t
         alone = loaded.compute_rewards([conversation], tiny_tokenizer, categories=record.get("category"))[0]
         assert row["category"] == alone["category"] == record.get("category", alone["category"])
         assert row["reward"] == pytest.approx(alone["reward"], abs=1e-5)
-        assert row["capabilities"] == pytest.approx(alone["capabilities"], abs=1e-5)
+        assert row["capability_rewards"] == pytest.approx(alone["capability_rewards"], abs=1e-5)
         if "category" in record:
             assert row["router_prob"] is None and alone["router_prob"] is None
         else:
@@ -144,3 +159,20 @@ def test_score_batches_records_per_named_category_with_the_rewards_of_one_at_a_t
     assert main(command) == 2
     error = capsys.readouterr().err
     assert "mixed.jsonl, line 2: unknown category 'poetry'" in error and "objective_qa" in error
+
+
+def test_score_takes_the_model_folders_tokenizer_warns_once_and_names_repeated_ids(tmp_path, capsys):
+    # The checked-in folder's base (./base) has no tokenizer: only the folder's own one can be used.
+    folder = Path(__file__).parent / "fixtures" / "saved_dmoerm_v1"
+    chat = [{"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "Paris."}]
+    data = tmp_path / "in.jsonl"
+    rows = [{"id": "a", "messages": chat}, {"id": "b", "messages": chat}, {"id": "a", "messages": chat}]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main(["score", "--model", str(folder), "--input", str(data)]) == 0
+    captured = capsys.readouterr()
+    scored = [json.loads(line) for line in captured.out.strip().splitlines()]
+    assert [row["id"] for row in scored] == ["a", "b", "a"] and all(row["truncated"] for row in scored)
+    warnings = [line for line in captured.err.splitlines() if "longer than" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("dmoerm score: 3 of 3 conversations were longer than")
+    repeated = [line for line in captured.err.splitlines() if "repeat the `id`" in line]
+    assert len(repeated) == 1 and "line 3 repeats 'a' of line 1" in repeated[0]

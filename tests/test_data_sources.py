@@ -105,7 +105,7 @@ def test_bad_category_maps_say_what_is_wrong(value, problem):
 def test_a_category_map_file_that_is_not_yaml(tmp_path):
     bad = tmp_path / "map.yaml"
     bad.write_text("gsm8k: [unclosed\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"map\.yaml: not a YAML/JSON mapping"):
+    with pytest.raises(ValueError, match=r"map\.yaml: not valid YAML \(.*\)\. Fix the YAML syntax"):
         parse_category_map(bad)
 
 

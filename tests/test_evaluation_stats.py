@@ -168,6 +168,15 @@ def test_markdown_has_intervals_unknown_category_note_routed_and_sections():
     assert overall.count("[") == 2  # the DMoERM's and the baseline's accuracy, each with its interval
 
 
+def test_markdown_says_what_was_skipped_or_truncated():
+    report = small_report(with_baseline=False)
+    assert "Input:" not in report_markdown(report)
+    report["counts"].update(skipped_records=2, pairs_truncated_left=3, baseline_pairs_truncated_left=0)
+    line = next(line for line in report_markdown(report).splitlines() if line.startswith("Input:"))
+    assert "2 invalid record(s) skipped" in line and "3 pairs longer than the model accepts" in line
+    assert "baseline" not in line  # zero counts stay out
+
+
 def bars_and_legend(figure):
     figure.canvas.draw()
     renderer = figure.canvas.get_renderer()

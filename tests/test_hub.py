@@ -224,3 +224,21 @@ def test_text_classification_pipeline_still_loads_a_folder(saved, tiny_tokenizer
     with torch.no_grad():
         expected = model(**batch).logits[0, 0].item()
     assert scorer(TEXTS[:1])[0]["score"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_dmoerm_push_to_an_unreachable_hub_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    folder = Path(__file__).parent / "fixtures" / "saved_dmoerm_v1"
+    env = {k: v for k, v in os.environ.items() if k not in ("DMOERM_TRACEBACK", "HF_TOKEN")}
+    env.update(HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9", HF_TOKEN="hf_not_a_real_token_0123456789")
+    result = subprocess.run(
+        [sys.executable, "-m", "dmoerm_trl.cli", "push", str(folder), "me/tiny", "--save-base"],
+        capture_output=True, text=True, timeout=300, env=env, check=False,
+    )  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith("dmoerm push: error: the upload to me/tiny failed (")
+    assert "hf_not_a_real_token" not in result.stderr

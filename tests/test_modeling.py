@@ -248,7 +248,7 @@ def test_compute_rewards_on_conversations(llama_model, tiny_tokenizer):
     assert len(results) == 2
     for result in results:
         assert result["category"] in llama_model.config.categories
-        assert list(result["capabilities"]) == llama_model.config.categories[result["category"]]
+        assert list(result["capability_rewards"]) == llama_model.config.categories[result["category"]]
     # Plain text has no prompt boundary: an error naming the conversation, unless the router is bypassed.
     with pytest.raises(ValueError, match="conversation 1: the router reads the prompt only.*categories="):
         llama_model.compute_rewards([CONVERSATIONS[0], "plain text"], tiny_tokenizer)

@@ -35,9 +35,9 @@ def _assert_same(results, expected):
             assert got["router_prob"] is None
         else:
             assert got["router_prob"] == pytest.approx(want["router_prob"], abs=1e-5)
-        assert got["capabilities"].keys() == want["capabilities"].keys()
+        assert got["capability_rewards"].keys() == want["capabilities"].keys()
         for name, value in want["capabilities"].items():
-            assert got["capabilities"][name] == pytest.approx(value, abs=1e-5)
+            assert got["capability_rewards"][name] == pytest.approx(value, abs=1e-5)
 
 
 def test_saved_v1_folder_loads_as_dmoerm(loaded):

@@ -107,7 +107,14 @@ class OneSpellingHelpFormatter(argparse.HelpFormatter):
 
 
 class OneSpellingDefaultsHelpFormatter(OneSpellingHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """:class:`OneSpellingHelpFormatter` plus each flag's default (``TrlParser``'s help)."""
+    """:class:`OneSpellingHelpFormatter` plus each flag's default, once: not where the help text already says its
+    default, nor for ``None`` (a required flag, or one whose help says what unset means)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
 
 class BothSpellingsBooleanAction(argparse.BooleanOptionalAction):

@@ -77,8 +77,30 @@ class TrlCommand:
         return one_line_parser_errors(parser)
 
     def parse(self, argv: Sequence[str]) -> tuple:
-        """One dataclass instance per type from ``--config``/flags; raises ``ValueError`` on bad values."""
-        return tuple(self.build_parser().parse_args_and_config(list(argv)))
+        """One dataclass instance per type from ``--config``/flags; raises ``ValueError`` on bad values (an unknown
+        key or flag named in the user's words, not HfArgumentParser's)."""
+        argv = list(argv)
+        try:
+            parsed = tuple(self.build_parser().parse_args_and_config(argv))
+        except ValueError as error:
+            unknown = _unknown_names(str(error))
+            if unknown is None:
+                raise
+            where, names = unknown
+            if where == "flags":
+                listed = ", ".join(f"--{name}" for name in names)
+                raise ValueError(f"unknown flag(s) {listed}; `{self.prog} --help` lists the flags it takes") from None
+            config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), "the --config file")
+            raise ValueError(
+                f"{config}: unknown key(s) {', '.join(names)}; `{self.prog} --help` lists the keys it takes (each "
+                "flag without its --)"
+            ) from None
+        from ..paths import require_output_dir
+
+        for arguments in parsed:  # an output_dir that is a file: one line now, not an OSError after loading models
+            if isinstance(getattr(arguments, "output_dir", None), str) and arguments.output_dir:
+                require_output_dir(arguments.output_dir, "--output_dir")
+        return parsed
 
     def main(self, argv: Sequence[str] | None = None) -> int:
         """Parse ``argv`` (default ``sys.argv[1:]``) and run the work; a user mistake -> one line, exit code 2."""
@@ -100,3 +122,22 @@ def report(prog: str, summary: dict) -> None:
         brief["proxy_reward"] = [first["proxy_reward"], last["proxy_reward"]]
         brief["kl"] = [first["kl"], last["kl"]]
     print(f"{prog}: " + json.dumps(brief))
+
+
+def _unknown_names(message: str) -> tuple[str, list[str]] | None:
+    """``(where, names)`` of HfArgumentParser's unknown-argument errors (config file or command line), else None.
+
+    Example:
+        >>> _unknown_names("Unknown arguments from config file: ['--lora_rr', '4']. Please remove them, ...")
+        ('the config file', ['lora_rr'])
+    """
+    import re
+
+    if message.startswith("Unknown arguments from config file"):
+        where = "the config file"
+    elif message.startswith("Some specified arguments are not used by the HfArgumentParser"):
+        where = "flags"
+    else:
+        return None
+    names = re.findall(r"'--([^']+)'", message)
+    return (where, names) if names else None

@@ -80,6 +80,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  user: {conversation[0]['content']}")
         print(f"  assistant: {conversation[1]['content']!r}")
         print(f"    reward {result['reward']:+.4f} | routed to {result['category']} (p={result['router_prob']:.2f})")
-        print("    " + " | ".join(f"{cap} {value:+.4f}" for cap, value in result["capabilities"].items()))
+        print("    " + " | ".join(f"{cap} {value:+.4f}" for cap, value in result["capability_rewards"].items()))
     print(f"\nDone in {time.perf_counter() - start:.1f} s. Inspect the saved model with: dmoerm info {args.output}")
     return 0

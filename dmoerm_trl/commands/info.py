@@ -47,6 +47,8 @@ def describe_saved_model(path: str | Path) -> dict:
     from ..models.dmoerm.configuration_dmoerm import DMoERMConfig
 
     folder = Path(path)
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder} does not exist (give the folder a DMoERM was saved to)")
     if not (folder / "config.json").exists() or not (folder / "dmoerm_heads.safetensors").exists():
         raise FileNotFoundError(f"{folder} is not a saved DMoERM (config.json + dmoerm_heads.safetensors expected)")
     config = DMoERMConfig.from_pretrained(folder)

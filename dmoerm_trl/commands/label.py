@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
+from ..utils.network import is_local_url
 from ._errors import require_input_file, require_output_dir
 
 
@@ -99,6 +101,12 @@ def run(args: argparse.Namespace) -> int:
             "dmoerm label: note: --api-key is visible in process lists; prefer the environment variable "
             f"{config.api_key_env}.",
             file=sys.stderr,
+        )
+    if not (args.api_key or os.environ.get(config.api_key_env)) and not is_local_url(config.base_url):
+        raise ValueError(
+            f"--base-url {config.base_url} is not on this machine, but {config.api_key_env} is not set: export the "
+            f"API key as {config.api_key_env} (or name another variable with --api-key-env); a local judge "
+            "(http://127.0.0.1:..., e.g. dmoerm serve-judge) needs none"
         )
     result = run_labeling(config, api_key=args.api_key)
     summary = result.summary

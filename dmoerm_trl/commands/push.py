@@ -112,6 +112,17 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"dmoerm push: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        if not type(err).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "huggingface_hub", "urllib3"):
+            raise
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        print(
+            f"dmoerm push: error: the upload to {args.repo_id} failed ({type(err).__name__}: {first_line}); check the "
+            "network (or HF_ENDPOINT) and that `hf auth login` or HF_TOKEN gives write access to the repository; "
+            "nothing was changed on the Hub unless a commit is listed there",
+            file=sys.stderr,
+        )
+        return 1
     print(f"dmoerm push: uploaded {model_dir} to {args.repo_id}: {commit}")
     if args.save_base:
         print("dmoerm push: the base model was uploaded with it (base/)")

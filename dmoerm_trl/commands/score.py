@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
+from ..paths import unloadable_model
 from ._errors import positive_int, require_input_file, require_model, require_output_dir
 
 
@@ -54,6 +56,8 @@ def read_records(path: str) -> list[tuple[int, object, str | None, object]]:
             where = f"{path}, line {number}"
             try:
                 line = raw.decode("utf-8")
+                if number == 1:
+                    line = line.removeprefix("\ufeff")  # a UTF-8 BOM (Windows editors write one)
             except UnicodeDecodeError as err:
                 raise ValueError(
                     f"{where}: not UTF-8 (byte {raw[err.start : err.start + 1]!r} at column {err.start + 1}); save the "
@@ -78,12 +82,12 @@ def read_records(path: str) -> list[tuple[int, object, str | None, object]]:
 def run(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
+    from ..evaluation import reward_tokenizer_source
     from ..models.dmoerm.modeling_dmoerm import DMoERMForSequenceClassification
 
     require_model(args.model, "--model")
     if args.tokenizer is not None:
         require_model(args.tokenizer, "--tokenizer")
-    from ..models.dmoerm._prompt_boundary import PromptBoundaryError
 
     if args.output is not None:  # checked before the model loads: a bad path fails in a second, not after scoring
         if Path(args.output).is_dir():
@@ -94,11 +98,25 @@ def run(args: argparse.Namespace) -> int:
     records = read_records(args.input)
     if not records:
         raise ValueError(f"--input {args.input} has no conversations (every line is empty)")
-    model = DMoERMForSequenceClassification.from_pretrained(args.model)
-    tokenizer_source = args.tokenizer or (
-        f"{args.model}/base" if model.config.base_model_name_or_path is None else model.config.base_model_name_or_path
-    )
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    _warn_repeated_ids(records, args.input)
+    try:
+        model = DMoERMForSequenceClassification.from_pretrained(args.model)
+    except OSError as error:  # a hub id that does not exist, or is not cached while offline
+        raise unloadable_model("--model", args.model, error) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or reward_tokenizer_source(args.model, model))
+    except OSError as error:
+        raise unloadable_model(
+            "--tokenizer" if args.tokenizer else "--model", args.tokenizer or args.model, error
+        ) from None
+    if tokenizer.chat_template is None:
+        chat = next((number for number, conversation, _, _ in records if isinstance(conversation, list)), None)
+        if chat is not None:
+            raise ValueError(
+                f"{args.input}, line {chat}: `messages` need a chat template, but the tokenizer "
+                f"({args.tokenizer or 'the model folder' + chr(39) + 's'}) has none; pass --tokenizer with a chat "
+                "template (by default the model folder's), or give `text` already rendered with the template"
+            )
     by_category: dict[str, list[int]] = {}  # records that name their category (the router is bypassed), by category
     for i, (number, _, category, _) in enumerate(records):
         if category is None:
@@ -109,23 +127,15 @@ def run(args: argparse.Namespace) -> int:
                 f"{model.config.category_names} (or leave `category` out to route the conversation)"
             )
         by_category.setdefault(category, []).append(i)
-    by_index: dict[int, dict] = {}
     routed = [i for i, record in enumerate(records) if record[2] is None]
+    # One summary line about over-long conversations below, instead of compute_rewards' warning per batch.
+    truncation_log = logging.getLogger("dmoerm_trl.truncation")
+    level = truncation_log.level
+    truncation_log.setLevel(logging.ERROR)
     try:
-        conversations = [records[i][1] for i in routed]
-        scored = model.compute_rewards(conversations, tokenizer, batch_size=args.batch_size) if routed else []
-    except PromptBoundaryError as error:
-        if error.row is None:
-            raise
-        raise ValueError(
-            f"{args.input}, line {records[routed[error.row]][0]}: {error}".replace(f"conversation {error.row}: ", "")
-            + " (in the file: a `category` field)"
-        ) from None
-    by_index.update(zip(routed, scored))
-    for category, indices in by_category.items():  # batched per category, results put back in file order
-        conversations = [records[i][1] for i in indices]
-        scored = model.compute_rewards(conversations, tokenizer, batch_size=args.batch_size, categories=category)
-        by_index.update(zip(indices, scored))
+        by_index = _score(model, tokenizer, records, routed, by_category, args)
+    finally:
+        truncation_log.setLevel(level)
     results = [by_index[i] for i in range(len(records))]
     rows = [({"id": records[i][3]} if records[i][3] is not None else {}) | result for i, result in enumerate(results)]
     for row in rows:
@@ -145,3 +155,48 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _score(model, tokenizer, records, routed, by_category, args) -> dict[int, dict]:
+    """Rewards of every record by its index: routed records in one pass, named categories batched per category."""
+    from ..models.dmoerm._prompt_boundary import PromptBoundaryError
+
+    by_index: dict[int, dict] = {}
+    try:
+        conversations = [records[i][1] for i in routed]
+        scored = model.compute_rewards(conversations, tokenizer, batch_size=args.batch_size) if routed else []
+    except PromptBoundaryError as error:
+        if error.row is None:
+            raise
+        raise ValueError(
+            f"{args.input}, line {records[routed[error.row]][0]}: {error}".replace(f"conversation {error.row}: ", "")
+            + " (in the file: a `category` field)"
+        ) from None
+    by_index.update(zip(routed, scored))
+    for category, indices in by_category.items():  # batched per category, results put back in file order
+        conversations = [records[i][1] for i in indices]
+        scored = model.compute_rewards(conversations, tokenizer, batch_size=args.batch_size, categories=category)
+        by_index.update(zip(indices, scored))
+    return by_index
+
+
+def _warn_repeated_ids(records, path: str) -> None:
+    """One warning line when lines repeat an ``id`` (passed through as they are: a join on ``id`` would match
+    several rows)."""
+    seen: dict[str, int] = {}
+    repeated = []
+    for number, _, _, record_id in records:
+        if record_id is None:
+            continue
+        key = json.dumps(record_id)
+        if key in seen:
+            repeated.append((number, seen[key], record_id))
+        seen.setdefault(key, number)
+    if repeated:
+        number, first, record_id = repeated[0]
+        print(
+            f"dmoerm score: warning: {len(repeated)} line(s) of {path} repeat the `id` of an earlier line (line "
+            f"{number} repeats {record_id!r} of line {first}); ids are passed through as they are, so a join on `id` "
+            "matches several rows",
+            file=sys.stderr,
+        )

@@ -15,13 +15,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._errors import OneSpellingDefaultsHelpFormatter
+
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         name,
         help=help_text,
         description=__doc__.split("\n\nExample")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=OneSpellingDefaultsHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="A saved DMoERM or sequence-classification RM folder.")
     parser.add_argument("--host", default="127.0.0.1", help="Interface to bind (anything but loopback exposes it).")
@@ -37,7 +39,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         default=None,
         help="Longest sequence in tokens; longer ones get HTTP 400 (default: the model's limit).",
     )
-    parser.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="Weights' dtype (auto: the one saved with the model; bfloat16/float16 on GPUs).",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu).")
     parser.add_argument(
         "--threads",

@@ -13,7 +13,14 @@ import argparse
 import signal
 import sys
 
-from ._errors import one_line, port_number, positive_int, require_input_file, require_model
+from ._errors import (
+    OneSpellingDefaultsHelpFormatter,
+    one_line,
+    port_number,
+    positive_int,
+    require_input_file,
+    require_model,
+)
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -21,7 +28,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         name,
         help=help_text,
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=OneSpellingDefaultsHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="Local folder of a causal LM with a chat-template tokenizer.")
     parser.add_argument("--host", default="127.0.0.1", help="Interface to bind (anything but loopback exposes it).")
@@ -35,7 +42,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "--max-request-bytes", type=positive_int, default=1_000_000, help="Larger requests get HTTP 413."
     )
     parser.add_argument("--max-new-tokens", type=positive_int, default=512, help="Cap on max_tokens of any request.")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="The judge's weights' dtype (auto: the one saved with the model).",
+    )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0.")
     parser.add_argument("--chat-template", default=None, help="A Jinja chat template file, if the tokenizer has none.")
     parser.add_argument(
@@ -68,9 +80,10 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from ..labeling.judge_server import start_judge_server
+    from ..utils.network import is_loopback
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback(args.host):
         print(
             f"serve-judge: warning: binding {args.host} exposes the model beyond this machine; set "
             "DMOERM_JUDGE_API_KEY to require a bearer token.",

@@ -296,13 +296,9 @@ def load_category_spec(name_or_path: str | os.PathLike | Mapping | CategorySpec 
     path = Path(name)
     if not path.is_file():
         raise FileNotFoundError(f"Category set {name!r}: not 'paper' and no such YAML file.")
-    import yaml
+    from ..paths import read_yaml_file
 
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err}). Fix the YAML syntax.") from None
-    return _spec_from_mapping(data, str(path))
+    return _spec_from_mapping(read_yaml_file(path), str(path))
 
 
 def load_category_set(name_or_path: str | os.PathLike | Mapping | CategorySpec = "paper") -> dict[str, list[str]]:

@@ -94,6 +94,20 @@ class DataReport:
     counts: Counter = field(default_factory=Counter)
     warnings: list[str] = field(default_factory=list)
 
+    @staticmethod
+    def key(what: str, name: str) -> str:
+        """A count's name: ``what`` in snake case, then ``name``, a word shared at the seam said once.
+
+        Example:
+            >>> DataReport.key("human pairs", "pairs_longer_than_max_length"), DataReport.key("human", "pairs_x")
+            ('human_pairs_longer_than_max_length', 'human_pairs_x')
+        """
+        slug = "_".join(what.split())
+        first = name.split("_", 1)[0]
+        if (slug == first or slug.endswith("_" + first)) and "_" in name:
+            name = name.split("_", 1)[1]
+        return f"{slug}_{name}"
+
     def add_load(self, prefix: str, load: LoadReport) -> None:
         """Add ``load``'s counts (its integer fields) as ``<prefix>_<field>``."""
         self.counts.update({f"{prefix}_{k}": v for k, v in load.to_dict().items() if isinstance(v, int)})

@@ -18,14 +18,10 @@ def parse_category_map(value: Mapping | str | os.PathLike) -> dict[str, str]:
     """
     source = "category_map"
     if isinstance(value, (str, os.PathLike)) and Path(value).is_file():
-        import yaml
+        from ..paths import read_yaml_file
 
         source = str(value)
-        try:
-            value = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            first_line = str(err).splitlines()[0]
-            raise ValueError(f"{source}: not a YAML/JSON mapping ({first_line}). Fix the file.") from None
+        value = read_yaml_file(value)
     elif isinstance(value, str):
         items = [item.strip() for item in value.split(",") if item.strip()]
         if not items or any(item.count("=") != 1 for item in items):

@@ -57,7 +57,7 @@ def resolve_categories(dataset, spec, model_categories: dict[str, list[str]], wh
     resolved = [resolve(name) for name in dataset["category"]]
     keep = [i for i, name in enumerate(resolved) if name is not None]
     if unknown:
-        report.counts[f"{what}_unknown_category_rows"] += sum(unknown.values())
+        report.counts[report.key(what, "unknown_category_rows")] += sum(unknown.values())
         report.warn(
             f"{what}: skipped {sum(unknown.values())} of {len(dataset)} rows whose category is not one of the model's "
             f"({sorted(model_categories)}): {dict(unknown.most_common(5))}. Fix: add those categories to the "

@@ -143,7 +143,7 @@ def tokenize_pairs(dataset, tokenizer, max_length: int | None, what: str, report
         )
         dropped = before - len(dataset)
         if dropped and report is not None:
-            report.counts[f"{what}_pairs_longer_than_max_length"] += dropped
+            report.counts[report.key(what, "pairs_longer_than_max_length")] += dropped
             report.warn(
                 f"{what}: dropped {dropped} of {before} pairs longer than max_length={max_length} tokens. Fix: raise "
                 "max_length (up to the backbone's limit) if they matter."

@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..utils.io import atomic_path, atomic_write_text
+from ..utils.io import atomic_path
 
 __all__ = ["DemoConfig", "DemoSizes", "prepare_reward_backbone", "run_demo"]
 
@@ -139,16 +139,6 @@ def prepare_reward_backbone(smollm2_path: str, num_layers: int, cache_dir: str |
     return str(folder)
 
 
-def _write_categories(world, categories: dict[str, list[str]], path: Path) -> None:
-    import dataclasses
-
-    import yaml
-
-    spec = dataclasses.replace(world.category_spec(), categories=categories)
-    text = "# The demo's category set: the synthetic world's categories, first capabilities (dmoerm demo).\n"
-    atomic_write_text(path, text + yaml.safe_dump(spec.to_yaml_dict(), allow_unicode=True, sort_keys=False))
-
-
 def _subsample_labels(source: Path, target: Path, limit: int, seed: int) -> dict[str, int]:
     from ..data import write_jsonl_atomic
 
@@ -176,8 +166,7 @@ def run_demo(config: DemoConfig) -> dict:
     """Run every step; write ``report.md``, ``metrics.json`` and the charts into ``config.output``; return metrics."""
     import torch
 
-    from ..synthetic import SyntheticWorld
-    from ..synthetic.generator import SyntheticDataConfig, generate_dataset, write_dataset
+    from .world import demo_world_data, label_with_synthetic_judge
 
     sizes = config.sizes
     out = Path(config.output).resolve()
@@ -209,19 +198,8 @@ def run_demo(config: DemoConfig) -> dict:
 
     # 2. data ---------------------------------------------------------------------------------------------------
     progress.stage(f"Data: synthetic ground-truth world, {len(sizes.categories)} categories")
-    world = SyntheticWorld(sizes.categories)
-    categories = {name: caps[: sizes.max_capabilities] for name, caps in world.categories.items()}
-    dataset = generate_dataset(
-        SyntheticDataConfig(
-            pairs_per_category=sizes.pairs_per_category,
-            test_pairs_per_category=sizes.test_pairs_per_category,
-            categories=sizes.categories,
-            seed=config.seed,
-        )
-    )
-    paths = write_dataset(dataset, out / "data")
-    categories_yaml = out / "data" / "demo_categories.yaml"
-    _write_categories(world, categories, categories_yaml)
+    data = demo_world_data(sizes, config.seed, out)
+    world, categories, dataset, paths = data.world, data.categories, data.dataset, data.paths
     human_agreement = _heldout_accuracy_of_human_labels(dataset.train)
     print(
         f"{len(dataset.train)} training pairs (human ranks agree with the gold on {human_agreement:.0%}), "
@@ -237,25 +215,10 @@ def run_demo(config: DemoConfig) -> dict:
 
     # 3. labels -------------------------------------------------------------------------------------------------
     progress.stage("Capability labels: openai client -> synthetic judge on 127.0.0.1 (position-swap filter)")
-    from ..labeling import LabelingConfig, run_labeling
-    from ..synthetic.judge import capability_judge_server
-
     labels_dir = out / "labels"
-    with capability_judge_server(world, flip_rate=0.1, seed=config.seed, port=0) as server:
-        print(f"judge serving at {server.base_url}")
-        result = run_labeling(
-            LabelingConfig(
-                data=paths["train"],
-                output=str(labels_dir),
-                model="synthetic-judge",
-                base_url=server.base_url,
-                mode="per_capability",
-                categories=str(categories_yaml),
-                concurrency=8,
-            ),
-            api_key="local-demo-judge",
-        )
-        judge_stats = dict(server.answer.stats)
+    result, judge_stats = label_with_synthetic_judge(
+        data, labels_dir, seed=config.seed, on_start=lambda url: print(f"judge serving at {url}")
+    )
     print(
         f"judge stopped; {len(result.labels)} consistent labels from {result.summary.get('calls')} calls "
         f"({result.summary.get('cache_hits')} cache hits)"
@@ -292,7 +255,7 @@ def run_demo(config: DemoConfig) -> dict:
         backbone,
         paths["train"],
         labels_dir / "demo_labels.jsonl",
-        categories_yaml,
+        data.categories_yaml,
         run_dir,
         sizes,
         config.seed,

@@ -151,23 +151,8 @@ def classify_prompts(config, prompts, spec, *, api_key: str | None = None) -> Ca
         )
         cache = LabelCache(config.cache_path)
         stats = CallStats()
-        judge = JudgeClient(
-            client,
-            config.model,
-            cache,
-            template_sha256=TEMPLATE_SHA256,
-            temperature=config.temperature,
-            seed=config.seed,
-            response_format="none",
-            concurrency=config.concurrency,
-            timeout=config.timeout,
-            max_retries=config.max_retries,
-            backoff_base=config.backoff_base,
-            backoff_max=config.backoff_max,
-            budget_calls=config.budget_calls,
-            budget_tokens=config.budget_tokens,
-            secret=key,
-            stats=stats,
+        judge = JudgeClient.from_config(
+            client, config, cache, template_sha256=TEMPLATE_SHA256, response_format="none", secret=key, stats=stats
         )
         try:
             result = await CategoryClassifier(judge, spec).aclassify(prompts)

@@ -232,6 +232,26 @@ class JudgeClient:
         self._json_probe = asyncio.Lock()
         self._pending: dict[str, asyncio.Future] = {}
         self._json_confirmed = False
+        self._ever_answered = False  # a judge that never answered and cannot be reached stops the run
+
+    @classmethod
+    def from_config(cls, client, config, cache: LabelCache, **overrides) -> JudgeClient:
+        """A client with a :class:`~dmoerm_trl.labeling.LabelingConfig`'s model, sampling, concurrency, retry and
+        budget settings (what every labeling step shares); ``overrides`` sets the rest (``template_sha256``,
+        ``secret``, ``stats``, or a ``response_format`` other than the config's)."""
+        settings = {
+            "temperature": config.temperature,
+            "seed": config.seed,
+            "response_format": config.response_format,
+            "concurrency": config.concurrency,
+            "timeout": config.timeout,
+            "max_retries": config.max_retries,
+            "backoff_base": config.backoff_base,
+            "backoff_max": config.backoff_max,
+            "budget_calls": config.budget_calls,
+            "budget_tokens": config.budget_tokens,
+        }
+        return cls(client, config.model, cache, **(settings | overrides))
 
     # -- JSON mode -------------------------------------------------------------------------------------------------
     def json_mode_active(self) -> bool:
@@ -346,6 +366,8 @@ class JudgeClient:
             except _Retryable as err:
                 message = redact(str(err), self._secret)
                 self.stats.note_error(err.kind, message)
+                if err.kind == "connection_error" and not self._ever_answered:
+                    await self._refuse_if_never_reachable(message)
                 if attempt >= self.max_retries:
                     self.stats.failed_requests += 1
                     logger.warning(
@@ -359,6 +381,7 @@ class JudgeClient:
                 attempt += 1
                 await asyncio.sleep(delay)
                 continue
+            self._ever_answered = True
             prompt_tokens, completion_tokens = usage
             self.stats.tokens_in += prompt_tokens
             self.stats.tokens_out += completion_tokens
@@ -399,6 +422,18 @@ class JudgeClient:
             if not request.done():
                 request.cancel()  # closes the connection: serve-judge and vLLM stop generating it
                 await asyncio.gather(request, return_exceptions=True)
+
+    async def _refuse_if_never_reachable(self, message: str) -> None:
+        """A judge that has not answered once in this run and does not answer ``GET /models`` either is a wrong
+        ``--base-url`` or a server that is not running: stop the run now (it resumes from the cache) rather than
+        retry every request for hours. Once the judge has answered, connection errors are retried as usual."""
+        if await self._server_alive(10.0):
+            return
+        base_url = str(getattr(self.client, "base_url", "the judge")).rstrip("/")
+        raise JudgeError(
+            f"cannot reach the judge at {base_url} (nothing answered, not even GET /models; last error: {message}). "
+            "Fix: start the server (e.g. `dmoerm serve-judge --model PATH`) or correct --base-url; a rerun resumes"
+        )
 
     async def _server_alive(self, seconds: float) -> bool:
         import openai

@@ -164,23 +164,8 @@ class CapabilityLabeler:
             base_url=config.base_url, api_key=self._api_key or "no-key-needed", max_retries=0, timeout=config.timeout
         )
         cache = LabelCache(config.cache_path)
-        judge = JudgeClient(
-            client,
-            config.model,
-            cache,
-            template_sha256=self.template.sha256,
-            temperature=config.temperature,
-            seed=config.seed,
-            response_format=config.response_format,
-            concurrency=config.concurrency,
-            timeout=config.timeout,
-            max_retries=config.max_retries,
-            backoff_base=config.backoff_base,
-            backoff_max=config.backoff_max,
-            budget_calls=config.budget_calls,
-            budget_tokens=config.budget_tokens,
-            secret=self._api_key,
-            stats=stats,
+        judge = JudgeClient.from_config(
+            client, config, cache, template_sha256=self.template.sha256, secret=self._api_key, stats=stats
         )
         outcomes: dict[tuple[int, str, bool], tuple[str, int | None]] = {}
         undecided_answers: list[dict] = []  # the first answer that named neither response (for the summary)

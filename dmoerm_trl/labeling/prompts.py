@@ -167,15 +167,12 @@ def load_template(mode: str, language: str = "en", path: str | os.PathLike | Non
         >>> load_template("joint", "en").mode
         'joint'
     """
-    import yaml
+    from ..paths import read_yaml_file
 
     source = Path(path) if path is not None else TEMPLATE_DIR / f"{mode}_{language}.yaml"
     if not source.is_file():
         raise TemplateError(f"{source}: no such template file.")
-    try:
-        data = yaml.safe_load(source.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise TemplateError(f"{source}: not valid YAML ({err}). Fix the YAML syntax.") from None
+    data = read_yaml_file(source, TemplateError)
     if not isinstance(data, Mapping) or not isinstance(data.get("user"), str):
         raise TemplateError(f"{source}: needs a 'user' message (a string). Fix: add user: |- ... to the file.")
     file_mode = data.get("mode", mode)

@@ -121,6 +121,15 @@ def _type_name(value) -> str:
     return "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)
 
 
+def _check_item_count(value: list, field: str, settings: ServeSettings) -> None:
+    if len(value) > settings.max_items_per_request:
+        raise ApiError(
+            413,
+            f"`{field}` has {len(value)} items, more than this server accepts per request "
+            f"({settings.max_items_per_request}); split the request",
+        )
+
+
 def _string_list(data: dict, field: str, settings: ServeSettings, required: bool = True) -> list[str] | None:
     value = data.get(field)
     if value is None:
@@ -131,12 +140,7 @@ def _string_list(data: dict, field: str, settings: ServeSettings, required: bool
         raise ApiError(400, f"`{field}` must be an array of strings, got {_type_name(value)}")
     if not value:
         raise ApiError(400, f"`{field}` is empty; send at least one text")
-    if len(value) > settings.max_items_per_request:
-        raise ApiError(
-            413,
-            f"`{field}` has {len(value)} items, more than this server accepts per request "
-            f"({settings.max_items_per_request}); split the request",
-        )
+    _check_item_count(value, field, settings)
     for index, text in enumerate(value):
         if not isinstance(text, str):
             raise ApiError(400, f"{field}[{index}]: expected a string, got {_type_name(text)}")
@@ -151,12 +155,7 @@ def _conversations(data: dict, settings: ServeSettings) -> list:
         raise ApiError(400, f"`conversations` must be an array of message lists, got {_type_name(value)}")
     if not value:
         raise ApiError(400, "`conversations` is empty; send at least one conversation")
-    if len(value) > settings.max_items_per_request:
-        raise ApiError(
-            413,
-            f"`conversations` has {len(value)} items, more than this server accepts per request "
-            f"({settings.max_items_per_request}); split the request",
-        )
+    _check_item_count(value, "conversations", settings)
     for index, conversation in enumerate(value):
         where = f"conversations[{index}]"
         if isinstance(conversation, str):

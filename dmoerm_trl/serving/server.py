@@ -10,28 +10,16 @@ Example:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import signal
 import socket
 import sys
 import threading
 
+from ..utils.network import is_loopback
 from .app import ServeSettings, create_app
 
 logger = logging.getLogger("dmoerm_trl.serve")
-
-LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ``localhost``."""
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def exposure_warning(host: str, api_key: str | None) -> str | None:

@@ -62,11 +62,10 @@ def label_capabilities(label_config: str, dataset_path: str, spec, output_dir, l
 
 def _labeling_config(label_config: str, **fixed):
     """The :class:`LabelingConfig` of a ``label_config`` YAML, with the pipeline's own values in ``fixed``."""
-    import yaml
-
     from ..labeling.config import LabelingConfig
+    from ..paths import read_yaml_file
 
-    options = yaml.safe_load(Path(label_config).read_text(encoding="utf-8")) or {}
+    options = read_yaml_file(label_config, TrainingDataError) or {}
     if not isinstance(options, dict) or "api_key" in options:
         raise TrainingDataError(
             f"{label_config}: must be a mapping of `dmoerm label` options, without api_key (the key is read from the "

@@ -124,6 +124,7 @@ class PipelineData:
                 skip_invalid=self.data_args.skip_invalid_records,
                 report=label_report,
             )
+            self.report.add_load("capability_labels", label_report)
             self.report.counts["capability_labels_read"] = len(labels)
             labels = resolve_categories(labels, spec, self.categories, "capability labels", self.report)
             self.labels = tokenize_pairs(labels, self.tokenizer, self.max_length, "capability labels", self.report)

@@ -123,3 +123,17 @@ def test_a_run_with_few_labels_prints_why_one_line_per_cause(labeling_data, tmp_
     with ScriptedJudgeServer(VerdictJudge(labeling_data.scores)) as server:  # all labeled: no explanation
         assert main(label_args(labeling_data, tmp_path / "clean", server)) == 0
     assert "why only" not in capsys.readouterr().out
+
+
+def test_a_hosted_judge_without_an_api_key_is_refused_before_any_call(labeling_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    argv = ["label", "--data", labeling_data.data, "--output", str(tmp_path / "out"), "--model", "gpt-4o-mini"]
+    assert main([*argv, "--base-url", "https://api.example.com/v1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and "https://api.example.com/v1 is not on this machine, but OPENAI_API_KEY is not set" in err[0]
+    )
+    assert not (tmp_path / "out").exists()
+    # a local judge needs no key: the run gets past the check (and stops at once: nothing listens on port 9)
+    assert main([*argv, "--base-url", "http://127.0.0.1:9/v1", "--categories", labeling_data.categories]) == 1
+    assert "cannot reach the judge at http://127.0.0.1:9/v1" in capsys.readouterr().err

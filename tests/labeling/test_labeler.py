@@ -300,6 +300,23 @@ def test_a_request_to_a_server_that_went_down_is_abandoned_and_retried(tmp_path)
     assert elapsed < 60  # each copy: 0.2 s, then a 1 s liveness check that fails
 
 
+def test_a_judge_that_cannot_be_reached_stops_the_run_at_once(tmp_path):
+    """A wrong --base-url (nothing listens): one attempt and one GET /models, then the run stops naming the URL;
+    before, every request was retried max_retries times with backoff (hours for a real data set)."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = make_labeling_data(tmp_path, records=2)
+    server = type("Nobody", (), {"base_url": f"http://127.0.0.1:{port}/v1"})()
+    started = time.monotonic()
+    summary = run_labeling(fast_config(data, tmp_path / "out", server, mode="joint", concurrency=1)).summary
+    assert time.monotonic() - started < 30
+    assert f"cannot reach the judge at http://127.0.0.1:{port}/v1" in summary["aborted"]
+    assert "dmoerm serve-judge" in summary["aborted"] and summary["retries"] == 0 and not summary["complete"]
+
+
 def test_adaptive_concurrency_halves_once_per_window_and_grows_back():
     from dmoerm_trl.labeling.judge_client import AdaptiveConcurrency
 

@@ -152,6 +152,14 @@ def test_score_conversations_and_health(servers, dmoerm_local):
     assert set(results[0]["capability_rewards"]) == {"empathy", "fluency"}
 
 
+def test_an_over_long_text_is_refused_not_truncated(servers):
+    from dmoerm_trl.rl.remote import RemoteRewardError
+
+    remote = RemoteReward(servers["dmoerm"].url, max_retries=0)
+    with pytest.raises(RemoteRewardError, match=r"HTTP 400: .*tokens, more than this server accepts \(256"):
+        remote(prompts=["Hi"], completions=["word " * 400])
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [

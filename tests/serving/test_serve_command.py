@@ -41,3 +41,16 @@ def test_loopback_detection_and_the_key_stays_out_of_repr():
     assert exposure_warning("127.0.0.1", None) is None
     assert "requests need the bearer token" in exposure_warning("0.0.0.0", "k")
     assert "k3y-value" not in repr(ServeSettings(api_key="k3y-value"))
+
+
+@pytest.mark.parametrize("command", ["serve", "serve-judge"])
+def test_help_says_each_default_once_and_every_flag_has_help(capsys, command):
+    import re
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    for flag_help in re.split(r" (?=--\w)", text.split("options:")[1])[1:]:
+        assert flag_help.lower().count("default") <= 1, flag_help
+        assert len(flag_help.split()) > 2, f"no help text: {flag_help}"  # the flag, its metavar, then words

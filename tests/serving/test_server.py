@@ -83,7 +83,7 @@ def test_v1_rewards_equals_compute_rewards_and_categories_bypass_the_router(serv
         assert got["reward"] == pytest.approx(want["reward"], abs=1e-5)
         assert got["category"] == want["category"]
         assert got["router_prob"] == pytest.approx(want["router_prob"], abs=1e-5)
-        assert got["capability_rewards"] == pytest.approx(want["capabilities"], abs=1e-5)
+        assert got["capability_rewards"] == pytest.approx(want["capability_rewards"], abs=1e-5)
     names = model.config.category_names
     categories = [names[i % len(names)] if i % 3 else None for i in range(len(conversations))]
     bypassed = post(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from trainer_helpers import DATA, quick_args
 
@@ -81,3 +82,14 @@ def test_pipeline_labels_then_trains_the_experts(tmp_path, one_thread):
     assert state["label"]["status"] == "done" and state["label"]["labels"] == len(labels)
     for capability in ("empathy_ability", "proactivity"):
         assert state[f"capability/chitchat/{capability}"]["status"] == "done"
+
+
+def test_a_label_config_that_is_not_yaml_is_one_line_naming_it(tmp_path):
+    from dmoerm_trl.data.errors import TrainingDataError
+    from dmoerm_trl.trainers.labeling_step import _labeling_config
+
+    broken = tmp_path / "label.yaml"
+    broken.write_text("model: [unclosed\n", encoding="utf-8")
+    with pytest.raises(TrainingDataError, match=r"label\.yaml: not valid YAML \(.*\)\. Fix the YAML syntax") as caught:
+        _labeling_config(str(broken))
+    assert "\n" not in str(caught.value)

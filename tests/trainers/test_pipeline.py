@@ -59,7 +59,7 @@ def test_tiny_pipeline_trains_every_stage_into_one_loadable_folder(finished_tiny
     )
     assert [r["category"] for r in results] == ["objective_qa", "objective_qa"]
     assert results[0]["reward"] > results[1]["reward"]
-    assert results[0]["capabilities"]["correctness"] > results[1]["capabilities"]["correctness"]
+    assert results[0]["capability_rewards"]["correctness"] > results[1]["capability_rewards"]["correctness"]
     card_metrics = json.loads((output_dir / "eval_results.json").read_text())  # flat: "<stage>/eval_accuracy"
     assert card_metrics["router/eval_accuracy"] >= 0.6
     assert 0.6 <= card_metrics["validation_accuracy"] <= 1.0
@@ -120,7 +120,7 @@ def test_category_without_data_is_a_reported_skip_when_asked(tmp_path, capsys, o
     summary = json.loads((tmp_path / "run" / "training_summary.json").read_text())
     assert summary["data"]["counts"]["categories_skipped_no_data"] == 1
     # the rows of categories the model does not have (objective_qa, roleplay) are counted, not silently lost
-    assert summary["data"]["counts"]["human pairs_unknown_category_rows"] > 0
+    assert summary["data"]["counts"]["human_pairs_unknown_category_rows"] > 0
 
 
 def test_label_file_that_does_not_match_the_model(tmp_path, capsys):

@@ -53,8 +53,11 @@ def test_pipeline_data_prepares_splits_and_each_stages_rows_on_its_own(tmp_path)
     assert len(router_train) == sum(len(s["task"]) + len(s["aggregator"]) for s in data.splits.values())
     expert_train, _ = data.stage_data(Stage("capability", "chitchat", "empathy_ability"))
     assert set(expert_train["capability"]) == {"empathy_ability"} and set(expert_train["category"]) == {"chitchat"}
-    # the load's counts reach the run's report under the human_ prefix
-    assert data.report.counts["human_records"] > 0 and data.report.counts["human_pairs"] >= len(data.human)
+    # the load's counts reach the run's report under the human_ prefix, the labels' under capability_labels_
+    counts = data.report.counts
+    assert counts["human_records"] > 0 and counts["human_pairs"] >= len(data.human)
+    assert counts["capability_labels_pairs"] == counts["capability_labels_read"] > 0
+    assert "capability_labels_skipped_records" in counts and all(" " not in key for key in counts)
 
 
 def test_changed_splits_after_finished_stages_are_refused_before_splits_json_is_rewritten(tmp_path):

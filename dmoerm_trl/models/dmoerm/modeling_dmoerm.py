@@ -580,12 +580,12 @@ class DMoERMForSequenceClassification(
         self, conversations, tokenizer, batch_size: int = 16, max_length: int | None = None, categories=None
     ):
         """Score chat conversations (or chat-templated texts): a list of ``{reward, category, router_prob,
-        capabilities}`` dicts. The category comes from the prompt alone; ``categories=`` bypasses the router.
+        capability_rewards}`` dicts. The category comes from the prompt alone; ``categories=`` bypasses the router.
 
         Example:
             >>> model.compute_rewards([[{"role": "user", "content": "Hi"},  # doctest: +SKIP
             ...                         {"role": "assistant", "content": "Hello!"}]], tokenizer)
-            [{'reward': 0.12, 'category': 'chitchat', 'router_prob': 0.61, 'capabilities': {'empathy': ...}}]
+            [{'reward': 0.12, 'category': 'chitchat', 'router_prob': 0.61, 'capability_rewards': {'empathy': ...}}]
         """
         from ...scoring import score_conversations
 
