@@ -102,10 +102,13 @@ def run(args: argparse.Namespace) -> int:
             f"{config.api_key_env}.",
             file=sys.stderr,
         )
-    if not (args.api_key or os.environ.get(config.api_key_env)) and not is_local_url(config.base_url):
+    if config.data and "://" not in str(config.data) and not os.path.exists(config.data):
+        raise FileNotFoundError(f"--data {config.data}: no such file or folder")  # before the key: data first
+    endpoint = config.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    if not (args.api_key or os.environ.get(config.api_key_env)) and not is_local_url(endpoint):
         raise ValueError(
-            f"--base-url {config.base_url} is not on this machine, but {config.api_key_env} is not set: export the "
-            f"API key as {config.api_key_env} (or name another variable with --api-key-env); a local judge "
+            f"--base-url {endpoint} is not on this machine, but {config.api_key_env} is not set: export the API key "
+            f"as {config.api_key_env} (or name another variable with --api-key-env); a local judge "
             "(http://127.0.0.1:..., e.g. dmoerm serve-judge) needs none"
         )
     result = run_labeling(config, api_key=args.api_key)
