@@ -242,3 +242,16 @@ def test_dmoerm_push_to_an_unreachable_hub_is_one_line(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert len(errors) == 1 and errors[0].startswith("dmoerm push: error: the upload to me/tiny failed (")
     assert "hf_not_a_real_token" not in result.stderr
+
+
+def test_dmoerm_push_takes_the_flag_spelling_too(capsys):
+    from dmoerm_trl.cli import main
+
+    folder = str(Path(__file__).parent / "fixtures" / "saved_dmoerm_v1")
+    # the flags reach the same checks as the positional form (here: a local base needs --save-base)
+    assert main(["push", "--model", folder, "--repo_id", "me/tiny"]) == 2
+    assert "which a reader of me/tiny cannot download; add --save-base" in capsys.readouterr().err
+    assert main(["push", folder]) == 2
+    assert "--repo_id is missing: dmoerm push MODEL_DIR REPO_ID, or --model" in capsys.readouterr().err
+    assert main(["push", folder, "me/tiny", "--model", folder]) == 2
+    assert "--model is given twice" in capsys.readouterr().err

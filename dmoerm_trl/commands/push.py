@@ -18,8 +18,13 @@ import argparse
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help_text, description=__doc__.split("\n\n")[0])
-    parser.add_argument("model_dir", help="a folder written by DMoERMForSequenceClassification.save_pretrained")
-    parser.add_argument("repo_id", help="the Hub repository, e.g. me/my-dmoerm")
+    parser.add_argument(
+        "model_dir", nargs="?", help="a folder written by DMoERMForSequenceClassification.save_pretrained"
+    )
+    parser.add_argument("repo_id", nargs="?", help="the Hub repository, e.g. me/my-dmoerm")
+    # The flag spelling every other command uses (--model), besides the positional one (huggingface-cli's).
+    parser.add_argument("--model", dest="model_flag", default=None, help="the model folder, instead of MODEL_DIR")
+    parser.add_argument("--repo_id", dest="repo_flag", default=None, help="the Hub repository, instead of REPO_ID")
     parser.add_argument("--metrics", default=None, help="a JSON file of evaluation metrics (numbers are kept)")
     parser.add_argument("--metric", action="append", default=[], help="one metric as name=value (repeatable)")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
@@ -70,11 +75,22 @@ def collect_metrics(metrics_file: str | None, metric_args: list[str]) -> dict:
     return metrics
 
 
+def _model_and_repo(args: argparse.Namespace) -> None:
+    """``args.model_dir`` / ``args.repo_id`` from the positional arguments or ``--model`` / ``--repo_id`` (one each)."""
+    for positional, flag, name in (("model_dir", "model_flag", "--model"), ("repo_id", "repo_flag", "--repo_id")):
+        given = [value for value in (getattr(args, positional), getattr(args, flag, None)) if value is not None]
+        if len(given) != 1:
+            what = "is missing" if not given else "is given twice (positional and flag)"
+            raise ValueError(f"{name} {what}: dmoerm push MODEL_DIR REPO_ID, or --model MODEL_DIR --repo_id REPO_ID")
+        setattr(args, positional, given[0])
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
     try:
+        _model_and_repo(args)
         metrics = collect_metrics(args.metrics, args.metric)
         model_dir = Path(args.model_dir)
         if not (model_dir / "config.json").is_file():

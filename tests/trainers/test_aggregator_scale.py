@@ -56,6 +56,7 @@ def test_phase3_selects_on_validation_loss_moves_the_aggregator_and_lowers_valid
 ):
     rows = category_pairs(pairs, "chitchat")
     train, validation = rows.select(range(len(rows) - 40)), rows.select(range(len(rows) - 40, len(rows)))
+    torch.manual_seed(0)  # the heads' and the MLP's initialisation: not left to whichever tests ran before
     model = tiny_dmoerm(tiny_llama_path, tiny_tokenizer)
     randomize_adapters(model)  # experts that differ, as after phase 2
     aggregator = model.aggregators["chitchat"]
@@ -73,7 +74,7 @@ def test_phase3_selects_on_validation_loss_moves_the_aggregator_and_lowers_valid
     assert len(losses) == 4
     final_loss = trainer.evaluate()["eval_loss"]
     assert final_loss == pytest.approx(min(losses), abs=1e-5)  # the kept weights are the best-loss epoch's
-    assert final_loss < initial_loss - 0.1
+    assert final_loss < initial_loss - 0.1, (initial_loss, final_loss)
     # the MLP moved away from its random start by a clear amount (not 2-3 steps)
     for name in ("proj.weight", "out.weight"):
         moved = (aggregator.get_parameter(name) - initial[name]).norm() / initial[name].norm()
