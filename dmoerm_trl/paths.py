@@ -53,6 +53,16 @@ def require_model(path: str, flag: str) -> str:
     return path
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its class name when it has none), for one-line user errors.
+
+    Example:
+        >>> first_line(OSError("no such model\\nmore detail")), first_line(KeyError())
+        ('no such model', 'KeyError')
+    """
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def unloadable_model(flag: str, path: str, error: Exception) -> ValueError:
     """The one-line error for a ``flag`` value that passed :func:`require_model` (a folder or a hub id) and still
     could not be loaded, e.g. a hub id that does not exist or is not in the cache while offline.
@@ -61,9 +71,8 @@ def unloadable_model(flag: str, path: str, error: Exception) -> ValueError:
         >>> str(unloadable_model("--model", "org/typo", OSError("org/typo is not a valid model identifier\\nmore")))
         '--model org/typo: cannot be loaded (org/typo is not a valid model identifier); pass a folder written by save_pretrained, or a hub id that exists (with HF_HUB_OFFLINE=1: one already in the local cache)'
     """
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return ValueError(
-        f"{flag} {path}: cannot be loaded ({first_line}); pass a folder written by save_pretrained, or a hub id that "
+        f"{flag} {path}: cannot be loaded ({first_line(error)}); pass a folder written by save_pretrained, or a hub id that "
         "exists (with HF_HUB_OFFLINE=1: one already in the local cache)"
     )
 
@@ -85,5 +94,4 @@ def read_yaml_file(path: str | os.PathLike, error: type[Exception] = ValueError)
     try:
         return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise error(f"{path}: not valid YAML ({first_line}). Fix the YAML syntax.") from None
+        raise error(f"{path}: not valid YAML ({first_line(err)}). Fix the YAML syntax.") from None

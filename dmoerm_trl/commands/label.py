@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             f"{config.api_key_env}.",
             file=sys.stderr,
         )
-    if config.data and "://" not in str(config.data) and not os.path.exists(config.data):
+    if config.data and not os.path.exists(config.data):
         raise FileNotFoundError(f"--data {config.data}: no such file or folder")  # before the key: data first
     endpoint = config.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
     if not (args.api_key or os.environ.get(config.api_key_env)) and not is_local_url(endpoint):

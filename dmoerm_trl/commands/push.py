@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..paths import first_line
+
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help_text, description=__doc__.split("\n\n")[0])
@@ -75,6 +77,10 @@ def collect_metrics(metrics_file: str | None, metric_args: list[str]) -> dict:
     return metrics
 
 
+# Where the Hub client's network and HTTP errors come from (huggingface_hub's own, or its HTTP library's).
+_HUB_TRANSPORT_MODULES = ("httpx", "httpx2", "requests", "huggingface_hub", "urllib3")
+
+
 def _model_and_repo(args: argparse.Namespace) -> None:
     """``args.model_dir`` / ``args.repo_id`` from the positional arguments or ``--model`` / ``--repo_id`` (one each)."""
     for positional, flag, name in (("model_dir", "model_flag", "--model"), ("repo_id", "repo_flag", "--repo_id")):
@@ -129,13 +135,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"dmoerm push: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:
-        if not type(err).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "huggingface_hub", "urllib3"):
+        if type(err).__module__.split(".")[0] not in _HUB_TRANSPORT_MODULES:  # a bug, not the network: traceback
             raise
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         print(
-            f"dmoerm push: error: the upload to {args.repo_id} failed ({type(err).__name__}: {first_line}); check the "
-            "network (or HF_ENDPOINT) and that `hf auth login` or HF_TOKEN gives write access to the repository; "
-            "nothing was changed on the Hub unless a commit is listed there",
+            f"dmoerm push: error: the upload to {args.repo_id} failed ({type(err).__name__}: {first_line(err)}); "
+            "check the network (or HF_ENDPOINT) and that `hf auth login` or HF_TOKEN gives write access to the "
+            "repository; nothing was changed on the Hub unless a commit is listed there",
             file=sys.stderr,
         )
         return 1

@@ -112,9 +112,10 @@ def run(args: argparse.Namespace) -> int:
     if tokenizer.chat_template is None:
         chat = next((number for number, conversation, _, _ in records if isinstance(conversation, list)), None)
         if chat is not None:
+            source = args.tokenizer or "the model folder's"
             raise ValueError(
                 f"{args.input}, line {chat}: `messages` need a chat template, but the tokenizer "
-                f"({args.tokenizer or 'the model folder' + chr(39) + 's'}) has none; pass --tokenizer with a chat "
+                f"({source}) has none; pass --tokenizer with a chat "
                 "template (by default the model folder's), or give `text` already rendered with the template"
             )
     by_category: dict[str, list[int]] = {}  # records that name their category (the router is bypassed), by category
@@ -191,7 +192,8 @@ def _warn_repeated_ids(records, path: str) -> None:
         key = json.dumps(record_id)
         if key in seen:
             repeated.append((number, seen[key], record_id))
-        seen.setdefault(key, number)
+        else:
+            seen[key] = number
     if repeated:
         number, first, record_id = repeated[0]
         print(
