@@ -24,6 +24,7 @@ CASES = {
     "dmoerm label --help": "from dmoerm_trl.cli import main; main(['label', '--help'])",
     "dmoerm train --help": "from dmoerm_trl.cli import main; main(['train', '--help'])",
     "dmoerm grpo --help": "from dmoerm_trl.cli import main; main(['grpo', '--help'])",
+    "dmoerm train --help-all": "from dmoerm_trl.cli import main; main(['train', '--help-all'])",
 }
 PROBE = "\nimport sys; print('TORCH=' + str('torch' in sys.modules), file=sys.stderr)"
 

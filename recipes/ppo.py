@@ -4,7 +4,7 @@
     accelerate launch --config_file accelerate_configs/cpu_multi_process.yaml recipes/ppo.py \
         --config recipes/configs/ppo_tiny.yaml
 
-Any config value can be overridden on the command line (``--learning_rate 1e-5``); ``--help`` lists them all.
+Any config value can be overridden on the command line (``--learning_rate 1e-5``); ``--help-all`` lists them all.
 Same code as ``dmoerm ppo``.
 """
 

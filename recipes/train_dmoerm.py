@@ -4,7 +4,7 @@
     accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml recipes/train_dmoerm.py \
         --config recipes/configs/X.yaml
 
-Any config value can be overridden on the command line (``--task_learning_rate 1e-4``); ``--help`` lists them.
+Any config value can be overridden on the command line (``--task_learning_rate 1e-4``); ``--help`` lists the DMoERM ones, ``--help-all`` all.
 """
 
 from __future__ import annotations

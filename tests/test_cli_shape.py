@@ -108,7 +108,7 @@ def test_old_dash_spelling_still_parses():
 
 
 def test_help_imports_no_torch():
-    commands = ", ".join(repr(c) for c in ARGPARSE_COMMANDS)
+    commands = ", ".join(repr(c) for c in SUBCOMMANDS)  # the TrlParser commands' --help is a stored text
     result = _python(
         "import sys, contextlib, io\n"
         "from dmoerm_trl.cli import main\n"

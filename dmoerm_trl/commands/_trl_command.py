@@ -4,7 +4,8 @@ A command module declares its dataclasses and its work function and hands them t
 it the three functions every ``dmoerm`` subcommand has (``add_parser``, ``run``, ``main``): argparse only forwards
 the arguments, ``TrlParser`` parses ``--config FILE`` and ``--flag value`` pairs into the dataclasses (both
 ``--max_length`` and ``--max-length`` are accepted, help shows the first), logging is set up once, and a user mistake
-is one line on stderr with exit code 2 (:func:`dmoerm_trl.commands._errors.run_command`).
+is one line on stderr with exit code 2 (:func:`dmoerm_trl.commands._errors.run_command`). ``--help`` lists the
+command's own flags from a stored text, without importing TRL; ``--help-all`` lists every flag (``_help.py``).
 
 Example:
     >>> from dmoerm_trl.commands._trl_command import TrlCommand
@@ -23,6 +24,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from ._errors import OneSpellingDefaultsHelpFormatter, one_line_parser_errors, run_command
+from ._help import HELP_ALL, HELP_FLAGS, stored_help
 
 
 def add_forwarding_parser(subparsers, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
@@ -107,6 +109,12 @@ class TrlCommand:
         import sys
 
         argv = list(sys.argv[1:] if argv is None else argv)
+        if any(arg in HELP_FLAGS for arg in argv) and HELP_ALL not in argv:
+            short = stored_help(self.prog)  # the command's own flags, without importing TRL (torch)
+            if short is not None:
+                print(short, end="")
+                sys.exit(0)
+        argv = ["--help" if arg == HELP_ALL else arg for arg in argv]
         setup_logging()
         return run_command(lambda _: self.work(self.parse(argv), self.prog), None, self.prog)
 

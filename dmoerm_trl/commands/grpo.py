@@ -3,7 +3,8 @@
     dmoerm grpo --config recipes/configs/grpo_tiny.yaml
     dmoerm grpo --config recipes/configs/grpo_tiny.yaml --extra_reward_functions dmoerm_trl.rl.rewards:length_penalty \
         --reward_weights 1.0 0.2
-    dmoerm grpo --help            # every flag (RLScriptArguments + GRPOConfig)
+    dmoerm grpo --help            # the script's flags (RLScriptArguments)
+    dmoerm grpo --help-all        # every flag (RLScriptArguments + GRPOConfig)
 
 Works with trl 1.12 and 1.16. Under ``accelerate launch`` use ``recipes/grpo.py``.
 """

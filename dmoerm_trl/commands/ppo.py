@@ -2,7 +2,8 @@
 
     dmoerm ppo --config recipes/configs/ppo_tiny.yaml
     dmoerm ppo --config recipes/configs/ppo_tiny.yaml --learning_rate 1e-5 --output_dir runs/ppo
-    dmoerm ppo --help             # every flag (RLScriptArguments + PPOConfig)
+    dmoerm ppo --help             # the script's flags (RLScriptArguments)
+    dmoerm ppo --help-all         # every flag (RLScriptArguments + PPOConfig)
 
 Needs trl>=1.10,<1.13 (``pip install "dmoerm-trl[ppo]"``). Under ``accelerate launch`` use ``recipes/ppo.py``.
 """
@@ -13,7 +14,8 @@ from ._trl_command import TrlCommand, report
 
 DESCRIPTION = (
     "Train a policy with TRL PPO against a DMoERM (or HF reward model, or several combined into an ensemble); "
-    "optionally track a gold reward model (overoptimization CSV + plot). Options come from --config YAML and/or flags."
+    "optionally track a gold reward model (overoptimization CSV + plot). Options come from --config YAML and/or flags. "
+    'Needs trl>=1.10,<1.13 (pip install "dmoerm-trl[ppo]"): TRL removed PPO in 1.13.'
 )
 
 

@@ -1,7 +1,8 @@
 """``dmoerm rloo``: TRL RLOO with a DMoERM (or any reward model, or an ensemble) in ``reward_funcs``.
 
     dmoerm rloo --config recipes/configs/rloo_tiny.yaml
-    dmoerm rloo --help            # every flag (RLScriptArguments + RLOOConfig)
+    dmoerm rloo --help            # the script's flags (RLScriptArguments)
+    dmoerm rloo --help-all        # every flag (RLScriptArguments + RLOOConfig)
 
 Same options as ``dmoerm grpo``. Under ``accelerate launch`` use ``recipes/rloo.py``.
 """

@@ -2,7 +2,8 @@
 
     dmoerm train --config recipes/configs/tiny_cpu.yaml
     dmoerm train --config recipes/configs/tiny_cpu.yaml --output_dir runs/x --task_learning_rate 1e-3
-    dmoerm train --help            # every flag (model, data and training arguments)
+    dmoerm train --help            # the DMoERM flags (model, data and per-phase training arguments)
+    dmoerm train --help-all        # every flag, TRL's RewardConfig ones too
 
 Rerunning the same command resumes: finished stages are skipped, an interrupted stage continues from its last
 checkpoint. A rerun with settings that would change the result (other than logging, threads, stage selection ...)
@@ -19,7 +20,7 @@ from ._trl_command import TrlCommand
 DESCRIPTION = (
     "Train a DMoERM: router, then per category phase 1 (task adapter), phase 2 (capability experts) and phase 3 "
     "(aggregator), into one output folder that from_pretrained loads. Options come from --config YAML and/or flags "
-    "(run `dmoerm train --help` for all of them)."
+    "(`--help-all` lists every flag, RewardConfig's too)."
 )
 
 

@@ -79,8 +79,9 @@ def test_dmoerm_train_help_lists_the_phase_flags(capsys):
         main(["train", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--aggregator_learning_rate", "--capability_labels_path", "--cache_expert_features", "--report_to"):
+    for flag in ("--aggregator_learning_rate", "--capability_labels_path", "--cache_expert_features"):
         assert flag in out
+    assert "--report_to" not in out and "--help-all" in out  # RewardConfig's flags: `dmoerm train --help-all`
 
 
 def test_dmoerm_train_reports_a_bad_config_without_traceback(tmp_path, capsys):
