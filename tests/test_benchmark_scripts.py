@@ -34,21 +34,16 @@ def run(script, *args):
     return result.stdout
 
 
+# scoring_speed.py on a tiny model: 2 categories x 2 capabilities, one batch of 4 x 8 tokens, 1 repeat
+SCORING_SPEED_SMALL = ["--categories", "2", "--capabilities", "2", "--batch", "4", "--length", "8", "--repeats", "1"]
+
+
 def test_scoring_speed_with_trunk_rows(llama4, tmp_path):
     out = run(
         "scoring_speed.py",
         "--backbone",
         llama4,
-        "--categories",
-        "2",
-        "--capabilities",
-        "2",
-        "--batch",
-        "4",
-        "--length",
-        "8",
-        "--repeats",
-        "1",
+        *SCORING_SPEED_SMALL,
         "--trunk-layers",
         "0,auto,1",
         "--json",
@@ -69,16 +64,7 @@ def test_scoring_speed_in_bfloat16(llama4, tmp_path):
         "scoring_speed.py",
         "--backbone",
         llama4,
-        "--categories",
-        "2",
-        "--capabilities",
-        "2",
-        "--batch",
-        "4",
-        "--length",
-        "8",
-        "--repeats",
-        "1",
+        *SCORING_SPEED_SMALL,
         "--trunk-layers",
         "0",
         "--dtype",
