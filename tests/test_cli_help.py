@@ -6,6 +6,7 @@ from __future__ import annotations
 import configparser
 import fnmatch
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,12 @@ def test_help_texts_ship_with_the_package():
     assert any(path.parent == HELP_DIR for path in package.rglob("*.txt"))
     missing = [path for path in data_files if not any(fnmatch.fnmatch(path, pattern) for pattern in patterns)]
     assert not missing, f"not in setup.cfg [options.package_data]: {missing}"
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_help_breaks_no_hyphenated_word_and_says_what_no_flags_do(name, capsys):
+    text = _help_output([name, "--help"], capsys)
+    assert not re.search(r"\w-\n", text), "a line ends inside a hyphenated word (--help-all, held-out ...)"
+    if name == "train":
+        block = text[text.index("  --no_route_unlabeled") :].split("\n  --")[0]
+        assert "Set route_unlabeled to false." in block and "default" not in block

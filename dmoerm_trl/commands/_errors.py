@@ -18,6 +18,7 @@ import argparse
 import copy
 import os
 import sys
+import textwrap
 
 from ..paths import require_input_file, require_model, require_output_dir  # noqa: F401  (re-exported for commands)
 
@@ -91,7 +92,16 @@ def both_spellings(option_strings) -> list[str]:
 
 
 class OneSpellingHelpFormatter(argparse.HelpFormatter):
-    """Help that shows one spelling per flag (the first, ``--max_length``), not its ``--max-length`` twin."""
+    """Help that shows one spelling per flag (the first, ``--max_length``), not its ``--max-length`` twin, and never
+    breaks a line inside a hyphenated word (``--help-all``, ``held-out``)."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text, width, indent):
+        return textwrap.fill(
+            " ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+        )
 
     def _format_action_invocation(self, action):
         if action.option_strings:
@@ -111,6 +121,11 @@ class OneSpellingDefaultsHelpFormatter(OneSpellingHelpFormatter, argparse.Argume
     default, nor for ``None`` (a required flag, or one whose help says what unset means)."""
 
     def _get_help_string(self, action):
+        negative = next((o for o in action.option_strings if o.startswith(("--no_", "--no-"))), None)
+        if isinstance(action, argparse._StoreFalseAction) and negative is not None:
+            # TrlParser's --no_<flag> of a boolean whose default is true: it repeats the flag's help with
+            # "(default: False)", which reads as if the flag were off by default
+            return f"Set {action.dest} to false."
         text = action.help or ""
         if action.default is None or "default" in text.lower():
             return text
