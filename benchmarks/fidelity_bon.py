@@ -94,6 +94,23 @@ def policy_samples(args, policy_path, prompts: list, out: Path, gold) -> list[li
     return candidates
 
 
+def paired_gains(gains: dict[str, list[float]], seed: int = 0) -> dict:
+    """DMoERM's best-of-N gold gain minus each other proxy's, paired over prompts (same samples), bootstrap 95% CI.
+    A prompt with NaN gold has a NaN gain (``best_of_n_gain``): it is left out ("prompts" counts the pairs kept).
+
+    Example:
+        >>> from fidelity_bon import paired_gains
+        >>> paired_gains({"DMoERM": [1.0, float("nan"), 0.5], "single RM": [0.0, 2.0, 0.5]})["DMoERM vs single RM"]
+        {'difference': 0.5, 'bootstrap_95ci': [0.0, 1.0], 'prompts': 2}
+    """
+    paired = {}
+    for name, other in gains.items():
+        if name not in ("DMoERM", "gold (oracle)"):
+            kept = [(a, b) for a, b in zip(gains["DMoERM"], other) if not (math.isnan(a) or math.isnan(b))]
+            paired[f"DMoERM vs {name}"] = paired_mean_difference([a for a, _ in kept], [b for _, b in kept], seed=seed)
+    return paired
+
+
 def best_of_n(args, policy_path, proxies: dict, world, heldout_path, out: Path) -> dict:
     import torch
 
@@ -133,16 +150,8 @@ def best_of_n(args, policy_path, proxies: dict, world, heldout_path, out: Path) 
         title="Fidelity: best-of-n gold gain vs sqrt(KL), each method as the proxy",
     )
     curves = best_of_n_curves(result.records)
-    # Paired over prompts: DMoERM's best-of-N gold gain minus each other proxy's (same samples), bootstrap 95% CI.
-    # A prompt with NaN gold has a NaN gain (best_of_n_gain): left out of the pairs ("prompts" counts those kept).
     gains = best_of_n_gains(result, args.bon_samples)
-    paired = {}
-    for name in gains:
-        if name not in ("DMoERM", "gold (oracle)"):
-            kept = [(a, b) for a, b in zip(gains["DMoERM"], gains[name]) if not (math.isnan(a) or math.isnan(b))]
-            paired[f"DMoERM vs {name}"] = paired_mean_difference(
-                [a for a, _ in kept], [b for _, b in kept], seed=args.seed
-            )
+    paired = paired_gains(gains, seed=args.seed)
     # How each DMoERM routes the policy's own samples (misrouted = another category than the prompt's).
     true = gold.categories_of(flat_prompts)
     dmoerms = {
