@@ -9,7 +9,9 @@ candidate (or the top-k) with its score. TRL removed its own ``BestOfNSampler``;
 reward, and for every ``n <= N`` computes the expected proxy and gold reward of the best-of-n choice (picked by the
 proxy) with the unbiased estimator of Nakano et al. (2021) used by Gao et al. (2022): with the ``N`` samples sorted
 by proxy reward, the ``i``-th smallest (1-based) is the best of a uniformly drawn ``n``-subset with probability
-``C(i-1, n-1) / C(N, n)``. KL of best-of-n from the sampling policy: ``log n - (n-1)/n``.
+``C(i-1, n-1) / C(N, n)``. KL of best-of-n from the sampling policy: ``log n - (n-1)/n``. For a report,
+:func:`best_of_n_curves` gives the per-proxy curves and :func:`best_of_n_gains` the per-prompt gold gains (a prompt
+with NaN gold has a NaN gain, counted by :func:`nan_gold_counts`).
 
 Example:
     >>> from transformers import GenerationConfig
