@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -93,11 +94,27 @@ def policy_samples(args, policy_path, prompts: list, out: Path, gold) -> list[li
     return candidates
 
 
+def paired_gains(gains: dict[str, list[float]], seed: int = 0) -> dict:
+    """DMoERM's best-of-N gold gain minus each other proxy's, paired over prompts (same samples), bootstrap 95% CI.
+    A prompt with NaN gold has a NaN gain (``best_of_n_gain``): it is left out ("prompts" counts the pairs kept).
+
+    Example:
+        >>> from fidelity_bon import paired_gains
+        >>> paired_gains({"DMoERM": [1.0, float("nan"), 0.5], "single RM": [0.0, 2.0, 0.5]})["DMoERM vs single RM"]
+        {'difference': 0.5, 'bootstrap_95ci': [0.0, 1.0], 'prompts': 2}
+    """
+    paired = {}
+    for name, other in gains.items():
+        if name not in ("DMoERM", "gold (oracle)"):
+            kept = [(a, b) for a, b in zip(gains["DMoERM"], other) if not (math.isnan(a) or math.isnan(b))]
+            paired[f"DMoERM vs {name}"] = paired_mean_difference([a for a, _ in kept], [b for _, b in kept], seed=seed)
+    return paired
+
+
 def best_of_n(args, policy_path, proxies: dict, world, heldout_path, out: Path) -> dict:
     import torch
 
-    from dmoerm_trl.rl import plot_overoptimization
-    from dmoerm_trl.rl.best_of_n import expected_best_of_n
+    from dmoerm_trl.rl import best_of_n_curves, best_of_n_gains, nan_gold_counts, plot_overoptimization
     from dmoerm_trl.rl.overoptimization import write_records_csv
     from dmoerm_trl.synthetic import GoldReward
 
@@ -132,26 +149,9 @@ def best_of_n(args, policy_path, proxies: dict, world, heldout_path, out: Path) 
         out / "overoptimization.png",
         title="Fidelity: best-of-n gold gain vs sqrt(KL), each method as the proxy",
     )
-    curves: dict[str, dict] = {}
-    for record in result.records:
-        curves.setdefault(record["proxy"], {})[int(record["n"])] = {
-            "sqrt_kl": round(record["sqrt_kl"], 4),
-            "gold": round(record["gold_reward"], 4),
-            "gold_sem": round(record["gold_sem"], 4),
-            "proxy": round(record["proxy_reward"], 4),
-        }
-    # Paired over prompts: DMoERM's best-of-N gold gain minus each other proxy's (same samples), bootstrap 95% CI.
-    gains = {
-        name: (
-            expected_best_of_n(scores, result.gold_scores, args.bon_samples) - result.gold_scores.double().mean(dim=1)
-        ).tolist()
-        for name, scores in result.proxy_scores.items()
-    }
-    paired = {
-        f"DMoERM vs {name}": paired_mean_difference(gains["DMoERM"], gains[name], seed=args.seed)
-        for name in gains
-        if name not in ("DMoERM", "gold (oracle)")
-    }
+    curves = best_of_n_curves(result.records)
+    gains = best_of_n_gains(result, args.bon_samples)
+    paired = paired_gains(gains, seed=args.seed)
     # How each DMoERM routes the policy's own samples (misrouted = another category than the prompt's).
     true = gold.categories_of(flat_prompts)
     dmoerms = {
@@ -199,7 +199,7 @@ def best_of_n(args, policy_path, proxies: dict, world, heldout_path, out: Path) 
         "samples_per_prompt": args.bon_samples,
         "policy_sample_misrouting": misrouting,
         "wco_minimum_is_lowest_offset_member": wco_member_share,
-        "nan_gold": int(torch.isnan(result.gold_scores).sum()),
+        **nan_gold_counts(result.gold_scores),  # "nan_gold" samples, "nan_gold_prompts" (their gains are NaN)
         "curves": curves,
         "fits": [fit.summary() for fit in fits],
         "gain_at_N_per_prompt": gains,

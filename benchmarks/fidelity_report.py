@@ -67,6 +67,8 @@ def paired_mean_difference(a: list[float], b: list[float], resamples: int = 1000
 
     diffs = [x - y for x, y in zip(a, b)]
     n, rng = len(diffs), random.Random(seed)
+    if n == 0:  # e.g. every prompt's gold is NaN: no pair to compare
+        return {"difference": float("nan"), "bootstrap_95ci": [float("nan"), float("nan")], "prompts": 0}
     boot = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
     return {
         "difference": round(sum(diffs) / n, 4),

@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
     from safetensors.torch import load_file
 
     from dmoerm_trl.evaluation import load_reward_model
-    from dmoerm_trl.rl.best_of_n import expected_best_of_n
+    from dmoerm_trl.rl.best_of_n import best_of_n_gain
     from dmoerm_trl.rl.scoring import build_reward_texts
     from dmoerm_trl.synthetic import GoldReward, SyntheticWorld
 
@@ -138,7 +138,6 @@ def main(argv=None) -> dict:
         "calibration": {m: {c: list(v) for c, v in s.items()} for m, s in stats.items()},
     }
     gold_matrix = gold_scores.reshape(len(prompts), n)
-    baseline = gold_matrix.nanmean(1)
     for method in METHODS:
 
         def apply(values, cats, method=method):
@@ -148,8 +147,8 @@ def main(argv=None) -> dict:
 
         routed = apply(routed_raw, routed_names)
         given = apply(true_raw, true)
-        gains = expected_best_of_n(routed.reshape(len(prompts), n), gold_matrix, n) - baseline
-        gains = gains[~torch.isnan(gains)]
+        gains = best_of_n_gain(routed.reshape(len(prompts), n), gold_matrix, n)
+        gains = gains[~torch.isnan(gains)]  # prompts with NaN gold have no gain (best_of_n_gain)
         centred = given.reshape(len(prompts), n) - given.reshape(len(prompts), n).mean(1, keepdim=True)
         gold_centred = gold_matrix - gold_matrix.nanmean(1, keepdim=True)
         results["methods"][method] = {

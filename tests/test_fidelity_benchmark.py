@@ -128,6 +128,27 @@ def test_paired_comparison_exact_mcnemar_and_bootstrap():
     assert tests["per_category"]["x"]["mcnemar_p"] == 1.0  # no discordant pairs among the first 50
 
 
+def test_paired_best_of_n_gains_leave_out_prompts_with_nan_gold(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from fidelity_bon import paired_gains
+
+    nan = float("nan")
+    gains = {
+        "DMoERM": [0.5, nan, 1.0, -0.25],
+        "single RM": [0.0, nan, 1.5, -0.75],
+        "ensemble mean": [nan, nan, nan, nan],
+        "gold (oracle)": [1.0, nan, 2.0, 0.5],
+    }
+    paired = paired_gains(gains, seed=0)
+    assert set(paired) == {"DMoERM vs single RM", "DMoERM vs ensemble mean"}
+    single = paired["DMoERM vs single RM"]
+    assert single["prompts"] == 3  # prompt 1 has NaN gold: left out of the pairs, not averaged as 0
+    assert single["difference"] == pytest.approx((0.5 - 0.5 + 0.5) / 3, abs=1e-4)
+    assert -0.5 - 1e-9 <= single["bootstrap_95ci"][0] <= single["bootstrap_95ci"][1] <= 0.5 + 1e-9
+    empty = paired["DMoERM vs ensemble mean"]  # no prompt left: NaN, not a crash
+    assert empty["prompts"] == 0 and math.isnan(empty["difference"])
+
+
 def test_help_prints_every_option():
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=120, check=False

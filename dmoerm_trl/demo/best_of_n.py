@@ -95,8 +95,14 @@ def run_best_of_n(policy_path: str, run_dir: Path, heldout_path: str, world, siz
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from ..evaluation import load_reward_model
-    from ..rl import BestOfNSampler, fit_records, plot_overoptimization
-    from ..rl.best_of_n import expected_best_of_n
+    from ..rl import (
+        BestOfNSampler,
+        best_of_n_curves,
+        best_of_n_gains,
+        fit_records,
+        nan_gold_counts,
+        plot_overoptimization,
+    )
     from ..rl.overoptimization import write_records_csv
     from ..synthetic import GoldReward
 
@@ -141,26 +147,12 @@ def run_best_of_n(policy_path: str, run_dir: Path, heldout_path: str, world, siz
         out / "overoptimization.png",
         title="Best-of-n with SmolLM2: gold and proxy reward gain vs sqrt(KL)",
     )
-    curves: dict[str, dict] = {}
-    for record in result.records:
-        curves.setdefault(record["proxy"], {})[record["n"]] = {
-            "sqrt_kl": round(record["sqrt_kl"], 4),
-            "gold": round(record["gold_reward"], 4),
-            "gold_sem": round(record["gold_sem"], 4),
-            "proxy": round(record["proxy_reward"], 4),
-        }
+    curves = best_of_n_curves(result.records)
     # Per prompt: the expected gold of the best-of-N pick minus the mean gold of the prompt's samples (its standard
-    # error over prompts is the uncertainty of the gain).
+    # error over prompts is the uncertainty of the gain). A prompt with NaN gold has a NaN gain, left out below and
+    # counted in "nan_gold_prompts".
     gold_scores = result.gold_scores
-    gains = {
-        name: [
-            round(v, 4)
-            for v in (
-                expected_best_of_n(scores, gold_scores, sizes.bon_samples) - gold_scores.double().nanmean(dim=1)
-            ).tolist()
-        ]
-        for name, scores in result.proxy_scores.items()
-    }
+    gains = best_of_n_gains(result, sizes.bon_samples, decimals=4)
     summary = {}
     for name, curve in curves.items():
         ns = sorted(curve)
@@ -184,14 +176,14 @@ def run_best_of_n(policy_path: str, run_dir: Path, heldout_path: str, world, siz
                     name: {"text": result.candidates[i][j], "gold": round(float(gold_scores[i, j]), 3)}
                     for name, j in pick.items()
                 },
-                "gold_mean_of_samples": round(float(torch.nan_to_num(gold_scores[i]).mean()), 3),
+                "gold_mean_of_samples": round(float(gold_scores[i].mean()), 3),  # NaN if a gold is NaN
             }
         )
     return {
         "prompts": len(prompts),
         "samples_per_prompt": sizes.bon_samples,
         "max_new_tokens": sizes.bon_max_new_tokens,
-        "nan_gold": int(torch.isnan(gold_scores).sum()),
+        **nan_gold_counts(gold_scores),  # "nan_gold" samples, "nan_gold_prompts" (their gains are NaN)
         "curves": curves,
         "summary": summary,
         "sampling_seconds": policy_samples.last_seconds,  # None: samples reused from bon_samples.json

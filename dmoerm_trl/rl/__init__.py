@@ -7,7 +7,17 @@ Example:
 
 from __future__ import annotations
 
-from .best_of_n import BestOfNEvaluation, BestOfNOutput, BestOfNSampler, best_of_n_curve, expected_best_of_n
+from .best_of_n import (
+    BestOfNEvaluation,
+    BestOfNOutput,
+    BestOfNSampler,
+    best_of_n_curve,
+    best_of_n_curves,
+    best_of_n_gain,
+    best_of_n_gains,
+    expected_best_of_n,
+    nan_gold_counts,
+)
 from .checks import check_reward_model_ready, check_tokenizers_match
 from .ensemble import RewardEnsemble, RewardEnsembleConfig, RewardEnsembleOutput
 from .gold_callback import GoldRewardCallback
@@ -31,6 +41,9 @@ __all__ = [
     "RewardEnsembleOutput",
     "RewardScorer",
     "best_of_n_curve",
+    "best_of_n_curves",
+    "best_of_n_gain",
+    "best_of_n_gains",
     "bon_kl",
     "check_reward_model_ready",
     "check_tokenizers_match",
@@ -38,6 +51,7 @@ __all__ = [
     "fit_gao",
     "fit_records",
     "is_ppo_available",
+    "nan_gold_counts",
     "plot_overoptimization",
     "read_records_csv",
     "require_ppo",

@@ -9,7 +9,9 @@ candidate (or the top-k) with its score. TRL removed its own ``BestOfNSampler``;
 reward, and for every ``n <= N`` computes the expected proxy and gold reward of the best-of-n choice (picked by the
 proxy) with the unbiased estimator of Nakano et al. (2021) used by Gao et al. (2022): with the ``N`` samples sorted
 by proxy reward, the ``i``-th smallest (1-based) is the best of a uniformly drawn ``n``-subset with probability
-``C(i-1, n-1) / C(N, n)``. KL of best-of-n from the sampling policy: ``log n - (n-1)/n``.
+``C(i-1, n-1) / C(N, n)``. KL of best-of-n from the sampling policy: ``log n - (n-1)/n``. For a report,
+:func:`best_of_n_curves` gives the per-proxy curves and :func:`best_of_n_gains` the per-prompt gold gains (a prompt
+with NaN gold has a NaN gain, counted by :func:`nan_gold_counts`).
 
 Example:
     >>> from transformers import GenerationConfig
@@ -137,6 +139,94 @@ def best_of_n_curve(
             }
         )
     return records
+
+
+# ------------------------------------------------------------------------------- curves and gains for a report
+def best_of_n_curves(records: Sequence[dict], decimals: int = 4) -> dict[str, dict[int, dict]]:
+    """The best-of-n records (``evaluate().records``) as ``{proxy: {n: {"sqrt_kl", "gold", "gold_sem", "proxy"}}}``.
+
+    Values are rounded to ``decimals``; RL records (``source="rl"``) are left out. Where a prompt's gold is NaN the
+    records' gold means are NaN, and so are the curves (see :func:`best_of_n_gains`).
+
+    Example:
+        >>> import torch
+        >>> from dmoerm_trl.rl import best_of_n_curve, best_of_n_curves
+        >>> records = best_of_n_curve(torch.tensor([[0.0, 1.0]]), torch.tensor([[2.0, 4.0]]), proxy_name="rm")
+        >>> best_of_n_curves(records)["rm"][2]
+        {'sqrt_kl': 0.4395, 'gold': 4.0, 'gold_sem': 0.0, 'proxy': 1.0}
+    """
+    curves: dict[str, dict[int, dict]] = {}
+    for record in records:
+        if record.get("source", "bon") != "bon":
+            continue
+        curves.setdefault(record["proxy"], {})[int(record["n"])] = {
+            "sqrt_kl": round(record["sqrt_kl"], decimals),
+            "gold": round(record["gold_reward"], decimals),
+            "gold_sem": round(record["gold_sem"], decimals),
+            "proxy": round(record["proxy_reward"], decimals),
+        }
+    return curves
+
+
+def nan_gold_counts(gold_scores: torch.Tensor) -> dict[str, int]:
+    """``{"nan_gold": samples, "nan_gold_prompts": prompts}`` whose gold score is NaN (a ``(P, N)`` tensor).
+
+    Example:
+        >>> import torch
+        >>> from dmoerm_trl.rl import nan_gold_counts
+        >>> nan_gold_counts(torch.tensor([[1.0, float("nan")], [2.0, 3.0]]))
+        {'nan_gold': 1, 'nan_gold_prompts': 1}
+    """
+    nan = torch.isnan(torch.as_tensor(gold_scores, dtype=torch.float64))
+    return {"nan_gold": int(nan.sum()), "nan_gold_prompts": int(nan.any(dim=-1).sum())}
+
+
+def best_of_n_gain(proxy: torch.Tensor, gold: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """``(P,)`` best-of-n gold gain per prompt: the expected gold of the proxy's best-of-``n`` pick (unbiased
+    estimator over the prompt's ``N`` samples, :func:`expected_best_of_n`) minus the mean gold of those ``N`` samples
+    (the expected gold of one sample, ``n = 1``). ``n`` defaults to ``N``.
+
+    NaN: a prompt with any NaN gold score (or any NaN proxy score) gets a NaN gain. The estimator weighs every
+    sample, so such a prompt has no estimate; its gain is not made up from its other samples, and the baseline is the
+    plain mean over the same ``N`` samples as the estimator. Callers leave NaN gains out of means and report how many
+    prompts they left out (:func:`nan_gold_counts`).
+
+    Example:
+        >>> import torch
+        >>> from dmoerm_trl.rl import best_of_n_gain
+        >>> best_of_n_gain(torch.tensor([[0.0, 1.0], [0.0, 1.0]]), torch.tensor([[2.0, 4.0], [1.0, float("nan")]]))
+        tensor([1., nan], dtype=torch.float64)
+    """
+    proxy, gold = torch.as_tensor(proxy, dtype=torch.float64), torch.as_tensor(gold, dtype=torch.float64)
+    if gold.dim() != 2 or proxy.shape != gold.shape:
+        raise ValueError(
+            f"proxy and gold scores must both be (num_prompts, N); got {tuple(proxy.shape)} and {tuple(gold.shape)}"
+        )
+    gain = expected_best_of_n(proxy, gold, gold.shape[1] if n is None else n) - gold.mean(dim=1)
+    # NaN gold makes the row's estimate NaN already (weight 0 x NaN); a NaN proxy would rank as the best sample.
+    return gain.masked_fill(torch.isnan(gold).any(dim=1) | torch.isnan(proxy).any(dim=1), math.nan)
+
+
+def best_of_n_gains(result: BestOfNEvaluation, n: int | None = None, decimals: int | None = None) -> dict[str, list]:
+    """Per-prompt best-of-n gold gain of every proxy of ``result`` (:meth:`BestOfNSampler.evaluate`'s output):
+    ``{proxy: [gain of prompt 0, ...]}`` (see :func:`best_of_n_gain`, which also says what NaN gold gives: a NaN gain,
+    kept in the list so index ``i`` stays prompt ``i``; count them with ``nan_gold_counts(result.gold_scores)``).
+
+    Paired comparisons of two proxies are over the same prompts: the gains of prompt ``i`` come from the same ``N``
+    samples. ``decimals`` rounds the values (``None``: full precision).
+
+    Example:
+        >>> import torch
+        >>> from dmoerm_trl.rl import BestOfNEvaluation, best_of_n_gains
+        >>> result = BestOfNEvaluation([], torch.tensor([[2.0, 4.0]]), {"rm": torch.tensor([[0.0, 1.0]])})
+        >>> best_of_n_gains(result)
+        {'rm': [1.0]}
+    """
+    gains = {}
+    for name, scores in result.proxy_scores.items():
+        values = best_of_n_gain(scores, result.gold_scores, n).tolist()
+        gains[name] = values if decimals is None else [round(v, decimals) for v in values]
+    return gains
 
 
 # ---------------------------------------------------------------------------------------------- the sampler
