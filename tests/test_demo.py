@@ -48,6 +48,8 @@ def test_demo_fast_end_to_end_and_rerun_from_caches(tiny_llama_path, tmp_path):
     assert "[1/6]" in stdout and "[6/6] Report" in stdout
     assert f"Report: {output}/report.md" in stdout
     assert "accuracy vs gold (clean test): DMoERM" in stdout and "best-of-n gold gain" in stdout
+    assert "note: --fast is a smoke run of every step" in stdout  # its numbers are not read as a result
+    assert "--fast is a smoke run of every step" in (output / "report.md").read_text().split("## Headline")[0]
 
     for name in (
         "report.md",

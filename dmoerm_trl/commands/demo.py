@@ -33,7 +33,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import DemoConfig, run_demo
+    from ..demo import FAST_NOTE, DemoConfig, run_demo
 
     start = time.perf_counter()
     config = DemoConfig(
@@ -71,4 +71,6 @@ def run(args: argparse.Namespace) -> int:
         f"  best-of-n gold gain: DMoERM {num(head['bon_gold_gain_dmoerm'])} | single RM "
         f"{num(head['bon_gold_gain_single_rm'])} | gold oracle {num(head['bon_gold_gain_oracle'])}"
     )
+    if config.fast:
+        print(f"  note: {FAST_NOTE}")
     return 0

@@ -52,6 +52,12 @@ class DemoSizes:
 # pairs per category put the 95% interval of the accuracy at about +-6 points (docs/demo.md, "Sizes").
 FULL = DemoSizes(["objective_qa", "chitchat", "text_creation", "roleplay"], 2, 48, 64, 24, 2, 8, 3, 192, 32, 8, 32)
 FAST = DemoSizes(["objective_qa", "chitchat"], 2, 32, 20, 16, 2, 4, 1, 144, 4, 8, 24)
+# What the --fast numbers are (said in the report and on the console): one epoch on 32 pairs per category does not
+# train the models (two seeds: router 50-75% right on 2 categories, gold intervals reaching below 50%).
+FAST_NOTE = (
+    "--fast is a smoke run of every step (2 categories, 32 pairs each, 1 epoch): its models are not expected to "
+    "learn, so its numbers compare nothing; `dmoerm demo` without --fast gives the comparison (docs/demo.md)."
+)
 
 
 @dataclass

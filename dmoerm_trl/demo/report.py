@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ..utils.io import atomic_path, atomic_write_json, atomic_write_text
+from . import FAST_NOTE
 
 
 def _pct(value) -> str:
@@ -202,6 +203,7 @@ def render_markdown(metrics: dict) -> str:
             f"{metrics['machine'].get('load_average_at_end', [float('nan')])[0]:.1f}; CPU time "
             f"{metrics.get('cpu_seconds', float('nan')) / 60:.1f} min, {metrics['machine']['torch_threads']} torch "
             "thread(s))."
+            + (f" {FAST_NOTE}" if metrics["config"]["fast"] else "")
             + (
                 " The policy samples were reused from `bon_samples.json` (not drawn in this run)."
                 if metrics.get("best_of_n", {}).get("sampling_seconds", 0) is None
