@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"why only {summary['labels']} label(s):")
         for line in summary["why_few_labels"]:
             print(f"  - {line}")
-    print(f"wrote {config.output}/{LABELS_FILE} and {config.output}/{SUMMARY_FILE}")
+    print(f"wrote {os.path.join(config.output, LABELS_FILE)} and {os.path.join(config.output, SUMMARY_FILE)}")
     if summary["aborted"]:
         print(f"dmoerm label: stopped: {summary['aborted']}", file=sys.stderr)
         return 1

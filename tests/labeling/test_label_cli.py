@@ -121,8 +121,12 @@ def test_a_run_with_few_labels_prints_why_one_line_per_cause(labeling_data, tmp_
     assert len(causes) == 1 and causes[0].startswith(f"  - undecided: {2 * n_qa + 2 * n_chat} of ")
     assert "e.g. for " in causes[0] and "Try a stronger judge" in causes[0]
     with ScriptedJudgeServer(VerdictJudge(labeling_data.scores)) as server:  # all labeled: no explanation
-        assert main(label_args(labeling_data, tmp_path / "clean", server)) == 0
-    assert "why only" not in capsys.readouterr().out
+        # --output as the docs write it (labels/): the printed paths have no doubled slash
+        assert main(label_args(labeling_data, f"{tmp_path / 'clean'}/", server)) == 0
+    out = capsys.readouterr().out
+    assert "why only" not in out
+    clean = tmp_path / "clean"
+    assert f"wrote {clean / 'capability_pairs.jsonl'} and {clean / 'summary.json'}" in out
 
 
 def test_a_hosted_judge_without_an_api_key_is_refused_before_any_call(labeling_data, tmp_path, monkeypatch, capsys):
