@@ -401,6 +401,7 @@ CLI_CASES = {
         lambda f: bon_flags(f, gold_model_path=f.llama),
         "gold_model_path",
     ),
+    "bon-ns-0": (lambda f: bon_flags(f, ns="0"), "ns must be whole numbers >= 1"),
     "bon-num-prompts-0": (lambda f: bon_flags(f, num_prompts="0"), "num_prompts must be >= 1"),
     "bon-ensemble-mode-bogus": (
         lambda f: bon_flags(f, ensemble_mode="best"),

@@ -74,6 +74,8 @@ class BestOfNArguments:
             raise ValueError(f"ensemble_mode must be mean, wco or uwo, got {self.ensemble_mode!r}")
         if self.num_prompts is not None and self.num_prompts < 1:
             raise ValueError(f"num_prompts must be >= 1 (leave it unset for every prompt), got {self.num_prompts}")
+        if self.ns is not None and (not self.ns or min(self.ns) < 1):
+            raise ValueError(f"ns must be whole numbers >= 1 (best-of-1, best-of-2, ...), got {self.ns}")
         if self.ns is not None and max(self.ns) > self.n:
             raise ValueError(
                 f"ns asks for best-of-{max(self.ns)} but only n={self.n} samples per prompt are drawn; raise n"
