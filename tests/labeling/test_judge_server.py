@@ -195,3 +195,19 @@ def test_a_reward_model_is_refused_as_judge(judge_model_path, tmp_path):
     assert "is not a causal language model (LlamaForSequenceClassification)" in message
     assert "lm_head.weight" in message and "\n" not in message
     assert JudgeModel(judge_model_path).model.config.architectures == ["LlamaForCausalLM"]  # a real one loads
+
+
+def test_a_dmoerm_folder_is_refused_as_judge_in_one_short_line(judge_model_path, tiny_tokenizer, tmp_path):
+    # transformers' own error listed every causal-LM config class: one line of about 4,000 characters.
+    from dmoerm_trl import DMoERMForSequenceClassification
+    from dmoerm_trl.labeling.judge_model import JudgeModel
+
+    model = DMoERMForSequenceClassification.from_backbone(
+        judge_model_path, {"chitchat": ["empathy"]}, tokenizer=tiny_tokenizer
+    )
+    model.save_pretrained(tmp_path / "dmoerm")
+    tiny_tokenizer.save_pretrained(tmp_path / "dmoerm")
+    with pytest.raises(ValueError) as error:
+        JudgeModel(tmp_path / "dmoerm")
+    message = str(error.value)
+    assert "is not a causal language model (model_type 'dmoerm'" in message and len(message) < 300
