@@ -123,6 +123,11 @@ def run(args: argparse.Namespace) -> int:
     for category, capabilities in summary["per_capability"].items():
         rates = ", ".join(f"{c} {t['labeled']}/{t['pairs']}" for c, t in capabilities.items())
         print(f"  labeled pairs {category}: {rates}")
+    if summary.get("pairs_without_category"):
+        print(
+            f"  {summary['pairs_without_category']} of {summary['pairs']} pair(s) have no category of the set "
+            f"{config.categories}: no capability labels for them (a 'category' column fixes it)"
+        )
     if few_labels(summary) and summary["why_few_labels"]:
         print(f"why only {summary['labels']} label(s):")
         for line in summary["why_few_labels"]:
