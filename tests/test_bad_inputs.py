@@ -49,6 +49,13 @@ class Files:
             (folder / "chat_template.jinja").unlink(missing_ok=True)
         return str(folder)
 
+    def folder(self, name: str) -> str:
+        """A folder that holds a file but is not a saved model."""
+        path = self.root / name
+        path.mkdir(exist_ok=True)
+        (path / "notes.txt").write_text("not a model", encoding="utf-8")
+        return str(path)
+
     def write(self, name: str, content: str | bytes) -> str:
         path = self.root / name
         if isinstance(content, bytes):
@@ -355,9 +362,51 @@ CLI_CASES = {
             "--output_dir",
             str(f.root / "b"),
         ],
-        "reward model path",
+        "reward_model_paths",
     ),
     "bon-n-not-a-number": (lambda f: ["bon", "--n", "lots"], "argument --n: invalid int value: 'lots'"),
+    # prompt files and reward models a newcomer gets wrong (each ended in a traceback, a non-naming message or a run
+    # on a random reward head before)
+    "bon-empty-prompts-file": (
+        lambda f: bon_flags(f, dataset_path=f.write("no-prompts.jsonl", "")),
+        "no-prompts.jsonl holds no records",
+    ),
+    "bon-prompts-line-not-json": (
+        lambda f: bon_flags(f, dataset_path=f.write("broken-prompts.jsonl", '{"prompt": "hi"}\n{"prompt": "x"\n')),
+        "broken-prompts.jsonl, line 2: not valid JSON",
+    ),
+    "bon-prompt-not-text": (
+        lambda f: bon_flags(f, dataset_path=f.write("number-prompt.jsonl", '{"prompt": "hi"}\n{"prompt": 5}\n')),
+        "number-prompt.jsonl, line 2: 'prompt' is not text but int",
+    ),
+    "bon-prompt-message-without-content": (
+        lambda f: bon_flags(
+            f, dataset_path=f.write("no-content.jsonl", json.dumps({"prompt": [{"role": "user"}]}) + "\n")
+        ),
+        "no-content.jsonl, line 1: 'prompt' message 0 is not a",
+    ),
+    "bon-reward-model-is-a-causal-lm": (
+        lambda f: bon_flags(f, reward_model_paths=f.llama),
+        "is not a reward model (LlamaForCausalLM has no sequence-classification head",
+    ),
+    "bon-reward-model-folder-without-config": (
+        lambda f: bon_flags(f, reward_model_paths=f.folder("not-a-model")),
+        "has no config.json",
+    ),
+    "bon-reward-model-neither-folder-nor-cached-hub-id": (
+        lambda f: bon_flags(f, reward_model_paths="runs/my-dmoerm"),
+        "reward_model_paths runs/my-dmoerm: cannot be loaded",
+    ),
+    "bon-gold-model-is-a-causal-lm": (
+        lambda f: bon_flags(f, gold_model_path=f.llama),
+        "gold_model_path",
+    ),
+    "bon-ns-0": (lambda f: bon_flags(f, ns="0"), "ns must be whole numbers >= 1"),
+    "bon-num-prompts-0": (lambda f: bon_flags(f, num_prompts="0"), "num_prompts must be >= 1"),
+    "bon-ensemble-mode-bogus": (
+        lambda f: bon_flags(f, ensemble_mode="best"),
+        "ensemble_mode must be mean, wco or uwo",
+    ),
     "grpo-missing-policy": (
         lambda f: [
             "grpo",
@@ -375,6 +424,18 @@ CLI_CASES = {
             str(f.root / "g"),
         ],
         "policy_model_path",
+    ),
+    "grpo-no-reward-model": (
+        lambda f: ["grpo", *grpo_flags(f)],
+        "set reward_model_paths",
+    ),
+    "grpo-prompts-without-prompt-column": (
+        lambda f: ["grpo", *grpo_flags(f, dataset_path=f.good), "--reward_model_paths", f.model],
+        "has no 'prompt'",
+    ),
+    "rloo-reward-model-missing-folder": (
+        lambda f: ["rloo", *grpo_flags(f), "--reward_model_paths", f.missing],
+        "does-not-exist does not exist",
     ),
     # dmoerm push / example / serve-judge / the command itself
     "push-not-a-model-folder": (lambda f: ["push", f.missing, "me/model"], "has no config.json"),
@@ -403,6 +464,39 @@ CLI_CASES = {
     ),
     "unknown-command": (lambda f: ["rank-everything"], "invalid choice: 'rank-everything'"),
 }
+
+
+def bon_flags(f: Files, **overrides: str) -> list[str]:
+    """``dmoerm bon`` on the tiny assets (the tiny Llama as policy, the DMoERM as reward), with ``overrides``."""
+    flags = {
+        "policy_model_path": f.llama,
+        "reward_model_paths": f.model,
+        "dataset_path": f.prompts,
+        "max_prompt_length": "32",
+        "max_new_tokens": "4",
+        "n": "2",
+        "output_dir": str(f.root / "bon-out"),
+        **overrides,
+    }
+    return ["bon", *(item for name, value in flags.items() for item in (f"--{name}", value))]
+
+
+def grpo_flags(f: Files, **overrides: str) -> list[str]:
+    """``dmoerm grpo``/``rloo`` flags on the tiny assets, without a reward model (the case adds it), ``overrides``."""
+    flags = {
+        "bf16": "false",
+        "use_cpu": "true",
+        "policy_model_path": f.llama,
+        "dataset_path": f.prompts,
+        "max_prompt_length": "32",
+        "max_completion_length": "4",
+        "num_heldout_prompts": "0",
+        "max_steps": "1",
+        "report_to": "none",
+        **overrides,
+        "output_dir": str(f.root / "grpo-out"),
+    }
+    return [item for name, value in flags.items() for item in (f"--{name}", value)]
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:

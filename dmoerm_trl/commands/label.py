@@ -123,11 +123,16 @@ def run(args: argparse.Namespace) -> int:
     for category, capabilities in summary["per_capability"].items():
         rates = ", ".join(f"{c} {t['labeled']}/{t['pairs']}" for c, t in capabilities.items())
         print(f"  labeled pairs {category}: {rates}")
+    if summary.get("pairs_without_category"):
+        print(
+            f"  {summary['pairs_without_category']} of {summary['pairs']} pair(s) have no category of the set "
+            f"{config.categories}: no capability labels for them (a 'category' column fixes it)"
+        )
     if few_labels(summary) and summary["why_few_labels"]:
         print(f"why only {summary['labels']} label(s):")
         for line in summary["why_few_labels"]:
             print(f"  - {line}")
-    print(f"wrote {config.output}/{LABELS_FILE} and {config.output}/{SUMMARY_FILE}")
+    print(f"wrote {os.path.join(config.output, LABELS_FILE)} and {os.path.join(config.output, SUMMARY_FILE)}")
     if summary["aborted"]:
         print(f"dmoerm label: stopped: {summary['aborted']}", file=sys.stderr)
         return 1

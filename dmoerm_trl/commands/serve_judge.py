@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 
@@ -111,7 +112,13 @@ def run(args: argparse.Namespace) -> int:
             read_timeout=args.read_timeout,
         )
     except (OSError, ValueError) as err:
-        print(f"dmoerm serve-judge: error: {one_line(err)}", file=sys.stderr)
+        message = one_line(err)
+        if isinstance(err, OSError) and err.errno == errno.EADDRINUSE:
+            message = (
+                f"--port {args.port}: {args.host}:{args.port} is already in use (another server?); pick another "
+                "--port, or --port 0 for any free one"
+            )
+        print(f"dmoerm serve-judge: error: {message}", file=sys.stderr)
         return 2
     print(
         f"Serving {server.model_name!r} at {server.base_url} (Ctrl-C to stop); batches of up to "

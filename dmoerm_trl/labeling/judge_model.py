@@ -109,7 +109,7 @@ class JudgeModel:
         max_new_tokens: int = 512,
     ):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         self.path = str(path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
@@ -118,7 +118,25 @@ class JudgeModel:
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"{self.path}: the tokenizer has no chat template. Fix: pass --chat-template FILE.jinja.")
         torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch_dtype, use_safetensors=True)
+        try:
+            self.model, loading = AutoModelForCausalLM.from_pretrained(
+                self.path, dtype=torch_dtype, use_safetensors=True, output_loading_info=True
+            )
+        except ValueError as error:  # e.g. a DMoERM folder: transformers lists every causal-LM config class
+            if "Unrecognized configuration class" not in str(error):
+                raise
+            model_type = getattr(AutoConfig.from_pretrained(self.path), "model_type", "?")
+            raise ValueError(
+                f"{self.path} is not a causal language model (model_type {model_type!r} has no AutoModelForCausalLM "
+                "class). Fix: pass a chat model saved as *ForCausalLM."
+            ) from None
+        missing = sorted(loading["missing_keys"])
+        if missing:  # e.g. a reward model: its lm_head would be random and every answer noise
+            saved_as = ", ".join(getattr(self.model.config, "architectures", None) or []) or "its checkpoint"
+            raise ValueError(
+                f"{self.path} is not a causal language model ({saved_as}): {len(missing)} weight(s) a judge needs are "
+                f"missing and would be random (e.g. {missing[0]}). Fix: pass a chat model saved as *ForCausalLM."
+            )
         self.model.to(device).eval()
         self.device = device
         self.max_new_tokens = max_new_tokens

@@ -435,7 +435,10 @@ class JudgeHTTPServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        if self.loop.is_running():  # queued requests fail (503); the batch being generated stops at its next token
+        loop = getattr(self, "loop", None)  # None when binding the port failed (socketserver closes, then raises)
+        if (
+            loop is not None and loop.is_running()
+        ):  # queued requests fail (503); the batch being generated stops at its next token
             for item in list(self._current):
                 item.cancelled.set()
             asyncio.run_coroutine_threadsafe(self.batcher.stop(drain=False), self.loop).result(600)

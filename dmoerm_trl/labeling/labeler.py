@@ -150,6 +150,14 @@ class CapabilityLabeler:
         started = time.perf_counter()
         rows = pairs.to_list() if hasattr(pairs, "to_list") else list(pairs)
         unlabeled = [r for r in rows if r["category"] not in self.spec.categories]
+        if rows and len(unlabeled) == len(rows):  # nothing to ask: a run would end with 0 labels and exit code 0
+            raise ValueError(
+                f"{config.data or 'the data'}: none of its {len(rows)} pairs has a category of the set "
+                f"{self.spec.source} (e.g. {unlabeled[0]['category']!r}), so no capability can be labeled. Fix: add a "
+                f"'category' column (or 'label' in ranked records) naming one of {sorted(self.spec.categories)}, or "
+                "pass --categories with your own set; TRL data without categories: dmoerm train classifies the prompts "
+                "with the judge (categorize_with_judge: true, docs/training.md)"
+            )
         if unlabeled:
             logger.warning(
                 "%d pair(s) have no category of the set %s (e.g. %r): they get no capability labels.",

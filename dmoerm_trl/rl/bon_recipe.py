@@ -70,6 +70,12 @@ class BestOfNArguments:
     def __post_init__(self):
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.ensemble_mode not in ("mean", "wco", "uwo"):
+            raise ValueError(f"ensemble_mode must be mean, wco or uwo, got {self.ensemble_mode!r}")
+        if self.num_prompts is not None and self.num_prompts < 1:
+            raise ValueError(f"num_prompts must be >= 1 (leave it unset for every prompt), got {self.num_prompts}")
+        if self.ns is not None and (not self.ns or min(self.ns) < 1):
+            raise ValueError(f"ns must be whole numbers >= 1 (best-of-1, best-of-2, ...), got {self.ns}")
         if self.ns is not None and max(self.ns) > self.n:
             raise ValueError(
                 f"ns asks for best-of-{max(self.ns)} but only n={self.n} samples per prompt are drawn; raise n"
@@ -114,7 +120,7 @@ def run_best_of_n(args: BestOfNArguments) -> dict:
     proxies = {}
     for spec in args.proxies:
         name, mode, paths = parse_proxy_spec(spec)
-        proxies[name] = build_reward(paths, mode, args.uwo_lambda)
+        proxies[name] = build_reward(paths, mode, args.uwo_lambda, flag=f"proxies ({name})")
     if args.reward_model_paths:
         model, reward_tokenizer = build_reward(args.reward_model_paths, args.ensemble_mode, args.uwo_lambda)
         name = (
@@ -143,7 +149,7 @@ def run_best_of_n(args: BestOfNArguments) -> dict:
     output_dir = Path(args.output_dir)
     summary = {"mode": "evaluate" if args.gold_model_path else "sample", "num_prompts": len(prompts), "n": args.n}
     if args.gold_model_path:
-        gold = load_reward_model(args.gold_model_path)
+        gold = load_reward_model(args.gold_model_path, flag="gold_model_path")
         result = sampler.evaluate(prompts, gold=gold, n=args.n, ns=args.ns, proxies=proxies)
         write_records_csv(result.records, output_dir / CSV_NAME)
         fits = plot_overoptimization(

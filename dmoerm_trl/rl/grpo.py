@@ -105,7 +105,7 @@ def run_grpo(script_args, training_args, algorithm: str = "grpo") -> dict:
     train_prompts, heldout_prompts = load_prompt_splits(script_args, tokenizer, policy, max_new_tokens=max_new_tokens)
     callbacks = []
     if script_args.gold_model_path:
-        gold = load_reward_model(script_args.gold_model_path)
+        gold = load_reward_model(script_args.gold_model_path, flag="gold_model_path")
         callbacks.append(
             make_gold_callback(script_args, heldout_prompts, gold, reward_model, reward_tokenizer, tokenizer)
         )

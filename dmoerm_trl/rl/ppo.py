@@ -168,7 +168,7 @@ def run_ppo(script_args, training_args) -> dict:
     eval_dataset = Dataset.from_dict({"input_ids": encode(heldout_prompts)}) if heldout_prompts else None
     callbacks = []
     if script_args.gold_model_path:
-        gold_model, gold_tokenizer = load_reward_model(script_args.gold_model_path)
+        gold_model, gold_tokenizer = load_reward_model(script_args.gold_model_path, flag="gold_model_path")
         callbacks.append(
             make_gold_callback(
                 script_args, heldout_prompts, (gold_model, gold_tokenizer), reward_model, reward_tokenizer, tokenizer

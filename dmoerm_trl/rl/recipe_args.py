@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..paths import first_line, unloadable_model
 from ..utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,10 @@ class RLScriptArguments:
     def __post_init__(self):
         if self.ensemble_mode not in ("mean", "wco", "uwo"):
             raise ValueError(f"ensemble_mode must be mean, wco or uwo, got {self.ensemble_mode!r}")
+        if self.max_train_prompts is not None and self.max_train_prompts < 1:
+            raise ValueError(
+                f"max_train_prompts must be >= 1 (leave it unset for every prompt), got {self.max_train_prompts}"
+            )
         if isinstance(self.reward_model_paths, str):
             self.reward_model_paths = [self.reward_model_paths]
 
@@ -109,8 +114,10 @@ def load_policy_tokenizer(path: str, padding_side: str = "left"):
     from ..paths import require_model
 
     require_model(path, "policy_model_path")
-
-    tokenizer = AutoTokenizer.from_pretrained(path, padding_side=padding_side)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, padding_side=padding_side)
+    except OSError as error:  # e.g. "runs/sft": not a local folder, and not a hub id in the cache while offline
+        raise unloadable_model("policy_model_path", path, error) from None
     if tokenizer.pad_token_id is None:
         raise ValueError(
             f"the policy tokenizer at {path} has no pad token; add one (e.g. tokenizer.add_special_tokens("
@@ -124,11 +131,15 @@ def _has_tokenizer(folder: str | os.PathLike) -> bool:
     return folder.is_dir() and any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
 
 
-def load_reward_model(path: str, tokenizer_path: str | None = None):
+def load_reward_model(
+    path: str, tokenizer_path: str | None = None, flag: str = "reward model path", new_head: bool = False
+):
     """``(model, tokenizer)`` for a saved DMoERM, a saved ``RewardEnsemble`` or any HF sequence-classification RM.
 
-    A causal-LM checkpoint (no classification head) is loaded with a new, untrained 1-output head, with a warning.
-    The tokenizer is ``None`` for an ensemble whose members have different tokenizers (text paths only).
+    A checkpoint without a sequence-classification head (e.g. a causal LM) is refused with a ``ValueError`` naming
+    ``flag``: its reward would come from a random, untrained head. ``new_head=True`` (PPO's value model, which PPO
+    trains) loads it with a new 1-output head instead, with a warning. The tokenizer is ``None`` for an ensemble whose
+    members have different tokenizers (text paths only).
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -138,7 +149,11 @@ def load_reward_model(path: str, tokenizer_path: str | None = None):
     from .checks import check_reward_model_ready, check_tokenizers_match
     from .ensemble import RewardEnsemble, is_saved_ensemble
 
-    require_model(path, "reward model path")
+    require_model(path, flag)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(
+            f"{flag} {path} has no config.json, so it is not a saved model; pass a folder written by save_pretrained"
+        )
 
     if is_saved_ensemble(path):
         model = RewardEnsemble.from_pretrained(path)
@@ -152,10 +167,20 @@ def load_reward_model(path: str, tokenizer_path: str | None = None):
                     tokenizer = None  # members disagree: text paths only
                     break
         return model, tokenizer
-    config = AutoConfig.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except OSError as error:  # e.g. "org/typo": not a local folder, and not a hub id in the cache while offline
+        raise unloadable_model(flag, path, error) from None
     architectures = getattr(config, "architectures", None) or []
     kwargs = {}
     if config.model_type != "dmoerm" and not any("SequenceClassification" in a for a in architectures):
+        if not new_head:
+            raise ValueError(
+                f"{flag} {path} is not a reward model ({', '.join(architectures) or config.model_type} has no "
+                "sequence-classification head, so its rewards would come from a random, untrained head); pass a "
+                "trained reward model: a DMoERM folder (dmoerm train) or an AutoModelForSequenceClassification "
+                "checkpoint with num_labels=1"
+            )
         logger.warning("%s has no sequence-classification head: loading it with a new, untrained 1-output head", path)
         kwargs["num_labels"] = 1
     model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
@@ -168,7 +193,13 @@ def load_reward_model(path: str, tokenizer_path: str | None = None):
     return model, tokenizer
 
 
-def build_reward(paths: list[str], mode: str = "mean", uwo_lambda: float = 0.5, tokenizer_path: str | None = None):
+def build_reward(
+    paths: list[str],
+    mode: str = "mean",
+    uwo_lambda: float = 0.5,
+    tokenizer_path: str | None = None,
+    flag: str = "reward_model_paths",
+):
     """One reward model, or a ``RewardEnsemble`` of several (``mode``); returns ``(model, tokenizer)``.
 
     The tokenizer is ``None`` when an ensemble's members use different tokenizers (text paths only).
@@ -179,8 +210,8 @@ def build_reward(paths: list[str], mode: str = "mean", uwo_lambda: float = 0.5, 
     if not paths:
         raise ValueError("set reward_model_paths (a DMoERM, an HF reward model or several for an ensemble)")
     if len(paths) == 1:
-        return load_reward_model(paths[0], tokenizer_path)
-    loaded = [load_reward_model(p) for p in paths]
+        return load_reward_model(paths[0], tokenizer_path, flag=flag)
+    loaded = [load_reward_model(p, flag=flag) for p in paths]
     tokenizers = [t for _, t in loaded]
     ensemble = RewardEnsemble([m for m, _ in loaded], mode=mode, uwo_lambda=uwo_lambda, tokenizers=tokenizers)
     ensemble.config._name_or_path = f"ensemble_{mode}"
@@ -225,49 +256,122 @@ def load_value_model(script_args, reward_model):
     from transformers import AutoModelForSequenceClassification
 
     if script_args.value_model_path:
-        return load_reward_model(script_args.value_model_path)[0]
+        return load_reward_model(script_args.value_model_path, flag="value_model_path", new_head=True)[0]
     if getattr(reward_model.config, "model_type", "") not in ("dmoerm", "dmoerm_reward_ensemble"):
-        return load_reward_model(script_args.reward_model_paths[0])[0]
+        return load_reward_model(script_args.reward_model_paths[0], new_head=True)[0]
     return AutoModelForSequenceClassification.from_pretrained(script_args.policy_model_path, num_labels=1)
 
 
 # ------------------------------------------------------------------------------------------------ prompts
 def load_prompts(path: str, prompt_column: str = "prompt") -> list:
-    """Prompts from a data file: a ``prompt_column`` of strings or chat messages; duplicates removed (order kept)."""
-    from datasets import load_dataset
+    """Prompts from a data file: a ``prompt_column`` of strings or chat messages; duplicates removed (order kept).
 
+    A file without that column is read as preference data (:func:`dmoerm_trl.data.load_preference_pairs`: mtmc-rlhf
+    ranked lists, TRL pairs). A record that is not JSON, has no prompt or holds something other than a string or a
+    list of ``{"role", "content"}`` messages raises a ``ValueError`` naming the file, the line and the fix.
+
+    Example:
+        >>> import json, tempfile
+        >>> with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        ...     _ = f.write(json.dumps({"prompt": "Say hi."}) + "\\n")
+        ...     _ = f.write(json.dumps({"prompt": [{"role": "user", "content": "What is 2+2?"}]}) + "\\n")
+        >>> load_prompts(f.name)
+        ['Say hi.', [{'role': 'user', 'content': 'What is 2+2?'}]]
+    """
     file = Path(path)
     if not file.exists():
         raise FileNotFoundError(f"prompt file {path} does not exist")
+    if file.is_dir():
+        raise ValueError(f"prompt file {path} is a folder; pass a .jsonl, .json, .parquet or .csv file")
     suffix = file.suffix.lower()
-    builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(suffix)
-    if builder is None:
+    if suffix not in (".jsonl", ".json", ".parquet", ".csv"):
         raise ValueError(f"{path}: unsupported prompt file type {suffix!r}; use .jsonl, .json, .parquet or .csv")
-    dataset = None
-    try:
-        dataset = load_dataset(builder, data_files=str(file), split="train")
-    except (ValueError, TypeError, OSError) as err:  # e.g. records with mixed schemas (mtmc-rlhf ranked lists)
-        load_error = err
-    if dataset is None or prompt_column not in dataset.column_names:
-        try:
-            from dmoerm_trl.data import load_preference_pairs
-
-            dataset = load_preference_pairs(str(file))
-        except (ImportError, ValueError, KeyError, TypeError, FileNotFoundError) as err:
-            columns = dataset.column_names if dataset is not None else f"unreadable: {load_error}"
-            raise ValueError(
-                f"{path} has no {prompt_column!r} column ({columns}) and is not a preference file "
-                f"dmoerm_trl.data can read ({err}); set prompt_column"
-            ) from None
-        prompt_column = "prompt"
+    records = _read_prompt_records(file)
+    if not records:
+        raise ValueError(
+            f"{path} holds no records; write one JSON object per line with a {prompt_column!r} field "
+            '(a string or a list of {"role": ..., "content": ...} messages)'
+        )
+    if not any(isinstance(record, dict) and prompt_column in record for _, record in records):
+        return _prompts_from_preference_file(path, records, prompt_column)
     prompts, seen = [], set()
-    for row, prompt in enumerate(dataset[prompt_column]):
+    for location, record in records:
+        prompt = _checked_prompt(path, location, record, prompt_column)
+        key = repr(prompt)
+        if key not in seen:
+            seen.add(key)
+            prompts.append(prompt)
+    return prompts
+
+
+def _read_prompt_records(file: Path) -> list[tuple[str, object]]:
+    """``[(location, record), ...]`` of a prompt file; undecodable JSON raises the error naming its line."""
+    if file.suffix.lower() == ".csv":
+        from datasets import load_dataset
+
+        try:
+            dataset = load_dataset("csv", data_files=str(file), split="train")
+        except (ValueError, TypeError, OSError) as err:
+            raise ValueError(
+                f"{file}: not a readable CSV file ({first_line(err)}); write a header row and one prompt per row"
+            ) from None
+        return [(f"row {index + 1}", record) for index, record in enumerate(dataset)]
+    from ..data.readers import _iter_records
+
+    records = []
+    for _, location, record in _iter_records(str(file)):
+        if isinstance(record, Exception):
+            raise record
+        records.append((location, record))
+    return records
+
+
+def _checked_prompt(path: str, location: str, record, column: str):
+    """The prompt of one record, or a ``ValueError`` naming the file, the record and the fix."""
+    where = f"{path}, {location}"
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: a {type(record).__name__}, not a JSON object; write one object per line")
+    prompt = record.get(column)
+    if prompt is None:
+        raise ValueError(f"{where}: no {column!r} field; add it or remove the record")
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError(f"{where}: empty {column!r}; remove the record or fill it")
+        return prompt
+    if not isinstance(prompt, list):
+        raise ValueError(
+            f"{where}: {column!r} is not text but {type(prompt).__name__} ({json.dumps(prompt)[:40]}); give a string or a list of "
+            '{"role": ..., "content": ...} messages'
+        )
+    if not prompt:
+        raise ValueError(f"{where}: empty {column!r}; remove the record or fill it")
+    for index, message in enumerate(prompt):
         if (
-            prompt is None
-            or (isinstance(prompt, str) and not prompt.strip())
-            or (isinstance(prompt, list) and not prompt)
+            not isinstance(message, dict)
+            or not isinstance(message.get("role"), str)
+            or not isinstance(message.get("content"), (str, list))
         ):
-            raise ValueError(f"{path}, row {row}: empty {prompt_column!r}; remove the row or fill it")
+            raise ValueError(
+                f'{where}: {column!r} message {index} is not a {{"role": ..., "content": ...}} message '
+                f"({json.dumps(message, ensure_ascii=False)[:80]}); give each message a string role and content"
+            )
+    return prompt
+
+
+def _prompts_from_preference_file(path: str, records: list, column: str) -> list:
+    """The prompts of a file without a prompt column, read as preference data (mtmc-rlhf ranked lists, TRL pairs)."""
+    try:
+        from dmoerm_trl.data import load_preference_pairs
+
+        pairs = load_preference_pairs(str(path))
+    except (ImportError, ValueError, KeyError, TypeError, FileNotFoundError) as err:
+        fields = sorted({key for _, record in records if isinstance(record, dict) for key in record})
+        raise ValueError(
+            f"{path} has no {column!r} field (fields: {fields}) and is not a preference file dmoerm_trl.data can "
+            f"read ({first_line(err)}); set prompt_column"
+        ) from None
+    prompts, seen = [], set()
+    for prompt in pairs["prompt"]:
         key = repr(prompt)
         if key not in seen:
             seen.add(key)

@@ -164,3 +164,50 @@ def test_serve_judge_command_binds_loopback_and_serves(tiny_llama_path):
             if process.poll() is None:
                 process.kill()
     assert process.returncode == 0
+
+
+def test_serve_judge_on_a_port_in_use_is_one_line(judge_server, judge_model_path, capsys):
+    # Was a traceback (server_close of a half-built server) hiding "Address already in use", exit code 1.
+    from dmoerm_trl.cli import main
+
+    port = str(judge_server.server_address[1])
+    assert main(["serve-judge", "--model", judge_model_path, "--port", port]) == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    assert f"dmoerm serve-judge: error: --port {port}: 127.0.0.1:{port} is already in use" in stderr
+    with urllib.request.urlopen(judge_server.base_url + "/models", timeout=30) as response:  # the first one serves on
+        assert response.status == 200
+
+
+def test_a_reward_model_is_refused_as_judge(judge_model_path, tmp_path):
+    # AutoModelForCausalLM loads a sequence-classification checkpoint with a random lm_head: every answer was noise
+    # (dmoerm serve-judge then served it; now it exits 2 with this line).
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from dmoerm_trl.labeling.judge_model import JudgeModel
+
+    reward_model = AutoModelForSequenceClassification.from_pretrained(judge_model_path, num_labels=1)
+    reward_model.save_pretrained(tmp_path / "rm")
+    AutoTokenizer.from_pretrained(judge_model_path).save_pretrained(tmp_path / "rm")
+    with pytest.raises(ValueError) as error:
+        JudgeModel(tmp_path / "rm")
+    message = str(error.value)
+    assert "is not a causal language model (LlamaForSequenceClassification)" in message
+    assert "lm_head.weight" in message and "\n" not in message
+    assert JudgeModel(judge_model_path).model.config.architectures == ["LlamaForCausalLM"]  # a real one loads
+
+
+def test_a_dmoerm_folder_is_refused_as_judge_in_one_short_line(judge_model_path, tiny_tokenizer, tmp_path):
+    # transformers' own error listed every causal-LM config class: one line of about 4,000 characters.
+    from dmoerm_trl import DMoERMForSequenceClassification
+    from dmoerm_trl.labeling.judge_model import JudgeModel
+
+    model = DMoERMForSequenceClassification.from_backbone(
+        judge_model_path, {"chitchat": ["empathy"]}, tokenizer=tiny_tokenizer
+    )
+    model.save_pretrained(tmp_path / "dmoerm")
+    tiny_tokenizer.save_pretrained(tmp_path / "dmoerm")
+    with pytest.raises(ValueError) as error:
+        JudgeModel(tmp_path / "dmoerm")
+    message = str(error.value)
+    assert "is not a causal language model (model_type 'dmoerm'" in message and len(message) < 300

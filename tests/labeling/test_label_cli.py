@@ -121,8 +121,12 @@ def test_a_run_with_few_labels_prints_why_one_line_per_cause(labeling_data, tmp_
     assert len(causes) == 1 and causes[0].startswith(f"  - undecided: {2 * n_qa + 2 * n_chat} of ")
     assert "e.g. for " in causes[0] and "Try a stronger judge" in causes[0]
     with ScriptedJudgeServer(VerdictJudge(labeling_data.scores)) as server:  # all labeled: no explanation
-        assert main(label_args(labeling_data, tmp_path / "clean", server)) == 0
-    assert "why only" not in capsys.readouterr().out
+        # --output as the docs write it (labels/): the printed paths have no doubled slash
+        assert main(label_args(labeling_data, f"{tmp_path / 'clean'}/", server)) == 0
+    out = capsys.readouterr().out
+    assert "why only" not in out
+    clean = tmp_path / "clean"
+    assert f"wrote {clean / 'capability_pairs.jsonl'} and {clean / 'summary.json'}" in out
 
 
 def test_a_hosted_judge_without_an_api_key_is_refused_before_any_call(labeling_data, tmp_path, monkeypatch, capsys):
@@ -137,3 +141,28 @@ def test_a_hosted_judge_without_an_api_key_is_refused_before_any_call(labeling_d
     # a local judge needs no key: the run gets past the check (and stops at once: nothing listens on port 9)
     assert main([*argv, "--base-url", "http://127.0.0.1:9/v1", "--categories", labeling_data.categories]) == 1
     assert "cannot reach the judge at http://127.0.0.1:9/v1" in capsys.readouterr().err
+
+
+def test_pairs_without_a_category_are_refused_when_all_and_counted_when_some(tmp_path, capsys):
+    # TRL preference data usually has no category: the run used to end with 0 labels, exit code 0 and a log warning.
+    scores = {"4.": {"correctness": 2.0, "logic": 2.0}, "5.": {"correctness": 1.0, "logic": 1.0}}
+    (tmp_path / "cats.yaml").write_text("objective_qa: [correctness, logic]\n", encoding="utf-8")
+    pair = {"prompt": "What is 2+2?", "chosen": "4.", "rejected": "5."}
+    none = tmp_path / "none.jsonl"
+    none.write_text(json.dumps(pair) + "\n", encoding="utf-8")
+    some = tmp_path / "some.jsonl"
+    some.write_text(
+        json.dumps(pair) + "\n" + json.dumps({**pair, "category": "objective_qa"}) + "\n", encoding="utf-8"
+    )
+    common = ["--model", "scripted-judge", "--categories", str(tmp_path / "cats.yaml"), "--no-progress"]
+    with ScriptedJudgeServer(VerdictJudge(scores)) as server:
+        argv = ["label", "--data", str(none), "--output", str(tmp_path / "a"), "--base-url", server.base_url, *common]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "none.jsonl: none of its 1 pairs has a category of the set" in err and "categorize_with_judge" in err
+        assert not (tmp_path / "a").exists()
+        argv = ["label", "--data", str(some), "--output", str(tmp_path / "b"), "--base-url", server.base_url, *common]
+        assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "labels: 2 from 2 pairs" in out and "1 of 2 pair(s) have no category of the set" in out
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["pairs_without_category"] == 1
