@@ -4,7 +4,6 @@ for the judge's labels; pairs routed elsewhere are left out."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,53 +13,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import expert_truth
-
-CAPABILITIES = {"objective_qa": ["correctness", "objectiveness"], "chitchat": ["empathy_ability", "proactivity"]}
-
-
-def _write_jsonl(path: Path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-
-
-def _fake_run(folder: Path, sign: float) -> Path:
-    """A run whose experts' rewards (and judge labels) are ``sign`` x the truth; the last test pair is misrouted."""
-    from dmoerm_trl.synthetic.generator import _messages, generate_dataset
-
-    tests = generate_dataset(pairs_per_category=0, test_pairs_per_category=12, categories=list(CAPABILITIES)).test
-    examples, labels = [], []
-    for index, test in enumerate(tests):
-        best, worst = test["gold_rank"].index(1), test["gold_rank"].index(2)
-        category = test["category_key"]
-        rewards = [{c: sign * test["capability_scores"][i][c] for c in CAPABILITIES[category]} for i in (best, worst)]
-        examples.append(
-            {
-                "category": category,
-                "routed_category": category if index < len(tests) - 1 else "elsewhere",
-                "chosen_capability_rewards": rewards[0],
-                "rejected_capability_rewards": rewards[1],
-            }
-        )
-        for capability in CAPABILITIES[category]:
-            high, low = sorted((best, worst), key=lambda i: -sign * test["capability_scores"][i][capability])
-            labels.append(
-                {
-                    "prompt": _messages(test["src"], test["tgt"]),
-                    "chosen": [{"role": "assistant", "content": test["response"][high]}],
-                    "rejected": [{"role": "assistant", "content": test["response"][low]}],
-                    "category": category,
-                    "capability": capability,
-                }
-            )
-    _write_jsonl(folder / "data" / "test.jsonl", tests)
-    _write_jsonl(folder / "eval_gold" / "eval_examples.jsonl", examples)
-    _write_jsonl(folder / "labels" / "capability_pairs.jsonl", labels)
-    return folder
+from fake_demo_run import CAPABILITIES, fake_run
 
 
 @pytest.mark.parametrize("sign, expected", [(1.0, 1.0), (-1.0, 0.0)])
 def test_experts_and_labels_that_follow_the_truth_agree_with_it(tmp_path, sign, expected):
-    rows = expert_truth.expert_truth(_fake_run(tmp_path, sign))
+    rows = expert_truth.expert_truth(fake_run(tmp_path, sign))
     assert set(rows) == {(category, c) for category, caps in CAPABILITIES.items() for c in caps}
     for key, cell in rows.items():
         for name in ("labels~true", "expert~true"):
@@ -77,7 +35,7 @@ def test_experts_and_labels_that_follow_the_truth_agree_with_it(tmp_path, sign, 
 
 
 def test_the_command_prints_a_table_and_names_a_missing_file(tmp_path):
-    run = _fake_run(tmp_path / "run", 1.0)
+    run = fake_run(tmp_path / "run", 1.0)
     script = str(REPO / "benchmarks" / "expert_truth.py")
     result = subprocess.run([sys.executable, script, str(run)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
