@@ -121,8 +121,9 @@ class OneSpellingDefaultsHelpFormatter(OneSpellingHelpFormatter, argparse.Argume
     default, nor for ``None`` (a required flag, or one whose help says what unset means)."""
 
     def _get_help_string(self, action):
-        negative = next((o for o in action.option_strings if o.startswith(("--no_", "--no-"))), None)
-        if isinstance(action, argparse._StoreFalseAction) and negative is not None:
+        if isinstance(action, argparse._StoreFalseAction) and any(
+            option.startswith(("--no_", "--no-")) for option in action.option_strings
+        ):
             # TrlParser's --no_<flag> of a boolean whose default is true: it repeats the flag's help with
             # "(default: False)", which reads as if the flag were off by default
             return f"Set {action.dest} to false."

@@ -39,15 +39,14 @@ def stored_help(prog: str) -> str | None:
     return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
+def _ours(cls: type) -> bool:
+    return cls.__module__.startswith("dmoerm_trl.")
+
+
 def own_field_names(dataclass_type: type) -> set[str]:
     """The fields that ``dmoerm_trl`` classes declare in ``dataclass_type`` (its own and re-declared ones), not the
     ones it inherits from TRL/transformers."""
-    return {
-        name
-        for cls in dataclass_type.__mro__
-        if cls.__module__.startswith("dmoerm_trl.")
-        for name in inspect.get_annotations(cls)
-    }
+    return {name for cls in dataclass_type.__mro__ if _ours(cls) for name in inspect.get_annotations(cls)}
 
 
 def foreign_config_names(dataclass_types) -> list[str]:
@@ -55,11 +54,7 @@ def foreign_config_names(dataclass_types) -> list[str]:
     names = []
     for dataclass_type in dataclass_types:
         foreign = next(
-            (
-                c
-                for c in dataclass_type.__mro__
-                if "__dataclass_fields__" in c.__dict__ and c.__module__[:10] != "dmoerm_trl"
-            ),
+            (c for c in dataclass_type.__mro__ if "__dataclass_fields__" in c.__dict__ and not _ours(c)),
             None,
         )
         if foreign is not None:

@@ -70,8 +70,9 @@ class BestOfNArguments:
     def __post_init__(self):
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
-        if self.ensemble_mode not in ("mean", "wco", "uwo"):
-            raise ValueError(f"ensemble_mode must be mean, wco or uwo, got {self.ensemble_mode!r}")
+        from .recipe_args import check_ensemble_mode
+
+        check_ensemble_mode(self.ensemble_mode)
         if self.num_prompts is not None and self.num_prompts < 1:
             raise ValueError(f"num_prompts must be >= 1 (leave it unset for every prompt), got {self.num_prompts}")
         if self.ns is not None and (not self.ns or min(self.ns) < 1):

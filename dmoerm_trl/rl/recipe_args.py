@@ -97,8 +97,7 @@ class RLScriptArguments:
     )
 
     def __post_init__(self):
-        if self.ensemble_mode not in ("mean", "wco", "uwo"):
-            raise ValueError(f"ensemble_mode must be mean, wco or uwo, got {self.ensemble_mode!r}")
+        check_ensemble_mode(self.ensemble_mode)
         if self.max_train_prompts is not None and self.max_train_prompts < 1:
             raise ValueError(
                 f"max_train_prompts must be >= 1 (leave it unset for every prompt), got {self.max_train_prompts}"
@@ -108,6 +107,22 @@ class RLScriptArguments:
 
 
 # ------------------------------------------------------------------------------------------------- models
+def check_ensemble_mode(mode: str) -> str:
+    """``mode`` if it is a :class:`RewardEnsemble` mode, else a ``ValueError`` naming ``ensemble_mode``.
+
+    Example:
+        >>> check_ensemble_mode("wco")
+        'wco'
+    """
+    from .ensemble import ENSEMBLE_MODES
+
+    if mode not in ENSEMBLE_MODES:
+        raise ValueError(
+            f"ensemble_mode must be {', '.join(ENSEMBLE_MODES[:-1])} or {ENSEMBLE_MODES[-1]}, got {mode!r}"
+        )
+    return mode
+
+
 def load_policy_tokenizer(path: str, padding_side: str = "left"):
     from transformers import AutoTokenizer
 
@@ -242,7 +257,9 @@ def parse_proxy_spec(spec: str) -> tuple[str, str, list[str]]:
         raise ValueError(f"proxy {spec!r} must be 'name=path' or 'name=mean|wco|uwo:path1,path2,...'")
     mode = "mean"
     head, colon, tail = rest.partition(":")
-    if colon and head in ("mean", "wco", "uwo"):
+    from .ensemble import ENSEMBLE_MODES
+
+    if colon and head in ENSEMBLE_MODES:
         mode, rest = head, tail
     paths = [p for p in rest.split(",") if p]
     if not paths:
